@@ -1,0 +1,283 @@
+"""Settings: typed, validated once at start-up, then passed down.
+
+Sources, strongest first:
+
+1. environment variables, prefix ``PI_AGENT_``, ``__`` between nesting levels
+   (``PI_AGENT_SESSION__POLICY=persistent``);
+2. the API key alone from ``$CREDENTIALS_DIRECTORY/api_key`` (systemd ``LoadCredential=``);
+3. a TOML file: ``--config PATH``, else ``$PI_AGENT_CONFIG``, else
+   ``/etc/pi-agent/config.toml`` when it exists (same nesting: ``[session] policy = ...``);
+4. the defaults below.
+
+:func:`load_settings` turns every failure into a :class:`~pi_agent.errors.ConfigError`
+whose message is one line per bad setting, naming the setting and how to set it.
+The API key is a :class:`~pydantic.SecretStr`: its ``repr`` and ``str`` are ``**********``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+ENV_PREFIX = "PI_AGENT_"
+DEFAULT_CONFIG_PATH = Path("/etc/pi-agent/config.toml")
+EX_CONFIG = 78
+
+AudioFormatName = Literal[
+    "pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000"
+]
+Earcon = Literal["listening", "done", "error", "offline"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SessionSettings(_Section):
+    """How conversations are opened, kept and re-opened."""
+
+    policy: Literal["persistent", "on_demand"] = Field(
+        "on_demand",
+        description="persistent: a conversation is always open (a new one starts when the server "
+        "ends one); on_demand: one opens on button press or speech and closes when idle",
+    )
+    idle_timeout: float = Field(30.0, gt=0, description="on_demand: close after this many seconds "
+                                "with no user speech and no agent audio")
+    backoff_initial: float = Field(1.0, gt=0, description="first reconnect delay ceiling (s); "
+                                   "doubles per failed attempt, with full jitter")
+    backoff_max: float = Field(60.0, gt=0, description="reconnect delay cap (s); failures that "
+                               "retrying cannot fix (bad key, unknown agent) retry only this often")
+    backoff_reset_after: float = Field(30.0, ge=0, description="a connection must stay up this "
+                                       "long (s) before the delay resets to backoff_initial")
+    dead_peer_timeout: float = Field(20.0, gt=0, description="a connection that stops answering "
+                                     "WebSocket pings is dropped within this many seconds")
+    connect_timeout: float = Field(10.0, gt=0, description="limit (s) for the signed-URL request "
+                                   "and for the WebSocket opening handshake")
+    prebuffer: float = Field(5.0, ge=0, description="seconds of speech kept while a conversation "
+                             "is being opened, sent first once it is open")
+    user_id: str | None = Field(None, description="user_id sent with conversation_initiation_client_data")
+    dynamic_variables: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="dynamic variables for the agent ([session.dynamic_variables] table)")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="conversation_config_override sent at start "
+        "(e.g. [session.overrides.agent] first_message = \"Hi\"); the agent must allow them")
+
+    @field_validator("backoff_max")
+    @classmethod
+    def _cap_not_below_initial(cls, v: float, info: Any) -> float:
+        initial = info.data.get("backoff_initial")
+        if initial is not None and v < initial:
+            raise ValueError(f"must be >= backoff_initial ({initial})")
+        return v
+
+
+class CaptureSettings(_Section):
+    """When the microphone's audio is sent to the agent."""
+
+    mode: Literal["push_to_talk", "vad", "always"] = Field(
+        "vad", description="push_to_talk: while the button is held (or toggled); vad: when voice "
+        "activity is detected; always: continuously (echo-cancelling hardware, kiosks)")
+    toggle: bool = Field(False, description="push_to_talk: a press starts listening and the next press stops")
+    vad_aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode, 0 (lenient) to 3 (strict)")
+    preroll: float = Field(0.3, ge=0, le=2.0, description="seconds of audio before VAD triggered "
+                           "that are sent too, so the first syllable is not cut")
+    hangover: float = Field(0.8, gt=0, le=5.0, description="seconds of non-speech before VAD "
+                            "decides the user stopped speaking")
+    privacy: bool = Field(False, description="send zero-filled chunks instead of audio whenever "
+                          "the user is not speaking (vad mode)")
+
+
+class AudioSettings(_Section):
+    """Sound devices and the echo policy."""
+
+    input_device: str = Field("default", min_length=1, description="microphone: ALSA/PortAudio "
+                              "device name or a unique part of it, or 'default' (see pi-agent devices)")
+    output_device: str = Field("default", min_length=1, description="speaker: device name or a unique part of it, or 'default'")
+    input_channel: int | None = Field(None, ge=0, description="take this channel of a multichannel "
+                                      "microphone (default: mix all channels)")
+    output_rate: int | None = Field(None, ge=8000, le=192000, description="force the speaker's "
+                                    "sample rate (default: the device's own)")
+    period_ms: int = Field(20, ge=5, le=100, description="speaker buffer period in milliseconds")
+    echo: Literal["half_duplex", "full_duplex"] = Field(
+        "half_duplex", description="half_duplex: the mic is muted while the agent speaks "
+        "(speaker next to mic; barge-in by button); full_duplex: headsets and echo-cancelling mics")
+    echo_tail: float = Field(0.3, ge=0, le=3.0, description="half_duplex: seconds the mic stays "
+                             "muted after the speaker has actually played the last sample")
+    earcons: list[Earcon] = Field(default_factory=lambda: ["listening", "done", "error", "offline"],
+                                  description="feedback sounds to play")
+    input_wav: Path | None = Field(None, description="read the microphone from this WAV file "
+                                   "instead of a device (testing)")
+    output_wav: Path | None = Field(None, description="write the speaker to this WAV file "
+                                    "instead of a device (testing)")
+
+
+class ApiSettings(_Section):
+    """The local event API on 127.0.0.1."""
+
+    port: int = Field(8766, ge=0, le=65535, description="port of the event WebSocket, /healthz "
+                      "and /metrics on 127.0.0.1; 0 turns the API off")
+
+
+class LedSettings(_Section):
+    """GPIO LEDs (BCM pin numbers). Any LED may be left unset."""
+
+    connection_pin: int | None = Field(None, ge=0, le=53, description="connection LED: off offline, blinking connecting, on connected")
+    activity_pin: int | None = Field(None, ge=0, le=53, description="activity LED: on listening, pulsing thinking, blinking speaking")
+    rgb_pins: tuple[int, int, int] | None = Field(None, description="red, green, blue pins of an RGB LED showing the top state's colour")
+    active_high: bool = Field(True, description="false for LEDs wired to 3V3 (lit when the pin is low)")
+
+
+class ButtonSettings(_Section):
+    """The GPIO button (BCM pin number)."""
+
+    pin: int | None = Field(None, ge=0, le=53, description="button pin; unset = no button")
+    pull_up: bool = Field(True, description="button wired to ground with the internal pull-up")
+    bounce_time: float = Field(0.05, ge=0, le=1.0, description="debounce time (s)")
+    hold_time: float = Field(0.4, gt=0, le=10.0, description="held this long = push-to-talk hold")
+    long_hold_time: float = Field(3.0, gt=0, le=30.0, description="held this long = mute toggle")
+
+
+class LogSettings(_Section):
+    """What goes to the journal."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    transcripts: bool = Field(True, description="log what the user said and the agent answered (info level)")
+
+
+class Settings(BaseSettings):
+    """Every setting of the daemon. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True,
+        nested_model_default_partial_update=True,
+    )
+
+    agent_id: str = Field(..., min_length=1, description="the ElevenLabs agent id (required)")
+    api_key: SecretStr | None = Field(None, description="ElevenLabs API key, for private agents; "
+                                      "prefer $CREDENTIALS_DIRECTORY/api_key (systemd LoadCredential)")
+    server_url: str = Field("https://api.elevenlabs.io", description="API base URL (https or http); "
+                            "http://127.0.0.1:8765 for pi-agent fake-agent")
+    session: SessionSettings = SessionSettings()
+    capture: CaptureSettings = CaptureSettings()
+    audio: AudioSettings = AudioSettings()
+    api: ApiSettings = ApiSettings()
+    leds: LedSettings = LedSettings()
+    button: ButtonSettings = ButtonSettings()
+    log: LogSettings = LogSettings()
+
+    @field_validator("server_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL, e.g. https://api.elevenlabs.io")
+        return v.rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            return None
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init_settings carries the TOML file's contents (see load_settings): weakest but defaults.
+        return (env_settings, _CredentialsSource(settings_cls), init_settings)
+
+
+class _CredentialsSource(PydanticBaseSettingsSource):
+    """The API key from systemd's credentials directory (``LoadCredential=api_key:...``)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            return {}
+        path = Path(directory) / "api_key"
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise ConfigError(f"api_key: cannot read credential {path}: {e.strerror}") from None
+        return {"api_key": key} if key else {}
+
+
+def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The TOML file to read: ``--config``, else ``$PI_AGENT_CONFIG``, else the default if present."""
+    if explicit:
+        return Path(explicit)
+    if environ.get("PI_AGENT_CONFIG"):
+        return Path(environ["PI_AGENT_CONFIG"])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist (check --config or PI_AGENT_CONFIG)") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def load_settings(explicit_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read every source and validate. Raises :class:`ConfigError` with one line per problem.
+
+    ``overrides`` are merged over the TOML file (still below the environment); the demo and
+    the tests use them.
+    """
+    path = config_path(explicit_path)
+    data = read_toml(path) if path else {}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_describe(err, path) for err in e.errors())) from None
+
+
+def _describe(err: Mapping[str, Any], path: Path | None) -> str:
+    """One line for one pydantic error: the setting, what is wrong, where to set it."""
+    loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+    # pydantic adds the member type of a union ("str", "int", ...) to the location; drop it.
+    while len(loc) > 1 and loc[-1] in {"str", "int", "float", "bool", "function-after[_cap_not_below_initial()]"}:
+        loc.pop()
+    dotted = ".".join(loc) or "settings"
+    env = ENV_PREFIX + "__".join(p.upper() for p in loc)
+    where = f"{'[' + '.'.join(loc[:-1]) + '] ' if len(loc) > 1 else ''}{loc[-1] if loc else ''}"
+    file_hint = f" in {path}" if path else " in the config file"
+    kind = err.get("type", "")
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if kind == "missing" and any(isinstance(p, int) for p in err["loc"]):
+        return f"{dotted}: too few values: fix {env} or {where}{file_hint}"
+    if kind == "missing":
+        return f"{dotted} is required: set {env} or {where}{file_hint}"
+    if kind == "extra_forbidden":
+        return f"{dotted} is not a known setting: remove it (or check its spelling){file_hint}"
+    shown = "" if "api_key" in loc else f" (got {err.get('input')!r})"
+    return f"{dotted}: {msg.lower() if msg[:1].isupper() and not msg[:2].isupper() else msg}{shown}: fix {env} or {where}{file_hint}"

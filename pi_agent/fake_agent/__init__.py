@@ -1,0 +1,25 @@
+"""The protocol-faithful fake ElevenLabs agent: a loopback server for tests, demos and development.
+
+``async with FakeAgent(FakeAgentOptions(port=0)) as agent:`` then point a client at
+``agent.http_url``; see :mod:`pi_agent.fake_agent.server` for what it serves.
+"""
+
+from __future__ import annotations
+
+from .options import FakeAgentOptions, add_arguments, options_from_args
+from .records import ConversationRecord, Received, Sent, Turn
+from .server import ERROR_CODES, GARBAGE_KINDS, FakeAgent, serve
+
+__all__ = [
+    "ERROR_CODES",
+    "GARBAGE_KINDS",
+    "ConversationRecord",
+    "FakeAgent",
+    "FakeAgentOptions",
+    "Received",
+    "Sent",
+    "Turn",
+    "add_arguments",
+    "options_from_args",
+    "serve",
+]

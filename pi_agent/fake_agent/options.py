@@ -1,0 +1,122 @@
+"""Settings of the fake agent, and the command-line flags that fill them."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields
+
+from ..errors import ConfigError
+from .audio import FORMATS, REPLY_TEXT
+
+
+@dataclass(frozen=True)
+class FakeAgentOptions:
+    """How the fake agent behaves. Validated on construction (:class:`ConfigError`)."""
+
+    host: str = "127.0.0.1"
+    """Interface to listen on; loopback by default."""
+    port: int = 8765
+    """TCP port; 0 picks a free one (read it back from ``FakeAgent.port``)."""
+    api_key: str | None = None
+    """When set, the signed-URL endpoint wants this ``xi-api-key`` and the WebSocket
+    path wants an unused ``conversation_signature``; when None the agent is public."""
+    output_format: str = "pcm_16000"
+    """``agent_output_audio_format`` announced in the metadata and used for the reply audio."""
+    input_format: str = "pcm_16000"
+    """``user_input_audio_format`` announced, and used to decode ``user_audio_chunk``."""
+    tool_call: str | None = None
+    """Tool name: after the first user turn, send ``client_tool_call`` and wait for the result."""
+    tool_parameters: dict[str, object] = field(default_factory=lambda: {"city": "Lisbon"})
+    """Parameters of that tool call."""
+    tool_timeout: float = 10.0
+    """Seconds to wait for ``client_tool_result`` before answering anyway."""
+    end_call_after: int | None = None
+    """After this many completed agent turns, send the ``end_call`` tool response and close 1000."""
+    max_duration: float | None = None
+    """Seconds; then ``error`` (1000, ``max_duration_exceeded``) and close 1000."""
+    receive_timeout: float | None = None
+    """Seconds without any client message; then ``error`` (1002,
+    ``transport_receive_timeout``) and close 1002, as the server does after 60 s."""
+    transcript: str | None = None
+    """Text of every ``user_transcript``; None describes what was heard (``[2.4 s of speech]``)."""
+    reply_text: str = REPLY_TEXT
+    """Text of every ``agent_response`` (the audio is always the shipped clip)."""
+    first_message: bool = False
+    """The agent speaks first, right after the metadata."""
+    first_message_text: str = "Hello! How can I help you today?"
+    """Text of that first ``agent_response``."""
+    ping_interval: float = 2.0
+    """Seconds between pings (the first one after one interval)."""
+    chunk_ms: int = 200
+    """Length of one server audio chunk."""
+    send_speed: float = 2.0
+    """Audio is sent this many times faster than real time, like a TTS stream."""
+    reply_delay: float = 0.0
+    """Seconds between the end of the user's speech and the reply (model latency)."""
+    reply_seconds: float | None = None
+    """Cut the reply clip to this many seconds (fast mode for soak tests)."""
+    wait_for_init: float = 0.0
+    """0: send the metadata on open. >0: wait up to this long for
+    ``conversation_initiation_client_data`` first."""
+    gate_threshold_db: float = -40.0
+    """Block RMS (dBFS) above which user audio counts as speech."""
+    gate_min_speech_ms: float = 150.0
+    """Loud audio needed before speech counts as started (and can barge in)."""
+    gate_end_silence_ms: float = 500.0
+    """Quiet audio that ends an utterance."""
+    max_concurrent: int | None = None
+    """More open conversations than this get ``queue_status`` and close 3008."""
+    strict_input: bool = True
+    """Non-JSON text and binary frames get ``error`` (1008, ``invalid_message``) and close 1008."""
+    record_audio: bool = True
+    """Keep user PCM and audio payloads in the records (turn off for long soak runs)."""
+
+    def __post_init__(self) -> None:
+        for name in ("output_format", "input_format"):
+            value = getattr(self, name)
+            if value not in FORMATS:
+                raise ConfigError(f"fake agent: {name}={value!r}; expected one of {', '.join(FORMATS)}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"fake agent: port={self.port} is not a TCP port")
+        positive = ("ping_interval", "send_speed", "tool_timeout")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"fake agent: {name} must be > 0 (got {getattr(self, name)})")
+        if self.chunk_ms <= 0:
+            raise ConfigError(f"fake agent: chunk_ms must be > 0 (got {self.chunk_ms})")
+        for name in ("max_duration", "receive_timeout", "reply_seconds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"fake agent: {name} must be > 0 when set (got {value})")
+        if self.end_call_after is not None and self.end_call_after < 1:
+            raise ConfigError(f"fake agent: end_call_after must be >= 1 (got {self.end_call_after})")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ConfigError(f"fake agent: max_concurrent must be >= 1 (got {self.max_concurrent})")
+        if self.reply_delay < 0 or self.wait_for_init < 0:
+            raise ConfigError("fake agent: reply_delay and wait_for_init must be >= 0")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the fake agent's flags to ``parser`` (read them back with :func:`options_from_args`)."""
+    d = FakeAgentOptions()
+    formats = list(FORMATS)
+    parser.add_argument("--host", default=d.host, help="interface to listen on (default %(default)s)")
+    parser.add_argument("--port", type=int, default=d.port, help="TCP port, 0 = any free (default %(default)s)")
+    parser.add_argument("--api-key", default=None, help="require this xi-api-key and signed URLs (private agent)")
+    parser.add_argument("--output-format", choices=formats, default=d.output_format, help="agent audio format")
+    parser.add_argument("--input-format", choices=formats, default=d.input_format, help="user audio format")
+    parser.add_argument("--tool-call", metavar="NAME", default=None, help="call this client tool after the first user turn")
+    parser.add_argument("--end-call-after", metavar="N", type=int, default=None, help="end the call after N agent turns")
+    parser.add_argument("--max-duration", metavar="S", type=float, default=None, help="end conversations after S seconds")
+    parser.add_argument("--transcript", metavar="TEXT", default=None, help="text of every user_transcript")
+    parser.add_argument("--ping-interval", metavar="S", type=float, default=d.ping_interval, help="seconds between pings")
+    parser.add_argument("--first-message", action="store_true", help="the agent speaks first")
+    parser.add_argument("--reply-seconds", metavar="S", type=float, default=None, help="cut the reply clip (fast mode)")
+    parser.add_argument("--send-speed", metavar="X", type=float, default=d.send_speed, help="audio send speed vs real time")
+
+
+def options_from_args(ns: argparse.Namespace) -> FakeAgentOptions:
+    """Build :class:`FakeAgentOptions` from parsed flags; absent attributes keep their defaults."""
+    names = {f.name for f in fields(FakeAgentOptions)}
+    values = {name: getattr(ns, name) for name in names if hasattr(ns, name)}
+    return FakeAgentOptions(**values)

@@ -1,0 +1,185 @@
+"""What the fake agent records per conversation: frames in and out, user audio, turns, close.
+
+Times are ``time.monotonic()`` values taken by the server when a frame arrived or was sent.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+NON_JSON = "<non_json>"
+"""``kind`` of a received text frame that is not a JSON object."""
+BINARY = "<binary>"
+"""``kind`` of a received binary frame."""
+USER_AUDIO = "user_audio_chunk"
+"""``kind`` of a received mic message (it has no ``type``)."""
+
+
+def message_kind(message: Any) -> str:
+    """The ``type`` of a message, ``user_audio_chunk`` for mic audio, else a marker."""
+    if not isinstance(message, dict):
+        return NON_JSON
+    kind = message.get("type")
+    if isinstance(kind, str):
+        return kind
+    if "user_audio_chunk" in message:
+        return USER_AUDIO
+    return "<no_type>"
+
+
+@dataclass
+class Received:
+    """One frame from the client."""
+
+    t: float
+    kind: str
+    message: dict[str, Any] | None
+    """The parsed JSON object; None for non-JSON and binary frames."""
+    raw: str | None = None
+    """For non-JSON/binary frames: the text (cut to 200 chars) or ``<binary N bytes>``."""
+
+
+@dataclass
+class Sent:
+    """One frame the fake sent."""
+
+    t: float
+    kind: str
+    message: dict[str, Any] | None
+    """The JSON object sent; None when the frame was not a JSON object."""
+    in_spec: bool = True
+    """False for garbage and in-the-wild messages that the spec does not describe."""
+    raw: str | None = None
+
+
+@dataclass
+class Turn:
+    """One agent turn: its event id, what it sent and whether the user cut it short."""
+
+    event_id: int
+    cause: str  # "speech", "text", "first_message", "control"
+    started_at: float
+    heard: str | None = None  # the user_transcript sent, if any
+    audio_bytes: int = 0  # size of the whole reply
+    sent_bytes: int = 0
+    chunks_sent: int = 0
+    audio_started_at: float | None = None
+    play_until: float | None = None  # when the client finishes playing what was sent
+    interrupted: bool = False
+    completed: bool = False
+
+
+@dataclass
+class ConversationRecord:
+    """Everything the fake saw and did in one WebSocket conversation."""
+
+    id: str
+    agent_id: str | None
+    query: dict[str, str]
+    output_format: str
+    input_format: str
+    input_rate: int
+    opened_at: float
+    closed_at: float | None = None
+    close_code: int | None = None
+    close_reason: str | None = None
+    closed_by: str | None = None  # "server" or "client"
+    received: list[Received] = field(default_factory=list)
+    sent: list[Sent] = field(default_factory=list)
+    user_audio: bytearray = field(default_factory=bytearray)
+    """All user audio decoded to s16le PCM at ``input_rate``, in arrival order."""
+    user_audio_samples: int = 0
+    audio_chunk_times: list[float] = field(default_factory=list)
+    audio_chunk_bytes: list[int] = field(default_factory=list)
+    pings: dict[int, float] = field(default_factory=dict)  # event_id -> sent at
+    pongs: dict[int, float] = field(default_factory=dict)  # event_id -> answered at
+    stray_pongs: list[Any] = field(default_factory=list)  # pongs that match no ping
+    turns: list[Turn] = field(default_factory=list)
+    transcripts: list[str] = field(default_factory=list)
+    interruptions: list[int] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    tool_results: list[dict[str, Any]] = field(default_factory=list)
+    init: dict[str, Any] | None = None
+    anomalies: list[str] = field(default_factory=list)
+    """Bad input noticed (bad base64, odd PCM length, unknown types, ...)."""
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_at is None
+
+    @property
+    def pings_sent(self) -> int:
+        return len(self.pings)
+
+    @property
+    def pongs_received(self) -> int:
+        return len(self.pongs)
+
+    @property
+    def unanswered_pings(self) -> int:
+        return len(self.pings) - len(self.pongs)
+
+    @property
+    def user_audio_seconds(self) -> float:
+        return self.user_audio_samples / self.input_rate
+
+    def received_of(self, kind: str) -> list[Received]:
+        return [r for r in self.received if r.kind == kind]
+
+    def sent_of(self, kind: str) -> list[Sent]:
+        return [s for s in self.sent if s.kind == kind]
+
+    def received_counts(self) -> dict[str, int]:
+        return dict(Counter(r.kind for r in self.received))
+
+    def sent_counts(self) -> dict[str, int]:
+        return dict(Counter(s.kind for s in self.sent))
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready overview (``GET /_fake/conversations``)."""
+        return {
+            "id": self.id,
+            "agent_id": self.agent_id,
+            "output_format": self.output_format,
+            "input_format": self.input_format,
+            "opened_at": self.opened_at,
+            "closed_at": self.closed_at,
+            "close_code": self.close_code,
+            "close_reason": self.close_reason,
+            "closed_by": self.closed_by,
+            "received": self.received_counts(),
+            "sent": self.sent_counts(),
+            "pings_sent": self.pings_sent,
+            "pongs_received": self.pongs_received,
+            "unanswered_pings": self.unanswered_pings,
+            "stray_pongs": len(self.stray_pongs),
+            "user_audio_seconds": self.user_audio_seconds,
+            "transcripts": list(self.transcripts),
+            "interruptions": list(self.interruptions),
+            "turns": len(self.turns),
+            "tool_results": list(self.tool_results),
+            "anomalies": list(self.anomalies),
+        }
+
+    def received_json(self) -> dict[str, Any]:
+        """Every received frame and the user audio (``GET /_fake/received``)."""
+        return {
+            "id": self.id,
+            "messages": [{"t": r.t, "kind": r.kind, "message": r.message, "raw": r.raw} for r in self.received],
+            "audio_rate": self.input_rate,
+            "audio_base64": base64.b64encode(bytes(self.user_audio)).decode("ascii"),
+            "audio_chunk_times": list(self.audio_chunk_times),
+            "audio_chunk_bytes": list(self.audio_chunk_bytes),
+        }
+
+    def sent_json(self) -> dict[str, Any]:
+        """Every sent frame (``GET /_fake/sent``)."""
+        return {
+            "id": self.id,
+            "messages": [
+                {"t": s.t, "kind": s.kind, "message": s.message, "in_spec": s.in_spec, "raw": s.raw} for s in self.sent
+            ],
+        }

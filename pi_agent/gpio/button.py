@@ -1,0 +1,340 @@
+"""The push button: press, hold (push-to-talk) and long hold (mute), from one GPIO pin.
+
+Three layers:
+
+* :class:`ButtonClassifier` (pure) turns timestamped edges into :class:`ButtonEvent`
+  values; time comes in as an argument, so it is tested as a table with no threads.
+* :class:`ButtonPolicy` (pure) says what an event means in the current
+  :class:`~pi_agent.states.State` (:class:`ButtonIntent`), as the Voice PE firmware
+  does: the same click stops the agent while it speaks and starts listening otherwise.
+* :class:`ButtonInput` (I/O) watches the pin with gpiozero. gpiozero's callbacks run
+  on gpiozero's threads and only hand the edge to the event loop
+  (``loop.call_soon_threadsafe``); the classifier and the hold timers run on the loop.
+
+Events of one gesture (press-down to release)::
+
+    DOWN ─┬─ released before hold_time ─────────────────────────▶ PRESS
+          └─ hold_time reached ─▶ HOLD_START ─┬─ released ──────▶ HOLD_END
+                                              └─ long_hold_time ▶ LONG_HOLD (release: nothing)
+
+``DOWN`` comes at the moment of pressing: that is when a press must stop the agent's
+speech (at once, not on release). ``PRESS`` / ``HOLD_START`` / ``HOLD_END`` /
+``LONG_HOLD`` follow; :class:`ButtonPolicy` swallows them after a ``DOWN`` that
+stopped the agent, except ``LONG_HOLD`` (mute still toggles).
+
+Note: a push-to-talk hold that lasts past ``long_hold_time`` becomes a mute toggle
+(and the turn is cancelled); ``long_hold_time=None`` turns long holds off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from ..errors import ConfigError, InternalError
+from ..states import State
+from .leds import PinSpec, open_error
+
+log = logging.getLogger(__name__)
+
+
+class ButtonEvent(str, enum.Enum):
+    """What the button did, as the controller hears it."""
+
+    DOWN = "down"              # pressed (now): the moment to stop the agent's speech
+    PRESS = "press"            # released before hold_time: a click
+    HOLD_START = "hold_start"  # held for hold_time: push-to-talk begins
+    HOLD_END = "hold_end"      # released after HOLD_START (and before LONG_HOLD)
+    LONG_HOLD = "long_hold"    # held for long_hold_time: toggle mute; the release is silent
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+class ButtonClassifier:
+    """Timestamped edges in, :class:`ButtonEvent` lists out. Pure: never reads the clock.
+
+    Call :meth:`down` and :meth:`up` on edges and :meth:`tick` at (or after)
+    :meth:`deadline`. Repeated edges (down while down, up while up) are ignored, so a
+    button that is already pressed at start-up produces nothing until pressed again.
+    """
+
+    def __init__(self, hold_time: float = 0.4, long_hold_time: float | None = 3.0) -> None:
+        if not hold_time > 0:
+            raise ConfigError(f"button hold_time must be more than 0 seconds, got {hold_time}")
+        if long_hold_time is not None and not long_hold_time > hold_time:
+            raise ConfigError(f"button long_hold_time ({long_hold_time} s) must be longer than "
+                              f"hold_time ({hold_time} s), or unset to disable long holds")
+        self.hold_time = hold_time
+        self.long_hold_time = long_hold_time
+        self._pressed_at: float | None = None
+        self._held = False
+        self._long = False
+
+    @property
+    def pressed(self) -> bool:
+        return self._pressed_at is not None
+
+    def down(self, now: float) -> list[ButtonEvent]:
+        """The button went down at ``now``."""
+        if self._pressed_at is not None:
+            return []
+        self._pressed_at = now
+        self._held = self._long = False
+        return [ButtonEvent.DOWN]
+
+    def up(self, now: float) -> list[ButtonEvent]:
+        """The button went up at ``now``. Hold thresholds passed since the last tick count."""
+        if self._pressed_at is None:
+            return []
+        events = self.tick(now)
+        if self._long:
+            pass
+        elif self._held:
+            events.append(ButtonEvent.HOLD_END)
+        else:
+            events.append(ButtonEvent.PRESS)
+        self._pressed_at = None
+        return events
+
+    def tick(self, now: float) -> list[ButtonEvent]:
+        """Emit the hold events whose time has come by ``now``."""
+        if self._pressed_at is None:
+            return []
+        held_for = now - self._pressed_at
+        events = []
+        if not self._held and held_for >= self.hold_time:
+            self._held = True
+            events.append(ButtonEvent.HOLD_START)
+        if (not self._long and self.long_hold_time is not None
+                and held_for >= self.long_hold_time):
+            self._long = True
+            events.append(ButtonEvent.LONG_HOLD)
+        return events
+
+    def deadline(self) -> float | None:
+        """When :meth:`tick` has something to emit next (``None``: nothing pending)."""
+        if self._pressed_at is None:
+            return None
+        if not self._held:
+            return self._pressed_at + self.hold_time
+        if not self._long and self.long_hold_time is not None:
+            return self._pressed_at + self.long_hold_time
+        return None
+
+    def reset(self) -> None:
+        """Forget a gesture in progress (the button was closed while pressed)."""
+        self._pressed_at = None
+        self._held = self._long = False
+
+
+class ButtonIntent(str, enum.Enum):
+    """What the user meant by a button event, in the current state."""
+
+    STOP = "stop"                        # stop the agent now: flush playback, Trigger.STOP
+    START_LISTENING = "start_listening"  # open a turn (connect first if needed)
+    STOP_LISTENING = "stop_listening"    # the user's turn is over (Trigger.SPEECH_END)
+    TALK_START = "talk_start"            # push-to-talk: stream the mic while held
+    TALK_END = "talk_end"                # push-to-talk released: the turn is over
+    TALK_CANCEL = "talk_cancel"          # a push-to-talk hold became a long hold: drop the turn
+    TOGGLE_MUTE = "toggle_mute"          # Trigger.MUTE, or Trigger.UNMUTE when muted
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_CAN_START = frozenset({State.IDLE, State.OFFLINE, State.ERROR})
+
+
+class ButtonPolicy:
+    """Maps (event, state) to intents, the Voice PE way. Pure; one instance per button.
+
+    ==========  ===================================  ===================================
+    event       state when it arrives                intents
+    ==========  ===================================  ===================================
+    DOWN        speaking, thinking                   STOP; the rest of the gesture is
+                                                     ignored, except LONG_HOLD
+    PRESS       idle, offline, error                 START_LISTENING
+    PRESS       listening                            STOP_LISTENING
+    HOLD_START  idle, listening, offline, error      TALK_START
+    HOLD_END    (after a TALK_START in this gesture) TALK_END
+    LONG_HOLD   any                                  TOGGLE_MUTE (after a TALK_START in
+                                                     this gesture: TALK_CANCEL first)
+    ==========  ===================================  ===================================
+
+    Anything else means nothing: a press while muted (a long hold unmutes), or while
+    starting or connecting (a turn is already on its way).
+    """
+
+    def __init__(self) -> None:
+        self._swallow = False
+        self._talking = False
+
+    def decide(self, event: ButtonEvent, state: State) -> tuple[ButtonIntent, ...]:
+        """The intents for ``event`` arriving while the daemon is in ``state``."""
+        if event is ButtonEvent.DOWN:
+            self._swallow = state in (State.SPEAKING, State.THINKING)
+            self._talking = False
+            return (ButtonIntent.STOP,) if self._swallow else ()
+        if event is ButtonEvent.LONG_HOLD:
+            cancel = (ButtonIntent.TALK_CANCEL,) if self._talking else ()
+            self._talking = False
+            return (*cancel, ButtonIntent.TOGGLE_MUTE)
+        if event is ButtonEvent.HOLD_END:
+            talking, self._talking = self._talking, False
+            return (ButtonIntent.TALK_END,) if talking else ()
+        if self._swallow:
+            return ()
+        if event is ButtonEvent.PRESS:
+            if state in _CAN_START:
+                return (ButtonIntent.START_LISTENING,)
+            if state is State.LISTENING:
+                return (ButtonIntent.STOP_LISTENING,)
+            return ()
+        if event is ButtonEvent.HOLD_START and (state in _CAN_START or state is State.LISTENING):
+            self._talking = True
+            return (ButtonIntent.TALK_START,)
+        return ()
+
+
+# --------------------------------------------------------------------------- gpiozero part
+
+EventCallback = Callable[[ButtonEvent], None]
+
+
+class ButtonInput:
+    """A push button on a GPIO pin, delivering :class:`ButtonEvent` values on the event loop.
+
+    ``pull_up=True`` (the usual wiring: button between the pin and ground) means
+    pressed is low; ``pull_up=False`` uses the pull-down and pressed is high.
+    ``bounce_time`` (seconds, or ``None``) is handed to the pin factory.
+    Works with whatever pin factory gpiozero picks (lgpio on a Pi 5 / Bookworm) and
+    with ``GPIOZERO_PIN_FACTORY=mock``; tests pass a ``MockFactory`` as ``pin_factory``.
+    """
+
+    def __init__(self, pin: PinSpec, *, pull_up: bool = True, bounce_time: float | None = 0.05,
+                 hold_time: float = 0.4, long_hold_time: float | None = 3.0,
+                 pin_factory: Any = None) -> None:
+        if bounce_time is not None and bounce_time < 0:
+            raise ConfigError(f"button bounce_time must be 0 or more seconds, got {bounce_time}")
+        self.pin = pin
+        self._pull_up = pull_up
+        self._bounce_time = bounce_time or None
+        self._factory = pin_factory
+        self._classifier = ButtonClassifier(hold_time, long_hold_time)
+        self._device: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_event: EventCallback | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pressed(self) -> bool:
+        """Whether a gesture is in progress, as seen by the event loop."""
+        return self._classifier.pressed
+
+    def start(self, loop: asyncio.AbstractEventLoop, on_event: EventCallback) -> None:
+        """Open the pin and start delivering events: ``on_event(event)`` runs on ``loop``.
+
+        Call from the loop's thread. Raises :class:`DeviceError` naming the pin and the
+        fix if the pin cannot be opened or watched.
+        """
+        if self._closed or self._device is not None:
+            raise InternalError("ButtonInput.start() called twice or after close()")
+        from gpiozero import DigitalInputDevice
+
+        # DigitalInputDevice rather than Button: the hold timing runs on the event loop,
+        # so Button's hold thread would be one more idle thread on a Pi Zero.
+        try:
+            device = DigitalInputDevice(self.pin, pull_up=self._pull_up,
+                                        bounce_time=self._bounce_time,
+                                        pin_factory=self._factory)
+        except Exception as exc:
+            raise open_error(exc, pin=self.pin, role="button") from exc
+        self._loop, self._on_event, self._device = loop, on_event, device
+        try:
+            device.when_activated = lambda: self._from_thread(True)
+            device.when_deactivated = lambda: self._from_thread(False)
+        except Exception as exc:
+            self.close()
+            raise open_error(exc, pin=self.pin, role="button") from exc
+
+    def _from_thread(self, pressed: bool) -> None:
+        """On gpiozero's thread: timestamp the edge and hand it to the loop, nothing more."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._edge, pressed, loop.time())
+        except RuntimeError:  # the loop is closed: we are shutting down
+            pass
+
+    def _edge(self, pressed: bool, at: float) -> None:
+        if self._closed:
+            return
+        events = self._classifier.down(at) if pressed else self._classifier.up(at)
+        self._deliver(events)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._closed or self._loop is None:
+            return
+        self._deliver(self._classifier.tick(self._loop.time()))
+
+    def _deliver(self, events: list[ButtonEvent]) -> None:
+        self._reschedule()
+        for event in events:
+            if self._on_event is None:
+                return
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("button event handler failed on %s", event)
+
+    def _reschedule(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self._classifier.deadline()
+        if deadline is not None and self._loop is not None:
+            self._timer = self._loop.call_at(deadline, self._tick)
+
+    def close(self) -> None:
+        """Stop watching and release the pin. Idempotent; a gesture in progress is dropped.
+
+        Call from the loop's thread (or once the loop has stopped).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._classifier.reset()
+        self._on_event = None
+        device, self._device = self._device, None
+        if device is not None:
+            try:
+                device.when_activated = None
+                device.when_deactivated = None
+                device.close()
+            except Exception as exc:
+                log.warning("could not release the button pin GPIO %s: %s", self.pin, exc)
+
+    def __enter__(self) -> ButtonInput:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

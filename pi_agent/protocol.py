@@ -1,0 +1,555 @@
+"""The ElevenLabs agent WebSocket protocol, with no I/O.
+
+:func:`decode` turns one server frame into one typed event; every server-to-client
+message of the AsyncAPI contract has its class. A frame of a type we do not know
+becomes :class:`Unknown` (logged at debug, ignored). A frame that breaks the
+contract (not JSON, binary, a required field missing or of the wrong type, bad
+base64) raises :class:`~pi_agent.errors.ProtocolError`: the caller logs it once and
+skips it; it never ends the conversation.
+
+The ``encode_*`` functions build every client-to-server message the daemon sends.
+Only JSON text goes out: a non-JSON frame makes the server close with 1008.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Union
+
+from .errors import ProtocolError
+
+AUDIO_FORMATS = ("pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000")
+
+
+# --- server-to-client events -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationMetadata:
+    conversation_id: str
+    agent_output_audio_format: str
+    user_input_audio_format: str
+
+
+@dataclass(frozen=True, slots=True)
+class Audio:
+    event_id: int
+    audio: bytes = field(repr=False)
+    alignment: Mapping[str, Any] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UserTranscript:
+    text: str
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TentativeUserTranscript:
+    text: str
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResponse:
+    text: str
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResponseCorrection:
+    original: str
+    corrected: str
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentChatResponsePart:
+    text: str
+    part_type: str
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReasoningResponsePart:
+    text: str
+    part_type: str
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Interruption:
+    event_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    event_id: int
+    ping_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientToolCall:
+    tool_name: str
+    tool_call_id: str
+    parameters: Mapping[str, Any]
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RichContent:
+    rich_content_id: str
+    component: str
+    props: Mapping[str, Any]
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentToolRequest:
+    tool_name: str
+    tool_call_id: str
+    tool_type: str
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentToolResponse:
+    tool_name: str
+    tool_call_id: str
+    tool_type: str
+    is_error: bool
+    is_called: bool | None
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentToolResponseFullPayload:
+    tool_name: str
+    tool_call_id: str
+    tool_type: str
+    is_error: bool
+    full_tool_result: str
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class McpToolCall:
+    tool_name: str
+    tool_call_id: str
+    state: str
+    data: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class McpConnectionStatus:
+    integrations: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VadScore:
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ContextUsage:
+    model: str
+    context_tokens: int
+    context_limit_tokens: int
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AsrInitiationMetadata:
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailTriggered:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class InternalTurnProbability:
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class InternalTentativeAgentResponse:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTyping:
+    is_typing: bool
+    duration_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalAgentConnected:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalAgentDisconnected:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """Sent by the server just before it closes for an error."""
+
+    code: int | None
+    message: str | None
+    error_type: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A message type this version does not know (new server features): ignored."""
+
+    type: str
+    data: Mapping[str, Any] = field(repr=False)
+
+
+ServerEvent = Union[
+    ConversationMetadata, Audio, UserTranscript, TentativeUserTranscript, AgentResponse,
+    AgentResponseCorrection, AgentChatResponsePart, AgentReasoningResponsePart, Interruption,
+    Ping, ClientToolCall, RichContent, AgentToolRequest, AgentToolResponse,
+    AgentToolResponseFullPayload, McpToolCall, McpConnectionStatus, VadScore, ContextUsage,
+    AsrInitiationMetadata, GuardrailTriggered, InternalTurnProbability,
+    InternalTentativeAgentResponse, AgentTyping, ExternalAgentConnected,
+    ExternalAgentDisconnected, ErrorEvent, Unknown,
+]
+
+
+# --- decoding ----------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+class _Fields:
+    """Typed access to one payload object; every failure names the message and field."""
+
+    __slots__ = ("_obj", "_where")
+
+    def __init__(self, msg: Mapping[str, Any], key: str | None, mtype: str) -> None:
+        if key is None:
+            self._obj, self._where = msg, mtype
+            return
+        obj = msg.get(key, _MISSING)
+        if obj is _MISSING:
+            raise ProtocolError(f"{mtype}: missing field {key!r}")
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"{mtype}: field {key!r} must be an object, got {type(obj).__name__}")
+        self._obj, self._where = obj, f"{mtype}.{key}"
+
+    def _get(self, name: str, required: bool) -> Any:
+        value = self._obj.get(name, _MISSING)
+        if value is _MISSING or (value is None and required):
+            if required:
+                raise ProtocolError(f"{self._where}: missing field {name!r}")
+            return None
+        return value
+
+    def str(self, name: str, required: bool = True) -> Any:
+        v = self._get(name, required)
+        if v is not None and not isinstance(v, str):
+            raise ProtocolError(f"{self._where}.{name} must be a string, got {type(v).__name__}")
+        return v
+
+    def int(self, name: str, required: bool = True) -> Any:
+        """An integer; numeric strings are accepted too (the official SDK coerces with int())."""
+        v = self._get(name, required)
+        if v is None:
+            return None
+        if isinstance(v, bool):
+            raise ProtocolError(f"{self._where}.{name} must be an integer, got bool")
+        if isinstance(v, int):
+            return v
+        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            return int(v)
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        raise ProtocolError(f"{self._where}.{name} must be an integer, got {v!r:.40}")
+
+    def num(self, name: str, required: bool = True) -> Any:
+        v = self._get(name, required)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ProtocolError(f"{self._where}.{name} must be a number, got {type(v).__name__}")
+        return v
+
+    def bool(self, name: str, required: bool = True) -> Any:
+        v = self._get(name, required)
+        if v is not None and not isinstance(v, bool):
+            raise ProtocolError(f"{self._where}.{name} must be a boolean, got {type(v).__name__}")
+        return v
+
+    def obj(self, name: str, required: bool = True) -> Any:
+        v = self._get(name, required)
+        if v is not None and not isinstance(v, dict):
+            raise ProtocolError(f"{self._where}.{name} must be an object, got {type(v).__name__}")
+        return v
+
+    def list(self, name: str, required: bool = True) -> Any:
+        v = self._get(name, required)
+        if v is not None and not isinstance(v, list):
+            raise ProtocolError(f"{self._where}.{name} must be an array, got {type(v).__name__}")
+        return v
+
+    def format(self, name: str) -> str:
+        v = self.str(name)
+        if v not in AUDIO_FORMATS:
+            raise ProtocolError(f"{self._where}.{name}: unknown audio format {v!r:.40}")
+        return v
+
+    def raw(self) -> Mapping[str, Any]:
+        return self._obj
+
+
+def _b64(f: _Fields, name: str) -> bytes:
+    text = f.str(name)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ProtocolError(f"{f._where}.{name}: invalid base64 ({e})") from None
+
+
+def _metadata(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "conversation_initiation_metadata_event", "conversation_initiation_metadata")
+    return ConversationMetadata(f.str("conversation_id"), f.format("agent_output_audio_format"),
+                                f.format("user_input_audio_format"))
+
+
+def _audio(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "audio_event", "audio")
+    event_id = f.int("event_id")
+    return Audio(event_id, _b64(f, "audio_base_64"), f.obj("alignment", required=False))
+
+
+def _user_transcript(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "user_transcription_event", "user_transcript")
+    return UserTranscript(f.str("user_transcript"), f.int("event_id", False))
+
+
+def _tentative(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "tentative_user_transcription_event", "tentative_user_transcript")
+    return TentativeUserTranscript(f.str("user_transcript"), f.int("event_id", False))
+
+
+def _agent_response(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "agent_response_event", "agent_response")
+    return AgentResponse(f.str("agent_response"), f.int("event_id", False))
+
+
+def _correction(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "agent_response_correction_event", "agent_response_correction")
+    return AgentResponseCorrection(f.str("original_agent_response"),
+                                   f.str("corrected_agent_response"), f.int("event_id", False))
+
+
+def _chat_part(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "text_response_part", "agent_chat_response_part")
+    return AgentChatResponsePart(f.str("text"), f.str("type"), f.int("event_id", False))
+
+
+def _reasoning_part(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "reasoning_response_part", "agent_reasoning_response_part")
+    event_id = f._get("event_id", False)
+    return AgentReasoningResponsePart(f.str("text"), f.str("type"),
+                                      None if event_id is None else str(event_id))
+
+
+def _interruption(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "interruption_event", "interruption")
+    return Interruption(f.int("event_id"))
+
+
+def _ping(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "ping_event", "ping")
+    return Ping(f.int("event_id"), f.int("ping_ms", False))
+
+
+def _client_tool_call(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "client_tool_call", "client_tool_call")
+    return ClientToolCall(f.str("tool_name"), f.str("tool_call_id"),
+                          f.obj("parameters", False) or {}, f.int("event_id", False))
+
+
+def _rich_content(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "rich_content", "rich_content")
+    return RichContent(f.str("rich_content_id"), f.str("component"), f.obj("props", False) or {},
+                       f.int("event_id", False))
+
+
+def _tool_request(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "agent_tool_request", "agent_tool_request")
+    return AgentToolRequest(f.str("tool_name"), f.str("tool_call_id"), f.str("tool_type"),
+                            f.int("event_id", False))
+
+
+def _tool_response(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "agent_tool_response", "agent_tool_response")
+    return AgentToolResponse(f.str("tool_name"), f.str("tool_call_id"), f.str("tool_type", False) or "",
+                             bool(f.bool("is_error", False)), f.bool("is_called", False),
+                             f.int("event_id", False))
+
+
+def _tool_response_full(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "agent_tool_response_full_payload", "agent_tool_response_full_payload")
+    return AgentToolResponseFullPayload(f.str("tool_name"), f.str("tool_call_id"),
+                                        f.str("tool_type", False) or "", bool(f.bool("is_error", False)),
+                                        f.str("full_tool_result", False) or "", f.int("event_id", False))
+
+
+def _mcp_tool_call(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "mcp_tool_call", "mcp_tool_call")
+    return McpToolCall(f.str("tool_name"), f.str("tool_call_id"), f.str("state", False) or "", f.raw())
+
+
+def _mcp_status(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "mcp_connection_status", "mcp_connection_status")
+    return McpConnectionStatus(tuple(f.list("integrations")))
+
+
+def _vad_score(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "vad_score_event", "vad_score")
+    return VadScore(float(f.num("vad_score")))
+
+
+def _context_usage(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "context_usage_event", "context_usage")
+    return ContextUsage(f.str("model"), f.int("context_tokens"), f.int("context_limit_tokens"),
+                        f.int("event_id", False))
+
+
+def _asr_metadata(m: Mapping[str, Any]) -> ServerEvent:
+    return AsrInitiationMetadata(_Fields(m, "asr_initiation_metadata_event", "asr_initiation_metadata").raw())
+
+
+def _turn_probability(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "turn_probability_internal_event", "internal_turn_probability")
+    return InternalTurnProbability(float(f.num("turn_probability")))
+
+
+def _tentative_agent(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "tentative_agent_response_internal_event", "internal_tentative_agent_response")
+    return InternalTentativeAgentResponse(f.str("tentative_agent_response"))
+
+
+def _agent_typing(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "agent_typing_event", "agent_typing")
+    return AgentTyping(f.bool("is_typing"), f.int("duration_ms", False))
+
+
+def _error(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "error_event", "error")
+    return ErrorEvent(f.int("code", False), f.str("message", False), f.str("error_type", False),
+                      f.str("reason", False))
+
+
+_DECODERS: dict[str, Callable[[Mapping[str, Any]], ServerEvent]] = {
+    "conversation_initiation_metadata": _metadata,
+    "audio": _audio,
+    "user_transcript": _user_transcript,
+    "tentative_user_transcript": _tentative,
+    "agent_response": _agent_response,
+    "agent_response_correction": _correction,
+    "agent_chat_response_part": _chat_part,
+    "agent_reasoning_response_part": _reasoning_part,
+    "interruption": _interruption,
+    "ping": _ping,
+    "client_tool_call": _client_tool_call,
+    "rich_content": _rich_content,
+    "agent_tool_request": _tool_request,
+    "agent_tool_response": _tool_response,
+    "agent_tool_response_full_payload": _tool_response_full,
+    "mcp_tool_call": _mcp_tool_call,
+    "mcp_connection_status": _mcp_status,
+    "vad_score": _vad_score,
+    "context_usage": _context_usage,
+    "asr_initiation_metadata": _asr_metadata,
+    "guardrail_triggered": lambda m: GuardrailTriggered(),
+    "internal_turn_probability": _turn_probability,
+    "internal_tentative_agent_response": _tentative_agent,
+    "agent_typing": _agent_typing,
+    "external_agent_connected": lambda m: ExternalAgentConnected(),
+    "external_agent_disconnected": lambda m: ExternalAgentDisconnected(),
+    "error": _error,
+}
+
+SERVER_MESSAGE_TYPES = frozenset(_DECODERS)
+
+
+def decode(frame: str | bytes) -> ServerEvent:
+    """Decode one WebSocket frame from the server (``bytes`` = a binary frame)."""
+    if not isinstance(frame, str):
+        raise ProtocolError(f"binary frame of {len(frame)} bytes (the protocol is JSON text only)")
+    try:
+        msg = json.loads(frame)
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError(f"frame is not JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"frame is JSON {type(msg).__name__}, not an object")
+    mtype = msg.get("type")
+    if not isinstance(mtype, str):
+        raise ProtocolError("message has no string 'type' field")
+    decoder = _DECODERS.get(mtype)
+    if decoder is None:
+        return Unknown(mtype, msg)
+    return decoder(msg)
+
+
+# --- client-to-server messages -----------------------------------------------------------
+
+
+def _dumps(obj: Mapping[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_user_audio(chunk: bytes) -> str:
+    """``{"user_audio_chunk": "<base64>"}``, built without a JSON encoder (base64 needs no escaping)."""
+    return '{"user_audio_chunk":"' + base64.b64encode(chunk).decode("ascii") + '"}'
+
+
+def encode_pong(event_id: int) -> str:
+    return '{"type":"pong","event_id":%d}' % event_id
+
+
+def encode_initiation(
+    *,
+    dynamic_variables: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    user_id: str | None = None,
+    source: str = "pi_agent",
+    version: str = "",
+) -> str:
+    msg: dict[str, Any] = {"type": "conversation_initiation_client_data"}
+    if overrides:
+        msg["conversation_config_override"] = dict(overrides)
+    if dynamic_variables:
+        msg["dynamic_variables"] = dict(dynamic_variables)
+    if user_id:
+        msg["user_id"] = user_id
+    msg["source_info"] = {"source": source, "version": version}
+    return _dumps(msg)
+
+
+def encode_tool_result(tool_call_id: str, result: str, *, is_error: bool = False) -> str:
+    return _dumps({"type": "client_tool_result", "tool_call_id": tool_call_id,
+                   "result": str(result), "is_error": bool(is_error)})
+
+
+def encode_contextual_update(text: str) -> str:
+    return _dumps({"type": "contextual_update", "text": text})
+
+
+def encode_user_message(text: str) -> str:
+    return _dumps({"type": "user_message", "text": text})
+
+
+def encode_user_activity() -> str:
+    return '{"type":"user_activity"}'
