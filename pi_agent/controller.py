@@ -361,6 +361,32 @@ class Controller:
 
     # --- user commands (button, event API, CLI) ----------------------------------------------
 
+    def on_button(self, event: Any, policy: Any) -> None:
+        """A :class:`~pi_agent.gpio.button.ButtonEvent`, turned into intents by the policy."""
+        from .gpio.button import ButtonIntent as I
+
+        ptt = self.gate.mode == "push_to_talk"
+        for intent in policy.decide(event, self.state):
+            log.debug("button %s -> %s", event, intent)
+            if intent is I.STOP:
+                self.stop()
+            elif intent is I.START_LISTENING:
+                if ptt and not self.settings.capture.toggle:
+                    log.info("push-to-talk: hold the button while you speak")
+                else:
+                    self.start_listening()
+            elif intent is I.STOP_LISTENING:
+                self.stop_listening()
+            elif intent is I.TALK_START:
+                self.start_listening()
+            elif intent is I.TALK_END:
+                self.stop_listening()
+            elif intent is I.TALK_CANCEL:
+                self.gate.button = False
+                self.gate.end_turn()
+            elif intent is I.TOGGLE_MUTE:
+                self.set_muted(not self.muted)
+
     def start_listening(self) -> None:
         """Button press / API: stop the agent if it speaks, then listen."""
         if self.muted:

@@ -185,10 +185,14 @@ def level(pin, active_high: bool) -> float:
 
 
 def watch(factory: MockFactory, pins, active_high: bool, seconds: float = WATCH) -> dict:
-    """Record each pin over ``seconds`` and classify it: off, on, blink or pulse."""
-    for p in pins:
-        factory.pin(p).clear_states()
-    time.sleep(seconds)
+    """Record each pin over ``seconds`` and classify it: off, on, blink or pulse.
+
+    ``seconds=0``: classify what was recorded since the caller cleared the pins' states.
+    """
+    if seconds:
+        for p in pins:
+            factory.pin(p).clear_states()
+        time.sleep(seconds)
     seen = {}
     for p in pins:
         pin = factory.pin(p)
@@ -212,23 +216,37 @@ def pwm_of(factory: MockFactory) -> bool:
     return factory.pin_class is MockPWMPin
 
 
-@pytest.mark.parametrize("active_high", [True, False], ids=["active_high", "active_low"])
-def test_every_state_shows_its_pattern_on_the_pins(factory: MockFactory,
-                                                   active_high: bool) -> None:
-    pwm = pwm_of(factory)
-    with LedDriver(CONN, ACT, RGB, active_high=active_high, pin_factory=factory,
-                   timings=FAST) as leds:
+def test_every_state_shows_its_pattern_on_the_pins() -> None:
+    # PWM and plain pins, active-high and active-low, side by side (watched together).
+    rigs = []
+    for pwm in (True, False):
+        for active_high in (True, False):
+            factory = MockFactory(pin_class=MockPWMPin) if pwm else MockFactory()
+            leds = LedDriver(CONN, ACT, RGB, active_high=active_high, pin_factory=factory,
+                             timings=FAST)
+            rigs.append((factory, leds, pwm, active_high))
+    try:
         for inputs in DEMO_SEQUENCE:
             pic = picture(inputs)
-            leds.apply(pic)
-            seen = watch(factory, ALL_PINS, active_high)
-            assert seen[CONN] == kind(pic.connection, pwm=False), describe(pic)
-            assert seen[ACT] == kind(pic.activity, pwm), describe(pic)
-            for pin, component in zip(RGB, pic.color):
-                if component == 0 or pic.rgb is P.OFF:
-                    assert seen[pin] == "off", (describe(pic), pin)
-                else:
-                    assert seen[pin] == kind(pic.rgb, pwm), (describe(pic), pin)
+            for _, leds, _, _ in rigs:
+                leds.apply(pic)
+            for factory, _, _, _ in rigs:
+                for p in ALL_PINS:
+                    factory.pin(p).clear_states()
+            time.sleep(WATCH)
+            for factory, _, pwm, active_high in rigs:
+                seen = watch(factory, ALL_PINS, active_high, seconds=0)
+                where = f"{describe(pic)} (pwm={pwm}, active_high={active_high})"
+                assert seen[CONN] == kind(pic.connection, pwm=False), where
+                assert seen[ACT] == kind(pic.activity, pwm), where
+                for pin, component in zip(RGB, pic.color, strict=True):
+                    if component == 0 or pic.rgb is P.OFF:
+                        assert seen[pin] == "off", (where, pin)
+                    else:
+                        assert seen[pin] == kind(pic.rgb, pwm), (where, pin)
+    finally:
+        for _, leds, _, _ in rigs:
+            leds.close()
 
 
 def test_rgb_colours_on_pwm_and_plain_pins() -> None:
@@ -261,11 +279,11 @@ def test_a_session_that_ends_mid_speech_leaves_nothing_lit(factory: MockFactory,
         time.sleep(0.05)  # mid-blink
         pic = picture(end)
         leds.apply(pic)
-        seen = watch(factory, ALL_PINS, active_high, seconds=0.15)
+        seen = watch(factory, ALL_PINS, active_high, seconds=0.1)
         assert seen[ACT] == "off"
         assert seen[CONN] == kind(pic.connection, pwm=False)
         colour = pic.color if pwm_of(factory) else tuple(float(c >= 0.5) for c in pic.color)
-        for pin, component in zip(RGB, colour):
+        for pin, component in zip(RGB, colour, strict=True):
             assert seen[pin] == ("on" if component else "off")
             assert level(factory.pin(pin), active_high) == component
 

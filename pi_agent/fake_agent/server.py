@@ -460,8 +460,8 @@ class _Session:
         try:
             await asyncio.wait_for(stop.wait(), seconds)
         except TimeoutError:
-            return False
-        return True
+            pass
+        return stop.is_set()  # the timeout may win a race with a stop set meanwhile
 
     async def _run_turn(self, turn: Turn, stop: asyncio.Event, tool: str | None, text: str) -> None:
         o, rec, eid = self.options, self.record, turn.event_id

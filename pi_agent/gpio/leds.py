@@ -337,7 +337,7 @@ class LedDriver:
         # so open (and release) each pin alone first: that finds the failing pin and
         # tells whether PWM is available.
         pwm = True
-        for pin, colour in zip(pins, ("red", "green", "blue")):
+        for pin, colour in zip(pins, ("red", "green", "blue"), strict=True):
             probe, has_pwm = cls._open_dimmable(pin, f"RGB LED {colour}", active_high, factory)
             probe.close()
             pwm = pwm and has_pwm

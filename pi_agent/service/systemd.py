@@ -157,17 +157,18 @@ async def watchdog_loop(
         return
     healthy = True
     while True:
+        error: Exception | None = None
         try:
             now_healthy = bool(is_healthy())
-        except Exception:
-            log.exception("watchdog health check failed; treating the daemon as unhealthy")
-            now_healthy = False
+        except Exception as e:  # a bug in the check must not end the pings' judge
+            now_healthy, error = False, e
         if now_healthy:
             notifier.watchdog()
             if not healthy:
                 log.warning("watchdog: healthy again, WATCHDOG=1 pings resumed")
-        elif healthy:
-            log.warning("watchdog: daemon unhealthy, WATCHDOG=1 pings withheld; systemd restarts "
-                        "the service unless it recovers")
+        elif healthy:  # log the change, not every tick
+            log.warning("watchdog: daemon unhealthy%s, WATCHDOG=1 pings withheld; systemd restarts "
+                        "the service unless it recovers", " (health check failed)" if error else "",
+                        exc_info=error)
         healthy = now_healthy
         await asyncio.sleep(period)

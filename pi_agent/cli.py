@@ -1,0 +1,164 @@
+"""``pi-agent``: the command line.
+
+Configuration is read and validated before any audio device, GPIO pin or socket is
+touched: a bad setting is one line per problem on stderr and exit code 78 (EX_CONFIG),
+which the systemd unit lists in ``RestartPreventExitStatus=``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .config import EX_CONFIG, Settings, load_settings
+from .errors import ConfigError, DeviceError
+
+log = logging.getLogger("pi_agent.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pi-agent",
+        description="Voice-assistant daemon for the Raspberry Pi, for ElevenLabs Conversational AI agents.",
+        epilog="Settings come from PI_AGENT_* environment variables, then the TOML file "
+               "(--config, $PI_AGENT_CONFIG, /etc/pi-agent/config.toml); see the README.")
+    parser.add_argument("--version", action="version", version=f"pi-agent {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="TOML configuration file")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        help="override log.level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("run", help="run the daemon (what the systemd unit starts)")
+    demo = sub.add_parser("demo", help="run the whole daemon against the built-in fake agent: "
+                          "no sound card, no network, no account")
+    demo.add_argument("--out", metavar="WAV", help="where to write the reply audio "
+                      "(default: pi-agent-demo-reply.wav in the temp directory)")
+    fake = sub.add_parser("fake-agent", help="serve a protocol-faithful fake ElevenLabs agent on loopback")
+    from .fake_agent import add_arguments
+    add_arguments(fake)
+    status = sub.add_parser("status", help="print the running daemon's state from its event API")
+    status.add_argument("--follow", "-f", action="store_true", help="keep printing events as they happen")
+    status.add_argument("--port", type=int, help="event API port (default: api.port from the settings)")
+    say = sub.add_parser("say", help="send TEXT to the agent as a user message and play the reply")
+    say.add_argument("text", metavar="TEXT")
+    say.add_argument("--timeout", type=float, default=30.0, help="give up after this many seconds")
+    sub.add_parser("devices", help="list the audio devices, and which open at 16 kHz")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        for line in str(e).splitlines():
+            print(f"pi-agent: configuration error: {line}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if args.log_level:
+        overrides["log"] = {"level": args.log_level}
+    return load_settings(args.config, **overrides)
+
+
+def _logging(level: str, secrets: Sequence[str] = ()) -> None:
+    from .service.logging import setup_logging
+    setup_logging(level, secrets=secrets)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "fake-agent":
+        _logging(args.log_level or "info")
+        return _run_fake_agent(args)
+    if cmd == "demo":
+        from .demo import run_demo
+        _logging(args.log_level or "info")
+        return asyncio.run(run_demo(out=Path(args.out) if args.out else None))
+    if cmd == "devices":
+        return _devices()
+    settings = _settings(args)
+    secrets = [settings.api_key.get_secret_value()] if settings.api_key else []
+    _logging(settings.log.level, secrets)
+    if cmd == "run":
+        from .daemon import run_daemon
+        return asyncio.run(run_daemon(settings))
+    if cmd == "status":
+        return asyncio.run(_status(args.port or settings.api.port, args.follow))
+    if cmd == "say":
+        from .demo import run_say
+        return asyncio.run(run_say(settings, args.text, timeout=args.timeout))
+    raise AssertionError(cmd)  # pragma: no cover - argparse restricts the choices
+
+
+def _run_fake_agent(args: argparse.Namespace) -> int:
+    from .daemon import install_signal_handlers
+    from .fake_agent import options_from_args, serve
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        server = asyncio.create_task(serve(options_from_args(args)))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if server.done():
+            exc = server.exception()
+            if isinstance(exc, OSError):
+                print(f"pi-agent fake-agent: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+                return 1
+            if exc is not None:
+                raise exc
+            return 0
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+        return 0
+
+    return asyncio.run(main())
+
+
+def _devices() -> int:
+    from .audio.devices import format_device_table, list_devices
+    try:
+        print(format_device_table(list_devices()))
+    except DeviceError as e:
+        print(f"pi-agent devices: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _status(port: int, follow: bool) -> int:
+    import websockets
+    from websockets.asyncio.client import connect
+
+    if not port:
+        print("pi-agent status: the event API is off (api.port = 0)", file=sys.stderr)
+        return 1
+    url = f"ws://127.0.0.1:{port}/events"
+    try:
+        async with connect(url, open_timeout=3, compression=None) as ws:
+            snapshot = json.loads(await ws.recv())
+            print(json.dumps(snapshot, indent=2))
+            if follow:
+                async for message in ws:
+                    print(message, flush=True)
+    except (OSError, TimeoutError, websockets.InvalidHandshake) as e:
+        print(f"pi-agent status: cannot reach the daemon at {url} ({getattr(e, 'strerror', None) or e}); "
+              "is pi-agent running, and is api.port right?", file=sys.stderr)
+        return 1
+    except websockets.ConnectionClosed:
+        return 0 if follow else 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""``pi-agent demo`` and ``pi-agent say``: the whole daemon for one exchange, then exit.
+
+The demo needs nothing but this package: the built-in fake agent on loopback, a shipped
+speech WAV as the microphone, a WAV file as the speaker and gpiozero's mock pins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+import wave
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .daemon import Daemon, Parts, install_signal_handlers
+from .states import State
+
+log = logging.getLogger("pi_agent.demo")
+
+QUESTION = "What is the weather like in Lisbon today?"
+DEMO_TIMEOUT = 25.0
+
+
+class DemoSettings(Settings):
+    """Settings from the arguments only: the demo ignores the environment and config files."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, *args: Any) -> tuple[Any, ...]:
+        return (init_settings,)
+
+
+def asset(name: str) -> Path:
+    return Path(str(resources.files("pi_agent") / "assets" / name))
+
+
+class _Silence:
+    """A microphone that hears nothing (``pi-agent say``): no frames; the session keeps the stream alive."""
+
+    overflows = 0
+
+    async def open(self, on_frame: Any, on_error: Any) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def _one_exchange(daemon: Daemon, timeout: float, start: Any = None) -> tuple[int, list[str]]:
+    """Run ``daemon`` until the agent has answered and its reply has played out."""
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    events = daemon.hub.subscribe()
+    runner = asyncio.create_task(daemon.run(stop))
+    responses: list[str] = []
+    spoke = False
+    deadline = time.monotonic() + timeout
+    try:
+        if start is not None:
+            start()
+        while not runner.done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.error("no complete reply within %g s", timeout)
+                stop.set()
+                await runner
+                return 1, responses
+            try:
+                event = await asyncio.wait_for(events.get(), min(remaining, 0.5))
+            except TimeoutError:
+                continue
+            if event is None:
+                break
+            if event["type"] == "agent_response":
+                responses.append(event["text"])
+            elif event["type"] == "state" and event["state"] == State.SPEAKING.value:
+                spoke = True
+            elif event["type"] == "state" and event["previous"] == State.SPEAKING.value and responses and spoke:
+                break
+        stop.set()
+        code = await runner
+        return code, responses
+    finally:
+        daemon.hub.unsubscribe(events)
+        if not runner.done():
+            stop.set()
+            await asyncio.gather(runner, return_exceptions=True)
+
+
+async def run_demo(out: Path | None = None) -> int:
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    from .fake_agent import FakeAgent, FakeAgentOptions
+    from .gpio.leds import describe
+
+    out = out or Path(tempfile.gettempdir()) / "pi-agent-demo-reply.wav"
+    logging.getLogger("pi_agent.fake_agent").setLevel(logging.WARNING)
+    print("pi-agent demo: the daemon against the built-in fake agent, with a WAV file as the "
+          f"microphone ({QUESTION!r}), a WAV file as the speaker and mock GPIO pins.\n", flush=True)
+    async with FakeAgent(FakeAgentOptions(port=0, transcript=QUESTION, output_format="pcm_22050")) as agent:
+        settings = DemoSettings(
+            agent_id="demo-agent", server_url=agent.http_url,
+            session={"policy": "on_demand"}, capture={"mode": "vad"},
+            audio={"echo": "half_duplex", "input_wav": asset("question.wav"), "output_wav": out,
+                   "output_rate": 48000},
+            api={"port": 0}, leds={"connection_pin": 5, "activity_pin": 6}, button={"pin": 17},
+        )
+        daemon = Daemon(settings, Parts(pin_factory=MockFactory(pin_class=MockPWMPin)))
+        last: list[str] = []
+
+        def show_leds(_: Any) -> None:
+            if daemon.leds is not None and daemon.leds.picture is not None:
+                text = describe(daemon.leds.picture)
+                if [text] != last:
+                    last[:] = [text]
+                    log.info("leds: %s", text)
+
+        daemon.controller.observe(show_leds)
+        code, responses = await _one_exchange(daemon, DEMO_TIMEOUT)
+    if code == 0 and responses:
+        with wave.open(str(out), "rb") as w:
+            seconds = w.getnframes() / w.getframerate()
+        print(f"\nThe agent answered: {responses[-1]!r}")
+        print(f"Its reply audio, as the speaker played it ({seconds:.1f} s at {w.getframerate()} Hz): {out}")
+        print("Next: point pi-agent at your own agent (see the README), or try `pi-agent fake-agent` "
+              "and `PI_AGENT_SERVER_URL=http://127.0.0.1:8765 PI_AGENT_AGENT_ID=demo pi-agent run`.")
+        return 0
+    print("pi-agent demo: the exchange did not complete (see the log above)")
+    return code or 1
+
+
+async def run_say(settings: Settings, text: str, *, timeout: float = 30.0) -> int:
+    """Send ``text`` as a user message to the configured agent and play the reply."""
+    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": 0})})
+    daemon = Daemon(settings, Parts(audio_in=_Silence()))
+    code, responses = await _one_exchange(daemon, timeout, start=lambda: daemon.controller.say(text))
+    for response in responses:
+        print(response)
+    return code if responses else (code or 1)

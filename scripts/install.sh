@@ -1,0 +1,314 @@
+#!/usr/bin/env bash
+# Install pi-agent as a systemd service on Raspberry Pi OS Bookworm (or later) / Debian.
+#
+#   sudo scripts/install.sh                       install, or upgrade in place
+#   sudo scripts/install.sh --uninstall           remove service, venv and user; keep /etc/pi-agent
+#   sudo scripts/install.sh --uninstall --purge   remove /etc/pi-agent and /var/lib/pi-agent too
+#
+# Running it again changes nothing that is already right: an edited config.toml and
+# the API key are never touched. It never asks for the API key (see the next steps).
+#
+# Options:
+#   --source SPEC    what pip installs into the venv (default: this checkout)
+#   --root DIR       install into DIR instead of / (also PI_AGENT_INSTALL_ROOT=DIR):
+#                    apt runs in a chroot, useradd/groupadd get --root, systemctl only
+#                    enables (--root); for images and tests
+#   --no-apt         do not install Debian packages
+#   --no-systemctl   do not run systemctl (the unit file is still installed)
+#   --uninstall, --purge, -h/--help
+# Command overrides (tests, packaging): APT_GET, SYSTEMCTL, USERADD, USERMOD, USERDEL,
+# GROUPADD, GROUPDEL (each a command line), PYTHON (creates the venv, default
+# /usr/bin/python3), PI_AGENT_PIP (installs into the venv, default "<venv>/bin/python -m pip").
+set -euo pipefail
+
+NAME=pi-agent
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Debian packages: runtime libraries and what pip needs to build PyAudio and webrtcvad.
+# libopenblas0: numpy's wheels for 32-bit Raspberry Pi OS (piwheels) link against it.
+DEBS=(python3-venv python3-dev build-essential portaudio19-dev libasound2-plugins alsa-utils libopenblas0)
+# Only in Raspberry Pi OS's archive: gpiozero with the lgpio pin factory (needed on a Pi 5).
+PI_DEBS=(python3-gpiozero python3-lgpio)
+
+say() { printf '%s install: %s\n' "$NAME" "$*" >&2; }
+die() { printf '%s install: error: %s\n' "$NAME" "$*" >&2; exit 1; }
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+
+uninstall=0 purge=0 use_apt=1 use_systemctl=1
+ROOT="${PI_AGENT_INSTALL_ROOT:-}"
+SOURCE="$REPO"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --uninstall) uninstall=1 ;;
+        --purge) purge=1 ;;
+        --no-apt) use_apt=0 ;;
+        --no-systemctl) use_systemctl=0 ;;
+        --root) [ $# -ge 2 ] || die "--root needs a directory"; ROOT="$2"; shift ;;
+        --root=*) ROOT="${1#*=}" ;;
+        --source) [ $# -ge 2 ] || die "--source needs a value"; SOURCE="$2"; shift ;;
+        --source=*) SOURCE="${1#*=}" ;;
+        -h|--help) usage; exit 0 ;;
+        *) die "unknown option '$1' (see --help)" ;;
+    esac
+    shift
+done
+[ "$purge" = 1 ] && [ "$uninstall" = 0 ] && die "--purge goes with --uninstall"
+ROOT="${ROOT%/}"
+if [ -n "$ROOT" ]; then
+    [ -d "$ROOT" ] || die "--root $ROOT is not a directory"
+    ROOT="$(cd "$ROOT" && pwd)"
+elif [ "$(id -u)" -ne 0 ]; then
+    die "run it as root (sudo $0)"
+fi
+
+ETC_DIR="$ROOT/etc/$NAME"
+CONFIG="$ETC_DIR/config.toml"
+API_KEY="$ETC_DIR/api_key"
+OPT_DIR="$ROOT/opt/$NAME"
+VENV="$OPT_DIR/venv"
+UNIT="$ROOT/etc/systemd/system/$NAME.service"
+STATE_DIR="$ROOT/var/lib/$NAME"
+
+# Commands, overridable as whole command lines; with --root they act inside the root.
+root_opt=()
+if [ -n "$ROOT" ]; then root_opt=(--root "$ROOT"); fi
+if [ -n "${APT_GET:-}" ]; then read -r -a APT <<<"$APT_GET"
+elif [ -n "$ROOT" ]; then APT=(chroot "$ROOT" apt-get)
+else APT=(apt-get)
+fi
+read -r -a SYSTEMCTL_CMD <<<"${SYSTEMCTL:-systemctl}"
+read -r -a USERADD_CMD <<<"${USERADD:-useradd}"
+read -r -a USERMOD_CMD <<<"${USERMOD:-usermod}"
+read -r -a USERDEL_CMD <<<"${USERDEL:-userdel}"
+read -r -a GROUPADD_CMD <<<"${GROUPADD:-groupadd}"
+read -r -a GROUPDEL_CMD <<<"${GROUPDEL:-groupdel}"
+read -r -a PYTHON_CMD <<<"${PYTHON:-/usr/bin/python3}"
+if [ -n "${PI_AGENT_PIP:-}" ]; then read -r -a PIP <<<"$PI_AGENT_PIP"
+else PIP=("$VENV/bin/python" -m pip)
+fi
+
+# --- users and groups (read from the root's own files when installing into a root) ---
+group_db() { if [ -n "$ROOT" ]; then cat "$ROOT/etc/group" 2>/dev/null || true; else getent group || true; fi; }
+passwd_db() { if [ -n "$ROOT" ]; then cat "$ROOT/etc/passwd" 2>/dev/null || true; else getent passwd || true; fi; }
+group_exists() { group_db | awk -F: -v g="$1" '$1 == g { found = 1 } END { exit !found }'; }
+user_exists() { passwd_db | awk -F: -v u="$1" '$1 == u { found = 1 } END { exit !found }'; }
+gid_of() { group_db | awk -F: -v g="$1" '$1 == g { print $3; exit }'; }
+user_in_group() {
+    group_db | awk -F: -v u="$1" -v g="$2" \
+        '$1 == g { n = split($4, m, ","); for (i = 1; i <= n; i++) if (m[i] == u) found = 1 } END { exit !found }'
+}
+
+# chown root:GROUP, skipped when an unprivileged run installs into a test root.
+chown_group() {
+    local group="$1" path="$2" gid
+    gid="$(gid_of "$group")"
+    [ -n "$gid" ] || die "group $group does not exist"
+    if [ "$(id -u)" -eq 0 ]; then chown "0:$gid" "$path"; fi
+}
+
+# install SRC DEST MODE unless DEST already has that content; prints 1 if it changed.
+install_file() {
+    local src="$1" dest="$2" mode="$3"
+    if [ -f "$dest" ] && cmp -s "$src" "$dest"; then
+        chmod "$mode" "$dest"
+        echo 0
+    else
+        install -m "$mode" "$src" "$dest"
+        echo 1
+    fi
+}
+
+deb_installed() {
+    dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
+install_debs() {
+    local missing=() pi_missing=() p
+    for p in "${DEBS[@]}"; do deb_installed "$p" || missing+=("$p"); done
+    for p in "${PI_DEBS[@]}"; do deb_installed "$p" || pi_missing+=("$p"); done
+    if [ ${#missing[@]} -eq 0 ] && [ ${#pi_missing[@]} -eq 0 ]; then
+        say "Debian packages: all present"
+        return
+    fi
+    say "Debian packages: installing ${missing[*]} ${pi_missing[*]}"
+    DEBIAN_FRONTEND=noninteractive "${APT[@]}" update -qq
+    if [ ${#missing[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+    for p in "${pi_missing[@]}"; do
+        DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq --no-install-recommends "$p" ||
+            say "warning: $p is not available (it comes with Raspberry Pi OS); GPIO will not work without it"
+    done
+}
+
+write_config_template() {
+    cat <<'EOF'
+# pi-agent settings (TOML). Each line "# key = value  # meaning" shows the default or an
+# example: remove the leading "# " to set it. The environment overrides this file:
+# PI_AGENT_<KEY> or PI_AGENT_<SECTION>__<KEY> (set them with: sudo systemctl edit pi-agent).
+# The API key does NOT go here: it lives in /etc/pi-agent/api_key (root only), which
+# systemd hands to the service. After a change: sudo systemctl restart pi-agent
+
+# agent_id = "agent_0123456789abcdefghij"  # your ElevenLabs agent id (required)
+# server_url = "https://api.elevenlabs.io"  # API base URL; "http://127.0.0.1:8765" for pi-agent fake-agent
+
+[session]
+# policy = "on_demand"  # on_demand: open a conversation on a button press or speech, close it when idle; persistent: always keep one open
+# idle_timeout = 30.0  # on_demand: close after this many seconds without speech
+# backoff_initial = 1.0  # first reconnect delay ceiling in seconds; doubles per failed attempt
+# backoff_max = 60.0  # reconnect delay cap in seconds (also how often a refused key is retried)
+
+[capture]
+# mode = "vad"  # vad: send speech when voice is detected; push_to_talk: while the button is held; always: all the time
+
+[audio]
+# input_device = "default"  # microphone: device name or a unique part of it (list them: pi-agent devices); as a service "default" is card 0, so name a USB device
+# output_device = "default"  # speaker: device name or a unique part of it
+# echo = "half_duplex"  # half_duplex: the mic is muted while the agent speaks; full_duplex: headset or echo-cancelling mic
+
+[api]
+# port = 8766  # local event WebSocket, /healthz and /metrics on 127.0.0.1; 0 turns it off
+
+[leds]
+# connection_pin = 17  # BCM pin of the connection LED (off: offline, blinking: connecting, on: connected)
+# activity_pin = 27  # BCM pin of the activity LED (listening, thinking, speaking)
+# rgb_pins = [5, 6, 13]  # BCM pins (red, green, blue) of an RGB LED showing the state's colour
+
+[button]
+# pin = 22  # BCM pin of the push button, wired to ground
+
+[log]
+# level = "info"  # debug, info, warning or error
+EOF
+}
+
+do_install() {
+    [ -f "$REPO/systemd/$NAME.service" ] || die "$REPO/systemd/$NAME.service is missing: run this from a pi-agent checkout"
+    if [ "$use_apt" = 1 ]; then install_debs; fi
+
+    "${PYTHON_CMD[@]}" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+        die "pi-agent needs Python >= 3.11 (${PYTHON_CMD[*]} is older): use Raspberry Pi OS Bookworm or later"
+
+    # The service user: a system account without login, in audio (/dev/snd) and gpio.
+    local g
+    for g in audio gpio; do
+        group_exists "$g" || { say "creating group $g"; "${GROUPADD_CMD[@]}" "${root_opt[@]}" --system "$g"; }
+    done
+    if user_exists "$NAME"; then
+        for g in audio gpio; do
+            user_in_group "$NAME" "$g" || { say "adding $NAME to $g"; "${USERMOD_CMD[@]}" "${root_opt[@]}" --append --groups "$g" "$NAME"; }
+        done
+    else
+        say "creating system user $NAME"
+        "${USERADD_CMD[@]}" "${root_opt[@]}" --system --user-group --no-create-home \
+            --home-dir "/var/lib/$NAME" --shell /usr/sbin/nologin --comment "pi-agent voice assistant" \
+            --groups audio,gpio "$NAME"
+    fi
+
+    # The venv sees the system's gpiozero and lgpio (from apt) next to its own packages.
+    install -d -m 0755 "$OPT_DIR"
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "creating the virtual environment $VENV"
+        "${PYTHON_CMD[@]}" -m venv --system-site-packages "$VENV"
+    fi
+    say "installing pi-agent into $VENV from $SOURCE"
+    "${PIP[@]}" install --quiet --disable-pip-version-check --upgrade "$SOURCE"
+    if [ -f "$REPO/README.md" ]; then
+        install_file "$REPO/README.md" "$OPT_DIR/README.md" 0644 >/dev/null
+    fi
+
+    # Settings: readable by the service's group only; never overwritten.
+    install -d -m 0750 "$ETC_DIR"
+    chown_group "$NAME" "$ETC_DIR"
+    if [ -e "$CONFIG" ]; then
+        say "keeping $CONFIG"
+    else
+        local tmp
+        tmp="$(mktemp)"
+        write_config_template >"$tmp"
+        install -m 0640 "$tmp" "$CONFIG"
+        rm -f "$tmp"
+        chown_group "$NAME" "$CONFIG"
+        say "wrote $CONFIG"
+    fi
+    # The API key: root only (systemd reads it for LoadCredential=). An empty file means
+    # a public agent that needs no key, and lets the service start before it is set.
+    if [ ! -e "$API_KEY" ]; then
+        install -m 0600 /dev/null "$API_KEY"
+    fi
+    chmod 0600 "$API_KEY"
+    if [ "$(id -u)" -eq 0 ]; then chown 0:0 "$API_KEY"; fi
+
+    install -d -m 0755 "$(dirname "$UNIT")"
+    local unit_changed
+    unit_changed="$(install_file "$REPO/systemd/$NAME.service" "$UNIT" 0644)"
+    if [ "$unit_changed" = 1 ]; then say "installed $UNIT"; fi
+
+    if [ "$use_systemctl" = 1 ]; then
+        if [ -n "$ROOT" ]; then
+            "${SYSTEMCTL_CMD[@]}" --root="$ROOT" --quiet enable "$NAME.service"
+        else
+            "${SYSTEMCTL_CMD[@]}" daemon-reload
+            "${SYSTEMCTL_CMD[@]}" --quiet enable "$NAME.service"
+            # An upgrade: a running service picks up the new code; a stopped one stays stopped.
+            "${SYSTEMCTL_CMD[@]}" try-restart "$NAME.service"
+        fi
+    fi
+
+    if ! "$VENV/bin/python" -c 'import lgpio' 2>/dev/null; then
+        say "note: lgpio is not importable in the venv; GPIO needs python3-lgpio (Raspberry Pi OS)"
+    fi
+
+    cat <<EOF
+
+pi-agent is installed and enabled (it starts at boot).
+
+Next steps:
+  1. Set your agent (agent_id is required):
+       sudo nano /etc/$NAME/config.toml
+  2. Private agents only: store the ElevenLabs API key (never on a command line):
+       sudo sh -c 'umask 077; systemd-ask-password "ElevenLabs API key:" > /etc/$NAME/api_key'
+  3. Find your microphone and speaker names for [audio]:
+       sudo -u $NAME /opt/$NAME/venv/bin/pi-agent devices
+  4. Start it and follow its log:
+       sudo systemctl restart $NAME && journalctl -u $NAME -f
+Remove it with: sudo $0 --uninstall
+EOF
+}
+
+do_uninstall() {
+    if [ "$use_systemctl" = 1 ] && [ -e "$UNIT" ]; then
+        if [ -n "$ROOT" ]; then
+            "${SYSTEMCTL_CMD[@]}" --root="$ROOT" --quiet disable "$NAME.service" || true
+        else
+            "${SYSTEMCTL_CMD[@]}" --quiet disable --now "$NAME.service" || true
+        fi
+    fi
+    if [ -e "$UNIT" ]; then
+        rm -f "$UNIT"
+        say "removed $UNIT"
+        if [ "$use_systemctl" = 1 ] && [ -z "$ROOT" ]; then
+            "${SYSTEMCTL_CMD[@]}" daemon-reload
+            "${SYSTEMCTL_CMD[@]}" reset-failed "$NAME.service" 2>/dev/null || true
+        fi
+    fi
+    if [ -e "$OPT_DIR" ]; then
+        rm -rf "$OPT_DIR"
+        say "removed $OPT_DIR"
+    fi
+    if user_exists "$NAME"; then
+        "${USERDEL_CMD[@]}" "${root_opt[@]}" "$NAME"
+        say "removed user $NAME"
+    fi
+    if group_exists "$NAME"; then
+        "${GROUPDEL_CMD[@]}" "${root_opt[@]}" "$NAME"
+    fi
+    if [ "$purge" = 1 ]; then
+        rm -rf "$ETC_DIR" "$STATE_DIR"
+        say "removed $ETC_DIR and $STATE_DIR"
+    elif [ -e "$ETC_DIR" ] || [ -e "$STATE_DIR" ]; then
+        say "kept $ETC_DIR and $STATE_DIR (remove them with --uninstall --purge)"
+    fi
+    say "pi-agent is uninstalled (Debian packages and the audio/gpio groups stay)"
+}
+
+if [ "$uninstall" = 1 ]; then do_uninstall; else do_install; fi

@@ -1,0 +1,191 @@
+"""The protocol core: every server message decodes to its type, bad frames raise ProtocolError only."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pi_agent import protocol as p
+from pi_agent.conversation import Conversation
+from pi_agent.errors import ProtocolError
+from support_spec import validate_client_message, validate_server_message
+
+PCM = b"\x01\x00\xff\x7f" * 40
+B64 = base64.b64encode(PCM).decode()
+
+# One example of every server-to-client message of the spec, and the event it must become.
+SERVER_EXAMPLES: list[tuple[dict, type]] = [
+    ({"type": "conversation_initiation_metadata", "conversation_initiation_metadata_event": {
+        "conversation_id": "c1", "agent_output_audio_format": "pcm_44100",
+        "user_input_audio_format": "pcm_16000"}}, p.ConversationMetadata),
+    ({"type": "audio", "audio_event": {"audio_base_64": B64, "event_id": 3}}, p.Audio),
+    ({"type": "user_transcript", "user_transcription_event": {"user_transcript": "hi", "event_id": 2}}, p.UserTranscript),
+    ({"type": "tentative_user_transcript", "tentative_user_transcription_event": {"user_transcript": "h", "event_id": 2}}, p.TentativeUserTranscript),
+    ({"type": "agent_response", "agent_response_event": {"agent_response": "hello", "event_id": 3}}, p.AgentResponse),
+    ({"type": "agent_response_correction", "agent_response_correction_event": {
+        "original_agent_response": "a b", "corrected_agent_response": "a", "event_id": 3}}, p.AgentResponseCorrection),
+    ({"type": "agent_chat_response_part", "text_response_part": {"text": "x", "type": "delta", "event_id": 3}}, p.AgentChatResponsePart),
+    ({"type": "agent_reasoning_response_part", "reasoning_response_part": {"text": "x", "type": "start", "event_id": "r1"}}, p.AgentReasoningResponsePart),
+    ({"type": "interruption", "interruption_event": {"event_id": 3}}, p.Interruption),
+    ({"type": "ping", "ping_event": {"event_id": 4, "ping_ms": None}}, p.Ping),
+    ({"type": "client_tool_call", "client_tool_call": {"tool_name": "t", "tool_call_id": "id", "parameters": {"a": 1}, "event_id": 5}}, p.ClientToolCall),
+    ({"type": "rich_content", "rich_content": {"rich_content_id": "r", "component": "item_card", "props": {}, "event_id": 5}}, p.RichContent),
+    ({"type": "agent_tool_request", "agent_tool_request": {"tool_name": "t", "tool_call_id": "i", "tool_type": "client", "event_id": 5}}, p.AgentToolRequest),
+    ({"type": "agent_tool_response", "agent_tool_response": {"tool_name": "end_call", "tool_call_id": "i", "tool_type": "system", "is_error": False, "is_called": True, "event_id": 5}}, p.AgentToolResponse),
+    ({"type": "agent_tool_response_full_payload", "agent_tool_response_full_payload": {"tool_name": "t", "tool_call_id": "i", "tool_type": "client", "is_error": False, "is_called": True, "event_id": 5, "full_tool_result": "{}"}}, p.AgentToolResponseFullPayload),
+    ({"type": "mcp_tool_call", "mcp_tool_call": {"service_id": "s", "tool_call_id": "i", "tool_name": "t", "parameters": {}, "timestamp": "2026-01-01T00:00:00Z", "state": "loading"}}, p.McpToolCall),
+    ({"type": "mcp_connection_status", "mcp_connection_status": {"integrations": [{"integration_id": "i", "integration_type": "mcp_server", "is_connected": True, "tool_count": 1}]}}, p.McpConnectionStatus),
+    ({"type": "vad_score", "vad_score_event": {"vad_score": 0.5}}, p.VadScore),
+    ({"type": "context_usage", "context_usage_event": {"event_id": 6, "model": "m", "context_tokens": 10, "context_limit_tokens": 100}}, p.ContextUsage),
+    ({"type": "asr_initiation_metadata", "asr_initiation_metadata_event": {}}, p.AsrInitiationMetadata),
+    ({"type": "guardrail_triggered"}, p.GuardrailTriggered),
+    ({"type": "internal_turn_probability", "turn_probability_internal_event": {"turn_probability": 0.3}}, p.InternalTurnProbability),
+    ({"type": "internal_tentative_agent_response", "tentative_agent_response_internal_event": {"tentative_agent_response": "x"}}, p.InternalTentativeAgentResponse),
+    ({"type": "agent_typing", "agent_typing_event": {"is_typing": True}}, p.AgentTyping),
+    ({"type": "external_agent_connected", "external_agent_connected_event": {}}, p.ExternalAgentConnected),
+    ({"type": "external_agent_disconnected"}, p.ExternalAgentDisconnected),
+    ({"type": "error", "error_event": {"code": 1008, "message": "bad", "error_type": "invalid_message"}}, p.ErrorEvent),
+]
+
+
+def test_examples_cover_every_server_type_of_the_spec() -> None:
+    assert {m["type"] for m, _ in SERVER_EXAMPLES} == set(p.SERVER_MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize(("message", "kind"), SERVER_EXAMPLES, ids=[m["type"] for m, _ in SERVER_EXAMPLES])
+def test_decode_every_server_message(message: dict, kind: type) -> None:
+    if message["type"] != "mcp_tool_call":
+        # The spec's MCPToolCall* schemas combine two `additionalProperties: false` objects
+        # with allOf, so no message can satisfy them; every other example must.
+        validate_server_message(message)
+    event = p.decode(json.dumps(message))
+    assert isinstance(event, kind)
+
+
+def test_audio_decodes_base64_and_event_id() -> None:
+    ev = p.decode(json.dumps(SERVER_EXAMPLES[1][0]))
+    assert isinstance(ev, p.Audio) and ev.audio == PCM and ev.event_id == 3
+
+
+def test_numeric_string_event_ids_are_accepted_like_the_sdk() -> None:
+    ev = p.decode('{"type":"interruption","interruption_event":{"event_id":"7"}}')
+    assert ev == p.Interruption(7)
+
+
+def test_unknown_type_is_not_an_error() -> None:
+    ev = p.decode('{"type":"queue_status","queue_status_event":{"status":"timed_out"}}')
+    assert isinstance(ev, p.Unknown) and ev.type == "queue_status"
+
+
+@pytest.mark.parametrize("frame", [
+    b"\x00\x01binary",
+    "not json",
+    "[1, 2]",
+    '{"no_type": 1}',
+    '{"type": "audio"}',
+    '{"type": "audio", "audio_event": {"event_id": 1}}',
+    '{"type": "audio", "audio_event": {"audio_base_64": "@@@", "event_id": 1}}',
+    '{"type": "audio", "audio_event": {"audio_base_64": 5, "event_id": 1}}',
+    '{"type": "audio", "audio_event": {"audio_base_64": "AAAA", "event_id": "x"}}',
+    '{"type": "ping", "ping_event": {"event_id": true}}',
+    '{"type": "conversation_initiation_metadata", "conversation_initiation_metadata_event": '
+    '{"conversation_id": "c", "agent_output_audio_format": "mp3_44100", "user_input_audio_format": "pcm_16000"}}',
+    '{"type": "interruption", "interruption_event": []}',
+    "[" * 100000,
+])
+def test_malformed_frames_raise_protocol_error(frame: str | bytes) -> None:
+    with pytest.raises(ProtocolError):
+        p.decode(frame)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=200),
+    st.text(max_size=200),
+    json_values.map(json.dumps),
+    st.builds(lambda t, body: json.dumps({"type": t, **body}),
+              st.sampled_from(sorted(p.SERVER_MESSAGE_TYPES)),
+              st.dictionaries(st.sampled_from([
+                  "audio_event", "ping_event", "interruption_event", "client_tool_call", "error_event",
+                  "conversation_initiation_metadata_event", "user_transcription_event", "agent_response_event",
+                  "vad_score_event", "agent_tool_response"]), json_values, max_size=3)),
+))
+def test_decoder_never_raises_anything_but_protocol_error(frame: str | bytes) -> None:
+    try:
+        p.decode(frame)
+    except ProtocolError:
+        pass
+
+
+CLIENT_MESSAGES = [
+    p.encode_user_audio(PCM),
+    p.encode_pong(12),
+    p.encode_initiation(dynamic_variables={"name": "Ana", "n": 2}, overrides={"agent": {"first_message": "Hi"}},
+                        user_id="kiosk-1", source="pi_agent", version="0.1.0"),
+    p.encode_initiation(),
+    p.encode_tool_result("call-1", "22 degrees", is_error=False),
+    p.encode_contextual_update("the door opened"),
+    p.encode_user_message("hello"),
+    p.encode_user_activity(),
+]
+
+
+@pytest.mark.parametrize("text", CLIENT_MESSAGES)
+def test_every_client_message_validates_against_the_spec(text: str) -> None:
+    validate_client_message(json.loads(text))
+
+
+def test_audio_message_round_trips() -> None:
+    assert base64.b64decode(json.loads(p.encode_user_audio(PCM))["user_audio_chunk"]) == PCM
+
+
+# --- conversation state --------------------------------------------------------------------
+
+
+def _audio(event_id: int) -> p.Audio:
+    return p.Audio(event_id, PCM)
+
+
+def test_interrupted_audio_is_dropped_and_later_turns_play() -> None:
+    c = Conversation()
+    assert c.on_audio(_audio(1)).new_turn
+    assert c.on_audio(_audio(1)).play
+    c.on_interruption(p.Interruption(1))
+    assert not c.on_audio(_audio(1)).play
+    verdict = c.on_audio(_audio(2))
+    assert verdict.play and verdict.new_turn
+
+
+def test_local_interrupt_drops_the_rest_of_the_current_turn() -> None:
+    c = Conversation()
+    c.on_audio(_audio(4))
+    c.interrupt_locally()
+    assert not c.on_audio(_audio(4)).play
+    assert c.on_audio(_audio(5)).play
+
+
+def test_pongs_owed_and_metadata() -> None:
+    c = Conversation()
+    assert not c.is_open and c.input_format == "pcm_16000"
+    c.on_metadata(p.ConversationMetadata("c9", "ulaw_8000", "pcm_24000"))
+    assert c.is_open and c.output_format == "ulaw_8000" and c.input_format == "pcm_24000"
+    c.on_ping(p.Ping(1, None))
+    c.on_ping(p.Ping(2, 30))
+    assert c.take_pongs() == [1, 2] and c.take_pongs() == []
+
+
+def test_a_new_conversation_starts_a_new_interruption_filter() -> None:
+    c = Conversation()
+    c.on_interruption(p.Interruption(50))
+    assert Conversation().on_audio(_audio(1)).play
