@@ -497,7 +497,7 @@ class Session:
         """Per-connection timers: metadata deadline, silence keep-alive, on_demand idle close."""
         s = self.settings
         while True:
-            await self._sleep(0.25)
+            await asyncio.sleep(0.25)
             now = self._clock()
             if not conversation.is_open:
                 if now - opened_at > s.connect_timeout:

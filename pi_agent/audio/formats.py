@@ -68,7 +68,9 @@ def get_format(name: str) -> AudioFormat:
 # --------------------------------------------------------------------------- G.711 mu-law
 
 _ULAW_BIAS = 0x84
-_ULAW_CLIP = 32635
+# Segment end points of the 14-bit encoder (ITU-T G.711 / the Sun reference code).
+_ULAW_SEG_END = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF], dtype=np.int32)
+_ULAW_CLIP_14 = 8159
 
 
 def _build_ulaw_decode_table() -> np.ndarray:
@@ -81,15 +83,20 @@ def _build_ulaw_decode_table() -> np.ndarray:
 
 
 def _build_ulaw_encode_table() -> np.ndarray:
-    """Map every int16 value (indexed as uint16) to its mu-law byte."""
+    """Map every int16 value (indexed as uint16) to its mu-law byte.
+
+    Works on the top 14 bits like the reference encoder, so the output is
+    byte-identical to the classic implementations (e.g. the former ``audioop``).
+    """
     x = np.arange(65536, dtype=np.int32)
-    x = np.where(x >= 32768, x - 65536, x)
-    sign = np.where(x < 0, 0x80, 0)
-    magnitude = np.minimum(np.abs(x), _ULAW_CLIP) + _ULAW_BIAS
-    # exponent = index of the highest set bit of (magnitude >> 7), 0..7
-    exponent = np.floor(np.log2(magnitude >> 7)).astype(np.int32)
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
+    x = np.where(x >= 32768, x - 65536, x) >> 2
+    negative = x < 0
+    mask = np.where(negative, 0x7F, 0xFF)
+    magnitude = np.minimum(np.abs(x), _ULAW_CLIP_14) + (_ULAW_BIAS >> 2)
+    segment = np.searchsorted(_ULAW_SEG_END, magnitude)
+    code = (np.minimum(segment, 7) << 4) | ((magnitude >> (segment + 1)) & 0x0F)
+    code = np.where(segment >= 8, 0x7F, code)
+    return ((code ^ mask) & 0xFF).astype(np.uint8)
 
 
 _ULAW_DECODE = _build_ulaw_decode_table()
@@ -103,7 +110,7 @@ def ulaw_decode(data: bytes | np.ndarray) -> np.ndarray:
 
 
 def ulaw_encode(samples: np.ndarray) -> bytes:
-    """int16 samples -> G.711 mu-law bytes (the classic 14-bit, biased, clipped encoder)."""
+    """int16 samples -> G.711 mu-law bytes."""
     return _ULAW_ENCODE[np.asarray(samples, dtype=np.int16).view(np.uint16)].tobytes()
 
 

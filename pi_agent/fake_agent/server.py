@@ -523,12 +523,13 @@ class _Session:
         log.info("conversation %s: client tool call %s (%s)", self.record.id, name, call_id)
         try:
             await self.send({"type": "client_tool_call", "client_tool_call": call})
-            waiters: list[asyncio.Future[Any]] = [future]
-            if stop is not None:
-                waiters.append(asyncio.ensure_future(stop.wait()))
-            done, _ = await asyncio.wait(waiters, timeout=self.options.tool_timeout, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters[1:]:
-                waiter.cancel()
+            stopped = asyncio.ensure_future((stop or asyncio.Event()).wait())
+            try:
+                done, _ = await asyncio.wait(
+                    [future, stopped], timeout=self.options.tool_timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                stopped.cancel()
             if future in done:
                 return future.result()
             if not done:

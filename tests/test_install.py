@@ -1,0 +1,373 @@
+"""scripts/install.sh, run for real against a temporary root directory.
+
+The Debian packages and pip are replaced by recorders (no network, no changes to this
+machine); as root, the real useradd/groupadd (``--root``) and ``systemctl --root``
+act on the temporary root, otherwise recorders that edit its passwd/group files do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "install.sh"
+IS_ROOT = os.geteuid() == 0
+REAL_ACCOUNTS = IS_ROOT and all(shutil.which(c) for c in ("useradd", "groupadd", "usermod", "userdel", "groupdel"))
+REAL_SYSTEMCTL = shutil.which("systemctl") is not None
+
+# A stand-in for a command: records its arguments as one JSON line, and for the
+# account tools edits <root>/etc/passwd and <root>/etc/group the way they would.
+RECORDER = r'''
+import json, os, sys
+name, args = sys.argv[1], sys.argv[2:]
+with open(os.environ["RECORD_LOG"], "a") as f:
+    f.write(json.dumps([name, *args]) + "\n")
+if os.environ.get("RECORD_FAIL") and os.environ["RECORD_FAIL"] in " ".join([name, *args]):
+    sys.exit(100)
+root = args[args.index("--root") + 1] if "--root" in args else os.environ.get("RECORD_ROOT", "")
+def rows(f):
+    with open(f"{root}/etc/{f}") as fh:
+        return [line.rstrip("\n").split(":") for line in fh if line.strip()]
+def save(f, rs):
+    with open(f"{root}/etc/{f}", "w") as fh:
+        fh.writelines(":".join(r) + "\n" for r in rs)
+def next_id(rs):
+    return str(max([999] + [int(r[2]) for r in rs if int(r[2]) < 60000]) + 1)
+opts = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--groups",)}
+target = args[-1] if args else ""
+if name == "groupadd":
+    g = rows("group"); g.append([target, "x", next_id(g), ""]); save("group", g)
+elif name == "useradd":
+    g = rows("group"); gid = next_id(g); g.append([target, "x", gid, ""])
+    for r in g:
+        if r[0] in opts.get("--groups", "").split(","):
+            r[3] = ",".join(filter(None, [*r[3].split(","), target]))
+    save("group", g)
+    p = rows("passwd"); p.append([target, "x", next_id(p), gid, "", "/var/lib/" + target, "/usr/sbin/nologin"])
+    save("passwd", p)
+elif name == "usermod":
+    g = rows("group")
+    for r in g:
+        if r[0] in opts["--groups"].split(","):
+            r[3] = ",".join(filter(None, [*r[3].split(","), target]))
+    save("group", g)
+elif name == "userdel":
+    save("passwd", [r for r in rows("passwd") if r[0] != target])
+    save("group", [r[:3] + [",".join(m for m in r[3].split(",") if m and m != target)] for r in rows("group")])
+elif name == "groupdel":
+    save("group", [r for r in rows("group") if r[0] != target])
+'''
+
+
+@dataclass
+class Installer:
+    root: Path
+    log: Path
+    env: dict[str, str]
+
+    def run(self, *args: str, fail: str = "") -> subprocess.CompletedProcess[str]:
+        env = {**self.env, "RECORD_FAIL": fail}
+        return subprocess.run(["bash", str(SCRIPT), "--root", str(self.root), *args],
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    def calls(self, name: str | None = None) -> list[list[str]]:
+        if not self.log.exists():
+            return []
+        rows = [json.loads(line) for line in self.log.read_text().splitlines()]
+        return [r for r in rows if name is None or r[0] == name]
+
+    def group(self, name: str) -> list[str] | None:
+        for line in (self.root / "etc" / "group").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == name:
+                return fields
+        return None
+
+    def user(self, name: str) -> list[str] | None:
+        for line in (self.root / "etc" / "passwd").read_text().splitlines():
+            if line.split(":")[0] == name:
+                return line.split(":")
+        return None
+
+
+def _make_installer(tmp: Path, *, real_tools: bool) -> Installer:
+    root = tmp / "root"
+    (root / "etc").mkdir(parents=True)
+    # A Debian base system's account files: audio exists, gpio does not (not a Pi).
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (root / "etc" / "group").write_text("root:x:0:\naudio:x:29:\n")
+    (root / "etc" / "shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (root / "etc" / "gshadow").write_text("root:*::\naudio:*::\n")
+    for f in ("shadow", "gshadow"):
+        (root / "etc" / f).chmod(0o640)
+    (root / "usr" / "sbin").mkdir(parents=True)
+    (root / "usr" / "sbin" / "nologin").write_text("#!/bin/sh\nexit 1\n")
+    (root / "usr" / "sbin" / "nologin").chmod(0o755)
+
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    recorder = tmp / "recorder.py"
+    recorder.write_text(RECORDER)
+    log = tmp / "calls.jsonl"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "LC_ALL": "C.UTF-8",
+           "RECORD_LOG": str(log), "RECORD_ROOT": str(root)}
+    stubbed = ["apt-get", "pip"]
+    if not (real_tools and REAL_ACCOUNTS):
+        stubbed += ["useradd", "groupadd", "usermod", "userdel", "groupdel"]
+    if not (real_tools and REAL_SYSTEMCTL):
+        stubbed += ["systemctl"]
+    for name in stubbed:
+        stub = bin_dir / name
+        stub.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{recorder}" {name} "$@"\n')
+        stub.chmod(0o755)
+        var = {"apt-get": "APT_GET", "pip": "PI_AGENT_PIP"}.get(name, name.upper())
+        env[var] = str(stub)
+    return Installer(root, log, env)
+
+
+def _snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every path under root with its type, mode, owner and content hash (or link target)."""
+    out: dict[str, tuple[object, ...]] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            what: object = os.readlink(path)
+        elif stat.S_ISREG(st.st_mode):
+            what = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            what = None
+        out[str(path.relative_to(root))] = (stat.filemode(st.st_mode), st.st_uid, st.st_gid, what)
+    return out
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture(scope="module")
+def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Install, edit, install again, uninstall twice, purge: everything the tests look at."""
+    inst = _make_installer(tmp_path_factory.mktemp("install"), real_tools=True)
+    r: dict[str, object] = {"inst": inst}
+    r["first"] = inst.run()
+    r["after_first"] = _snapshot(inst.root)
+    r["calls_first"] = inst.calls()
+    r["passwd_first"] = (inst.root / "etc/passwd").read_text()
+    r["pyvenv_cfg"] = (inst.root / "opt/pi-agent/venv/pyvenv.cfg").read_text()
+    r["group_first"] = (inst.root / "etc/group").read_text()
+    config = inst.root / "etc/pi-agent/config.toml"
+    r["config_text"] = config.read_text() if config.exists() else ""
+
+    if config.exists():  # the admin sets the agent and the key
+        config.write_text(config.read_text() + '\nagent_id = "agent_edited_by_admin"\n')
+        (inst.root / "etc/pi-agent/api_key").write_text("sk_test_never_printed_123\n")
+    r["before_second"] = _snapshot(inst.root)
+    r["second"] = inst.run()
+    r["after_second"] = _snapshot(inst.root)
+    r["config_after_second"] = config.read_text() if config.exists() else ""
+    r["calls_second"] = inst.calls()[len(r["calls_first"]):]  # type: ignore[arg-type]
+
+    r["uninstall"] = inst.run("--uninstall")
+    r["after_uninstall"] = _snapshot(inst.root)
+    r["uninstall_again"] = inst.run("--uninstall")
+    r["purge"] = inst.run("--uninstall", "--purge")
+    r["after_purge"] = _snapshot(inst.root)
+    return r
+
+
+def _ok(result: object) -> subprocess.CompletedProcess[str]:
+    assert isinstance(result, subprocess.CompletedProcess)
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_install_writes_the_service_files(lifecycle: dict[str, object]) -> None:
+    first = _ok(lifecycle["first"])
+    files = lifecycle["after_first"]
+    assert isinstance(files, dict)
+    group = str(lifecycle["group_first"])
+    gid = int(next(line.split(":")[2] for line in group.splitlines() if line.startswith("pi-agent:")))
+    owner_group = (0, gid) if IS_ROOT else (os.getuid(), os.getgid())
+
+    def sha(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    assert files["etc/systemd/system/pi-agent.service"] == ("-rw-r--r--", *_me(), sha(REPO / "systemd/pi-agent.service"))
+    if REAL_SYSTEMCTL:
+        assert files["etc/systemd/system/multi-user.target.wants/pi-agent.service"][3] == (
+            "/etc/systemd/system/pi-agent.service")
+    assert files["etc/pi-agent"][:3] == ("drwxr-x---", *owner_group)
+    assert files["etc/pi-agent/config.toml"][:3] == ("-rw-r-----", *owner_group)
+    # Empty until the admin fills it in; readable by root only (systemd's LoadCredential=).
+    assert files["etc/pi-agent/api_key"] == ("-rw-------", *_me(), hashlib.sha256(b"").hexdigest())
+    assert files["opt/pi-agent/venv/bin/python"][0].startswith("l")
+    # The venv sees apt's gpiozero and lgpio.
+    assert "include-system-site-packages = true" in str(lifecycle["pyvenv_cfg"])
+
+    assert "Next steps" in first.stdout and "/etc/pi-agent/api_key" in first.stdout
+    assert "systemctl restart pi-agent" in first.stdout
+
+
+def _me() -> tuple[int, int]:
+    """Owner of files the installer leaves root's: root, or whoever runs an unprivileged test."""
+    return (0, 0) if IS_ROOT else (os.getuid(), os.getgid())
+
+
+def test_install_creates_the_service_user_in_audio_and_gpio(lifecycle: dict[str, object]) -> None:
+    _ok(lifecycle["first"])
+    passwd, group = lifecycle["passwd_first"], lifecycle["group_first"]
+    assert isinstance(passwd, str) and isinstance(group, str)
+    users = {line.split(":")[0]: line.split(":") for line in passwd.splitlines()}
+    groups = {line.split(":")[0]: line.split(":") for line in group.splitlines()}
+    user = users["pi-agent"]
+    assert user[5:] == ["/var/lib/pi-agent", "/usr/sbin/nologin"]
+    assert int(user[2]) < 1000, "a system user"
+    assert user[3] == groups["pi-agent"][2]
+    assert "pi-agent" in groups["audio"][3].split(",")
+    assert "pi-agent" in groups["gpio"][3].split(","), "gpio is created off the Pi"
+
+
+def test_packages_and_pip_are_asked_for(lifecycle: dict[str, object]) -> None:
+    calls = lifecycle["calls_first"]
+    assert isinstance(calls, list)
+    apt = [c for c in calls if c[0] == "apt-get"]
+    assert apt[0][1:] == ["update", "-qq"]
+    installed = {p for c in apt[1:] for p in c if not p.startswith("-") and p not in ("apt-get", "install")}
+    assert {"python3-venv", "python3-dev", "portaudio19-dev", "libasound2-plugins", "alsa-utils",
+            "python3-gpiozero", "python3-lgpio"} <= installed
+    pip = [c for c in calls if c[0] == "pip"]
+    assert pip == [["pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", str(REPO)]]
+
+
+def test_second_run_changes_nothing_and_keeps_the_edits(lifecycle: dict[str, object]) -> None:
+    second = _ok(lifecycle["second"])
+    before, after = lifecycle["before_second"], lifecycle["after_second"]
+    assert isinstance(before, dict) and isinstance(after, dict)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert changed == set()
+    inst = lifecycle["inst"]
+    assert isinstance(inst, Installer)
+    calls = lifecycle["calls_second"]
+    assert isinstance(calls, list)
+    assert not [c for c in calls if c[0] in ("useradd", "groupadd", "usermod")]
+    assert 'agent_id = "agent_edited_by_admin"' in str(lifecycle["config_after_second"])
+    assert "keeping" in second.stderr and "config.toml" in second.stderr
+    assert "sk_test_never_printed_123" not in second.stdout + second.stderr
+
+
+def test_uninstall_removes_the_service_and_keeps_the_settings(lifecycle: dict[str, object]) -> None:
+    result = _ok(lifecycle["uninstall"])
+    after = lifecycle["after_uninstall"]
+    assert isinstance(after, dict)
+    assert not [p for p in after if p.startswith("opt/pi-agent")]
+    assert "etc/systemd/system/pi-agent.service" not in after
+    assert "etc/systemd/system/multi-user.target.wants/pi-agent.service" not in after
+    assert {"etc/pi-agent/config.toml", "etc/pi-agent/api_key"} <= after.keys()
+    assert "--purge" in result.stderr
+    inst = lifecycle["inst"]
+    assert isinstance(inst, Installer)
+    _ok(lifecycle["uninstall_again"])
+    _ok(lifecycle["purge"])
+    purged = lifecycle["after_purge"]
+    assert isinstance(purged, dict)
+    assert not [p for p in purged if "pi-agent" in p]
+    assert inst.user("pi-agent") is None and inst.group("pi-agent") is None
+    assert inst.group("gpio") is not None and inst.group("audio") is not None  # shared groups stay
+
+
+def test_the_config_template_is_valid_once_uncommented(lifecycle: dict[str, object]) -> None:
+    text = lifecycle["config_text"]
+    assert isinstance(text, str) and text
+    assert not tomllib.loads(text).get("agent_id"), "nothing is set until the admin sets it"
+    lines = []
+    for line in text.splitlines():
+        m = re.fullmatch(r"# ([a-z_]+ = .+?)  # .+", line)
+        lines.append(m.group(1) if m else line)
+    data = tomllib.loads("\n".join(lines))
+    assert data["agent_id"] and data["session"]["policy"] and data["button"]["pin"]
+    config = pytest.importorskip("pi_agent.config")
+    settings = config.Settings(**data)  # every key is a real setting with a valid value
+    assert settings.api.port == data["api"]["port"]
+
+
+def test_fully_recorded_run_and_the_existing_user_case(tmp_path: Path) -> None:
+    inst = _make_installer(tmp_path, real_tools=False)
+    group = inst.root / "etc" / "group"
+    group.write_text(group.read_text() + "gpio:x:997:\npi-agent:x:996:\n")
+    passwd = inst.root / "etc" / "passwd"
+    passwd.write_text(passwd.read_text() + "pi-agent:x:996:996::/var/lib/pi-agent:/usr/sbin/nologin\n")
+
+    # python3-lgpio is not in plain Debian: a warning, not a failure.
+    result = inst.run(fail="install -y -qq --no-install-recommends python3-lgpio")
+    _ok(result)
+    assert "python3-lgpio is not available" in result.stderr
+    calls = inst.calls()
+    assert [c for c in calls if c[0] in ("useradd", "groupadd")] == []
+    assert ["usermod", "--root", str(inst.root), "--append", "--groups", "audio", "pi-agent"] in calls
+    assert ["usermod", "--root", str(inst.root), "--append", "--groups", "gpio", "pi-agent"] in calls
+    assert ["systemctl", f"--root={inst.root}", "--quiet", "enable", "pi-agent.service"] in calls
+
+
+def test_no_apt_and_no_systemctl(tmp_path: Path) -> None:
+    inst = _make_installer(tmp_path, real_tools=False)
+    _ok(inst.run("--no-apt", "--no-systemctl"))
+    assert [c[0] for c in inst.calls() if c[0] in ("apt-get", "systemctl")] == []
+    assert (inst.root / "etc/systemd/system/pi-agent.service").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--bogus"], "unknown option"), (["--purge"], "--purge goes with --uninstall"),
+     (["--root"], "--root needs a directory")],
+)
+def test_bad_arguments_exit_with_a_message(args: list[str], message: str) -> None:
+    result = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_missing_root_directory(tmp_path: Path) -> None:
+    result = subprocess.run(["bash", str(SCRIPT), "--root", str(tmp_path / "nope")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "is not a directory" in result.stderr
+
+
+def test_help() -> None:
+    result = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "--uninstall" in result.stdout and "set -euo" not in result.stdout
+
+
+def test_bash_syntax() -> None:
+    subprocess.run(["bash", "-n", str(SCRIPT)], check=True, timeout=30)
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_shellcheck() -> None:
+    result = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PI_AGENT_SLOW_TESTS") != "1", reason="set PI_AGENT_SLOW_TESTS=1 (needs PyPI)")
+def test_real_pip_install_gives_the_unit_its_exec_start(tmp_path: Path) -> None:
+    inst = _make_installer(tmp_path, real_tools=True)
+    del inst.env["PI_AGENT_PIP"]  # the real pip, from PyPI
+    result = inst.run()
+    _ok(result)
+    exe = inst.root / "opt/pi-agent/venv/bin/pi-agent"
+    assert exe.exists(), "the unit's ExecStart"
+    check = subprocess.run([str(inst.root / "opt/pi-agent/venv/bin/python"), "-c", "import pi_agent, gpiozero"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
