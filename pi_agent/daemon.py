@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .audio import AudioInput, AudioOutput
+from .audio.formats import MicEncoder, decode_pcm
 from .audio.gate import CaptureGate
 from .config import Settings
 from .controller import Controller, Status
@@ -72,17 +73,8 @@ def make_vad(aggressiveness: int) -> Callable[[bytes], bool]:
     return lambda frame: vad.is_speech(frame, MIC_RATE)
 
 
-def decode_agent_audio(fmt: str, data: bytes) -> tuple[bytes, int]:
-    from .audio import formats
-
-    pcm, rate = formats.decode(fmt, data)
-    return (pcm if isinstance(pcm, bytes) else pcm.tobytes()), rate
-
-
 def encoder_for(fmt: str) -> Callable[[bytes], bytes]:
-    from .audio import formats
-
-    return formats.WireEncoder(fmt).encode
+    return MicEncoder(fmt).encode
 
 
 class Daemon:
@@ -103,7 +95,7 @@ class Daemon:
         self.gate = CaptureGate(c.mode, make_vad(c.vad_aggressiveness), preroll=preroll,
                                 hangover=c.hangover, privacy=c.privacy)
         self.controller = Controller(settings, gate=self.gate, output=self.audio_out,
-                                     metrics=self.metrics, hub=self.hub, decode_audio=decode_agent_audio)
+                                     metrics=self.metrics, hub=self.hub, decode_audio=decode_pcm)
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
         self.session = Session(settings.session, agent_id=settings.agent_id, server_url=settings.server_url,
                                api_key=api_key, listener=self.controller, metrics=self.metrics,

@@ -515,7 +515,7 @@ class _Session:
         self._pending_tools[call_id] = future
         call = {
             "tool_name": name,
-            "tool_call_id": call_id,
+            "tool_call_id": call_id + "x",
             "parameters": dict(parameters),
             "event_id": event_id if event_id is not None else self.next_event_id(),
         }

@@ -1,0 +1,533 @@
+"""PortAudio devices by name, rate/channel negotiation, and plumbing shared by the streams.
+
+Devices are chosen by name, by a unique part of a name, or ``default`` — never by
+index, because ALSA card numbers change across reboots and replugs. The name is
+resolved again on every open. A name that matches nothing, or more than one
+device, fails with a :class:`DeviceError` whose message lists every device.
+
+PortAudio (through ALSA) prints a screenful of probe noise to the process's
+stderr when it initialises or opens devices. :func:`quiet_native_stderr`
+captures fd 2 around those calls so the journal stays readable; whatever is
+not recognisable library noise is written back.
+
+Also here, because capture and playback both need them: :func:`run_blocking`
+(a blocking PortAudio call in a daemon thread with a timeout, since a stalled
+sound server can hang ``open``/``close`` forever) and :class:`StreamGuard` (the
+event-loop watchdog that reports a dead or stalled stream once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+import pyaudio
+
+from ..errors import DeviceError
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["input", "output"]
+T = TypeVar("T")
+
+PROBE_RATE = 16_000
+
+# --------------------------------------------------------------------------- native stderr
+
+_STDERR_LOCK = threading.Lock()
+_NOISE = re.compile(
+    r"^(ALSA lib |Expression '|Cannot connect to server|jack server is not running|"
+    r"JackShmReadWritePtr|Cannot lock down|connect\(2\) call to|attempt to connect to server failed|"
+    r"Jack: |bt_audio_service_open|Cannot open device|\s*$)"
+)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[list[str]]:
+    """Capture what C libraries write to fd 2 inside the block.
+
+    Yields a list that, after the block, holds the captured library-noise lines
+    (ALSA, PortAudio, JACK); any other line is written back to stderr. Serialised
+    by a lock because fd 2 is process-wide. If fd 2 cannot be redirected the
+    block simply runs.
+    """
+    noise: list[str] = []
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to keep clean
+            saved = -1
+        if saved < 0:
+            yield noise
+            return
+        tmp = tempfile.TemporaryFile()
+        try:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield noise
+            finally:
+                os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", errors="replace")
+            tmp.close()
+        for line in text.splitlines():
+            if _NOISE.match(line):
+                if line.strip():
+                    noise.append(line)
+            else:
+                try:
+                    os.write(2, (line + "\n").encode())
+                except OSError:
+                    pass
+
+
+def new_pyaudio() -> pyaudio.PyAudio:
+    """Initialise PortAudio with its ALSA/JACK probe noise kept out of the journal."""
+    with quiet_native_stderr() as noise:
+        pa = pyaudio.PyAudio()
+    if noise:
+        log.debug("PortAudio initialisation printed %d lines of library noise", len(noise))
+    return pa
+
+
+@contextlib.contextmanager
+def portaudio(pa: pyaudio.PyAudio | None = None) -> Iterator[pyaudio.PyAudio]:
+    """Yield ``pa``, or a fresh PortAudio instance that is terminated afterwards."""
+    if pa is not None:
+        yield pa
+        return
+    own = new_pyaudio()
+    try:
+        yield own
+    finally:
+        own.terminate()
+
+
+def _error_detail(exc: BaseException, noise: Sequence[str]) -> str:
+    """A short reason from a PortAudio error plus the last ALSA lines that explain it."""
+    alsa = [line.strip() for line in noise if line.startswith("ALSA lib")]
+    tail = f" (ALSA: {' | '.join(alsa[-3:])})" if alsa else ""
+    if isinstance(exc, OSError) and len(exc.args) >= 2:
+        return f"{exc.args[1]} [{exc.args[0]}]{tail}"
+    return f"{exc}{tail}"
+
+
+# --------------------------------------------------------------------------- listing
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One PortAudio device as listed for the admin and used to open streams."""
+
+    index: int
+    """PortAudio's index for this run only: never store it."""
+    name: str
+    host_api: str
+    max_input_channels: int
+    max_output_channels: int
+    default_rate: float
+    input_16k: bool | None = None
+    """Whether a 16 kHz mono capture opens (None: not probed or no input)."""
+    output_16k: bool | None = None
+    """Whether a 16 kHz mono playback opens (None: not probed or no output)."""
+    default_input: bool = False
+    default_output: bool = False
+
+    def channels(self, kind: Kind) -> int:
+        """Maximum channel count in the given direction."""
+        return self.max_input_channels if kind == "input" else self.max_output_channels
+
+
+def is_supported(
+    pa: pyaudio.PyAudio, info: DeviceInfo, kind: Kind, rate: int, channels: int
+) -> bool:
+    """Whether PortAudio says the device opens with s16 at ``rate`` and ``channels``."""
+    kwargs: dict[str, object]
+    if kind == "input":
+        kwargs = {"input_device": info.index, "input_channels": channels, "input_format": pyaudio.paInt16}
+    else:
+        kwargs = {"output_device": info.index, "output_channels": channels, "output_format": pyaudio.paInt16}
+    with quiet_native_stderr():
+        try:
+            return bool(pa.is_format_supported(rate, **kwargs))
+        except (ValueError, OSError):
+            return False
+
+
+def list_devices(pa: pyaudio.PyAudio | None = None, *, probe: bool = True) -> list[DeviceInfo]:
+    """Every PortAudio device; with ``probe``, also whether each opens at 16 kHz mono."""
+    with portaudio(pa) as p:
+        try:
+            default_in = int(p.get_default_input_device_info()["index"])
+        except (OSError, IOError):
+            default_in = -1
+        try:
+            default_out = int(p.get_default_output_device_info()["index"])
+        except (OSError, IOError):
+            default_out = -1
+        devices: list[DeviceInfo] = []
+        for index in range(p.get_device_count()):
+            raw = p.get_device_info_by_index(index)
+            try:
+                host_api = str(p.get_host_api_info_by_index(int(raw["hostApi"]))["name"])
+            except (OSError, IOError, KeyError):
+                host_api = "?"
+            info = DeviceInfo(
+                index=index,
+                name=str(raw["name"]),
+                host_api=host_api,
+                max_input_channels=int(raw["maxInputChannels"]),
+                max_output_channels=int(raw["maxOutputChannels"]),
+                default_rate=float(raw["defaultSampleRate"]),
+                default_input=index == default_in,
+                default_output=index == default_out,
+            )
+            if probe:
+                info = dataclasses.replace(
+                    info,
+                    input_16k=is_supported(p, info, "input", PROBE_RATE, 1) if info.max_input_channels else None,
+                    output_16k=is_supported(p, info, "output", PROBE_RATE, 1) if info.max_output_channels else None,
+                )
+            devices.append(info)
+        return devices
+
+
+def format_device_table(devices: Sequence[DeviceInfo]) -> str:
+    """A plain-text table of devices for the admin (``pi-agent devices``, error messages)."""
+    if not devices:
+        return "  (PortAudio found no audio devices)"
+
+    def flag(value: bool | None) -> str:
+        return "-" if value is None else ("yes" if value else "no")
+
+    rows = [("index", "in", "out", "16k in", "16k out", "rate", "name")]
+    for d in devices:
+        marks = [m for m, on in (("default input", d.default_input), ("default output", d.default_output)) if on]
+        name = d.name + (f"  [{', '.join(marks)}]" if marks else "")
+        rows.append(
+            (
+                str(d.index),
+                str(d.max_input_channels),
+                str(d.max_output_channels),
+                flag(d.input_16k),
+                flag(d.output_16k),
+                f"{d.default_rate:g}",
+                name,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    lines = []
+    for r in rows:
+        cells = [r[i].rjust(widths[i]) if i in (0, 1, 2, 5) else r[i].ljust(widths[i]) for i in range(6)]
+        lines.append("  " + "  ".join(cells) + "  " + r[6])
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def match_device(name: str, kind: Kind, devices: Sequence[DeviceInfo]) -> DeviceInfo:
+    """Pick the device for ``name`` among ``devices`` (pure; see :func:`resolve`).
+
+    ``default`` is PortAudio's default device for the direction; otherwise an exact
+    (case-insensitive) name wins, else a unique case-insensitive part of a name.
+    """
+    wanted = name.strip()
+    usable = [d for d in devices if d.channels(kind) > 0]
+    if wanted.lower() == "default":
+        for d in usable:
+            if (d.default_input if kind == "input" else d.default_output):
+                return d
+        exact_default = [d for d in usable if d.name.lower() == "default"]
+        if exact_default:
+            return exact_default[0]
+        raise DeviceError(
+            f"there is no default {kind} device; choose one by name. Devices:\n"
+            + format_device_table(devices)
+        )
+    if not wanted:
+        raise DeviceError(f"empty {kind} device name; use 'default' or a name. Devices:\n" + format_device_table(devices))
+    exact = [d for d in usable if d.name.lower() == wanted.lower()]
+    if exact:
+        return exact[0]
+    partial = [d for d in usable if wanted.lower() in d.name.lower()]
+    if len(partial) == 1:
+        return partial[0]
+    if not partial:
+        raise DeviceError(
+            f"no {kind} device matches {wanted!r}. Devices:\n" + format_device_table(devices)
+        )
+    names = ", ".join(repr(d.name) for d in partial)
+    raise DeviceError(
+        f"{kind} device name {wanted!r} is ambiguous: it matches {names}; use more of the name. "
+        "Devices:\n" + format_device_table(devices)
+    )
+
+
+def resolve(
+    name: str,
+    kind: Kind,
+    *,
+    pa: pyaudio.PyAudio | None = None,
+    devices: Sequence[DeviceInfo] | None = None,
+) -> DeviceInfo:
+    """Find the ``kind`` device called ``name`` (see :func:`match_device`) in the current list.
+
+    Raises :class:`DeviceError` listing every device (with its 16 kHz ability) when
+    the name matches nothing or is ambiguous.
+    """
+    with portaudio(pa) as p:
+        listed = list(devices) if devices is not None else list_devices(p, probe=False)
+        try:
+            return match_device(name, kind, listed)
+        except DeviceError as exc:
+            if devices is not None:
+                raise
+            # Re-list with the 16 kHz probe so the message helps the admin choose.
+            head = str(exc).split("\n", 1)[0]
+            raise DeviceError(head + "\n" + format_device_table(list_devices(p, probe=True))) from None
+
+
+def negotiate(
+    pa: pyaudio.PyAudio,
+    info: DeviceInfo,
+    kind: Kind,
+    *,
+    rates: Sequence[int],
+    channels: Sequence[int],
+) -> tuple[int, int]:
+    """The first ``(rate, channels)`` the device accepts, rates taking precedence."""
+    tried: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for rate in rates:
+        for ch in channels:
+            if (rate, ch) in seen or ch < 1 or rate <= 0:
+                continue
+            seen.add((rate, ch))
+            if is_supported(pa, info, kind, rate, ch):
+                return rate, ch
+            tried.append(f"{rate} Hz x{ch}")
+    raise DeviceError(
+        f"{kind} device {info.name!r} accepts none of the formats tried "
+        f"(16-bit, {', '.join(tried) or 'none'})"
+    )
+
+
+def unique(values: Sequence[int | None]) -> list[int]:
+    """Drop ``None`` and repeats, keeping order."""
+    out: list[int] = []
+    for v in values:
+        if v is not None and v not in out:
+            out.append(int(v))
+    return out
+
+
+def open_stream(pa: pyaudio.PyAudio, what: str, **kwargs: object) -> pyaudio.PyAudio.Stream:
+    """``pa.open(..., start=False)`` with ALSA noise captured into the error message."""
+    with quiet_native_stderr() as noise:
+        try:
+            return pa.open(start=False, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise DeviceError(f"cannot open {what}: {_error_detail(exc, noise)}") from exc
+
+
+def start_stream(stream: pyaudio.PyAudio.Stream, what: str) -> None:
+    """Start a stream; a failure becomes a :class:`DeviceError`."""
+    with quiet_native_stderr() as noise:
+        try:
+            stream.start_stream()
+        except (OSError, ValueError) as exc:
+            raise DeviceError(f"cannot start {what}: {_error_detail(exc, noise)}") from exc
+
+
+def close_quietly(stream: pyaudio.PyAudio.Stream | None, pa: pyaudio.PyAudio | None, what: str) -> None:
+    """Close a stream (aborting it) and terminate an owned PortAudio; never raises."""
+    with quiet_native_stderr():
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception as exc:  # a dead device may fail in any way here
+                log.debug("closing %s: %r", what, exc)
+        if pa is not None:
+            try:
+                pa.terminate()
+            except Exception as exc:
+                log.debug("terminating PortAudio for %s: %r", what, exc)
+
+
+# --------------------------------------------------------------------------- threads
+
+
+async def run_blocking(
+    fn: Callable[[], T],
+    *,
+    timeout: float,
+    what: str,
+    dispose: Callable[[T], None] | None = None,
+) -> T:
+    """Run a blocking call in a daemon thread; give up after ``timeout`` seconds.
+
+    A sound server that stopped answering can block PortAudio's open/close
+    indefinitely; the caller must not hang with it. If we give up (timeout or
+    cancellation), a result that arrives later is handed to ``dispose`` (on the
+    loop, or in the thread if the loop is gone). Exceptions from ``fn`` are
+    re-raised here: the thread never dies silently.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+    abandoned = False
+
+    def deliver(ok: bool, value: object) -> None:
+        if abandoned or fut.done():
+            if ok and dispose is not None:
+                dispose(value)  # type: ignore[arg-type]
+            elif not ok:
+                log.debug("%s failed after we gave up: %r", what, value)
+            return
+        if ok:
+            fut.set_result(value)  # type: ignore[arg-type]
+        else:
+            fut.set_exception(value)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            outcome: tuple[bool, object] = (True, fn())
+        except BaseException as exc:  # handed to the awaiting task
+            outcome = (False, exc)
+        try:
+            loop.call_soon_threadsafe(deliver, *outcome)
+        except RuntimeError:  # loop closed: we are alone now
+            if outcome[0] and dispose is not None:
+                try:
+                    dispose(outcome[1])  # type: ignore[arg-type]
+                except Exception:
+                    log.exception("disposing the result of %s", what)
+
+    threading.Thread(target=work, name=f"pi-agent: {what}", daemon=True).start()
+    try:
+        return await asyncio.wait_for(asyncio.shield(fut), timeout)
+    except TimeoutError:
+        abandoned = True
+        raise DeviceError(f"{what} did not finish within {timeout:g} s (sound server stuck?)") from None
+    except asyncio.CancelledError:
+        abandoned = True
+        raise
+
+
+class StreamGuard:
+    """Watches a PortAudio callback stream from the event loop; reports its death once.
+
+    The audio thread calls :meth:`tick` on every callback and may call
+    :meth:`fail_threadsafe`. A loop timer checks that the stream is still active
+    and that callbacks keep coming: no callback for ``stall_timeout`` once the
+    stream runs steadily (``start_timeout`` while it starts up: PulseAudio-backed
+    devices can pause for over a second after priming) counts as a dead device.
+    ``on_error`` is then called once, on the loop thread.
+    """
+
+    STEADY_CALLBACKS = 10
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        what: str,
+        on_error: Callable[[DeviceError], None],
+        *,
+        stall_timeout: float = 0.5,
+        start_timeout: float = 3.0,
+        interval: float = 0.1,
+    ):
+        self.loop = loop
+        self.what = what
+        self.on_error = on_error
+        self.stall_timeout = stall_timeout
+        self.start_timeout = start_timeout
+        self.interval = interval
+        self.callbacks = 0
+        self.last_callback = time.monotonic()
+        self.failed = False
+        self._stopped = True
+        self._fail_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._is_active: Callable[[], bool] = lambda: True
+
+    # audio thread -------------------------------------------------------------
+    def tick(self) -> None:
+        """Record a callback (audio thread)."""
+        self.last_callback = time.monotonic()
+        self.callbacks += 1
+
+    def fail_threadsafe(self, error: DeviceError) -> None:
+        """Report a failure from any thread (only the first one counts)."""
+        if self._fail_scheduled or self._stopped:
+            return
+        self._fail_scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self.fail, error)
+        except RuntimeError:  # loop already closed
+            pass
+
+    # loop thread --------------------------------------------------------------
+    def start(self, is_active: Callable[[], bool]) -> None:
+        """Begin watching (loop thread)."""
+        self._is_active = is_active
+        self._stopped = False
+        self.last_callback = time.monotonic()
+        self._timer = self.loop.call_later(self.interval, self._check)
+
+    def stop(self) -> None:
+        """Stop watching; later failures are ignored (loop thread)."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def fail(self, error: DeviceError) -> None:
+        """Report ``error`` through ``on_error`` unless already reported (loop thread)."""
+        if self.failed or self._stopped:
+            return
+        self.failed = True
+        self.stop()
+        log.error("%s failed: %s", self.what, error)
+        try:
+            self.on_error(error)
+        except Exception:
+            log.exception("on_error handler raised for %s", self.what)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._stopped:
+            return
+        try:
+            active = self._is_active()
+        except Exception as exc:
+            self.fail(DeviceError(f"{self.what}: PortAudio stream unusable ({exc!r})"))
+            return
+        silent_for = time.monotonic() - self.last_callback
+        limit = self.stall_timeout if self.callbacks >= self.STEADY_CALLBACKS else self.start_timeout
+        if not active:
+            self.fail(DeviceError(f"{self.what} stopped (device unplugged or sound server gone?)"))
+            return
+        if silent_for > limit:
+            self.fail(
+                DeviceError(f"{self.what} stalled: no audio callback for {silent_for:.1f} s (device gone?)")
+            )
+            return
+        self._timer = self.loop.call_later(self.interval, self._check)

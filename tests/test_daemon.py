@@ -1,0 +1,155 @@
+"""The real daemon process against the fake agent: a whole exchange, the API, signals, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import pytest
+
+from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
+from support_daemon import QUESTION_WAV, DaemonProcess, EventClient, daemon_running
+
+CANARY = "sk_canary_daemon_9f8e7d6c5b4a"
+
+
+def base_env(agent: FakeAgent, tmp: Path, **extra: str) -> dict[str, str]:
+    return {"PI_AGENT_AGENT_ID": "agent_e2e", "PI_AGENT_SERVER_URL": agent.http_url,
+            "PI_AGENT_AUDIO__INPUT_WAV": str(QUESTION_WAV),
+            "PI_AGENT_AUDIO__OUTPUT_WAV": str(tmp / "speaker.wav"),
+            "PI_AGENT_SESSION__POLICY": "on_demand", "PI_AGENT_CAPTURE__MODE": "vad", **extra}
+
+
+@pytest.mark.slow
+async def test_spoken_question_gets_a_spoken_answer(tmp_path: Path) -> None:
+    opts = FakeAgentOptions(port=0, api_key=CANARY, transcript="What is the weather like?",
+                            output_format="pcm_24000")
+    async with FakeAgent(opts) as agent:
+        env = base_env(agent, tmp_path, PI_AGENT_API_KEY=CANARY, PI_AGENT_AUDIO__OUTPUT_RATE="48000")
+        async with daemon_running(env, tmp_path) as d:
+            async with EventClient(d.api_port) as events:
+                assert events.snapshot["type"] == "snapshot"
+                assert {"state", "connected", "conversation_id", "mode", "leds", "counters"} <= set(events.snapshot)
+                await events.wait_for(lambda e: e["type"] == "user_transcript", 20, "user transcript")
+                await events.wait_for(lambda e: e["type"] == "agent_response", 10, "agent response")
+                await events.wait_state("speaking", 10)
+                await events.wait_for(lambda e: e["type"] == "state" and e["previous"] == "speaking", 15)
+                states = events.states()
+                status, body = d.http("/healthz")
+                assert status == 200 and json.loads(body)["status"] == "ok"
+                status, metrics = d.http("/metrics")
+                assert status == 200 and "pi_agent_conversations_total 1.0" in metrics
+            code = d.stop()
+        log = d.log
+    assert code == 0, log
+    for state in ("listening", "thinking", "speaking"):
+        assert state in states, states
+    assert states.index("listening") < states.index("thinking") < states.index("speaking")
+    record = agent.latest
+    assert record.user_audio_seconds >= 3.0  # the whole question, onset included
+    assert record.close_code == 1000 and record.closed_by == "client"
+    with wave.open(str(tmp_path / "speaker.wav"), "rb") as w:
+        assert w.getframerate() == 48000
+        played = w.getnframes() / 48000
+    assert played >= 4.0, played  # the 4.7 s reply, resampled from 24 kHz
+    assert CANARY not in log and "conversation_signature=" not in log.replace("conversation_signature=***", "")
+    assert "state idle -> connecting" in log and "agent: It is sunny" in log
+
+
+async def test_sigterm_mid_speech_exits_0_within_2_s_and_closes_with_1000(tmp_path: Path) -> None:
+    async with FakeAgent(FakeAgentOptions(port=0)) as agent:
+        env = base_env(agent, tmp_path, PI_AGENT_SESSION__POLICY="persistent")
+        async with daemon_running(env, tmp_path) as d:
+            await agent.wait_for(lambda: agent.latest is not None and agent.latest.user_audio_seconds > 0.5, 15)
+            t0 = time.monotonic()
+            d.signal(signal.SIGTERM)
+            code = d.wait(5)
+            elapsed = time.monotonic() - t0
+        await agent.wait_for(lambda: agent.latest.closed_at is not None, 5)
+    assert code == 0, d.log
+    assert elapsed < 2.0, elapsed
+    assert agent.latest.close_code == 1000
+
+
+async def test_sigint_exits_0(tmp_path: Path) -> None:
+    async with FakeAgent(FakeAgentOptions(port=0)) as agent:
+        async with daemon_running(base_env(agent, tmp_path), tmp_path) as d:
+            await asyncio.sleep(0.5)
+            d.signal(signal.SIGINT)
+            assert d.wait(5) == 0, d.log
+
+
+async def test_bad_api_key_goes_to_error_is_not_hammered_and_never_logged(tmp_path: Path) -> None:
+    async with FakeAgent(FakeAgentOptions(port=0, api_key="the-real-key")) as agent:
+        env = base_env(agent, tmp_path, PI_AGENT_API_KEY=CANARY, PI_AGENT_SESSION__POLICY="persistent",
+                       PI_AGENT_SESSION__BACKOFF_MAX="3")
+        async with daemon_running(env, tmp_path) as d:
+            async with EventClient(d.api_port) as events:
+                await events.wait_state("error", 10)
+                status, body = d.http("/healthz")
+                assert status == 503 and "401" in json.loads(body)["reason"]
+                await asyncio.sleep(4)  # one more attempt at the cap, no more
+            d.stop()
+            log = d.log
+            messages = json.dumps(events.events)
+    attempts = log.count("connecting")
+    assert 2 <= attempts <= 3, log
+    assert log.count("HTTP 401") == 1, log  # the same failure is logged once
+    assert CANARY not in log and CANARY not in messages
+
+
+async def test_sd_notify_ready_watchdog_status_stopping(tmp_path: Path) -> None:
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    got: list[str] = []
+
+    async def collect(until: float) -> None:
+        while time.monotonic() < until:
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 4096), 0.2)
+                got.extend(data.decode().splitlines())
+            except TimeoutError:
+                pass
+
+    try:
+        async with FakeAgent(FakeAgentOptions(port=0)) as agent:
+            env = base_env(agent, tmp_path, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="400000")
+            d = DaemonProcess(env, tmp_path).start()
+            await collect(time.monotonic() + 3)
+            d.signal(signal.SIGTERM)
+            code = d.wait(5)
+            await collect(time.monotonic() + 0.3)
+    finally:
+        sock.close()
+    assert code == 0, d.log
+    assert "READY=1" in got, got
+    assert got.count("WATCHDOG=1") >= 5, got  # every 200 ms for ~2.5 s
+    assert any(line.startswith("STATUS=state: ") for line in got)
+    assert "STOPPING=1" in got
+    assert got.index("READY=1") < got.index("STOPPING=1")
+
+
+def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
+    out = tmp_path / "reply.wav"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PI_AGENT_")}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "pi_agent.cli", "demo", "--out", str(out)], env=env,
+                       capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "user: What is the weather like in Lisbon today?" in r.stderr
+    assert "agent: It is sunny in Lisbon" in r.stderr
+    assert "state speaking -> idle" in r.stderr
+    assert str(out) in r.stdout and out.exists()
+    assert elapsed < 30, elapsed
