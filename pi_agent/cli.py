@@ -73,6 +73,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _logging(level: str, secrets: Sequence[str] = ()) -> None:
     from .service.logging import setup_logging
     setup_logging(level, secrets=secrets)
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection is ours to say
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -170,8 +170,9 @@ class Controller:
             self._stop_playback()
         if self.connected:
             self.fire(Trigger.LISTEN)
-        else:
+        elif self.state is State.IDLE:
             self.fire(Trigger.CONNECT)
+        # offline or error: the session is waiting out a backoff; the speech is kept meanwhile
 
     def _turn_ended(self) -> None:
         self._speech_ended_at = self._clock()
@@ -208,9 +209,9 @@ class Controller:
     def on_connecting(self, attempt: int) -> None:
         self.backing_off = False
         if attempt > 1:
-            log.info("connecting (attempt %d)", attempt)
+            log.info("connecting to the agent (attempt %d)", attempt)
         else:
-            log.info("connecting")
+            log.debug("connecting to the agent")
         if self.state is not State.SPEAKING:
             self.fire(Trigger.CONNECT)
         self._changed()

@@ -231,12 +231,16 @@ class Daemon:
             spawn(watchdog_loop(self.notifier, lambda: time.monotonic() - self._last_tick < 5.0), "watchdog")
             self.notifier.ready(f"state: {self.controller.state.value}")
             stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([stopper, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            for t in self._tasks:
-                if t.done() and not t.cancelled() and t.exception() is not None:
-                    log.error("internal task %s died: %r; shutting down", t.get_name(), t.exception())
-                    return 1
+            pending = {stopper, *self._tasks}
+            while not stop.is_set():
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done - {stopper}:
+                    if not t.cancelled() and t.exception() is not None:
+                        # A bug of ours: say so loudly; systemd restarts us (Restart=on-failure).
+                        log.critical("internal task %s died: %r; exiting", t.get_name(), t.exception(),
+                                     exc_info=t.exception())
+                        stopper.cancel()
+                        return 1
             return 0
         finally:
             await self._shutdown()

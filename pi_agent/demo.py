@@ -29,7 +29,8 @@ class DemoSettings(Settings):
     """Settings from the arguments only: the demo ignores the environment and config files."""
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, *args: Any) -> tuple[Any, ...]:
+    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, env_settings: Any,
+                                   dotenv_settings: Any, file_secret_settings: Any) -> tuple[Any, ...]:
         return (init_settings,)
 
 
@@ -94,7 +95,7 @@ async def run_demo(out: Path | None = None) -> int:
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
     from .fake_agent import FakeAgent, FakeAgentOptions
-    from .gpio.leds import describe
+    from .gpio.leds import LedInputs, describe, picture
 
     out = out or Path(tempfile.gettempdir()) / "pi-agent-demo-reply.wav"
     logging.getLogger("pi_agent.fake_agent").setLevel(logging.WARNING)
@@ -111,12 +112,11 @@ async def run_demo(out: Path | None = None) -> int:
         daemon = Daemon(settings, Parts(pin_factory=MockFactory(pin_class=MockPWMPin)))
         last: list[str] = []
 
-        def show_leds(_: Any) -> None:
-            if daemon.leds is not None and daemon.leds.picture is not None:
-                text = describe(daemon.leds.picture)
-                if [text] != last:
-                    last[:] = [text]
-                    log.info("leds: %s", text)
+        def show_leds(s: Any) -> None:
+            text = describe(picture(LedInputs(s.state, s.connected, s.muted, s.backing_off, s.error)))
+            if [text] != last:
+                last[:] = [text]
+                log.info("leds: %s", text)
 
         daemon.controller.observe(show_leds)
         code, responses = await _one_exchange(daemon, DEMO_TIMEOUT)

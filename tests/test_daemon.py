@@ -100,7 +100,7 @@ async def test_bad_api_key_goes_to_error_is_not_hammered_and_never_logged(tmp_pa
             d.stop()
             log = d.log
             messages = json.dumps(events.events)
-    attempts = log.count("connecting")
+    attempts = log.count("-> connecting")
     assert 2 <= attempts <= 3, log
     assert log.count("HTTP 401") == 1, log  # the same failure is logged once
     assert CANARY not in log and CANARY not in messages
@@ -153,3 +153,32 @@ def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
     assert "state speaking -> idle" in r.stderr
     assert str(out) in r.stdout and out.exists()
     assert elapsed < 30, elapsed
+
+
+async def test_say_sends_a_user_message_and_prints_the_reply(tmp_path: Path) -> None:
+    async with FakeAgent(FakeAgentOptions(port=0, reply_text="Hello from the fake agent.")) as agent:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PI_AGENT_")}
+        env.update({"PI_AGENT_AGENT_ID": "agent_say", "PI_AGENT_SERVER_URL": agent.http_url,
+                    "PI_AGENT_AUDIO__OUTPUT_WAV": str(tmp_path / "say.wav")})
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pi_agent.cli", "say", "hello there", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 40)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "Hello from the fake agent."
+    assert [r.message["text"] for r in agent.latest.received_of("user_message")] == ["hello there"]
+    assert (tmp_path / "say.wav").exists()
+
+
+async def test_status_prints_the_snapshot_and_follows(tmp_path: Path) -> None:
+    async with FakeAgent(FakeAgentOptions(port=0)) as agent:
+        async with daemon_running(base_env(agent, tmp_path), tmp_path) as d:
+            env = {**d.env}
+            r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "pi_agent.cli", "status"],
+                                        env=env, capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            snap = json.loads(r.stdout)
+            assert snap["type"] == "snapshot" and snap["mode"] == "vad"
+    r = subprocess.run([sys.executable, "-m", "pi_agent.cli", "status"], env=env, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1 and "cannot reach the daemon" in r.stderr and "Traceback" not in r.stderr

@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import numpy as np
 import pytest
@@ -165,7 +165,7 @@ async def aget(url: str, headers: dict[str, str] | None = None) -> tuple[int, di
 
 
 async def control(agent: FakeAgent, **params: Any) -> tuple[int, dict[str, Any]]:
-    query = "&".join(f"{k}={urllib.request.quote(str(v))}" for k, v in params.items())
+    query = urlencode({k: str(v) for k, v in params.items()})
     status, _, body = await aget(f"{agent.http_url}/_fake/control?{query}")
     return status, json.loads(body)
 
@@ -266,6 +266,7 @@ def test_energy_gate_finds_one_utterance_in_question_wav() -> None:
     events += gate.feed(SILENCE)
     assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
     start, end = events
+    assert isinstance(end, SpeechEnded)
     assert start.at == pytest.approx(0.3, abs=0.05)  # 0.3 s of leading silence
     assert 2.0 < end.duration < 3.6
     # the same audio fed in one piece gives the same answer: time is counted in samples
@@ -320,7 +321,7 @@ async def test_metadata_and_reply_audio_in_every_output_format(make_agent: MakeA
 
     event_id = await agent.agent_speak()
     f = audio_format(fmt)
-    total = len(agent._reply)
+    total = len(agent.reply_audio)
     await client.wait_for(lambda: len(audio_bytes(client.messages, event_id)) >= total, what="the whole reply")
     data = audio_bytes(client.messages, event_id)
     assert len(data) == total
@@ -379,7 +380,7 @@ async def test_spoken_turn_shares_one_event_id_and_audio_arrives_intact(make_age
     sent_bytes = await client.send_audio(samples)
     [transcript] = await client.wait_type("user_transcript")
     event_id = transcript["user_transcription_event"]["event_id"]
-    await client.wait_for(lambda: len(audio_bytes(client.messages, event_id)) >= len(agent._reply), what="the reply")
+    await client.wait_for(lambda: len(audio_bytes(client.messages, event_id)) >= len(agent.reply_audio), what="the reply")
 
     text = transcript["user_transcription_event"]["user_transcript"]
     assert re.fullmatch(r"\[\d+\.\d s of speech\]", text), text
@@ -442,7 +443,7 @@ async def test_barge_in_interrupts_the_playing_turn(make_agent: MakeAgent, send_
     assert turn.interrupted and not turn.completed
     assert agent.latest.interruptions == [first]
     if send_speed == 1.0:  # the rest of the turn was never sent
-        assert len(audio_bytes(client.messages, first)) < len(agent._reply) / 2
+        assert len(audio_bytes(client.messages, first)) < len(agent.reply_audio) / 2
     await client.close()
 
 
@@ -505,6 +506,7 @@ async def test_client_tool_call_round_trip(make_agent: MakeAgent) -> None:
     await client.send({"type": "client_tool_result", "tool_call_id": body["tool_call_id"], "result": "22 C, sunny", "is_error": False})
     await client.wait_type("agent_response")
     assert agent.latest.tool_results[0]["result"] == "22 C, sunny"
+    assert agent.latest.anomalies == []  # the result was matched to the call, no tool timeout
 
     # a second utterance gets no tool call; a control-made one does
     await client.send_audio(speech())
@@ -836,7 +838,8 @@ async def test_huge_garbage_over_16_mib_breaks_a_16_mib_client(make_agent: MakeA
     status, _ = await control(agent, action="garbage", kind="huge", size=17 * 1024 * 1024)
     assert status == 200
     await client.wait_closed()
-    assert client.ws.protocol.close_sent.code == 1009  # the client refused a frame over its 16 MiB limit
+    close_sent = client.ws.protocol.close_sent
+    assert close_sent is not None and close_sent.code == 1009  # the client refused a frame over its 16 MiB limit
 
 
 # --- recording over HTTP ---------------------------------------------------------------------------

@@ -146,7 +146,7 @@ def check_conversation(agent: FakeAgent, tool_calls: list[dict[str, Any]], outpu
         assert received.message is not None, received
         validate_client_message(received.message)
     for sent in record.sent:
-        assert sent.in_spec
+        assert sent.in_spec and sent.message is not None
         validate_server_message(sent.message)
     assert record.query.get("source") == "python_sdk" and record.query.get("version")
     assert record.init is not None and record.init["type"] == "conversation_initiation_client_data"
@@ -173,18 +173,23 @@ def check_conversation(agent: FakeAgent, tool_calls: list[dict[str, Any]], outpu
     assert result == {
         "type": "client_tool_result", "tool_call_id": call["tool_call_id"], "result": TOOL_OUTPUT, "is_error": False,
     }
+    # ... and it was the result that let the agent answer (not the fake's tool timeout)
+    result_at = record.received_of("client_tool_result")[0].t
+    assert result_at < record.sent_of("agent_response")[0].t
+    assert record.anomalies == []
 
     # agent audio: the whole reply, 16 kHz s16 as announced, and it is the reply speech
     audio = b"".join(output)
-    assert len(audio) == len(agent._reply)
+    assert len(audio) == len(agent.reply_audio)
     assert len(audio) / 2 / 16000 == pytest.approx(reply_seconds, abs=0.01)
     got = np.frombuffer(audio, dtype="<i2").astype(np.float64)
     want = REPLY[: len(got)].astype(np.float64)
     assert np.corrcoef(got, want)[0, 1] > 0.99
 
     # a clean end: the agent's end_call, close 1000 from the server
-    assert record.sent[-1].kind == "agent_tool_response"
-    assert record.sent[-1].message["agent_tool_response"]["tool_name"] == "end_call"
+    last = record.sent[-1].message
+    assert last is not None and last["type"] == "agent_tool_response"
+    assert last["agent_tool_response"]["tool_name"] == "end_call"
     assert (record.close_code, record.closed_by) == (1000, "server")
 
 

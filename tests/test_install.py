@@ -133,7 +133,8 @@ def _make_installer(tmp: Path, *, real_tools: bool) -> Installer:
         stubbed += ["systemctl"]
     if not real_tools:  # pip is a recorder anyway: skip ensurepip, the slow part of a venv
         fast_python = bin_dir / "python3"
-        fast_python.write_text('#!/bin/sh\nif [ "$1 $2" = "-m venv" ]; then exec /usr/bin/python3 "$@" --without-pip; fi\n'
+        fast_python.write_text('#!/bin/sh\n'
+                               'if [ "$1 $2" = "-m venv" ]; then exec /usr/bin/python3 "$@" --without-pip; fi\n'
                                'exec /usr/bin/python3 "$@"\n')
         fast_python.chmod(0o755)
         env["PYTHON"] = str(fast_python)
@@ -161,86 +162,103 @@ def _snapshot(root: Path) -> dict[str, tuple[object, ...]]:
     return out
 
 
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
+Run = subprocess.CompletedProcess[str]
+Snapshot = dict[str, tuple[object, ...]]
+
+
+@dataclass
+class Lifecycle:
+    """What one install, edit, reinstall, uninstall (twice) and purge left behind."""
+
+    inst: Installer
+    first: Run
+    after_first: Snapshot
+    calls_first: list[list[str]]
+    passwd_first: str
+    group_first: str
+    pyvenv_cfg: str
+    config_text: str
+    before_second: Snapshot
+    second: Run
+    after_second: Snapshot
+    calls_second: list[list[str]]
+    config_after_second: str
+    uninstall: Run
+    after_uninstall: Snapshot
+    uninstall_again: Run
+    purge: Run
+    after_purge: Snapshot
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 @pytest.fixture(scope="module")
-def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """Install, edit, install again, uninstall twice, purge: everything the tests look at."""
+def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Lifecycle:
     inst = _make_installer(tmp_path_factory.mktemp("install"), real_tools=True)
-    r: dict[str, object] = {"inst": inst}
-    r["first"] = inst.run()
-    r["after_first"] = _snapshot(inst.root)
-    r["calls_first"] = inst.calls()
-    r["passwd_first"] = (inst.root / "etc/passwd").read_text()
-    venv_cfg = inst.root / "opt/pi-agent/venv/pyvenv.cfg"
-    r["pyvenv_cfg"] = venv_cfg.read_text() if venv_cfg.exists() else ""
-    r["group_first"] = (inst.root / "etc/group").read_text()
-    config = inst.root / "etc/pi-agent/config.toml"
-    r["config_text"] = config.read_text() if config.exists() else ""
+    etc = inst.root / "etc"
+    config = etc / "pi-agent/config.toml"
+    first = inst.run()
+    after_first, calls_first = _snapshot(inst.root), inst.calls()
+    passwd_first, group_first = _read(etc / "passwd"), _read(etc / "group")
+    pyvenv_cfg, config_text = _read(inst.root / "opt/pi-agent/venv/pyvenv.cfg"), _read(config)
 
     if config.exists():  # the admin sets the agent and the key
-        config.write_text(config.read_text() + '\nagent_id = "agent_edited_by_admin"\n')
-        (inst.root / "etc/pi-agent/api_key").write_text("sk_test_never_printed_123\n")
-    r["before_second"] = _snapshot(inst.root)
-    r["second"] = inst.run()
-    r["after_second"] = _snapshot(inst.root)
-    r["config_after_second"] = config.read_text() if config.exists() else ""
-    r["calls_second"] = inst.calls()[len(r["calls_first"]):]  # type: ignore[arg-type]
+        config.write_text(config_text + '\nagent_id = "agent_edited_by_admin"\n')
+        (etc / "pi-agent/api_key").write_text("sk_test_never_printed_123\n")
+    before_second = _snapshot(inst.root)
+    second = inst.run()
+    after_second, calls_second, config_after_second = (
+        _snapshot(inst.root), inst.calls()[len(calls_first):], _read(config))
 
-    r["uninstall"] = inst.run("--uninstall")
-    r["after_uninstall"] = _snapshot(inst.root)
-    r["uninstall_again"] = inst.run("--uninstall")
-    r["purge"] = inst.run("--uninstall", "--purge")
-    r["after_purge"] = _snapshot(inst.root)
-    return r
+    uninstall = inst.run("--uninstall")
+    after_uninstall = _snapshot(inst.root)
+    uninstall_again = inst.run("--uninstall")
+    purge = inst.run("--uninstall", "--purge")
+    return Lifecycle(inst, first, after_first, calls_first, passwd_first, group_first, pyvenv_cfg,
+                     config_text, before_second, second, after_second, calls_second, config_after_second,
+                     uninstall, after_uninstall, uninstall_again, purge, _snapshot(inst.root))
 
 
-def _ok(result: object) -> subprocess.CompletedProcess[str]:
-    assert isinstance(result, subprocess.CompletedProcess)
+def _ok(result: Run) -> Run:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result
 
 
-def test_install_writes_the_service_files(lifecycle: dict[str, object]) -> None:
-    first = _ok(lifecycle["first"])
-    files = lifecycle["after_first"]
-    assert isinstance(files, dict)
-    group = str(lifecycle["group_first"])
-    gid = int(next(line.split(":")[2] for line in group.splitlines() if line.startswith("pi-agent:")))
-    owner_group = (0, gid) if IS_ROOT else (os.getuid(), os.getgid())
+def _table(text: str) -> dict[str, list[str]]:
+    """/etc/passwd or /etc/group rows by name."""
+    return {line.split(":")[0]: line.split(":") for line in text.splitlines() if line}
 
-    def sha(path: Path) -> str:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    assert files["etc/systemd/system/pi-agent.service"] == ("-rw-r--r--", *_me(), sha(REPO / "systemd/pi-agent.service"))
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_install_writes_the_service_files(lifecycle: Lifecycle) -> None:
+    first, files = _ok(lifecycle.first), lifecycle.after_first
+    me = (0, 0) if IS_ROOT else (os.getuid(), os.getgid())  # unprivileged runs skip chown
+    service_group = (0, int(_table(lifecycle.group_first)["pi-agent"][2])) if IS_ROOT else me
+
+    unit = (REPO / "systemd/pi-agent.service").read_bytes()
+    assert files["etc/systemd/system/pi-agent.service"] == ("-rw-r--r--", *me, _sha(unit))
     if REAL_SYSTEMCTL:
-        assert files["etc/systemd/system/multi-user.target.wants/pi-agent.service"][3] == (
-            "/etc/systemd/system/pi-agent.service")
-    assert files["etc/pi-agent"][:3] == ("drwxr-x---", *owner_group)
-    assert files["etc/pi-agent/config.toml"][:3] == ("-rw-r-----", *owner_group)
-    # Empty until the admin fills it in; readable by root only (systemd's LoadCredential=).
-    assert files["etc/pi-agent/api_key"] == ("-rw-------", *_me(), hashlib.sha256(b"").hexdigest())
-    assert files["opt/pi-agent/venv/bin/python"][0].startswith("l")
-    # The venv sees apt's gpiozero and lgpio.
-    assert "include-system-site-packages = true" in str(lifecycle["pyvenv_cfg"])
+        link = files["etc/systemd/system/multi-user.target.wants/pi-agent.service"]
+        assert link[3] == "/etc/systemd/system/pi-agent.service"
+    assert files["etc/pi-agent"][:3] == ("drwxr-x---", *service_group)
+    assert files["etc/pi-agent/config.toml"][:3] == ("-rw-r-----", *service_group)
+    # Empty until the admin fills it in; root only (systemd reads it for LoadCredential=).
+    assert files["etc/pi-agent/api_key"] == ("-rw-------", *me, _sha(b""))
+    assert str(files["opt/pi-agent/venv/bin/python"][0]).startswith("l")
+    assert "include-system-site-packages = true" in lifecycle.pyvenv_cfg  # sees apt's gpiozero, lgpio
 
     assert "Next steps" in first.stdout and "/etc/pi-agent/api_key" in first.stdout
     assert "systemctl restart pi-agent" in first.stdout
 
 
-def _me() -> tuple[int, int]:
-    """Owner of files the installer leaves root's: root, or whoever runs an unprivileged test."""
-    return (0, 0) if IS_ROOT else (os.getuid(), os.getgid())
-
-
-def test_install_creates_the_service_user_in_audio_and_gpio(lifecycle: dict[str, object]) -> None:
-    _ok(lifecycle["first"])
-    passwd, group = lifecycle["passwd_first"], lifecycle["group_first"]
-    assert isinstance(passwd, str) and isinstance(group, str)
-    users = {line.split(":")[0]: line.split(":") for line in passwd.splitlines()}
-    groups = {line.split(":")[0]: line.split(":") for line in group.splitlines()}
+def test_install_creates_the_service_user_in_audio_and_gpio(lifecycle: Lifecycle) -> None:
+    _ok(lifecycle.first)
+    users, groups = _table(lifecycle.passwd_first), _table(lifecycle.group_first)
     user = users["pi-agent"]
     assert user[5:] == ["/var/lib/pi-agent", "/usr/sbin/nologin"]
     assert int(user[2]) < 1000, "a system user"
@@ -249,57 +267,47 @@ def test_install_creates_the_service_user_in_audio_and_gpio(lifecycle: dict[str,
     assert "pi-agent" in groups["gpio"][3].split(","), "gpio is created off the Pi"
 
 
-def test_packages_and_pip_are_asked_for(lifecycle: dict[str, object]) -> None:
-    calls = lifecycle["calls_first"]
-    assert isinstance(calls, list)
-    apt = [c for c in calls if c[0] == "apt-get"]
+def test_packages_and_pip_are_asked_for(lifecycle: Lifecycle) -> None:
+    apt = [c for c in lifecycle.calls_first if c[0] == "apt-get"]
     assert apt[0][1:] == ["update", "-qq"]
-    installed = {p for c in apt[1:] for p in c if not p.startswith("-") and p not in ("apt-get", "install")}
+    installed = {p for c in apt[1:] for p in c[1:] if not p.startswith("-") and p != "install"}
     assert {"python3-venv", "python3-dev", "portaudio19-dev", "libasound2-plugins", "alsa-utils",
             "python3-gpiozero", "python3-lgpio"} <= installed
-    pip = [c for c in calls if c[0] == "pip"]
+    pip = [c for c in lifecycle.calls_first if c[0] == "pip"]
     assert pip == [["pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", str(REPO)]]
 
 
-def test_second_run_changes_nothing_and_keeps_the_edits(lifecycle: dict[str, object]) -> None:
-    second = _ok(lifecycle["second"])
-    before, after = lifecycle["before_second"], lifecycle["after_second"]
-    assert isinstance(before, dict) and isinstance(after, dict)
-    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    assert changed == set()
-    inst = lifecycle["inst"]
-    assert isinstance(inst, Installer)
-    calls = lifecycle["calls_second"]
-    assert isinstance(calls, list)
-    assert not [c for c in calls if c[0] in ("useradd", "groupadd", "usermod")]
-    assert 'agent_id = "agent_edited_by_admin"' in str(lifecycle["config_after_second"])
+def test_second_run_changes_nothing_and_keeps_the_edits(lifecycle: Lifecycle) -> None:
+    second = _ok(lifecycle.second)
+    before, after = lifecycle.before_second, lifecycle.after_second
+    assert {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)} == set()
+    assert not [c for c in lifecycle.calls_second if c[0] in ("useradd", "groupadd", "usermod")]
+    assert 'agent_id = "agent_edited_by_admin"' in lifecycle.config_after_second
     assert "keeping" in second.stderr and "config.toml" in second.stderr
     assert "sk_test_never_printed_123" not in second.stdout + second.stderr
 
 
-def test_uninstall_removes_the_service_and_keeps_the_settings(lifecycle: dict[str, object]) -> None:
-    result = _ok(lifecycle["uninstall"])
-    after = lifecycle["after_uninstall"]
-    assert isinstance(after, dict)
+def test_uninstall_removes_the_service_and_keeps_the_settings(lifecycle: Lifecycle) -> None:
+    result = _ok(lifecycle.uninstall)
+    after = lifecycle.after_uninstall
     assert not [p for p in after if p.startswith("opt/pi-agent")]
     assert "etc/systemd/system/pi-agent.service" not in after
     assert "etc/systemd/system/multi-user.target.wants/pi-agent.service" not in after
     assert {"etc/pi-agent/config.toml", "etc/pi-agent/api_key"} <= after.keys()
     assert "--purge" in result.stderr
-    inst = lifecycle["inst"]
-    assert isinstance(inst, Installer)
-    _ok(lifecycle["uninstall_again"])
-    _ok(lifecycle["purge"])
-    purged = lifecycle["after_purge"]
-    assert isinstance(purged, dict)
-    assert not [p for p in purged if "pi-agent" in p]
+    assert after["etc/passwd"] != lifecycle.after_first["etc/passwd"]
+    _ok(lifecycle.uninstall_again)
+
+    _ok(lifecycle.purge)
+    assert not [p for p in lifecycle.after_purge if "pi-agent" in p]
+    inst = lifecycle.inst
     assert inst.user("pi-agent") is None and inst.group("pi-agent") is None
     assert inst.group("gpio") is not None and inst.group("audio") is not None  # shared groups stay
 
 
-def test_the_config_template_is_valid_once_uncommented(lifecycle: dict[str, object]) -> None:
-    text = lifecycle["config_text"]
-    assert isinstance(text, str) and text
+def test_the_config_template_is_valid_once_uncommented(lifecycle: Lifecycle) -> None:
+    text = lifecycle.config_text
+    assert text
     assert not tomllib.loads(text).get("agent_id"), "nothing is set until the admin sets it"
     lines = []
     for line in text.splitlines():
@@ -354,6 +362,13 @@ def test_missing_root_directory(tmp_path: Path) -> None:
     assert result.returncode == 1 and "is not a directory" in result.stderr
 
 
+@pytest.mark.skipif(not IS_ROOT or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_refuses_to_touch_the_system_without_root() -> None:
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             "bash", str(SCRIPT), "--no-apt"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "run it as root" in result.stderr
+
+
 def test_help() -> None:
     result = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and "--uninstall" in result.stdout and "set -euo" not in result.stdout
@@ -381,3 +396,10 @@ def test_real_pip_install_gives_the_unit_its_exec_start(tmp_path: Path) -> None:
     check = subprocess.run([str(inst.root / "opt/pi-agent/venv/bin/python"), "-c", "import pi_agent, gpiozero"],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
+    if shutil.which("systemd-analyze"):
+        # The installed unit, pointed at the executable this install really made.
+        unit = (inst.root / "etc/systemd/system/pi-agent.service").read_text()
+        copy = tmp_path / "pi-agent.service"
+        copy.write_text(unit.replace("ExecStart=/opt/pi-agent/", f"ExecStart={inst.root}/opt/pi-agent/"))
+        verify = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
+        assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify.stderr

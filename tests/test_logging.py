@@ -105,7 +105,8 @@ def test_terminal_format() -> None:
     _emit_all_levels("pi_agent.audio.capture")
     logging.getLogger("websockets.client").warning("not ours")
     lines = stream.getvalue().splitlines()
-    pattern = r"\d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO |WARN |ERROR|CRIT ) (audio\.capture|websockets\.client): \w+ \w+( \w+)?"
+    pattern = (r"\d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO |WARN |ERROR|CRIT ) "
+               r"(audio\.capture|websockets\.client): \w+ \w+( \w+)?")
     assert [re.fullmatch(pattern, line) is not None for line in lines] == [True] * 6, lines
     assert [line[13:18] for line in lines] == ["DEBUG", "INFO ", "WARN ", "ERROR", "CRIT ", "WARN "]
 

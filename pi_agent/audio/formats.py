@@ -160,6 +160,8 @@ class Resampler:
         self.quality = quality
         self._stream: soxr.ResampleStream | None = None
         self._fed = False
+        self._in_total = 0
+        self._out_total = 0
 
     @property
     def passthrough(self) -> bool:
@@ -179,7 +181,10 @@ class Resampler:
         if self._stream is None:
             self._stream = self._new_stream()
         self._fed = True
-        return self._stream.resample_chunk(x)
+        y = self._stream.resample_chunk(x)
+        self._in_total += len(x)
+        self._out_total += len(y)
+        return y
 
     def flush(self) -> np.ndarray:
         """Return what the resampler still holds (end of stream) and start afresh."""
@@ -193,6 +198,13 @@ class Resampler:
         return tail
 
     @property
+    def held(self) -> int:
+        """Output samples owed for the input so far but still held inside soxr."""
+        if not self._fed:
+            return 0
+        return max(0, round(self._in_total * self.out_rate / self.in_rate) - self._out_total)
+
+    @property
     def pending(self) -> bool:
         """True when input has been fed since the last flush/reset (a tail may be held)."""
         return self._fed and not self.passthrough
@@ -201,6 +213,8 @@ class Resampler:
         """Forget all state: the next chunk starts a new stream."""
         self._stream = None
         self._fed = False
+        self._in_total = 0
+        self._out_total = 0
 
 
 def resample(samples: np.ndarray, in_rate: int, out_rate: int, *, quality: str = "HQ") -> np.ndarray:

@@ -111,7 +111,7 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Resample signed 16-bit mono samples with soxr (HQ), clipping to the int16 range."""
     if from_rate == to_rate:
         return np.asarray(samples, dtype=np.int16)
-    out = soxr.resample(np.asarray(samples, dtype=np.float32) / 32768.0, from_rate, to_rate)
+    out: np.ndarray = soxr.resample(np.asarray(samples, dtype=np.float32) / 32768.0, from_rate, to_rate)
     return np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16)
 
 

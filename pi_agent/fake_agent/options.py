@@ -31,7 +31,8 @@ class FakeAgentOptions:
     tool_timeout: float = 10.0
     """Seconds to wait for ``client_tool_result`` before answering anyway."""
     end_call_after: int | None = None
-    """After this many completed agent turns, send the ``end_call`` tool response and close 1000."""
+    """After this many agent turns played to the end (a first message counts; interrupted
+    turns do not), send the ``end_call`` tool response and close 1000."""
     max_duration: float | None = None
     """Seconds; then ``error`` (1000, ``max_duration_exceeded``) and close 1000."""
     receive_timeout: float | None = None

@@ -99,6 +99,11 @@ def _error_message(code: int, error_type: str | None, message: str) -> dict[str,
     return {"type": "error", "error_event": event}
 
 
+def _close_reason(text: str) -> str:
+    """``text`` cut to the 123 bytes a close frame has room for."""
+    return text.encode()[:123].decode(errors="ignore")
+
+
 def _http(status: int, body: bytes, content_type: str, extra: tuple[tuple[str, str], ...] = ()) -> Response:
     headers = Headers(
         [
@@ -188,7 +193,7 @@ class _Session:
             log.error("conversation %s: task %s failed", self.record.id, task.get_name(), exc_info=exc)
 
     async def send(self, message: dict[str, Any], *, in_spec: bool = True) -> None:
-        """Send one JSON message and record it (after it was handed to the socket)."""
+        """Send one JSON message and record it (audio payloads elided unless ``record_audio``)."""
         kept = message
         if not self.options.record_audio and message.get("type") == "audio" and isinstance(message.get("audio_event"), dict):
             kept = {**message, "audio_event": {**message["audio_event"], "audio_base_64": ""}}
@@ -202,12 +207,15 @@ class _Session:
     async def _send_recorded(self, frame: str | bytes, item: Sent) -> None:
         # Recorded before the await: websockets writes the frame before it first yields,
         # so the record keeps wire order even when another task sends meanwhile.
-        self.record.sent.append(item)
+        sent = self.record.sent
+        sent.append(item)
         try:
             await self.ws.send(frame)
-        except ConnectionClosed:
-            if item in self.record.sent:
-                self.record.sent.remove(item)
+        except ConnectionClosed:  # never reached the client
+            for i in range(len(sent) - 1, -1, -1):
+                if sent[i] is item:
+                    del sent[i]
+                    break
             raise
         finally:
             self.agent._notify()
@@ -218,7 +226,7 @@ class _Session:
             return
         self._closing = True
         self._turn_stop.set()
-        await self.ws.close(code, reason)
+        await self.ws.close(code, _close_reason(reason))
 
     async def error_and_close(self, error_type: str | None, code: int, message: str) -> None:
         """Send ``error`` (when ``code`` is one the spec allows in it), then close with ``code``."""
@@ -226,7 +234,7 @@ class _Session:
             return
         if code in SPEC_CLOSE_CODES:
             await self.send(_error_message(code, error_type, message))
-        await self.close(code, message[:120])
+        await self.close(code, message)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -247,11 +255,9 @@ class _Session:
         o = self.options
         if not self.record.agent_id:
             await self.error_and_close("missing_fields", 1008, "agent_id is required")
-            await self._drain()
             return
         if o.max_concurrent is not None and self.agent._open_count() > o.max_concurrent:
             await self.queue_status()
-            await self._drain()
             return
         self.spawn(self._ping_loop(), "pings")
         if o.max_duration is not None:
@@ -260,10 +266,6 @@ class _Session:
             self.spawn(self._receive_watchdog(o.receive_timeout), "receive-timeout")
         self.spawn(self._open(), "open")
         await self._read_loop()
-
-    async def _drain(self) -> None:
-        async for _ in self.ws:
-            pass
 
     def _finish_record(self) -> None:
         rec, protocol = self.record, self.ws.protocol
@@ -515,7 +517,7 @@ class _Session:
         self._pending_tools[call_id] = future
         call = {
             "tool_name": name,
-            "tool_call_id": call_id + "x",
+            "tool_call_id": call_id,
             "parameters": dict(parameters),
             "event_id": event_id if event_id is not None else self.next_event_id(),
         }
@@ -523,7 +525,7 @@ class _Session:
         log.info("conversation %s: client tool call %s (%s)", self.record.id, name, call_id)
         try:
             await self.send({"type": "client_tool_call", "client_tool_call": call})
-            stopped = asyncio.ensure_future((stop or asyncio.Event()).wait())
+            stopped: asyncio.Future[Any] = asyncio.ensure_future((stop or asyncio.Event()).wait())
             try:
                 done, _ = await asyncio.wait(
                     [future, stopped], timeout=self.options.tool_timeout, return_when=asyncio.FIRST_COMPLETED
@@ -687,9 +689,16 @@ class FakeAgent:
     # --- records and waiting ----------------------------------------------------------
 
     @property
-    def latest(self) -> ConversationRecord | None:
-        """The newest conversation, open or closed."""
-        return self.conversations[-1] if self.conversations else None
+    def latest(self) -> ConversationRecord:
+        """The newest conversation, open or closed; ``LookupError`` before the first one."""
+        if not self.conversations:
+            raise LookupError("no conversation yet")
+        return self.conversations[-1]
+
+    @property
+    def reply_audio(self) -> bytes:
+        """The reply clip every agent turn sends, in the output format (after :meth:`start`)."""
+        return self._reply
 
     def conversation(self, conversation_id: str) -> ConversationRecord:
         for record in self.conversations:

@@ -1,0 +1,564 @@
+"""Playback: one jitter buffer for every output, and the PortAudio speaker.
+
+:class:`PlaybackBuffer` sits between the event loop, which queues agent audio
+(resampled, streaming, to the device rate: one soxr stream per agent stream,
+reset on flush or format change), and a device that pulls one period at a time
+(the PortAudio callback here, a loop timer in :class:`~.files.WavFileOutput`).
+It mixes earcons into what it hands out, keeps the output clock for
+:meth:`~PlaybackBuffer.audible_until`, and counts underruns. It never reads the
+clock itself: the puller says when each period will reach the speaker.
+
+:class:`BufferedOutput` is the loop-side half shared by both outputs (the
+``AudioOutput`` seam's ``play``/``flush``/``audible_until``/``play_earcon``).
+:class:`PyAudioOutput` runs it on a PortAudio callback stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pyaudio
+
+from ..errors import DeviceError, InternalError
+from . import ErrorCallback
+from .devices import (
+    DeviceInfo,
+    StreamGuard,
+    close_quietly,
+    negotiate,
+    new_pyaudio,
+    open_stream,
+    resolve,
+    run_blocking,
+    start_stream,
+    unique,
+)
+from .earcons import EARCON_NAMES, make_earcons
+from .formats import Resampler
+
+log = logging.getLogger(__name__)
+
+PcmLike = bytes | bytearray | memoryview | np.ndarray
+
+
+def _as_samples(pcm: PcmLike) -> np.ndarray:
+    if isinstance(pcm, np.ndarray):
+        if pcm.dtype != np.int16:
+            raise ValueError(f"PCM arrays must be int16, got {pcm.dtype}")
+        return pcm.reshape(-1)
+    if len(pcm) % 2:
+        raise ValueError(f"PCM of {len(pcm)} bytes is not a whole number of 16-bit samples")
+    return np.frombuffer(pcm, dtype="<i2")
+
+
+class PlaybackBuffer:
+    """Jitter buffer: the loop queues agent audio, a device pulls periods of it.
+
+    ``rate`` and ``channels`` are the device's; every channel gets the same signal.
+    ``earcons`` maps enabled earcon names to float32 samples at ``rate``.
+    ``latency`` estimates how long a pulled period takes to reach the speaker,
+    used only until the device reports times. An underrun is counted when the
+    device ran dry in the middle of a stream, i.e. more audio of the stream came
+    within ``underrun_gap`` seconds (device time) after the queue emptied.
+
+    Thread-safety: ``fill`` may run on an audio thread; every other method on the
+    loop thread. A short lock guards the queue.
+    """
+
+    def __init__(
+        self,
+        rate: int,
+        *,
+        channels: int = 1,
+        earcons: Mapping[str, np.ndarray] | None = None,
+        latency: float = 0.0,
+        underrun_gap: float = 1.0,
+        max_period: int = 4096,
+        quality: str = "HQ",
+    ):
+        self.rate = int(rate)
+        self.channels = int(channels)
+        self.latency = latency
+        self.underrun_gap = underrun_gap
+        self.quality = quality
+        self.earcons = dict(earcons or {})
+        self.underruns = 0
+        """Times the device ran dry mid-stream (silence was played instead)."""
+        self.played_frames = 0
+        """Device frames of agent audio handed to the device so far."""
+
+        self._lock = threading.Lock()
+        self._chunks: deque[np.ndarray] = deque()
+        self._offset = 0
+        self._queued = 0
+        self._active: list[list[Any]] = []  # [earcon samples, position]
+        self._resampler: Resampler | None = None
+        self._expecting = False
+        self._starved_at: float | None = None
+        self._last_end = 0.0  # device time at which the last pulled period ends
+        self._audio_end = 0.0  # device time at which the last audible sample ends
+        self._alloc(max_period)
+
+    def _alloc(self, frames: int) -> None:
+        self._pcm = np.zeros(frames, dtype=np.int16)
+        self._mix = np.zeros(frames, dtype=np.float32)
+        self._out = np.zeros((frames, self.channels), dtype=np.int16)
+
+    # ------------------------------------------------------------------ loop side
+
+    def play(self, pcm: PcmLike, rate: int) -> None:
+        """Queue mono s16 PCM at ``rate``; resampled, streaming, to the device rate."""
+        samples = _as_samples(pcm)
+        if rate <= 0:
+            raise ValueError(f"sample rate must be positive, got {rate}")
+        if len(samples) == 0:
+            return
+        if self._resampler is None or self._resampler.in_rate != rate:
+            if self._resampler is not None:  # format change: end the old stream cleanly
+                self._append(self._resampler.flush())
+            self._resampler = Resampler(rate, self.rate, quality=self.quality)
+        self._append(self._resampler.process(samples), expecting=True)
+
+    def drain_tail(self) -> None:
+        """Queue what the resampler still holds; the next chunk starts a new resampler stream.
+
+        Called when the input pauses and the queue is about to run dry, so the end
+        of an utterance is not stuck inside soxr (up to ~0.15 s at 8 -> 48 kHz).
+        """
+        if self._resampler is not None and self._resampler.pending:
+            self._append(self._resampler.flush())
+
+    def end_stream(self) -> None:
+        """The agent stream is complete: queue the resampler tail; a later gap is no underrun."""
+        self.drain_tail()
+        with self._lock:
+            self._expecting = False
+            self._starved_at = None
+
+    def flush(self) -> None:
+        """Drop all queued agent audio (earcons keep playing); silence from the next period."""
+        with self._lock:
+            self._chunks.clear()
+            self._offset = 0
+            self._queued = 0
+            self._expecting = False
+            self._starved_at = None
+            # What the device already holds still plays until the end of its last period.
+            self._audio_end = min(self._audio_end, self._last_end)
+        if self._resampler is not None:
+            self._resampler.reset()
+
+    def play_earcon(self, name: str) -> bool:
+        """Start mixing an enabled earcon from the next period; False if it is disabled."""
+        samples = self.earcons.get(name)
+        if samples is None:
+            return False
+        with self._lock:
+            self._active = [item for item in self._active if item[0] is not samples]
+            self._active.append([samples, 0])
+        return True
+
+    def audible_until(self, now: float) -> float:
+        """Device time at which everything queued (audio and earcons) will have been heard."""
+        with self._lock:
+            queued = self._queued
+            last_end = self._last_end
+            until = self._audio_end
+            earcon_left = max((len(e) - pos for e, pos in self._active), default=0)
+        resampler = self._resampler
+        if resampler is not None:
+            queued += resampler.held
+        pending = max(queued, earcon_left)
+        if pending:
+            start = max(last_end, now + self.latency)
+            until = max(until, start + pending / self.rate)
+        return until
+
+    @property
+    def queued_frames(self) -> int:
+        """Device frames of agent audio waiting to be pulled."""
+        return self._queued
+
+    @property
+    def queued_seconds(self) -> float:
+        """Seconds of agent audio waiting to be pulled."""
+        return self._queued / self.rate
+
+    @property
+    def tail_pending(self) -> bool:
+        """True when the resampler may hold the end of the current stream."""
+        return self._resampler is not None and self._resampler.pending
+
+    def _append(self, samples: np.ndarray, *, expecting: bool | None = None) -> None:
+        n = len(samples)
+        with self._lock:
+            if self._starved_at is not None:
+                if self._last_end - self._starved_at < self.underrun_gap:
+                    self.underruns += 1
+                self._starved_at = None
+            if n:
+                self._chunks.append(samples)
+                self._queued += n
+            if expecting is not None:
+                self._expecting = expecting
+
+    # ------------------------------------------------------------------ device side
+
+    def fill(self, frames: int, start: float) -> np.ndarray:
+        """Hand out the next ``frames`` device frames as an int16 ``[frame, channel]`` view.
+
+        ``start`` is when (``time.monotonic()`` terms) the first of them reaches the
+        speaker. The view is reused by the next call: copy it before then.
+        """
+        if frames > len(self._pcm):
+            self._alloc(frames)
+        pcm = self._pcm[:frames]
+        out = self._out[:frames]
+        with self._lock:
+            taken = self._take(pcm)
+            if taken < frames:
+                pcm[taken:] = 0
+                if self._expecting and self._starved_at is None:
+                    self._starved_at = start + taken / self.rate
+            audible = taken
+            if self._active:
+                mix = self._mix[:frames]
+                np.copyto(mix, pcm)
+                still: list[list[Any]] = []
+                for item in self._active:
+                    samples, pos = item
+                    k = min(frames, len(samples) - pos)
+                    mix[:k] += samples[pos : pos + k]
+                    item[1] = pos + k
+                    audible = max(audible, k)
+                    if item[1] < len(samples):
+                        still.append(item)
+                self._active = still
+                np.clip(mix, -32768.0, 32767.0, out=mix)
+                np.copyto(out, mix[:, None], casting="unsafe")
+            else:
+                out[:] = pcm[:, None]
+            self._last_end = start + frames / self.rate
+            if audible:
+                self._audio_end = max(self._audio_end, start + audible / self.rate)
+            self.played_frames += taken
+        return out
+
+    def _take(self, dest: np.ndarray) -> int:
+        want = len(dest)
+        n = 0
+        chunks = self._chunks
+        while n < want and chunks:
+            chunk = chunks[0]
+            k = min(len(chunk) - self._offset, want - n)
+            dest[n : n + k] = chunk[self._offset : self._offset + k]
+            n += k
+            self._offset += k
+            if self._offset >= len(chunk):
+                chunks.popleft()
+                self._offset = 0
+        self._queued -= n
+        return n
+
+
+class BufferedOutput:
+    """The loop-side half of an ``AudioOutput``: play/flush/audible_until/earcons on a buffer.
+
+    Subclasses create :attr:`_buffer` when they open and drop it when they close;
+    audio played while closed is dropped (and counted in :attr:`dropped_chunks`).
+    A loop timer queues the resampler's tail when the input pauses
+    (see :meth:`PlaybackBuffer.drain_tail`).
+    """
+
+    TAIL_MARGIN = 0.08  # seconds of queue left when the resampler tail is queued
+
+    def __init__(self, earcons: Iterable[str]):
+        enabled = tuple(earcons)
+        for name in enabled:
+            if name not in EARCON_NAMES:
+                raise ValueError(f"unknown earcon {name!r} (known: {', '.join(EARCON_NAMES)})")
+        self.earcon_names = enabled
+        self.dropped_chunks = 0
+        self._buffer: PlaybackBuffer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tail_timer: asyncio.TimerHandle | None = None
+        self._underruns_before = 0
+
+    @property
+    def underruns(self) -> int:
+        """Mid-stream underruns since construction (silence played while audio was due)."""
+        buf = self._buffer
+        return self._underruns_before + (buf.underruns if buf is not None else 0)
+
+    @property
+    def buffer(self) -> PlaybackBuffer | None:
+        """The jitter buffer while open."""
+        return self._buffer
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def play(self, pcm: PcmLike, rate: int) -> None:
+        """Queue 16-bit mono PCM at ``rate`` Hz (resampled, streaming, to the device rate)."""
+        buf = self._buffer
+        if buf is None:
+            self.dropped_chunks += 1
+            return
+        buf.play(pcm, rate)
+        self._arm_tail_timer()
+
+    def end_stream(self) -> None:
+        """Optional: the agent's audio for this turn is complete (queues the resampler tail)."""
+        if self._buffer is not None:
+            self._buffer.end_stream()
+        self._cancel_tail_timer()
+
+    def flush(self) -> None:
+        """Drop everything queued: the speaker is silent within one device period."""
+        if self._buffer is not None:
+            self._buffer.flush()
+        self._cancel_tail_timer()
+
+    def audible_until(self) -> float:
+        """``time.monotonic()`` at which all queued audio will have left the speaker."""
+        buf = self._buffer
+        if buf is None:
+            return 0.0
+        return buf.audible_until(self._now())
+
+    def play_earcon(self, name: str) -> None:
+        """Mix a short feedback sound; a disabled one is silently skipped."""
+        if name not in EARCON_NAMES:
+            raise ValueError(f"unknown earcon {name!r} (known: {', '.join(EARCON_NAMES)})")
+        if self._buffer is not None:
+            self._buffer.play_earcon(name)
+
+    def _make_buffer(self, rate: int, channels: int, *, latency: float, underrun_gap: float, quality: str) -> PlaybackBuffer:
+        return PlaybackBuffer(
+            rate,
+            channels=channels,
+            earcons=make_earcons(rate, self.earcon_names),
+            latency=latency,
+            underrun_gap=underrun_gap,
+            quality=quality,
+        )
+
+    def _drop_buffer(self) -> None:
+        self._cancel_tail_timer()
+        if self._buffer is not None:
+            self._underruns_before += self._buffer.underruns
+            self._buffer = None
+
+    def _arm_tail_timer(self) -> None:
+        self._cancel_tail_timer()
+        buf = self._buffer
+        if buf is None or self._loop is None or not buf.tail_pending:
+            return
+        delay = max(0.0, buf.queued_seconds - self.TAIL_MARGIN)
+        self._tail_timer = self._loop.call_later(delay, self._on_tail_timer)
+
+    def _cancel_tail_timer(self) -> None:
+        if self._tail_timer is not None:
+            self._tail_timer.cancel()
+            self._tail_timer = None
+
+    def _on_tail_timer(self) -> None:
+        self._tail_timer = None
+        buf = self._buffer
+        if buf is None:
+            return
+        if buf.queued_seconds > self.TAIL_MARGIN * 1.5:  # the device consumed slower than expected
+            self._arm_tail_timer()
+            return
+        buf.drain_tail()
+
+
+class PyAudioOutput(BufferedOutput):
+    """A PortAudio speaker fed from a :class:`PlaybackBuffer` by the output callback.
+
+    ``device``: a name, a unique part of one, or ``default``; resolved on every open.
+    ``period_ms``: device buffer (callback) length. ``rate``: force the device rate
+    (default: the device's default rate, else 48/44.1/16 kHz). ``channels``: force
+    a channel count (default: stereo when possible, else mono or all channels;
+    every channel carries the same signal). ``earcons``: the earcons enabled.
+    ``pa``: a PyAudio instance to use (not terminated on close).
+    """
+
+    def __init__(
+        self,
+        device: str = "default",
+        *,
+        period_ms: int = 20,
+        rate: int | None = None,
+        channels: int | None = None,
+        earcons: Iterable[str] = EARCON_NAMES,
+        pa: pyaudio.PyAudio | None = None,
+        stall_timeout: float = 0.5,
+        start_timeout: float = 3.0,
+        open_timeout: float = 10.0,
+        close_timeout: float = 3.0,
+        underrun_gap: float = 1.0,
+        quality: str = "HQ",
+    ):
+        super().__init__(earcons)
+        self.device_name = device
+        self.period_ms = period_ms
+        self.forced_rate = rate
+        self.forced_channels = channels
+        self.stall_timeout = stall_timeout
+        self.start_timeout = start_timeout
+        self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
+        self.underrun_gap = underrun_gap
+        self.quality = quality
+        self._pa_given = pa
+
+        self.device_underflows = 0
+        """PortAudio output-underflow flags (the callback was late for the device)."""
+        self.device: DeviceInfo | None = None
+        self.rate: int | None = None
+        self.channels: int | None = None
+        self.latency: float | None = None
+        """PortAudio's output latency for the open stream, seconds."""
+
+        self._guard: StreamGuard | None = None
+        self._stream: Any = None
+        self._pa_owned: pyaudio.PyAudio | None = None
+        self._cb_buffer: PlaybackBuffer | None = None
+        self._silence = b""
+        self._broken = False
+
+    @property
+    def what(self) -> str:
+        """How log lines and errors name this speaker."""
+        return f"speaker {self.device_name!r}"
+
+    async def open(self, on_error: ErrorCallback) -> None:
+        """Resolve the device, open it and start the callback (silence until audio is queued)."""
+        if self._stream is not None:
+            raise InternalError(f"{self.what} is already open")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._broken = False
+        self._guard = StreamGuard(
+            loop, self.what, on_error, stall_timeout=self.stall_timeout, start_timeout=self.start_timeout
+        )
+        stream, pa_owned, buf = await run_blocking(
+            self._open_blocking,
+            timeout=self.open_timeout,
+            what=f"opening {self.what}",
+            dispose=lambda opened: close_quietly(opened[0], opened[1], self.what),
+        )
+        self._stream, self._pa_owned, self._buffer = stream, pa_owned, buf
+        self._guard.start(stream.is_active)
+        log.info(
+            "%s open: %r at %d Hz x%d, %d ms periods, latency %.0f ms",
+            self.what,
+            self.device.name if self.device else "?",
+            self.rate or 0,
+            self.channels or 0,
+            self.period_ms,
+            (self.latency or 0.0) * 1000,
+        )
+
+    def _open_blocking(self) -> tuple[Any, pyaudio.PyAudio | None, PlaybackBuffer]:
+        owned = None if self._pa_given is not None else new_pyaudio()
+        pa = self._pa_given if self._pa_given is not None else owned
+        if pa is None:  # pragma: no cover - new_pyaudio() either returns or raises
+            raise InternalError("no PortAudio instance")
+        stream = None
+        try:
+            info = resolve(self.device_name, "output", pa=pa)
+            if self.forced_channels:
+                channel_choices = [self.forced_channels]
+            else:
+                channel_choices = [
+                    c for c in unique([2, 1, info.max_output_channels]) if c <= info.max_output_channels
+                ]
+            rate_choices = (
+                [self.forced_rate]
+                if self.forced_rate
+                else unique([int(info.default_rate), 48_000, 44_100, 16_000])
+            )
+            rate, channels = negotiate(pa, info, "output", rates=rate_choices, channels=channel_choices)
+            period = max(1, rate * self.period_ms // 1000)
+            buf = self._make_buffer(
+                rate, channels, latency=2 * period / rate, underrun_gap=self.underrun_gap, quality=self.quality
+            )
+            self._cb_buffer = buf
+            self._silence = bytes(period * channels * 2)
+            self.device, self.rate, self.channels = info, rate, channels
+            stream = open_stream(
+                pa,
+                f"{self.what} ({info.name!r} at {rate} Hz x{channels})",
+                format=pyaudio.paInt16,
+                channels=channels,
+                rate=rate,
+                output=True,
+                output_device_index=info.index,
+                frames_per_buffer=period,
+                stream_callback=self._callback,
+            )
+            try:
+                self.latency = float(stream.get_output_latency())
+                buf.latency = max(buf.latency, self.latency)
+            except OSError:
+                self.latency = None
+            start_stream(stream, self.what)
+            return stream, owned, buf
+        except BaseException:
+            close_quietly(stream, owned, self.what)
+            raise
+
+    async def close(self) -> None:
+        """Stop and release the device; queued audio is dropped. Idempotent, never raises."""
+        if self._guard is not None:
+            self._guard.stop()
+        self._drop_buffer()
+        stream, pa_owned = self._stream, self._pa_owned
+        self._stream = self._pa_owned = None
+        if stream is None and pa_owned is None:
+            return
+        try:
+            await run_blocking(
+                lambda: close_quietly(stream, pa_owned, self.what),
+                timeout=self.close_timeout,
+                what=f"closing {self.what}",
+            )
+        except DeviceError as exc:
+            log.warning("%s; abandoning it", exc)
+        self._cb_buffer = None
+        log.info("%s closed", self.what)
+
+    # ------------------------------------------------------------------ audio thread
+
+    def _callback(self, in_data: bytes | None, frame_count: int, time_info: dict, status: int) -> tuple[bytes, int]:
+        guard = self._guard
+        if guard is not None:
+            guard.tick()
+        buf = self._cb_buffer
+        if buf is None or self._broken:
+            return self._silent(frame_count), pyaudio.paContinue
+        try:
+            if status & pyaudio.paOutputUnderflow:
+                self.device_underflows += 1
+            delay = time_info["output_buffer_dac_time"] - time_info["current_time"]
+            if not 0.0 <= delay < 2.0:  # some host APIs report no times
+                delay = buf.latency
+            return buf.fill(frame_count, time.monotonic() + delay).tobytes(), pyaudio.paContinue
+        except Exception as exc:  # never let the audio thread die silently
+            self._broken = True
+            if guard is not None:
+                guard.fail_threadsafe(DeviceError(f"{self.what}: playback failed: {exc!r}"))
+            return self._silent(frame_count), pyaudio.paContinue
+
+    def _silent(self, frame_count: int) -> bytes:
+        size = frame_count * (self.channels or 1) * 2
+        return self._silence if len(self._silence) == size else bytes(size)

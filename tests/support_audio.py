@@ -1,0 +1,405 @@
+"""Virtual sound devices for tests of the real PyAudio -> PortAudio -> ALSA path.
+
+Two kinds of device, both defined in a private ALSA configuration
+(``ALSA_CONFIG_PATH`` = the system ``alsa.conf`` + our definitions):
+
+- PulseAudio null sinks on a private server, reached through the ALSA ``pulse``
+  plugin: ``vmic`` (the monitor of sink ``mic``, 16 kHz mono) and ``vspk`` (sink
+  ``spk``, 48 kHz stereo). They are paced in real time by the server's clock.
+  Play into the mic with :meth:`VirtualAudio.play_into_mic`, record the speaker
+  with :meth:`VirtualAudio.record_speaker`.
+- ALSA ``file`` plugin devices layered on those pulse devices, so they are paced
+  *and* deterministic: ``pi_test_mic`` (16 kHz mono), ``pi_test_mic48`` (48 kHz
+  mono) and ``pi_test_mic_stereo`` (16 kHz stereo) read their samples from raw
+  files set with :meth:`VirtualAudio.set_mic_samples`; ``pi_test_spk`` writes what
+  is played to a raw file (:meth:`VirtualAudio.speaker_file_samples`).
+  (A file device over the ``null`` PCM would be unpaced: PortAudio then spins
+  through tens of thousands of callbacks a second.)
+
+``vgone_mic`` / ``vgone_spk`` point at a second server, started and killed or
+frozen by the device-failure tests (:meth:`VirtualAudio.gone_server`).
+
+ALSA re-reads its configuration when ``ALSA_CONFIG_PATH`` changes and PortAudio
+lists devices afresh whenever no PyAudio instance is alive, so a test only has to
+set the variable (the ``alsa_devices`` fixture does it with ``monkeypatch``) and
+close what it opened. The servers are our own child processes, stopped by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SYSTEM_ALSA_CONF = Path("/usr/share/alsa/alsa.conf")
+PULSE_PLUGIN_DIRS = [
+    Path("/usr/lib/x86_64-linux-gnu/alsa-lib"),
+    Path("/usr/lib/aarch64-linux-gnu/alsa-lib"),
+    Path("/usr/lib/arm-linux-gnueabihf/alsa-lib"),
+    Path("/usr/lib/alsa-lib"),
+    Path("/usr/lib64/alsa-lib"),
+]
+
+SPK_RATE = 48_000
+SPK_CHANNELS = 2
+
+
+def missing_tools() -> str | None:
+    """Why the virtual devices cannot be set up here, or None."""
+    for tool in ("pulseaudio", "pactl", "parec", "pacat"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (Debian: pulseaudio, pulseaudio-utils)"
+    if not SYSTEM_ALSA_CONF.exists():
+        return f"{SYSTEM_ALSA_CONF} missing (Debian: libasound2)"
+    if not any((d / "libasound_module_pcm_pulse.so").exists() for d in PULSE_PLUGIN_DIRS):
+        return "ALSA pulse plugin missing (Debian: libasound2-plugins)"
+    try:
+        import pyaudio  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        return f"PyAudio not importable: {exc}"
+    return None
+
+
+class PulseServer:
+    """A private PulseAudio server (our child process) with null sinks."""
+
+    def __init__(self, directory: Path, sinks: list[tuple[str, int, int]]):
+        self.dir = directory
+        self.sinks = sinks
+        self.socket = directory / "native"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = dict(
+            os.environ,
+            PULSE_RUNTIME_PATH=str(directory),
+            PULSE_SERVER=f"unix:{self.socket}",
+            HOME=str(directory),
+            XDG_CONFIG_HOME=str(directory / "config"),
+            XDG_RUNTIME_DIR=str(directory),
+        )
+        self.env.pop("DISPLAY", None)
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it answers."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.socket.exists():
+            self.socket.unlink()
+        lines = [f"load-module module-native-protocol-unix auth-anonymous=1 socket={self.socket}"]
+        for name, rate, channels in self.sinks:
+            lines.append(f"load-module module-null-sink sink_name={name} rate={rate} channels={channels}")
+        (self.dir / "default.pa").write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen(
+            [
+                "pulseaudio",
+                "-n",
+                "-F",
+                str(self.dir / "default.pa"),
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--use-pid-file=no",
+                "--disable-shm=yes",
+                f"--log-target=file:{self.dir / 'log'}",
+            ],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pulseaudio exited with {self.proc.returncode}: {self.log_tail()}")
+            if self.socket.exists() and self.pactl("info", check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"pulseaudio did not come up within {timeout} s: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        """The end of the server log (for failure messages)."""
+        try:
+            return (self.dir / "log").read_text(errors="replace")[-800:]
+        except OSError:
+            return ""
+
+    def pactl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run pactl against this server."""
+        return subprocess.run(["pactl", *args], env=self.env, capture_output=True, text=True, check=check, timeout=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: its clients' streams simply stop moving."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def kill(self) -> None:
+        """Kill the server at once (like a device that vanishes)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Stop the server (idempotent)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+
+class Recorder:
+    """``parec`` of a pulse source into a raw file; :meth:`stop` returns the samples."""
+
+    def __init__(self, server: PulseServer, source: str, path: Path, rate: int, channels: int):
+        self.path = path
+        self.rate = rate
+        self.channels = channels
+        self._file = open(path, "wb")
+        self.proc = subprocess.Popen(
+            [
+                "parec",
+                "-d",
+                source,
+                "--raw",
+                "--format=s16le",
+                f"--rate={rate}",
+                f"--channels={channels}",
+                "--latency-msec=10",
+            ],
+            env=server.env,
+            stdout=self._file,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def wait_started(self, timeout: float = 5.0) -> None:
+        """Wait until the recorder is delivering data (its stream is connected)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.path.stat().st_size > 0:
+                return
+            time.sleep(0.02)
+        raise RuntimeError("parec produced no data")
+
+    def stop(self) -> np.ndarray:
+        """Stop recording; return ``[frame, channel]`` int16 samples."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._file.close()
+        data = np.fromfile(self.path, dtype="<i2")
+        usable = len(data) - len(data) % self.channels
+        return data[:usable].reshape(-1, self.channels)
+
+
+class VirtualAudio:
+    """The session's private sound server and ALSA configuration (see the module docstring)."""
+
+    FILE_MICS = {
+        "pi_test_mic": (16_000, 1),
+        "pi_test_mic48": (48_000, 1),
+        "pi_test_mic_stereo": (16_000, 2),
+    }
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.server = PulseServer(root / "pulse", [("mic", 16_000, 1), ("spk", SPK_RATE, SPK_CHANNELS)])
+        self.gone_dir = root / "gone"
+        self.alsa_conf = root / "asound.conf"
+
+    # ------------------------------------------------------------------ set-up
+    def start(self) -> None:
+        """Start the server and write the ALSA configuration."""
+        self.server.start()
+        for name in self.FILE_MICS:
+            self.mic_file(name).write_bytes(b"")
+        self.alsa_conf.write_text(SYSTEM_ALSA_CONF.read_text() + "\n" + self._definitions())
+
+    def stop(self) -> None:
+        """Stop the server."""
+        self.server.stop()
+
+    def _definitions(self) -> str:
+        main = f"unix:{self.server.socket}"
+        gone = f"unix:{self.gone_dir / 'native'}"
+        out = [
+            f'pcm.vmic {{ type pulse; server "{main}"; device "mic.monitor" }}',
+            f'pcm.vspk {{ type pulse; server "{main}"; device "spk" }}',
+            f'pcm.vgone_mic {{ type pulse; server "{gone}"; device "gone.monitor" }}',
+            f'pcm.vgone_spk {{ type pulse; server "{gone}"; device "gone" }}',
+        ]
+        for name in self.FILE_MICS:
+            out.append(
+                f'pcm.{name} {{ type file; slave.pcm "vmic"; file "/dev/null"; '
+                f'infile "{self.mic_file(name)}"; format "raw" }}'
+            )
+        out.append(
+            f'pcm.pi_test_spk {{ type file; slave.pcm "vspk"; file "{self.speaker_file()}"; format "raw" }}'
+        )
+        return "\n".join(out) + "\n"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for a process (or test) that should see the virtual devices."""
+        return {"ALSA_CONFIG_PATH": str(self.alsa_conf)}
+
+    # ------------------------------------------------------------------ file devices
+    def mic_file(self, name: str) -> Path:
+        """The raw file a ``pi_test_mic*`` device reads from."""
+        return self.root / f"{name}.raw"
+
+    def set_mic_samples(self, name: str, samples: np.ndarray) -> None:
+        """What the file mic ``name`` will deliver (int16; ``[frame, channel]`` for stereo)."""
+        np.asarray(samples, dtype="<i2").tofile(self.mic_file(name))
+
+    def speaker_file(self) -> Path:
+        """The raw file ``pi_test_spk`` writes to."""
+        return self.root / "pi_test_spk.raw"
+
+    def speaker_file_samples(self, channels: int) -> np.ndarray:
+        """What ``pi_test_spk`` received, as ``[frame, channel]`` int16."""
+        try:
+            data = np.fromfile(self.speaker_file(), dtype="<i2")
+        except FileNotFoundError:
+            data = np.zeros(0, dtype=np.int16)
+        usable = len(data) - len(data) % channels
+        return data[:usable].reshape(-1, channels)
+
+    # ------------------------------------------------------------------ pulse devices
+    def play_into_mic(self, samples: np.ndarray, rate: int = 16_000) -> subprocess.Popen[bytes]:
+        """Start playing mono int16 ``samples`` into the ``mic`` sink (returns the pacat process)."""
+        proc = subprocess.Popen(
+            ["pacat", "-p", "-d", "mic", "--raw", "--format=s16le", f"--rate={rate}", "--channels=1",
+             "--latency-msec=20"],
+            env=self.server.env,
+            stdin=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(np.asarray(samples, dtype="<i2").tobytes())
+        proc.stdin.close()
+        return proc
+
+    def record_speaker(self, name: str = "spk") -> Recorder:
+        """Start recording the monitor of sink ``spk`` at 48 kHz stereo."""
+        fd, path = tempfile.mkstemp(prefix="rec-", suffix=".raw", dir=self.root)
+        os.close(fd)
+        return Recorder(self.server, f"{name}.monitor", Path(path), SPK_RATE, SPK_CHANNELS)
+
+    def gone_server(self) -> PulseServer:
+        """A second server behind ``vgone_mic`` / ``vgone_spk`` (caller starts and stops it)."""
+        return PulseServer(self.gone_dir, [("gone", 48_000, 2)])
+
+
+# ---------------------------------------------------------------------- signal helpers
+
+
+def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.3) -> np.ndarray:
+    """A sine as int16."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    return np.round(np.sin(2 * np.pi * freq * t) * amplitude * 32767).astype(np.int16)
+
+
+def dominant_frequency(samples: np.ndarray, rate: int) -> float:
+    """Frequency of the strongest FFT bin (Hann window, parabolic interpolation)."""
+    x = np.asarray(samples, dtype=np.float64)
+    x = x - x.mean()
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    k = int(np.argmax(spectrum[1:]) + 1)
+    if 1 <= k < len(spectrum) - 1:
+        a, b, c = np.log(spectrum[k - 1 : k + 2] + 1e-12)
+        k = k + 0.5 * (a - c) / (a - 2 * b + c)
+    return float(k * rate / len(x))
+
+
+def loud_segments(samples: np.ndarray, rate: int, *, threshold: float = 0.02, window_ms: float = 5.0,
+                  min_gap_ms: float = 60.0) -> list[tuple[int, int]]:
+    """``(start, end)`` sample ranges whose windowed RMS exceeds ``threshold`` of full scale."""
+    x = np.asarray(samples, dtype=np.float64) / 32768.0
+    win = max(1, int(rate * window_ms / 1000))
+    n = len(x) // win
+    if n == 0:
+        return []
+    level = np.sqrt(np.mean(x[: n * win].reshape(n, win) ** 2, axis=1))
+    loud = level > threshold
+    segments: list[tuple[int, int]] = []
+    start = None
+    for i, on in enumerate(loud):
+        if on and start is None:
+            start = i
+        elif not on and start is not None:
+            segments.append((start * win, i * win))
+            start = None
+    if start is not None:
+        segments.append((start * win, n * win))
+    merged: list[tuple[int, int]] = []
+    gap = int(rate * min_gap_ms / 1000)
+    for seg in segments:
+        if merged and seg[0] - merged[-1][1] < gap:
+            merged[-1] = (merged[-1][0], seg[1])
+        else:
+            merged.append(seg)
+    return merged
+
+
+def exact_edges(samples: np.ndarray, threshold: int = 1) -> tuple[int, int] | None:
+    """First and one-past-last index whose magnitude is at least ``threshold``."""
+    idx = np.nonzero(np.abs(np.asarray(samples, dtype=np.int32)) >= threshold)[0]
+    if len(idx) == 0:
+        return None
+    return int(idx[0]), int(idx[-1]) + 1
+
+
+def speech(text: str, directory: Path) -> tuple[np.ndarray, int] | None:
+    """Real speech from espeak-ng as mono int16 and its rate, or None if espeak-ng is missing."""
+    if shutil.which("espeak-ng") is None:
+        return None
+    path = directory / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True, timeout=30)
+    from pi_agent.audio.files import read_wav
+
+    frames, rate = read_wav(path)
+    return frames[:, 0].copy(), rate
+
+
+# ---------------------------------------------------------------------- fixtures
+# Import these into a test module: ``from support_audio import virtual_audio, alsa_devices``.
+
+
+@pytest.fixture(scope="session")
+def virtual_audio(tmp_path_factory: pytest.TempPathFactory):
+    """The private PulseAudio server + ALSA config, for the whole session."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    va = VirtualAudio(tmp_path_factory.mktemp("vaudio"))
+    va.start()  # a server that is installed but will not start is a failure, not a skip
+    try:
+        yield va
+    finally:
+        va.stop()
+
+
+@pytest.fixture
+def alsa_devices(virtual_audio: VirtualAudio, monkeypatch: pytest.MonkeyPatch):
+    """Make PortAudio (initialised inside the test) see the virtual devices."""
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(virtual_audio.alsa_conf))
+    return virtual_audio
