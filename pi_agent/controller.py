@@ -166,8 +166,9 @@ class Controller:
                 for f in out.preroll:
                     session.send_audio(f, speech=True)
         if self.state is State.SPEAKING:
-            # Voice barge-in (full duplex / always): the server decides; stop our speaker now.
-            self._stop_playback()
+            # Talking over the agent (full duplex): the server decides whether that is a
+            # barge-in (a cough is not) and says so with `interruption`; we flush then.
+            return
         if self.connected:
             self.fire(Trigger.LISTEN)
         elif self.state is State.IDLE:

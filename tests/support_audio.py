@@ -227,14 +227,39 @@ class VirtualAudio:
 
     # ------------------------------------------------------------------ set-up
     def start(self) -> None:
-        """Start the server and write the ALSA configuration."""
+        """Start the server and write the ALSA configuration.
+
+        Two low-latency "keeper" streams stay connected to the sinks for the whole
+        session: an idle null sink otherwise sleeps up to ~2 s, and a newly opened
+        stream then waits that long for its first real-time callbacks.
+        """
         self.server.start()
         for name in self.FILE_MICS:
             self.mic_file(name).write_bytes(b"")
         self.alsa_conf.write_text(SYSTEM_ALSA_CONF.read_text() + "\n" + self._definitions())
+        env = self.server.env
+        self._keepers = [
+            subprocess.Popen(
+                ["parec", "-d", "spk.monitor", "--raw", "--latency-msec=10"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ),
+            subprocess.Popen(
+                ["pacat", "-p", "-d", "mic", "--raw", "--rate=16000", "--channels=1", "--latency-msec=10", "/dev/zero"],
+                env=env, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ),
+        ]
+        time.sleep(2.2)  # let the sinks' first long sleep run out
 
     def stop(self) -> None:
-        """Stop the server."""
+        """Stop the keepers and the server."""
+        for proc in getattr(self, "_keepers", []):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        self._keepers = []
         self.server.stop()
 
     def _definitions(self) -> str:

@@ -182,3 +182,63 @@ async def test_status_prints_the_snapshot_and_follows(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "pi_agent.cli", "status"], env=env, capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 1 and "cannot reach the daemon" in r.stderr and "Traceback" not in r.stderr
+
+
+def _two_questions(tmp: Path, gap: float) -> Path:
+    """question.wav, ``gap`` seconds of silence, question.wav again (talking over the reply)."""
+    with wave.open(str(QUESTION_WAV), "rb") as w:
+        params, frames = w.getparams(), w.readframes(w.getnframes())
+    path = tmp / "two.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setparams(params)
+        out.writeframes(frames + bytes(int(gap * params.framerate) * 2) + frames)
+    return path
+
+
+async def test_voice_barge_in_full_duplex_flushes_the_speaker(tmp_path: Path) -> None:
+    async with FakeAgent(FakeAgentOptions(port=0, send_speed=1.5)) as agent:
+        env = base_env(agent, tmp_path, PI_AGENT_AUDIO__ECHO="full_duplex",
+                       PI_AGENT_AUDIO__INPUT_WAV=str(_two_questions(tmp_path, 1.0)))
+        async with daemon_running(env, tmp_path) as d:
+            async with EventClient(d.api_port) as events:
+                await events.wait_state("speaking", 20)
+                await events.wait_for(lambda e: e["type"] == "interruption", 15, "interruption")
+                await events.wait_for(lambda e: e["type"] == "state" and e["previous"] == "speaking"
+                                      and e["state"] == "listening", 5, "speaking -> listening")
+    turn = agent.latest.turns[0]
+    assert turn.interrupted
+    assert agent.latest.interruptions == [turn.event_id]
+
+
+async def test_event_api_commands(tmp_path: Path) -> None:
+    async with FakeAgent(FakeAgentOptions(port=0)) as agent:
+        env = base_env(agent, tmp_path, PI_AGENT_SESSION__POLICY="persistent",
+                       PI_AGENT_AUDIO__INPUT_WAV=str(tmp_path / "silence.wav"))
+        with wave.open(env["PI_AGENT_AUDIO__INPUT_WAV"], "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(bytes(3200))
+        async with daemon_running(env, tmp_path) as d:
+            async with EventClient(d.api_port) as events:
+                if not events.snapshot["connected"]:
+                    await events.wait_for(lambda e: e["type"] == "connection" and e["connected"], 10)
+                await events.send({"type": "mute"})
+                await events.wait_state("muted")
+                status, body = d.http("/healthz")
+                assert status == 200
+                await events.send({"type": "unmute"})
+                await events.wait_state("idle")
+                await events.send({"type": "contextual_update", "text": "the lights are on"})
+                await events.send({"type": "say", "text": "hello"})
+                await events.wait_state("speaking", 10)
+                await events.send({"type": "stop"})
+                await events.wait_for(lambda e: e["type"] == "state" and e["previous"] == "speaking"
+                                      and e["state"] == "idle", 5)
+                await events.send({"type": "dance"})
+                err = await events.wait_for(lambda e: e["type"] == "error" and e.get("source") == "api", 5)
+                assert "unknown command" in err["message"]
+                await events.send({"type": "say"})
+                await events.wait_for(lambda e: e["type"] == "error" and "text" in e.get("message", ""), 5)
+                acks = [e["command"] for e in events.events if e["type"] == "ack"]
+                assert acks == ["mute", "unmute", "contextual_update", "say", "stop"]
+        rec = agent.latest
+        assert [r.message["text"] for r in rec.received_of("contextual_update")] == ["the lights are on"]
+        assert [r.message["text"] for r in rec.received_of("user_message")] == ["hello"]

@@ -107,6 +107,11 @@ class PyAudioInput:
         self._broken = False
 
     @property
+    def callbacks(self) -> int:
+        """PortAudio callbacks since the last open (diagnostics, tests)."""
+        return self._guard.callbacks if self._guard is not None else 0
+
+    @property
     def what(self) -> str:
         """How log lines and errors name this microphone."""
         return f"microphone {self.device_name!r}"

@@ -436,6 +436,11 @@ class PyAudioOutput(BufferedOutput):
         self._broken = False
 
     @property
+    def callbacks(self) -> int:
+        """PortAudio callbacks since the last open (diagnostics, tests)."""
+        return self._guard.callbacks if self._guard is not None else 0
+
+    @property
     def what(self) -> str:
         """How log lines and errors name this speaker."""
         return f"speaker {self.device_name!r}"

@@ -42,6 +42,10 @@ from .options import FakeAgentOptions
 from .records import BINARY, NON_JSON, USER_AUDIO, ConversationRecord, Received, Sent, Turn, message_kind
 
 log = logging.getLogger("pi_agent.fake_agent")
+ws_log = logging.getLogger("pi_agent.fake_agent.websockets")
+"""websockets' own logger for the fake: one INFO line per HTTP request is noise, so
+it starts at WARNING (lower it to see every request)."""
+ws_log.setLevel(logging.WARNING)
 
 WS_PATH = "/v1/convai/conversation"
 SIGNED_URL_PATHS = ("/v1/convai/conversation/get-signed-url", "/v1/convai/conversation/get_signed_url")
@@ -651,6 +655,7 @@ class FakeAgent:
             ping_interval=None,
             open_timeout=OPEN_TIMEOUT,
             close_timeout=2.0,
+            logger=ws_log,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("fake agent listening on %s (output %s, input %s)", self.http_url, o.output_format, o.input_format)
@@ -713,10 +718,19 @@ class FakeAgent:
     async def wait_for(self, predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
         """Wait until ``predicate()`` is true, re-checking whenever anything is recorded.
 
+        A ``LookupError`` from the predicate (``agent.latest`` before the first
+        conversation, ``turns[0]`` before the first turn) counts as "not yet".
         Raises ``TimeoutError`` naming ``what`` after ``timeout`` seconds.
         """
+
+        def holds() -> bool:
+            try:
+                return bool(predicate())
+            except LookupError:
+                return False
+
         deadline = time.monotonic() + timeout
-        while not predicate():
+        while not holds():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"fake agent: timed out after {timeout:g} s waiting for {what}")

@@ -1,0 +1,389 @@
+"""The real PyAudio -> PortAudio -> ALSA path, on virtual devices (see support_audio).
+
+Every test initialises PortAudio itself (through the backends) after the
+``alsa_devices`` fixture has pointed ALSA at the private configuration, and
+closes what it opened, so the tests do not see each other's devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from pi_agent.audio import FRAME_BYTES, MIC_RATE, devices
+from pi_agent.audio import formats as F
+from pi_agent.audio.capture import PyAudioInput
+from pi_agent.audio.playback import PyAudioOutput
+from pi_agent.errors import DeviceError
+from support_audio import (
+    SPK_RATE,
+    VirtualAudio,
+    alsa_devices,  # noqa: F401  (fixture)
+    dominant_frequency,
+    loud_segments,
+    speech,
+    tone,
+    virtual_audio,  # noqa: F401  (fixture)
+)
+
+pytestmark = pytest.mark.audio
+
+ALL_NAMES = ["vmic", "vspk", "pi_test_mic", "pi_test_mic48", "pi_test_mic_stereo", "pi_test_spk"]
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` on the loop until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def capture(mic: PyAudioInput, frames: int, timeout: float = 10.0) -> tuple[list[bytes], list[DeviceError]]:
+    got: list[bytes] = []
+    errors: list[DeviceError] = []
+    await mic.open(got.append, errors.append)
+    try:
+        await wait_for(lambda: len(got) >= frames or bool(errors), timeout, f"{frames} mic frames")
+    finally:
+        await mic.close()
+    return got, errors
+
+
+async def wait_until_heard(out: PyAudioOutput, extra: float = 0.0) -> None:
+    await wait_for(lambda: out.audible_until() <= time.monotonic(), 10.0, "queued audio to be heard")
+    if extra:
+        await asyncio.sleep(extra)
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def test_listing_shows_every_device_and_its_16k_ability(alsa_devices: VirtualAudio) -> None:
+    listed = {d.name: d for d in devices.list_devices()}
+    assert set(ALL_NAMES) <= set(listed)
+    assert listed["vmic"].input_16k is True
+    assert listed["vspk"].output_16k is True
+    assert listed["vmic"].output_16k is False  # a monitor source cannot be played into
+    table = devices.format_device_table(list(listed.values()))
+    for name in ALL_NAMES:
+        assert name in table
+    assert "16k in" in table and "index" in table
+
+
+def test_lookup_by_exact_name_part_and_default(alsa_devices: VirtualAudio) -> None:
+    with devices.portaudio() as pa:
+        # An exact name wins even though it is also part of other names.
+        assert devices.resolve("pi_test_mic", "input", pa=pa).name == "pi_test_mic"
+        assert devices.resolve("mic48", "input", pa=pa).name == "pi_test_mic48"
+        assert devices.resolve("VSPK", "output", pa=pa).name == "vspk"
+        default = devices.resolve("default", "input", pa=pa)
+        assert default.default_input
+
+
+def test_ambiguous_name_fails_with_the_device_list(alsa_devices: VirtualAudio) -> None:
+    with pytest.raises(DeviceError) as err:
+        devices.resolve("test_mic", "input")
+    message = str(err.value)
+    assert "ambiguous" in message
+    for name in ALL_NAMES:
+        assert name in message
+
+
+def test_unknown_name_fails_with_the_device_list(alsa_devices: VirtualAudio) -> None:
+    with pytest.raises(DeviceError) as err:
+        devices.resolve("USB PnP Sound Device", "output")
+    message = str(err.value)
+    assert "no output device matches 'USB PnP Sound Device'" in message
+    for name in ALL_NAMES:
+        assert name in message
+    assert "16k out" in message
+
+
+async def test_opening_a_missing_device_raises_device_error(alsa_devices: VirtualAudio) -> None:
+    mic = PyAudioInput("no such mic")
+    with pytest.raises(DeviceError, match="no input device matches 'no such mic'"):
+        await mic.open(lambda frame: None, lambda error: None)
+    await mic.close()  # safe after a failed open
+    await mic.close()
+
+
+# --------------------------------------------------------------------------- capture
+
+
+async def test_speech_reaches_the_loop_as_exact_16k_frames(alsa_devices: VirtualAudio, tmp_path) -> None:
+    spoken = speech("Turn on the kitchen lights, please.", tmp_path)
+    if spoken is None:  # no espeak-ng: a chirp is as good for sample integrity
+        t = np.arange(MIC_RATE) / MIC_RATE
+        signal = np.round(8000 * np.sin(2 * np.pi * (200 + 1500 * t) * t)).astype(np.int16)
+    else:
+        signal = F.resample(spoken[0], spoken[1], MIC_RATE)
+    signal = signal[: 2 * MIC_RATE]
+    alsa_devices.set_mic_samples("pi_test_mic", signal)
+    mic = PyAudioInput("pi_test_mic")
+    frames_needed = len(signal) // 320 + 5
+    started = time.monotonic()
+    got, errors = await capture(mic, frames_needed)
+    elapsed = time.monotonic() - started
+    assert not errors
+    assert mic.rate == MIC_RATE and mic.channels == 1  # the device accepts 16 kHz: no resampling
+    assert all(len(frame) == FRAME_BYTES for frame in got)
+    received = np.frombuffer(b"".join(got), dtype="<i2")
+    assert np.array_equal(received[: len(signal)], signal)
+    assert mic.overflows == 0
+    # Paced like a real microphone, not delivered in a burst.
+    assert elapsed >= 0.8 * len(got) * 0.020
+
+
+async def test_48k_capture_is_resampled_to_16k_at_the_right_pitch_and_length(alsa_devices: VirtualAudio) -> None:
+    # The pulse-backed device would accept 16 kHz; force its native-rate path as a 48 kHz-only USB mic needs.
+    source = np.concatenate([tone(1000, 0.5, 48000), np.zeros(24000, dtype=np.int16)])
+    alsa_devices.set_mic_samples("pi_test_mic48", source)
+    mic = PyAudioInput("pi_test_mic48", rate=48000)
+    got, errors = await capture(mic, 60)
+    assert not errors and mic.rate == 48000
+    x = np.frombuffer(b"".join(got), dtype="<i2")
+    segments = loud_segments(x, MIC_RATE)
+    assert len(segments) == 1
+    start, end = segments[0]
+    assert abs((end - start) / MIC_RATE - 0.5) <= 0.011
+    assert abs(dominant_frequency(x[start:end], MIC_RATE) - 1000) < 5
+
+
+async def test_stereo_mic_picks_a_channel_or_mixes_both(alsa_devices: VirtualAudio) -> None:
+    left, right = tone(440, 1.0, MIC_RATE), tone(1500, 1.0, MIC_RATE)
+    alsa_devices.set_mic_samples("pi_test_mic_stereo", np.stack([left, right], axis=1))
+    results = {}
+    for channel in (0, 1, None):
+        mic = PyAudioInput("pi_test_mic_stereo", channel=channel, channels=2)
+        got, errors = await capture(mic, 40)
+        assert not errors and mic.channels == 2
+        results[channel] = np.frombuffer(b"".join(got), dtype="<i2")[:12000]
+    assert np.array_equal(results[0], left[:12000])
+    assert np.array_equal(results[1], right[:12000])
+    mixed = results[None].astype(np.int32)
+    assert np.max(np.abs(mixed - (left[:12000].astype(np.int32) + right[:12000]) / 2)) <= 1
+
+
+async def test_channel_that_does_not_exist_is_a_device_error(alsa_devices: VirtualAudio) -> None:
+    mic = PyAudioInput("pi_test_mic_stereo", channel=1, channels=1)
+    with pytest.raises(DeviceError):
+        await mic.open(lambda frame: None, lambda error: None)
+    await mic.close()
+
+
+async def test_pulse_mic_hears_what_is_played_into_it(alsa_devices: VirtualAudio) -> None:
+    signal = np.concatenate([tone(600, 0.4, MIC_RATE), np.zeros(3200, np.int16), tone(900, 0.4, MIC_RATE)])
+    mic = PyAudioInput("vmic")
+    got: list[bytes] = []
+    errors: list[DeviceError] = []
+    await mic.open(got.append, errors.append)
+    try:
+        await wait_for(lambda: mic.callbacks > 10, 5.0, "the capture to run")
+        player = alsa_devices.play_into_mic(signal)
+        await wait_for(lambda: player.poll() is not None, 10.0, "pacat to finish")
+        await asyncio.sleep(0.3)
+    finally:
+        await mic.close()
+    assert not errors
+    x = np.frombuffer(b"".join(got), dtype="<i2")
+    segments = loud_segments(x, MIC_RATE)
+    assert len(segments) == 2
+    for (start, end), freq in zip(segments, (600, 900)):
+        assert abs((end - start) / MIC_RATE - 0.4) <= 0.011
+        assert abs(dominant_frequency(x[start:end], MIC_RATE) - freq) < 5
+
+
+# --------------------------------------------------------------------------- playback
+
+FORMAT_TONES = {
+    "pcm_8000": 500,
+    "pcm_16000": 700,
+    "pcm_22050": 900,
+    "pcm_24000": 1100,
+    "pcm_44100": 1300,
+    "pcm_48000": 1500,
+    "ulaw_8000": 600,
+}
+
+
+def wire_bytes(fmt: str, samples: np.ndarray) -> bytes:
+    return F.ulaw_encode(samples) if fmt.startswith("ulaw") else samples.astype("<i2").tobytes()
+
+
+async def test_every_agent_format_plays_at_the_right_pitch_and_duration(alsa_devices: VirtualAudio) -> None:
+    recorder = alsa_devices.record_speaker()
+    recorder.wait_started()
+    out = PyAudioOutput("vspk", rate=SPK_RATE)
+    errors: list[DeviceError] = []
+    await out.open(errors.append)
+    try:
+        assert out.rate == SPK_RATE and out.channels == 2
+        await wait_for(lambda: out.callbacks > 10, 5.0, "the output to run")
+        for fmt, freq in FORMAT_TONES.items():
+            rate = F.FORMATS[fmt].rate
+            wire = wire_bytes(fmt, tone(freq, 0.3, rate))
+            step = F.FORMATS[fmt].bytes_per_sample * rate // 25  # 40 ms chunks, as a server sends them
+            for i in range(0, len(wire), step):
+                samples, samples_rate = F.decode(fmt, wire[i : i + step])
+                out.play(samples.tobytes(), samples_rate)
+            await wait_until_heard(out, extra=0.12)
+    finally:
+        await out.close()
+        recorded = recorder.stop()
+    assert not errors
+    assert np.array_equal(recorded[:, 0], recorded[:, 1])  # the same signal on both channels
+    x = recorded[:, 0]
+    segments = loud_segments(x, SPK_RATE)
+    assert len(segments) == len(FORMAT_TONES), segments
+    for (start, end), (fmt, freq) in zip(segments, FORMAT_TONES.items()):
+        duration = (end - start) / SPK_RATE
+        assert abs(duration - 0.3) <= 0.012, (fmt, duration)
+        body = x[start + 480 : end - 480]
+        assert abs(dominant_frequency(body, SPK_RATE) - freq) < freq * 0.005, fmt
+        # No clicks at the 40 ms chunk joins: every step fits a sine of this pitch and level.
+        max_step = 2 * np.pi * freq / SPK_RATE * 0.3 * 32767 * 1.15 + 30
+        assert np.max(np.abs(np.diff(body.astype(np.int32)))) <= max_step, fmt
+    assert out.underruns == 0
+
+
+async def test_file_speaker_receives_the_exact_samples(alsa_devices: VirtualAudio) -> None:
+    rng = np.random.default_rng(7)
+    signal = rng.integers(1000, 20000, 16000).astype(np.int16) * rng.choice([-1, 1], 16000).astype(np.int16)
+    out = PyAudioOutput("pi_test_spk", rate=16000, channels=1)
+    await out.open(lambda error: None)
+    try:
+        assert out.channels == 1
+        pos = 0
+        for size in rng.integers(50, 2000, 100):
+            out.play(signal[pos : pos + size].tobytes(), 16000)
+            pos += int(size)
+            if pos >= len(signal):
+                break
+        await wait_until_heard(out, extra=0.1)
+    finally:
+        await out.close()
+    written = alsa_devices.speaker_file_samples(1)[:, 0]
+    first = int(np.nonzero(written)[0][0])
+    assert np.array_equal(written[first : first + len(signal)], signal)
+    assert not np.any(written[first + len(signal) :])
+
+
+async def test_flush_silences_the_speaker_within_one_period(alsa_devices: VirtualAudio) -> None:
+    recorder = alsa_devices.record_speaker()
+    recorder.wait_started()
+    out = PyAudioOutput("vspk", rate=SPK_RATE, period_ms=20)
+    await out.open(lambda error: None)
+    try:
+        await wait_for(lambda: out.callbacks > 10, 5.0, "the output to run")
+        played_at = time.monotonic()
+        out.play(tone(440, 3.0, 16000).tobytes(), 16000)
+        await asyncio.sleep(0.6)
+        flushed_at = time.monotonic()
+        out.flush()
+        assert out.audible_until() <= flushed_at + (out.latency or 0.0) + 0.08
+        await asyncio.sleep(0.4)
+    finally:
+        await out.close()
+        recorded = recorder.stop()[:, 0]
+    segments = loud_segments(recorded, SPK_RATE)
+    assert len(segments) == 1
+    heard = (segments[0][1] - segments[0][0]) / SPK_RATE
+    # Start and end reach the speaker through the same device latency, so the tone lasts
+    # as long as it was queued, give or take one 20 ms period (plus scheduling slack).
+    assert abs(heard - (flushed_at - played_at)) <= 0.05, heard
+
+
+async def test_earcons_mix_over_speech_and_count_as_audible(alsa_devices: VirtualAudio) -> None:
+    recorder = alsa_devices.record_speaker()
+    recorder.wait_started()
+    out = PyAudioOutput("vspk", rate=SPK_RATE, earcons=("listening", "done"))
+    await out.open(lambda error: None)
+    try:
+        await wait_for(lambda: out.callbacks > 10, 5.0, "the output to run")
+        now = time.monotonic()
+        out.play_earcon("listening")  # alone: it alone keeps the speaker busy
+        until = out.audible_until()
+        assert now + 0.15 <= until <= now + 0.6
+        await wait_until_heard(out, extra=0.2)
+        out.play(tone(300, 0.8, 16000).tobytes(), 16000)
+        await asyncio.sleep(0.3)
+        out.play_earcon("done")
+        out.play_earcon("error")  # not enabled: silently skipped
+        await wait_until_heard(out, extra=0.1)
+    finally:
+        await out.close()
+        recorded = recorder.stop()[:, 0]
+    segments = loud_segments(recorded, SPK_RATE, min_gap_ms=100)
+    assert len(segments) == 2, segments
+    alone = recorded[segments[0][0] : segments[0][1]]
+    assert 0.15 <= len(alone) / SPK_RATE <= 0.25
+    assert dominant_frequency(alone[: int(0.06 * SPK_RATE)], SPK_RATE) == pytest.approx(660, rel=0.02)
+    speech_part = recorded[segments[1][0] : segments[1][1]]
+    assert abs(len(speech_part) / SPK_RATE - 0.8) <= 0.03  # the earcon did not lengthen or cut the speech
+    spectrum = np.abs(np.fft.rfft(speech_part.astype(np.float64)))
+    freqs = np.fft.rfftfreq(len(speech_part), 1 / SPK_RATE)
+
+    def energy(f: float) -> float:
+        return float(spectrum[(freqs > f - 15) & (freqs < f + 15)].max())
+
+    assert energy(300) > 0 and energy(990) > 0.05 * energy(300) and energy(660) > 0.05 * energy(300)
+    assert energy(220) < 0.01 * energy(300)  # no "error" buzz: it is disabled
+
+
+# --------------------------------------------------------------------------- device trouble
+
+
+async def test_vanished_speaker_is_reported_once_and_can_be_reopened(alsa_devices: VirtualAudio) -> None:
+    server = alsa_devices.gone_server()
+    server.start()
+    errors: list[DeviceError] = []
+    out = PyAudioOutput("vgone_spk", stall_timeout=0.5)
+    try:
+        await out.open(errors.append)
+        await wait_for(lambda: out.callbacks > 15, 5.0, "the output to run")
+        out.play(tone(440, 2.0, 16000).tobytes(), 16000)
+        server.kill()  # the USB speaker is pulled out
+        await wait_for(lambda: bool(errors), 3.0, "the failure report")
+        await asyncio.sleep(0.6)
+        assert len(errors) == 1 and isinstance(errors[0], DeviceError)
+        assert "vgone_spk" in str(errors[0])
+        await out.close()
+        out.play(tone(440, 0.1, 16000).tobytes(), 16000)  # while closed: dropped, no error
+        with pytest.raises(DeviceError, match="vgone_spk"):
+            await out.open(errors.append)  # the device is gone from the list now
+        server.start()  # plugged in again
+        await out.open(errors.append)
+        await wait_for(lambda: out.callbacks > 5, 5.0, "the reopened output to run")
+        assert len(errors) == 1
+    finally:
+        await out.close()
+        server.stop()
+
+
+async def test_stalled_microphone_is_caught_by_the_watchdog(alsa_devices: VirtualAudio) -> None:
+    server = alsa_devices.gone_server()
+    server.start()
+    errors: list[DeviceError] = []
+    frames: list[bytes] = []
+    mic = PyAudioInput("vgone_mic", stall_timeout=0.5, close_timeout=1.0)
+    try:
+        await mic.open(frames.append, errors.append)
+        await wait_for(lambda: mic.callbacks > 15, 5.0, "the capture to run")
+        server.freeze()  # callbacks stop coming, and PortAudio reports nothing
+        frozen_at = time.monotonic()
+        await wait_for(lambda: bool(errors), 3.0, "the watchdog")
+        assert time.monotonic() - frozen_at < 2.0
+        assert "stalled" in str(errors[0])
+        started = time.monotonic()
+        await mic.close()  # must not hang on the frozen server
+        assert time.monotonic() - started < 2.5
+        assert len(errors) == 1
+    finally:
+        server.kill()
+        await mic.close()
