@@ -242,3 +242,23 @@ async def test_event_api_commands(tmp_path: Path) -> None:
         rec = agent.latest
         assert [r.message["text"] for r in rec.received_of("contextual_update")] == ["the lights are on"]
         assert [r.message["text"] for r in rec.received_of("user_message")] == ["hello"]
+
+
+async def test_journald_priorities_and_no_key_across_startup_auth_failure_and_shutdown(tmp_path: Path) -> None:
+    async with FakeAgent(FakeAgentOptions(port=0, api_key="the-real-key")) as agent:
+        env = base_env(agent, tmp_path, PI_AGENT_API_KEY=CANARY, PI_AGENT_SESSION__POLICY="persistent",
+                       PI_AGENT_LOG__LEVEL="debug")
+        d = DaemonProcess(env, tmp_path)
+        d.log_path.touch()
+        st = d.log_path.stat()
+        d.env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        d.start()
+        await d.wait_api()
+        await asyncio.sleep(1.5)
+        assert d.stop() == 0
+    lines = [line for line in d.log.splitlines() if line.strip()]
+    assert lines and all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in lines), lines[:5]
+    assert any(line.startswith("<3>") and "401" in line for line in lines)
+    assert any(line.startswith("<6>") and "state starting -> idle" in line for line in lines)
+    assert any(line.startswith("<7>") for line in lines)
+    assert CANARY not in d.log
