@@ -11,7 +11,7 @@ PROFILE="${PROFILE:-demo}"
 
 debs=(portaudio19-dev python3-venv python3-dev gcc libasound2)
 if [ "$PROFILE" = test ]; then
-    debs+=(alsa-utils pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox systemd iproute2)
+    debs+=(alsa-utils pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox systemd iproute2 shellcheck)
 fi
 
 missing=()

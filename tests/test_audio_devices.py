@@ -232,6 +232,7 @@ async def test_every_agent_format_plays_at_the_right_pitch_and_duration(alsa_dev
             for i in range(0, len(wire), step):
                 samples, samples_rate = F.decode(fmt, wire[i : i + step])
                 out.play(samples.tobytes(), samples_rate)
+            out.end_stream()  # this "turn" is complete: the gap after it is no underrun
             await wait_until_heard(out, extra=0.12)
     finally:
         await out.close()
@@ -296,6 +297,7 @@ async def test_flush_silences_the_speaker_within_one_period(alsa_devices: Virtua
     heard = (segments[0][1] - segments[0][0]) / SPK_RATE
     # Start and end reach the speaker through the same device latency, so the tone lasts
     # as long as it was queued, give or take one 20 ms period (plus scheduling slack).
+    print("FLUSH heard", heard, "expected", flushed_at - played_at)
     assert abs(heard - (flushed_at - played_at)) <= 0.05, heard
 
 

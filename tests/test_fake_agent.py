@@ -29,7 +29,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from pi_agent.errors import ConfigError
-from pi_agent.fake_agent import FakeAgent, FakeAgentOptions, GARBAGE_KINDS, add_arguments, options_from_args
+from pi_agent.fake_agent import GARBAGE_KINDS, FakeAgent, FakeAgentOptions, add_arguments, options_from_args, serve
 from pi_agent.fake_agent.audio import (
     FORMATS,
     REPLY_WAV,
@@ -766,6 +766,10 @@ async def test_control_agent_speak_and_queue_status(make_agent: MakeAgent) -> No
 
 async def test_control_errors(make_agent: MakeAgent) -> None:
     agent = await make_agent()
+    with pytest.raises(TimeoutError, match="the first turn"):  # LookupError inside counts as "not yet"
+        await agent.wait_for(lambda: agent.latest.turns[0], 0.2, "the first turn")
+    with pytest.raises(LookupError):
+        agent.latest
     assert (await control(agent, action="agent_speak"))[0] == 404  # no open conversation
     with pytest.raises(LookupError):
         await agent.end_call()
@@ -973,6 +977,21 @@ async def test_record_audio_off_keeps_counts_only(make_agent: MakeAgent) -> None
     assert record.user_audio == bytearray() and record.user_audio_seconds == pytest.approx(len(samples) / 16000)
     assert all(r.message is None for r in record.received_of("user_audio_chunk"))
     await client.close()
+
+
+async def test_serve_runs_until_cancelled(capsys: pytest.CaptureFixture[str]) -> None:
+    ready: asyncio.Future[FakeAgent] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(FakeAgentOptions(port=0), ready=ready.set_result))
+    agent = await asyncio.wait_for(ready, 10)
+    assert capsys.readouterr().out == f"fake agent listening on {agent.http_url}\n"
+    client = await Client.connect(f"{agent.ws_url}?agent_id=a")
+    await client.wait_type("conversation_initiation_metadata")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await client.wait_closed()
+    assert client.ws.close_code == 1001  # going away
+    assert (agent.latest.close_code, agent.latest.closed_by) == (1001, "server")
 
 
 def test_module_entry_point_prints_ready_line_and_stops_on_sigterm() -> None:

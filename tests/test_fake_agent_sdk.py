@@ -17,14 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from pi_agent.fake_agent.audio import REPLY_WAV, read_wav, resample
-from support_spec import validate_client_message, validate_server_message
-
-elevenlabs = pytest.importorskip("elevenlabs")
-from elevenlabs.client import ElevenLabs  # noqa: E402
-from elevenlabs.conversational_ai.conversation import (  # noqa: E402
+from elevenlabs.client import ElevenLabs  # a test dependency: missing it must fail, not skip
+from elevenlabs.conversational_ai.conversation import (
     AsyncAudioInterface,
     AsyncConversation,
     AudioInterface,
@@ -32,6 +26,10 @@ from elevenlabs.conversational_ai.conversation import (  # noqa: E402
     Conversation,
     DisconnectionDetails,
 )
+
+from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
+from pi_agent.fake_agent.audio import REPLY_WAV, read_wav
+from support_spec import validate_client_message, validate_server_message
 
 QUESTION, QUESTION_RATE = read_wav(Path(__file__).resolve().parents[1] / "pi_agent" / "assets" / "question.wav")
 REPLY, REPLY_RATE = read_wav(REPLY_WAV)

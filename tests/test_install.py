@@ -389,7 +389,12 @@ def test_shellcheck() -> None:
 def test_real_pip_install_gives_the_unit_its_exec_start(tmp_path: Path) -> None:
     inst = _make_installer(tmp_path, real_tools=True)
     del inst.env["PI_AGENT_PIP"]  # the real pip, from PyPI
-    result = inst.run()
+    # pip builds a source tree in place (build/, *.egg-info): build a copy, not the checkout.
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "pi_agent", source / "pi_agent", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    result = inst.run("--source", str(source))
     _ok(result)
     exe = inst.root / "opt/pi-agent/venv/bin/pi-agent"
     assert exe.exists(), "the unit's ExecStart"

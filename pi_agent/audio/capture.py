@@ -25,6 +25,7 @@ import pyaudio
 from ..errors import DeviceError, InternalError
 from . import FRAME_MS, MIC_RATE, ErrorCallback, FrameCallback
 from .devices import (
+    PORTAUDIO_LOCK,
     DeviceInfo,
     StreamGuard,
     close_quietly,
@@ -155,6 +156,10 @@ class PyAudioInput:
         )
 
     def _open_blocking(self) -> tuple[Any, pyaudio.PyAudio | None]:
+        with PORTAUDIO_LOCK:  # resolve, probe and open as one step
+            return self._open_locked()
+
+    def _open_locked(self) -> tuple[Any, pyaudio.PyAudio | None]:
         owned = None if self._pa_given is not None else new_pyaudio()
         pa = self._pa_given if self._pa_given is not None else owned
         if pa is None:  # pragma: no cover - new_pyaudio() either returns or raises

@@ -98,9 +98,15 @@ def quiet_native_stderr() -> Iterator[list[str]]:
                     pass
 
 
+PORTAUDIO_LOCK = threading.RLock()
+"""Serialises PortAudio set-up and tear-down (initialise, terminate, open, close, probe):
+PortAudio's bookkeeping of instances and open streams is not thread-safe, and the
+backends open and close from worker threads."""
+
+
 def new_pyaudio() -> pyaudio.PyAudio:
     """Initialise PortAudio with its ALSA/JACK probe noise kept out of the journal."""
-    with quiet_native_stderr() as noise:
+    with PORTAUDIO_LOCK, quiet_native_stderr() as noise:
         pa = pyaudio.PyAudio()
     if noise:
         log.debug("PortAudio initialisation printed %d lines of library noise", len(noise))
@@ -117,7 +123,8 @@ def portaudio(pa: pyaudio.PyAudio | None = None) -> Iterator[pyaudio.PyAudio]:
     try:
         yield own
     finally:
-        own.terminate()
+        with PORTAUDIO_LOCK, quiet_native_stderr():
+            own.terminate()
 
 
 def _error_detail(exc: BaseException, noise: Sequence[str]) -> str:
@@ -164,7 +171,7 @@ def is_supported(
         kwargs = {"input_device": info.index, "input_channels": channels, "input_format": pyaudio.paInt16}
     else:
         kwargs = {"output_device": info.index, "output_channels": channels, "output_format": pyaudio.paInt16}
-    with quiet_native_stderr():
+    with PORTAUDIO_LOCK, quiet_native_stderr():
         try:
             return bool(pa.is_format_supported(rate, **kwargs))
         except (ValueError, OSError):
@@ -173,7 +180,7 @@ def is_supported(
 
 def list_devices(pa: pyaudio.PyAudio | None = None, *, probe: bool = True) -> list[DeviceInfo]:
     """Every PortAudio device; with ``probe``, also whether each opens at 16 kHz mono."""
-    with portaudio(pa) as p:
+    with PORTAUDIO_LOCK, portaudio(pa) as p:
         try:
             default_in = int(p.get_default_input_device_info()["index"])
         except (OSError, IOError):
@@ -341,7 +348,7 @@ def unique(values: Sequence[int | None]) -> list[int]:
 
 def open_stream(pa: pyaudio.PyAudio, what: str, **kwargs: object) -> pyaudio.PyAudio.Stream:
     """``pa.open(..., start=False)`` with ALSA noise captured into the error message."""
-    with quiet_native_stderr() as noise:
+    with PORTAUDIO_LOCK, quiet_native_stderr() as noise:
         try:
             return pa.open(start=False, **kwargs)
         except (OSError, ValueError) as exc:
@@ -350,7 +357,7 @@ def open_stream(pa: pyaudio.PyAudio, what: str, **kwargs: object) -> pyaudio.PyA
 
 def start_stream(stream: pyaudio.PyAudio.Stream, what: str) -> None:
     """Start a stream; a failure becomes a :class:`DeviceError`."""
-    with quiet_native_stderr() as noise:
+    with PORTAUDIO_LOCK, quiet_native_stderr() as noise:
         try:
             stream.start_stream()
         except (OSError, ValueError) as exc:
@@ -359,7 +366,7 @@ def start_stream(stream: pyaudio.PyAudio.Stream, what: str) -> None:
 
 def close_quietly(stream: pyaudio.PyAudio.Stream | None, pa: pyaudio.PyAudio | None, what: str) -> None:
     """Close a stream (aborting it) and terminate an owned PortAudio; never raises."""
-    with quiet_native_stderr():
+    with PORTAUDIO_LOCK, quiet_native_stderr():
         if stream is not None:
             try:
                 stream.close()

@@ -24,6 +24,7 @@ import time
 import wave
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -268,6 +269,7 @@ class WavFileOutput(BufferedOutput):
         self.frames_written = 0
         self._period = max(1, self.rate * period_ms // 1000)
         self._writer: wave.Wave_write | None = None
+        self._file: BinaryIO | None = None
         self._pending: list[bytes] = []
         self._pending_frames = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -281,12 +283,14 @@ class WavFileOutput(BufferedOutput):
         if self._writer is not None:
             raise InternalError(f"WAV speaker {self.path} is already open")
         try:
-            writer = wave.open(str(self.path), "wb")
-            writer.setnchannels(1)
-            writer.setsampwidth(2)
-            writer.setframerate(self.rate)
-        except (OSError, wave.Error) as exc:
+            file = open(self.path, "wb")  # opened here: wave.open() leaks a half-built object on errors
+        except OSError as exc:
             raise DeviceError(f"cannot record speaker output to {self.path}: {exc}") from exc
+        writer = wave.open(file, "wb")
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(self.rate)
+        self._file = file
         self._writer = writer
         self._on_error = on_error
         self._loop = asyncio.get_running_loop()
@@ -308,6 +312,7 @@ class WavFileOutput(BufferedOutput):
             self._timer = None
         self._drop_buffer()
         writer, self._writer = self._writer, None
+        file, self._file = self._file, None
         if writer is None:
             return
         try:
@@ -315,6 +320,9 @@ class WavFileOutput(BufferedOutput):
             writer.close()
         except (OSError, wave.Error) as exc:
             log.warning("finishing %s: %s", self.path, exc)
+        finally:
+            if file is not None:
+                file.close()
 
     def _tick(self) -> None:
         self._timer = None

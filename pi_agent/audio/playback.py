@@ -29,6 +29,7 @@ import pyaudio
 from ..errors import DeviceError, InternalError
 from . import ErrorCallback
 from .devices import (
+    PORTAUDIO_LOCK,
     DeviceInfo,
     StreamGuard,
     close_quietly,
@@ -474,6 +475,10 @@ class PyAudioOutput(BufferedOutput):
         )
 
     def _open_blocking(self) -> tuple[Any, pyaudio.PyAudio | None, PlaybackBuffer]:
+        with PORTAUDIO_LOCK:  # resolve, probe and open as one step
+            return self._open_locked()
+
+    def _open_locked(self) -> tuple[Any, pyaudio.PyAudio | None, PlaybackBuffer]:
         owned = None if self._pa_given is not None else new_pyaudio()
         pa = self._pa_given if self._pa_given is not None else owned
         if pa is None:  # pragma: no cover - new_pyaudio() either returns or raises

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TextIO
 
 from ..errors import ConfigError
@@ -84,6 +85,12 @@ class Redactor:
         return text
 
 
+@dataclass(slots=True)
+class _Seen:
+    shown_at: float  # when the last record of this kind was let through
+    held: int = 0  # how many were held back since
+
+
 class RateLimitFilter(logging.Filter):
     """Lets the first of identical failures through, then holds repeats back for ``window`` s.
 
@@ -100,7 +107,7 @@ class RateLimitFilter(logging.Filter):
         self.window = window
         self._clock = clock
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, int, str], list[float | int]] = {}  # key -> [shown_at, held]
+        self._seen: dict[tuple[str, int, str], _Seen] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or self.window <= 0:
@@ -109,18 +116,18 @@ class RateLimitFilter(logging.Filter):
         now = self._clock()
         with self._lock:
             entry = self._seen.get(key)
-            if entry is not None and 0 <= now - entry[0] < self.window:
-                entry[1] += 1
+            if entry is not None and 0 <= now - entry.shown_at < self.window:
+                entry.held += 1
                 return False
-            if entry is not None and entry[1]:
-                record.repeated = int(entry[1])
-            self._seen[key] = [now, 0]
+            if entry is not None and entry.held:
+                record.repeated = entry.held
+            self._seen[key] = _Seen(now)
             if len(self._seen) > self._MAX_KEYS:
                 self._forget_older_than(now - self.window)
         return True
 
     def _forget_older_than(self, cutoff: float) -> None:
-        for key in [k for k, (shown_at, _) in self._seen.items() if shown_at < cutoff]:
+        for key in [k for k, entry in self._seen.items() if entry.shown_at < cutoff]:
             del self._seen[key]
 
 
