@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .config import EX_CONFIG, Settings, load_settings
+from .config import EX_CONFIG, Settings, config_path, load_settings
 from .errors import ConfigError, DeviceError
 
 log = logging.getLogger("pi_agent.cli")
@@ -48,6 +48,18 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument("text", metavar="TEXT")
     say.add_argument("--timeout", type=float, default=30.0, help="give up after this many seconds")
     sub.add_parser("devices", help="list the audio devices, and which open at 16 kHz")
+    sub.add_parser("check", help="check the config, the devices, the GPIO pins and that the agent "
+                   "answers; one pass/fail line each")
+    leds = sub.add_parser("test-leds", help="show every state's LED pattern in turn")
+    leds.add_argument("--seconds", type=float, default=2.0, help="per pattern")
+    button = sub.add_parser("test-button", help="print button presses, holds and long holds")
+    button.add_argument("--seconds", type=float, default=30.0)
+    speaker = sub.add_parser("test-speaker", help="play a tone on the speaker")
+    speaker.add_argument("--seconds", type=float, default=1.0)
+    speaker.add_argument("--freq", type=float, default=440.0)
+    mic = sub.add_parser("test-mic", help="record a few seconds; print the level and whether VAD hears speech")
+    mic.add_argument("--seconds", type=float, default=3.0)
+    mic.add_argument("--play", action="store_true", help="play the recording back")
     return parser
 
 
@@ -98,6 +110,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "say":
         from .demo import run_say
         return asyncio.run(run_say(settings, args.text, timeout=args.timeout))
+    from . import diagnostics as diag
+    if cmd == "check":
+        path = config_path(args.config)
+        return asyncio.run(diag.check(settings, str(path) if path else "environment and defaults"))
+    if cmd == "test-leds":
+        return asyncio.run(diag.test_leds(settings, args.seconds))
+    if cmd == "test-button":
+        return asyncio.run(diag.test_button(settings, args.seconds))
+    if cmd == "test-speaker":
+        return asyncio.run(diag.test_speaker(settings, args.seconds, args.freq))
+    if cmd == "test-mic":
+        return asyncio.run(diag.test_mic(settings, args.seconds, args.play))
     raise AssertionError(cmd)  # pragma: no cover - argparse restricts the choices
 
 

@@ -389,3 +389,18 @@ async def test_stalled_microphone_is_caught_by_the_watchdog(alsa_devices: Virtua
     finally:
         server.kill()
         await mic.close()
+
+
+async def test_microphone_and_speaker_open_and_close_concurrently(alsa_devices: VirtualAudio) -> None:
+    mic, out = PyAudioInput("vmic"), PyAudioOutput("vspk")
+    frames: list[bytes] = []
+    errors: list[DeviceError] = []
+    await asyncio.gather(mic.open(frames.append, errors.append), out.open(errors.append))
+    try:
+        out.play(tone(440, 0.3, 16000).tobytes(), 16000)
+        await wait_for(lambda: len(frames) >= 25 and out.callbacks > 25, 5.0, "both streams to run")
+        assert out.rate == 44100  # the device's default rate: 16 kHz agent audio is resampled
+    finally:
+        await asyncio.gather(mic.close(), out.close())
+    assert not errors
+    await asyncio.gather(mic.close(), out.close())  # idempotent

@@ -53,16 +53,39 @@ _NOISE = re.compile(
 )
 
 
+class CapturedStderr:
+    """What C libraries wrote to fd 2 inside a :func:`quiet_native_stderr` block."""
+
+    def __init__(self, fd: int | None):
+        self._fd = fd
+        self.noise: list[str] = []
+        """Library-noise lines, filled when the block ends."""
+
+    def text(self) -> str:
+        """Everything captured so far (readable inside the block, e.g. for an error message)."""
+        if self._fd is None:
+            return ""
+        try:
+            size = os.fstat(self._fd).st_size
+            return os.pread(self._fd, size, 0).decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def alsa_lines(self) -> list[str]:
+        """The ALSA messages captured so far: they usually say why an open failed."""
+        return [line.strip() for line in self.text().splitlines() if line.startswith("ALSA lib")]
+
+
 @contextlib.contextmanager
-def quiet_native_stderr() -> Iterator[list[str]]:
+def quiet_native_stderr() -> Iterator[CapturedStderr]:
     """Capture what C libraries write to fd 2 inside the block.
 
-    Yields a list that, after the block, holds the captured library-noise lines
-    (ALSA, PortAudio, JACK); any other line is written back to stderr. Serialised
-    by a lock because fd 2 is process-wide. If fd 2 cannot be redirected the
-    block simply runs.
+    ALSA, PortAudio and JACK print their probe noise straight to fd 2. Inside the
+    block fd 2 points at a temporary file; afterwards recognisable library noise
+    is kept in ``captured.noise`` and any other line is written back to stderr
+    (so another thread's log line is delayed, never lost). Serialised by a lock
+    because fd 2 is process-wide. Without a usable fd 2 the block simply runs.
     """
-    noise: list[str] = []
     with _STDERR_LOCK:
         try:
             sys.stderr.flush()
@@ -71,26 +94,24 @@ def quiet_native_stderr() -> Iterator[list[str]]:
         try:
             saved = os.dup(2)
         except OSError:  # no stderr at all: nothing to keep clean
-            saved = -1
-        if saved < 0:
-            yield noise
+            yield CapturedStderr(None)
             return
         tmp = tempfile.TemporaryFile()
+        captured = CapturedStderr(tmp.fileno())
         try:
             os.dup2(tmp.fileno(), 2)
             try:
-                yield noise
+                yield captured
             finally:
                 os.dup2(saved, 2)
+            text = captured.text()
         finally:
             os.close(saved)
-            tmp.seek(0)
-            text = tmp.read().decode("utf-8", errors="replace")
             tmp.close()
         for line in text.splitlines():
             if _NOISE.match(line):
                 if line.strip():
-                    noise.append(line)
+                    captured.noise.append(line)
             else:
                 try:
                     os.write(2, (line + "\n").encode())
@@ -106,10 +127,10 @@ backends open and close from worker threads."""
 
 def new_pyaudio() -> pyaudio.PyAudio:
     """Initialise PortAudio with its ALSA/JACK probe noise kept out of the journal."""
-    with PORTAUDIO_LOCK, quiet_native_stderr() as noise:
+    with PORTAUDIO_LOCK, quiet_native_stderr() as captured:
         pa = pyaudio.PyAudio()
-    if noise:
-        log.debug("PortAudio initialisation printed %d lines of library noise", len(noise))
+    if captured.noise:
+        log.debug("PortAudio initialisation printed %d lines of library noise", len(captured.noise))
     return pa
 
 
@@ -127,9 +148,9 @@ def portaudio(pa: pyaudio.PyAudio | None = None) -> Iterator[pyaudio.PyAudio]:
             own.terminate()
 
 
-def _error_detail(exc: BaseException, noise: Sequence[str]) -> str:
+def _error_detail(exc: BaseException, captured: CapturedStderr) -> str:
     """A short reason from a PortAudio error plus the last ALSA lines that explain it."""
-    alsa = [line.strip() for line in noise if line.startswith("ALSA lib")]
+    alsa = captured.alsa_lines()
     tail = f" (ALSA: {' | '.join(alsa[-3:])})" if alsa else ""
     if isinstance(exc, OSError) and len(exc.args) >= 2:
         return f"{exc.args[1]} [{exc.args[0]}]{tail}"
@@ -348,20 +369,20 @@ def unique(values: Sequence[int | None]) -> list[int]:
 
 def open_stream(pa: pyaudio.PyAudio, what: str, **kwargs: object) -> pyaudio.PyAudio.Stream:
     """``pa.open(..., start=False)`` with ALSA noise captured into the error message."""
-    with PORTAUDIO_LOCK, quiet_native_stderr() as noise:
+    with PORTAUDIO_LOCK, quiet_native_stderr() as captured:
         try:
             return pa.open(start=False, **kwargs)
         except (OSError, ValueError) as exc:
-            raise DeviceError(f"cannot open {what}: {_error_detail(exc, noise)}") from exc
+            raise DeviceError(f"cannot open {what}: {_error_detail(exc, captured)}") from exc
 
 
 def start_stream(stream: pyaudio.PyAudio.Stream, what: str) -> None:
     """Start a stream; a failure becomes a :class:`DeviceError`."""
-    with PORTAUDIO_LOCK, quiet_native_stderr() as noise:
+    with PORTAUDIO_LOCK, quiet_native_stderr() as captured:
         try:
             stream.start_stream()
         except (OSError, ValueError) as exc:
-            raise DeviceError(f"cannot start {what}: {_error_detail(exc, noise)}") from exc
+            raise DeviceError(f"cannot start {what}: {_error_detail(exc, captured)}") from exc
 
 
 def close_quietly(stream: pyaudio.PyAudio.Stream | None, pa: pyaudio.PyAudio | None, what: str) -> None:

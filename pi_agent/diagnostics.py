@@ -1,0 +1,288 @@
+"""Diagnostics for the admin: ``check``, ``test-leds``, ``test-button``, ``test-speaker``, ``test-mic``.
+
+Each uses the same parts as the daemon (device lookup by name, the PortAudio or WAV
+backends, the LED driver, the button input), so a pass here means the daemon can use them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .audio import FRAME_BYTES, MIC_RATE
+from .audio.formats import dbfs
+from .config import Settings
+from .errors import ConnectError, DeviceError
+
+OK, FAIL, SKIP = " ok ", "FAIL", "skip"
+
+
+def _line(mark: str, what: str, detail: str) -> None:
+    first, *rest = detail.splitlines() or [""]
+    print(f"[{mark}] {what}: {first}", flush=True)
+    for extra in rest:
+        print(f"       {extra}", flush=True)
+
+
+# --- check -----------------------------------------------------------------------------------
+
+
+async def check(settings: Settings, config_source: str) -> int:
+    """One pass/fail line per check; exit status 1 if any failed."""
+    from .daemon import make_audio_input, make_audio_output
+
+    failed = 0
+    _line(OK, "config", f"{config_source}: agent {settings.agent_id} at {settings.server_url}, "
+          f"{settings.session.policy} policy, {settings.capture.mode} capture, {settings.audio.echo}")
+
+    async def device(what: str, run: Callable[[], Any]) -> None:
+        nonlocal failed
+        try:
+            _line(OK, what, await run())
+        except DeviceError as e:
+            failed += 1
+            _line(FAIL, what, str(e))
+
+    async def mic() -> str:
+        audio_in = make_audio_input(settings)
+        frames: list[bytes] = []
+        got = asyncio.Event()
+
+        def on_frame(frame: bytes) -> None:
+            frames.append(frame)
+            if len(frames) >= 10:
+                got.set()
+
+        errors: list[DeviceError] = []
+        await audio_in.open(on_frame, errors.append)
+        try:
+            await asyncio.wait_for(got.wait(), 3.0)
+        except TimeoutError:
+            raise DeviceError(f"{_what(audio_in)} opened but delivered no audio within 3 s") from None
+        finally:
+            await audio_in.close()
+        if errors:
+            raise errors[0]
+        return f"{_what(audio_in)} delivers 16 kHz frames (level {dbfs(b''.join(frames)):.0f} dBFS)"
+
+    async def speaker() -> str:
+        audio_out = make_audio_output(settings)
+        errors: list[DeviceError] = []
+        await audio_out.open(errors.append)
+        await audio_out.close()
+        if errors:
+            raise errors[0]
+        return f"{_what(audio_out)} opens"
+
+    await device("microphone", mic)
+    await device("speaker", speaker)
+    gpio = _gpio_summary(settings)
+    if gpio:
+        try:
+            _open_gpio_once(settings)
+            _line(OK, "gpio", gpio)
+        except DeviceError as e:
+            failed += 1
+            _line(FAIL, "gpio", str(e))
+    else:
+        _line(SKIP, "gpio", "no LED or button pins configured")
+    try:
+        _line(OK, "agent", await reach_agent(settings))
+    except ConnectError as e:
+        failed += 1
+        _line(FAIL, "agent", str(e))
+    print(f"pi-agent {__version__}: {'all checks passed' if not failed else f'{failed} check(s) failed'}")
+    return 1 if failed else 0
+
+
+def _what(part: Any) -> str:
+    return str(getattr(part, "what", None) or type(part).__name__)
+
+
+def _gpio_summary(settings: Settings) -> str:
+    leds, button = settings.leds, settings.button
+    parts = [f"{name} LED on {pin}" for name, pin in (("connection", leds.connection_pin),
+                                                      ("activity", leds.activity_pin)) if pin is not None]
+    if leds.rgb_pins is not None:
+        parts.append(f"RGB LED on {', '.join(map(str, leds.rgb_pins))}")
+    if button.pin is not None:
+        parts.append(f"button on {button.pin}")
+    return "; ".join(parts)
+
+
+def _open_gpio_once(settings: Settings) -> None:
+    from .gpio.button import ButtonInput
+    from .gpio.leds import LedDriver
+
+    leds, button = settings.leds, settings.button
+    if leds.connection_pin is not None or leds.activity_pin is not None or leds.rgb_pins is not None:
+        LedDriver(leds.connection_pin, leds.activity_pin, leds.rgb_pins, leds.active_high).close()
+    if button.pin is not None:
+        ButtonInput(button.pin, pull_up=button.pull_up, bounce_time=button.bounce_time).close()
+
+
+async def reach_agent(settings: Settings) -> str:
+    """Fetch a signed URL (with a key), open a conversation, wait for its metadata, close it."""
+    import websockets
+    from websockets.asyncio.client import connect
+
+    from . import protocol as p
+    from .session import conversation_url, fetch_signed_url, with_source
+
+    timeout = settings.session.connect_timeout
+    how = "public agent"
+    if settings.api_key:
+        signed = await asyncio.to_thread(fetch_signed_url, settings.server_url, settings.agent_id,
+                                         settings.api_key.get_secret_value(), timeout)
+        url, how = with_source(signed), "signed URL fetched"
+    else:
+        url = conversation_url(settings.server_url, settings.agent_id)
+    started = time.monotonic()
+    try:
+        async with connect(url, open_timeout=timeout, close_timeout=2, compression=None,
+                           max_size=16 * 1024 * 1024) as ws:
+            await ws.send(p.encode_initiation(source="pi_agent", version=__version__))
+            deadline = started + timeout
+            while True:
+                frame = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+                try:
+                    event = p.decode(frame)
+                except Exception:
+                    continue
+                if isinstance(event, p.ConversationMetadata):
+                    await ws.close(1000, "pi-agent check")
+                    ms = (time.monotonic() - started) * 1000
+                    return (f"{how}; conversation opened in {ms:.0f} ms (agent audio "
+                            f"{event.agent_output_audio_format}, mic audio {event.user_input_audio_format})")
+                if isinstance(event, p.Ping):
+                    await ws.send(p.encode_pong(event.event_id))
+    except websockets.InvalidStatus as e:
+        raise ConnectError(f"handshake refused: HTTP {e.response.status_code} (check agent_id and the API key)") from None
+    except websockets.ConnectionClosed as e:
+        raise ConnectError(f"the server closed the conversation: {e.rcvd.code if e.rcvd else 'no close frame'} "
+                           f"{e.rcvd.reason if e.rcvd else ''}".rstrip()) from None
+    except TimeoutError:
+        raise ConnectError(f"no conversation metadata within {timeout:g} s") from None
+    except (OSError, websockets.InvalidHandshake) as e:
+        raise ConnectError(f"cannot connect to {settings.server_url}: {getattr(e, 'strerror', None) or e}") from None
+
+
+# --- test-leds, test-button ------------------------------------------------------------------
+
+
+async def test_leds(settings: Settings, seconds: float) -> int:
+    from .gpio.leds import DEMO_SEQUENCE, LedDriver, describe, picture
+
+    leds = settings.leds
+    if leds.connection_pin is None and leds.activity_pin is None and leds.rgb_pins is None:
+        print("pi-agent test-leds: no LED pins configured (leds.connection_pin, leds.activity_pin, leds.rgb_pins)")
+        return 1
+    try:
+        driver = LedDriver(leds.connection_pin, leds.activity_pin, leds.rgb_pins, leds.active_high)
+    except DeviceError as e:
+        print(f"pi-agent test-leds: {e}")
+        return 1
+    with driver:
+        for inputs in DEMO_SEQUENCE:
+            pic = picture(inputs)
+            driver.apply(pic)
+            print(describe(pic), flush=True)
+            await asyncio.sleep(seconds)
+        driver.off()
+    print("all LEDs off")
+    return 0
+
+
+async def test_button(settings: Settings, seconds: float) -> int:
+    from .gpio.button import ButtonInput
+
+    b = settings.button
+    if b.pin is None:
+        print("pi-agent test-button: no button pin configured (button.pin)")
+        return 1
+    try:
+        button = ButtonInput(b.pin, pull_up=b.pull_up, bounce_time=b.bounce_time, hold_time=b.hold_time,
+                             long_hold_time=b.long_hold_time)
+    except DeviceError as e:
+        print(f"pi-agent test-button: {e}")
+        return 1
+    started = time.monotonic()
+    print(f"press, hold ({b.hold_time:g} s) and long-hold ({b.long_hold_time:g} s) the button on pin {b.pin}; "
+          f"listening for {seconds:g} s (Ctrl-C to stop)", flush=True)
+    with button:
+        button.start(asyncio.get_running_loop(),
+                     lambda ev: print(f"{time.monotonic() - started:7.2f} s  {ev}", flush=True))
+        await asyncio.sleep(seconds)
+    return 0
+
+
+# --- test-speaker, test-mic ------------------------------------------------------------------
+
+
+async def test_speaker(settings: Settings, seconds: float = 1.0, freq: float = 440.0) -> int:
+    from .daemon import make_audio_output
+
+    audio_out = make_audio_output(settings)
+    errors: list[DeviceError] = []
+    try:
+        await audio_out.open(errors.append)
+    except DeviceError as e:
+        print(f"pi-agent test-speaker: {e}")
+        return 1
+    try:
+        t = np.arange(int(MIC_RATE * seconds)) / MIC_RATE
+        ramp = np.minimum(1.0, np.minimum(t, seconds - t) / 0.01)  # 10 ms fades: no clicks
+        tone = (0.3 * 32767 * ramp * np.sin(2 * np.pi * freq * t)).astype("<i2")
+        print(f"playing a {freq:g} Hz tone for {seconds:g} s on {_what(audio_out)}", flush=True)
+        audio_out.play(tone.tobytes(), MIC_RATE)
+        while audio_out.audible_until() > time.monotonic() and not errors:
+            await asyncio.sleep(0.05)
+    finally:
+        await audio_out.close()
+    if errors:
+        print(f"pi-agent test-speaker: {errors[0]}")
+        return 1
+    print("done")
+    return 0
+
+
+async def test_mic(settings: Settings, seconds: float = 3.0, play_back: bool = False) -> int:
+    from .daemon import make_audio_input, make_audio_output, make_vad
+
+    audio_in = make_audio_input(settings)
+    frames: list[bytes] = []
+    errors: list[DeviceError] = []
+    try:
+        await audio_in.open(frames.append, errors.append)
+    except DeviceError as e:
+        print(f"pi-agent test-mic: {e}")
+        return 1
+    print(f"recording {seconds:g} s from {_what(audio_in)}: speak now", flush=True)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        await audio_in.close()
+    if errors or not frames:
+        print(f"pi-agent test-mic: {errors[0] if errors else 'no audio arrived'}")
+        return 1
+    vad = make_vad(settings.capture.vad_aggressiveness)
+    voiced = sum(vad(f) for f in frames if len(f) == FRAME_BYTES)
+    audio = b"".join(frames)
+    samples = np.frombuffer(audio, dtype="<i2")
+    peak = 20 * np.log10(max(1, int(np.abs(samples.astype(np.int32)).max())) / 32768)
+    print(f"level {dbfs(audio):.1f} dBFS (peak {peak:.1f} dBFS); VAD heard speech in "
+          f"{voiced * 20} ms of {len(frames) * 20} ms: {'speech detected' if voiced >= 10 else 'no speech'}")
+    if play_back:
+        audio_out = make_audio_output(settings)
+        await audio_out.open(errors.append)
+        try:
+            audio_out.play(audio, MIC_RATE)
+            while audio_out.audible_until() > time.monotonic():
+                await asyncio.sleep(0.05)
+        finally:
+            await audio_out.close()
+    return 0
