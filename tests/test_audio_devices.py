@@ -194,7 +194,7 @@ async def test_pulse_mic_hears_what_is_played_into_it(alsa_devices: VirtualAudio
     x = np.frombuffer(b"".join(got), dtype="<i2")
     segments = loud_segments(x, MIC_RATE)
     assert len(segments) == 2
-    for (start, end), freq in zip(segments, (600, 900)):
+    for (start, end), freq in zip(segments, (600, 900), strict=False):
         assert abs((end - start) / MIC_RATE - 0.4) <= 0.011
         assert abs(dominant_frequency(x[start:end], MIC_RATE) - freq) < 5
 
@@ -242,7 +242,7 @@ async def test_every_agent_format_plays_at_the_right_pitch_and_duration(alsa_dev
     x = recorded[:, 0]
     segments = loud_segments(x, SPK_RATE)
     assert len(segments) == len(FORMAT_TONES), segments
-    for (start, end), (fmt, freq) in zip(segments, FORMAT_TONES.items()):
+    for (start, end), (fmt, freq) in zip(segments, FORMAT_TONES.items(), strict=False):
         duration = (end - start) / SPK_RATE
         assert abs(duration - 0.3) <= 0.012, (fmt, duration)
         body = x[start + 480 : end - 480]

@@ -204,18 +204,18 @@ def list_devices(pa: pyaudio.PyAudio | None = None, *, probe: bool = True) -> li
     with PORTAUDIO_LOCK, portaudio(pa) as p:
         try:
             default_in = int(p.get_default_input_device_info()["index"])
-        except (OSError, IOError):
+        except OSError:
             default_in = -1
         try:
             default_out = int(p.get_default_output_device_info()["index"])
-        except (OSError, IOError):
+        except OSError:
             default_out = -1
         devices: list[DeviceInfo] = []
         for index in range(p.get_device_count()):
             raw = p.get_device_info_by_index(index)
             try:
                 host_api = str(p.get_host_api_info_by_index(int(raw["hostApi"]))["name"])
-            except (OSError, IOError, KeyError):
+            except (OSError, KeyError):
                 host_api = "?"
             info = DeviceInfo(
                 index=index,

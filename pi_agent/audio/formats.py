@@ -22,7 +22,7 @@ import numpy as np
 import soxr
 
 from ..errors import ProtocolError
-from . import FRAME_BYTES, FRAME_SAMPLES, MIC_RATE
+from . import FRAME_SAMPLES, MIC_RATE
 
 Encoding = Literal["pcm", "ulaw"]
 
