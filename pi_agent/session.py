@@ -209,7 +209,9 @@ class Session:
         self._pending_texts: list[tuple[str, str]] = []  # sent once the next conversation opens
         self._last_sent = 0.0
         self._last_activity = 0.0
-        self._closing_reason: str | None = None
+        self._closing_reason: str | None = None  # we closed on purpose (idle, shutdown)
+        self._failure: str | None = None  # we closed because the server misbehaved
+        self._closers: set[asyncio.Task[None]] = set()
         self.attempt = 0
 
     # --- controller-facing API --------------------------------------------------------------
@@ -225,9 +227,8 @@ class Session:
     def request(self) -> None:
         """Ask for a conversation (on_demand: button press or speech). Idempotent."""
         self._last_activity = self._clock()
-        if not self._wanted.is_set():
-            self._wanted.set()
-            self._wake.set()
+        self._wanted.set()
+        self._wake.set()
 
     def touch(self) -> None:
         """Something happened in the conversation (agent audio playing): not idle."""
@@ -240,7 +241,9 @@ class Session:
         self._prebuffer.clear()
         if self._ws is not None:
             self._closing_reason = reason
-            asyncio.get_running_loop().create_task(self._ws.close(1000, reason[:120]))
+            task = asyncio.get_running_loop().create_task(self._ws.close(1000, reason[:120]))
+            self._closers.add(task)
+            task.add_done_callback(self._closers.discard)
 
     def send_audio(self, frame: bytes, *, speech: bool) -> None:
         """One 20 ms, 16 kHz mic frame (zeros when the user is not speaking).
@@ -290,19 +293,24 @@ class Session:
                 self.attempt = 0
                 self._listener.on_closed(CloseInfo(info.outcome, info.reason, None, info.code))
                 continue
-            if info.outcome is Outcome.FATAL:
-                delay = self.backoff.fatal_delay()
-            else:
-                delay = self.backoff.next_delay()
-                if info.outcome is Outcome.ENDED:
-                    delay = min(delay, self.settings.backoff_initial)
+            # After a healthy conversation the backoff has been reset, so a normal end is
+            # followed by a new conversation within backoff_initial; one that ended right
+            # after opening backs off like any failure (no tight loop).
+            delay = self.backoff.fatal_delay() if info.outcome is Outcome.FATAL else self.backoff.next_delay()
             self._listener.on_closed(CloseInfo(info.outcome, info.reason, delay, info.code))
-            await self._pause(delay)
+            await self._pause(delay, wakeable=info.outcome is Outcome.ENDED)
 
-    async def _pause(self, delay: float) -> None:
-        """Sleep ``delay``; a new request (user pressed the button) cuts a transient wait short."""
+    async def _pause(self, delay: float, *, wakeable: bool) -> None:
+        """Sleep ``delay``. After a normal end, the user speaking or pressing the button
+        (:meth:`request`) cuts the wait short; after a failure it does not (no hammering)."""
         self._wake.clear()
         sleeper = asyncio.ensure_future(self._sleep(delay))
+        if not wakeable:
+            try:
+                await sleeper
+            finally:
+                sleeper.cancel()
+            return
         waker = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
@@ -346,6 +354,7 @@ class Session:
         conversation = self.conversation = Conversation()
         self._ws = ws
         self._closing_reason = None
+        self._failure = None
         self._outbox.clear()
         self._audio_queued = 0
         opened_at = self._clock()
@@ -384,6 +393,8 @@ class Session:
         reason = ws.close_reason or ""
         if self._closing_reason is not None:
             return CloseInfo(Outcome.CLOSED, self._closing_reason, None, code)
+        if self._failure is not None:
+            return CloseInfo(Outcome.RETRY, self._failure, None, code)
         err = conversation.last_error
         outcome = classify_close(code, reason, err, ended_by_agent=conversation.ended_by_agent)
         if conversation.ended_by_agent:
@@ -501,7 +512,7 @@ class Session:
             now = self._clock()
             if not conversation.is_open:
                 if now - opened_at > s.connect_timeout:
-                    log.warning("no conversation metadata within %g s; reconnecting", s.connect_timeout)
+                    self._failure = f"no conversation metadata within {s.connect_timeout:g} s"
                     await ws.close(1000, "no metadata")
                     return
                 continue

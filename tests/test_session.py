@@ -174,7 +174,7 @@ async def test_reconnect_delays_double_to_the_cap_when_the_server_is_gone() -> N
     rec, sleep = Recorder(), FastSleep()
     session = make_session(f"http://127.0.0.1:{free_port()}", rec, sleep=sleep)
     async with running(session):
-        await rec.until(lambda: len(rec.closed) >= 6)
+        await rec.until(lambda: len(rec.closed) >= 7)
     assert sleep.delays[:6] == [1, 2, 4, 8, 8, 8]
     assert all(c.outcome is Outcome.RETRY and "cannot connect" in c.reason for c in rec.closed)
 
@@ -185,7 +185,7 @@ async def test_jitter_is_full_and_capped() -> None:
     rec, sleep = Recorder(), FastSleep()
     session = make_session(f"http://127.0.0.1:{free_port()}", rec, sleep=sleep, rng=rnd.random)
     async with running(session):
-        await rec.until(lambda: len(rec.closed) >= 8)
+        await rec.until(lambda: len(rec.closed) >= 9)
     ceilings = [1, 2, 4, 8, 8, 8, 8, 8]
     assert all(0 <= d <= c for d, c in zip(sleep.delays, ceilings))
     assert len(set(sleep.delays)) == len(sleep.delays)  # jittered, not fixed
@@ -205,7 +205,7 @@ async def test_accept_then_drop_does_not_reset_the_backoff() -> None:
         rec, sleep = Recorder(), FastSleep()
         session = make_session(f"http://127.0.0.1:{port}", rec, sleep=sleep)
         async with running(session):
-            await rec.until(lambda: len(rec.closed) >= 5)
+            await rec.until(lambda: len(rec.closed) >= 6)
     assert len(rec.opened) >= 5
     assert sleep.delays[:5] == [1, 2, 4, 8, 8]
 
@@ -215,7 +215,7 @@ async def test_auth_failure_is_not_hammered() -> None:
         rec, sleep = Recorder(), FastSleep()
         session = make_session(agent.http_url, rec, api_key=KEY, sleep=sleep)
         async with running(session):
-            await rec.until(lambda: len(rec.closed) >= 3)
+            await rec.until(lambda: len(rec.closed) >= 4)
         assert [c.outcome for c in rec.closed[:3]] == [Outcome.FATAL] * 3
         assert sleep.delays[:3] == [8, 8, 8]  # only at the cap
         assert "401" in rec.closed[0].reason and KEY not in rec.closed[0].reason
@@ -355,3 +355,35 @@ async def test_garbage_from_the_server_is_skipped_and_the_conversation_continues
             await agent.wait_for(lambda: agent.latest.pongs_received >= pongs + 2)
             assert session.is_open
         assert not rec.closed or rec.closed[-1].outcome is Outcome.CLOSED
+
+
+async def test_server_that_ends_every_conversation_at_once_is_backed_off() -> None:
+    async def accept_and_end(ws) -> None:
+        await ws.recv()
+        await ws.send(json.dumps({"type": "conversation_initiation_metadata",
+                                  "conversation_initiation_metadata_event": {
+                                      "conversation_id": "c", "agent_output_audio_format": "pcm_16000",
+                                      "user_input_audio_format": "pcm_16000"}}))
+        await ws.close(1000, "bye")
+
+    async with serve(accept_and_end, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        rec, sleep = Recorder(), FastSleep()
+        session = make_session(f"http://127.0.0.1:{port}", rec, sleep=sleep)
+        async with running(session):
+            await rec.until(lambda: len(rec.closed) >= 5)
+    assert all(c.outcome is Outcome.ENDED for c in rec.closed)
+    assert sleep.delays[:4] == [1, 2, 4, 8]  # a normal end right after opening is no reason to loop
+
+
+async def test_a_request_cuts_the_wait_after_a_normal_end_but_not_after_a_failure() -> None:
+    async with FakeAgent(FakeAgentOptions(port=0)) as agent:
+        rec = Recorder()
+        session = make_session(agent.http_url, rec, sleep=FastSleep(scale=1.0), backoff_initial=30.0,
+                               backoff_max=30.0)
+        async with running(session):
+            await rec.until(lambda: rec.opened)
+            await agent.end_call()
+            await rec.until(lambda: rec.closed)
+            session.request()  # the user speaks: no 30 s wait
+            await rec.until(lambda: len(rec.opened) == 2, timeout=5)
