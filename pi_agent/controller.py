@@ -246,6 +246,8 @@ class Controller:
             self.metrics.protocol_errors.inc()
             log.warning("skipped agent audio: %s", e)
             return
+        if new_turn:
+            self.output.end_stream()  # the previous turn is complete: its end is no underrun
         self.output.play(pcm, rate)
         if self.state is not State.SPEAKING and self.state is not State.MUTED:
             if self._speech_ended_at is not None:

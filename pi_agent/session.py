@@ -330,9 +330,12 @@ class Session:
         timeout = self.settings.connect_timeout
         try:
             ws = await self._connect(
-                url, max_size=MAX_FRAME, open_timeout=timeout, close_timeout=2,
-                ping_interval=self.settings.dead_peer_timeout / 2,
-                ping_timeout=self.settings.dead_peer_timeout / 2,
+                # ping every d/3, pong due within d/3, close handshake cut at d/3 (2 s at most):
+                # a peer that stops answering is dropped within d = dead_peer_timeout in all.
+                url, max_size=MAX_FRAME, open_timeout=timeout,
+                close_timeout=min(2.0, self.settings.dead_peer_timeout / 3),
+                ping_interval=self.settings.dead_peer_timeout / 3,
+                ping_timeout=self.settings.dead_peer_timeout / 3,
                 compression=None, user_agent_header=f"pi-agent/{__version__}")
         except websockets.InvalidStatus as e:
             status = e.response.status_code
@@ -407,7 +410,8 @@ class Session:
             text = f"server closed with {code}" + (f" {reason!r}" if reason else "")
             if err is not None and (err.error_type or err.message):
                 text += f" ({err.error_type or 'error'}: {(err.message or err.reason or '')[:160]})"
-        if code == 1011 and "keepalive" in reason:
+        sent = ws.protocol.close_sent  # a keepalive timeout is our 1011 that the peer never answers
+        if sent is not None and sent.code == 1011 and "keepalive" in sent.reason:
             text = "the server stopped answering (no pong within the dead-peer timeout)"
         if outcome is Outcome.FATAL:
             text += " (check the API key and agent_id)"

@@ -241,11 +241,15 @@ class VirtualAudio:
         self._keepers = [
             subprocess.Popen(
                 ["parec", "-d", "spk.monitor", "--raw", "--latency-msec=10"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             ),
             subprocess.Popen(
                 ["pacat", "-p", "-d", "mic", "--raw", "--rate=16000", "--channels=1", "--latency-msec=10", "/dev/zero"],
-                env=env, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             ),
         ]
         time.sleep(2.2)  # let the sinks' first long sleep run out
@@ -276,9 +280,7 @@ class VirtualAudio:
                 f'pcm.{name} {{ type file; slave.pcm "vmic"; file "/dev/null"; '
                 f'infile "{self.mic_file(name)}"; format "raw" }}'
             )
-        out.append(
-            f'pcm.pi_test_spk {{ type file; slave.pcm "vspk"; file "{self.speaker_file()}"; format "raw" }}'
-        )
+        out.append(f'pcm.pi_test_spk {{ type file; slave.pcm "vspk"; file "{self.speaker_file()}"; format "raw" }}')
         return "\n".join(out) + "\n"
 
     @property
@@ -312,8 +314,17 @@ class VirtualAudio:
     def play_into_mic(self, samples: np.ndarray, rate: int = 16_000) -> subprocess.Popen[bytes]:
         """Start playing mono int16 ``samples`` into the ``mic`` sink (returns the pacat process)."""
         proc = subprocess.Popen(
-            ["pacat", "-p", "-d", "mic", "--raw", "--format=s16le", f"--rate={rate}", "--channels=1",
-             "--latency-msec=20"],
+            [
+                "pacat",
+                "-p",
+                "-d",
+                "mic",
+                "--raw",
+                "--format=s16le",
+                f"--rate={rate}",
+                "--channels=1",
+                "--latency-msec=20",
+            ],
             env=self.server.env,
             stdin=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -355,8 +366,9 @@ def dominant_frequency(samples: np.ndarray, rate: int) -> float:
     return float(k * rate / len(x))
 
 
-def loud_segments(samples: np.ndarray, rate: int, *, threshold: float = 0.02, window_ms: float = 5.0,
-                  min_gap_ms: float = 60.0) -> list[tuple[int, int]]:
+def loud_segments(
+    samples: np.ndarray, rate: int, *, threshold: float = 0.02, window_ms: float = 5.0, min_gap_ms: float = 60.0
+) -> list[tuple[int, int]]:
     """``(start, end)`` sample ranges whose windowed RMS exceeds ``threshold`` of full scale."""
     x = np.asarray(samples, dtype=np.float64) / 32768.0
     win = max(1, int(rate * window_ms / 1000))

@@ -59,6 +59,8 @@ class DaemonProcess:
 
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
+            if self.proc is not None:
+                self._log.close()
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -95,6 +97,7 @@ class EventClient:
     def __init__(self, port: int) -> None:
         self.url = f"ws://127.0.0.1:{port}/events"
         self.events: list[dict[str, Any]] = []
+        self.received_at: list[float] = []  # time.monotonic() at which each event arrived
         self.snapshot: dict[str, Any] | None = None
         self._ws: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -116,6 +119,7 @@ class EventClient:
         with contextlib.suppress(Exception):
             async for message in self._ws:
                 self.events.append(json.loads(message))
+                self.received_at.append(time.monotonic())
                 self._changed.set()
 
     async def send(self, command: dict[str, Any]) -> None:

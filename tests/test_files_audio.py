@@ -18,7 +18,9 @@ from pi_agent.errors import DeviceError
 from support_audio import dominant_frequency, loud_segments, tone
 
 
-def riff(path: Path, payload: bytes, *, tag: int, channels: int, rate: int, bits: int, extensible: bool = False) -> Path:
+def riff(
+    path: Path, payload: bytes, *, tag: int, channels: int, rate: int, bits: int, extensible: bool = False
+) -> Path:
     """Write a WAV by hand (formats the stdlib ``wave`` module cannot write)."""
     block = channels * bits // 8
     fmt = struct.pack("<HHIIHH", 0xFFFE if extensible else tag, channels, rate, rate * block, block, bits)
@@ -43,10 +45,18 @@ def test_read_wav_handles_common_encodings(tmp_path: Path) -> None:
     assert read_wav(u8)[0][:, 0].tolist() == [0, 16384, -16384]
 
     s24 = b"".join(int(v).to_bytes(3, "little", signed=True) for v in (0, 0x400000, -0x400000))
-    assert read_wav(riff(tmp_path / "s24.wav", s24, tag=1, channels=1, rate=48000, bits=24))[0][:, 0].tolist() == [0, 16384, -16384]
+    assert read_wav(riff(tmp_path / "s24.wav", s24, tag=1, channels=1, rate=48000, bits=24))[0][:, 0].tolist() == [
+        0,
+        16384,
+        -16384,
+    ]
 
     s32 = np.array([0, 1 << 30, -(1 << 30)], dtype="<i4").tobytes()
-    assert read_wav(riff(tmp_path / "s32.wav", s32, tag=1, channels=1, rate=48000, bits=32))[0][:, 0].tolist() == [0, 16384, -16384]
+    assert read_wav(riff(tmp_path / "s32.wav", s32, tag=1, channels=1, rate=48000, bits=32))[0][:, 0].tolist() == [
+        0,
+        16384,
+        -16384,
+    ]
 
     f32 = np.array([0.0, 0.5, -0.5, 2.0, 0.25, -0.25], dtype="<f4").tobytes()
     frames, rate = read_wav(riff(tmp_path / "f32.wav", f32, tag=3, channels=2, rate=44100, bits=32, extensible=True))
@@ -170,7 +180,7 @@ async def test_wav_output_flush_stops_within_a_period(tmp_path: Path) -> None:
     await asyncio.sleep(0.2)
     await out.close()
     x = read_wav(tmp_path / "out.wav")[0][:, 0]
-    (start, end), = loud_segments(x, 16000)
+    ((start, end),) = loud_segments(x, 16000)
     assert abs((end - start) / 16000 - (flushed_at - played_at)) <= 0.03
 
 
@@ -203,7 +213,7 @@ async def test_wav_output_earcons(tmp_path: Path) -> None:
     await asyncio.sleep(0.4)
     await out.close()
     x = read_wav(tmp_path / "out.wav")[0][:, 0]
-    (start, end), = loud_segments(x, 16000, min_gap_ms=50)
+    ((start, end),) = loud_segments(x, 16000, min_gap_ms=50)
     assert abs((end - start) / 16000 - 0.18) <= 0.02
     with pytest.raises(ValueError):
         WavFileOutput(tmp_path / "x.wav", earcons=("fanfare",))
@@ -267,3 +277,21 @@ def test_buffer_resamples_each_stream_and_resets_on_format_change() -> None:
     x = buf.fill(int(0.4 * 48000), start=0.0)[:, 0].copy()
     assert abs(dominant_frequency(x[:9000], 48000) - 1000) < 5
     assert abs(dominant_frequency(x[10500:], 48000) - 1000) < 5
+
+
+def test_buffer_underruns_only_after_a_stream_started_playing() -> None:
+    buf = PlaybackBuffer(48000)
+    chunks = np.array_split(tone(500, 0.6, 8000), 15)  # 40 ms chunks
+    buf.play(chunks[0], 8000)  # soxr holds all of it back for now
+    assert buf.queued_frames == 0
+    buf.fill(960, start=1.0)  # the device finds nothing yet: that is no underrun
+    for chunk in chunks[1:8]:
+        buf.play(chunk, 8000)
+    assert buf.underruns == 0
+    t = 1.02
+    while buf.queued_frames:
+        buf.fill(960, start=t)
+        t += 0.02
+    buf.fill(960, start=t)  # ran dry mid-stream ...
+    buf.play(chunks[8], 8000)  # ... and the stream goes on: one underrun
+    assert buf.underruns == 1

@@ -99,7 +99,9 @@ def test_ulaw_decode_gives_a_tone_at_8k() -> None:
 # --------------------------------------------------------------------------- resampling
 
 
-@pytest.mark.parametrize("src,dst", [(16000, 48000), (8000, 48000), (22050, 48000), (48000, 16000), (44100, 16000), (24000, 44100)])
+@pytest.mark.parametrize(
+    "src,dst", [(16000, 48000), (8000, 48000), (22050, 48000), (48000, 16000), (44100, 16000), (24000, 44100)]
+)
 def test_streaming_resampler_is_seamless_across_chunks(src: int, dst: int) -> None:
     x = tone(440, 1.0, src)
     rng = np.random.default_rng(1)
@@ -177,7 +179,9 @@ def test_frame_slicer_cuts_exact_frames_and_keeps_the_rest() -> None:
     assert len(big) == (40 + 5000) // 320
 
 
-@pytest.mark.parametrize("rate,channels,channel", [(16000, 1, None), (48000, 1, None), (44100, 2, None), (16000, 2, 1), (48000, 4, 3)])
+@pytest.mark.parametrize(
+    "rate,channels,channel", [(16000, 1, None), (48000, 1, None), (44100, 2, None), (16000, 2, 1), (48000, 4, 3)]
+)
 def test_mic_pipeline_delivers_16k_mono_frames(rate: int, channels: int, channel: int | None) -> None:
     wanted = tone(500, 1.0, rate)
     other = tone(1700, 1.0, rate)

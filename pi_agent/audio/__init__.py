@@ -59,6 +59,9 @@ class AudioOutput(Protocol):
     def flush(self) -> None:
         """Drop everything queued: the speaker is silent within one device period."""
 
+    def end_stream(self) -> None:
+        """The agent turn being played is complete: running dry now is not an underrun."""
+
     def audible_until(self) -> float:
         """``time.monotonic()`` at which all queued audio will have left the speaker,
         judged from the device's output clock (``<= now`` when nothing is queued)."""

@@ -177,9 +177,7 @@ class PyAudioInput:
                 channel_choices = [self.forced_channels]
             else:
                 channel_choices = [
-                    c
-                    for c in unique([need, max(need, 2), info.max_input_channels])
-                    if c <= info.max_input_channels
+                    c for c in unique([need, max(need, 2), info.max_input_channels]) if c <= info.max_input_channels
                 ]
             rate_choices = (
                 [self.forced_rate]

@@ -183,9 +183,7 @@ class DeviceInfo:
         return self.max_input_channels if kind == "input" else self.max_output_channels
 
 
-def is_supported(
-    pa: pyaudio.PyAudio, info: DeviceInfo, kind: Kind, rate: int, channels: int
-) -> bool:
+def is_supported(pa: pyaudio.PyAudio, info: DeviceInfo, kind: Kind, rate: int, channels: int) -> bool:
     """Whether PortAudio says the device opens with s16 at ``rate`` and ``channels``."""
     kwargs: dict[str, object]
     if kind == "input":
@@ -281,17 +279,18 @@ def match_device(name: str, kind: Kind, devices: Sequence[DeviceInfo]) -> Device
     usable = [d for d in devices if d.channels(kind) > 0]
     if wanted.lower() == "default":
         for d in usable:
-            if (d.default_input if kind == "input" else d.default_output):
+            if d.default_input if kind == "input" else d.default_output:
                 return d
         exact_default = [d for d in usable if d.name.lower() == "default"]
         if exact_default:
             return exact_default[0]
         raise DeviceError(
-            f"there is no default {kind} device; choose one by name. Devices:\n"
-            + format_device_table(devices)
+            f"there is no default {kind} device; choose one by name. Devices:\n" + format_device_table(devices)
         )
     if not wanted:
-        raise DeviceError(f"empty {kind} device name; use 'default' or a name. Devices:\n" + format_device_table(devices))
+        raise DeviceError(
+            f"empty {kind} device name; use 'default' or a name. Devices:\n" + format_device_table(devices)
+        )
     exact = [d for d in usable if d.name.lower() == wanted.lower()]
     if exact:
         return exact[0]
@@ -299,9 +298,7 @@ def match_device(name: str, kind: Kind, devices: Sequence[DeviceInfo]) -> Device
     if len(partial) == 1:
         return partial[0]
     if not partial:
-        raise DeviceError(
-            f"no {kind} device matches {wanted!r}. Devices:\n" + format_device_table(devices)
-        )
+        raise DeviceError(f"no {kind} device matches {wanted!r}. Devices:\n" + format_device_table(devices))
     names = ", ".join(repr(d.name) for d in partial)
     raise DeviceError(
         f"{kind} device name {wanted!r} is ambiguous: it matches {names}; use more of the name. "
@@ -353,8 +350,7 @@ def negotiate(
                 return rate, ch
             tried.append(f"{rate} Hz x{ch}")
     raise DeviceError(
-        f"{kind} device {info.name!r} accepts none of the formats tried "
-        f"(16-bit, {', '.join(tried) or 'none'})"
+        f"{kind} device {info.name!r} accepts none of the formats tried (16-bit, {', '.join(tried) or 'none'})"
     )
 
 
@@ -554,8 +550,6 @@ class StreamGuard:
             self.fail(DeviceError(f"{self.what} stopped (device unplugged or sound server gone?)"))
             return
         if silent_for > limit:
-            self.fail(
-                DeviceError(f"{self.what} stalled: no audio callback for {silent_for:.1f} s (device gone?)")
-            )
+            self.fail(DeviceError(f"{self.what} stalled: no audio callback for {silent_for:.1f} s (device gone?)"))
             return
         self._timer = self.loop.call_later(self.interval, self._check)

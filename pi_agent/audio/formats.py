@@ -127,9 +127,7 @@ def decode(fmt: str | AudioFormat, data: bytes) -> tuple[np.ndarray, int]:
     if f.encoding == "ulaw":
         return ulaw_decode(data), f.rate
     if len(data) % 2:
-        raise ProtocolError(
-            f"{f.name} audio chunk of {len(data)} bytes is not a whole number of 16-bit samples"
-        )
+        raise ProtocolError(f"{f.name} audio chunk of {len(data)} bytes is not a whole number of 16-bit samples")
     return np.frombuffer(data, dtype="<i2").astype(np.int16, copy=False), f.rate
 
 
@@ -169,9 +167,7 @@ class Resampler:
         return self.in_rate == self.out_rate
 
     def _new_stream(self) -> soxr.ResampleStream:
-        return soxr.ResampleStream(
-            self.in_rate, self.out_rate, self.channels, dtype="int16", quality=self.quality
-        )
+        return soxr.ResampleStream(self.in_rate, self.out_rate, self.channels, dtype="int16", quality=self.quality)
 
     def process(self, samples: np.ndarray) -> np.ndarray:
         """Resample the next chunk (1-D mono, or 2-D ``[frame, channel]``)."""
@@ -308,10 +304,7 @@ class FrameSlicer:
         whole = self._fill - self._fill % self.frame_samples
         if whole == 0:
             return []
-        out = [
-            self._buf[i : i + self.frame_samples].tobytes()
-            for i in range(0, whole, self.frame_samples)
-        ]
+        out = [self._buf[i : i + self.frame_samples].tobytes() for i in range(0, whole, self.frame_samples)]
         rest = self._fill - whole
         self._buf[:rest] = self._buf[whole : self._fill]
         self._fill = rest
@@ -353,7 +346,6 @@ class MicPipeline:
         """Start over (after a device restart)."""
         self._resampler.reset()
         self._slicer.reset()
-
 
 
 # --------------------------------------------------------------------------- mic -> wire

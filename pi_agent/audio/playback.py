@@ -101,7 +101,8 @@ class PlaybackBuffer:
         self._queued = 0
         self._active: list[list[Any]] = []  # [earcon samples, position]
         self._resampler: Resampler | None = None
-        self._expecting = False
+        self._expecting = False  # a stream is being played (until end_stream/flush)
+        self._started = False  # ... and some of it has reached the device
         self._starved_at: float | None = None
         self._last_end = 0.0  # device time at which the last pulled period ends
         self._audio_end = 0.0  # device time at which the last audible sample ends
@@ -141,6 +142,7 @@ class PlaybackBuffer:
         self.drain_tail()
         with self._lock:
             self._expecting = False
+            self._started = False
             self._starved_at = None
 
     def flush(self) -> None:
@@ -150,6 +152,7 @@ class PlaybackBuffer:
             self._offset = 0
             self._queued = 0
             self._expecting = False
+            self._started = False
             self._starved_at = None
             # What the device already holds still plays until the end of its last period.
             self._audio_end = min(self._audio_end, self._last_end)
@@ -224,9 +227,12 @@ class PlaybackBuffer:
         out = self._out[:frames]
         with self._lock:
             taken = self._take(pcm)
+            if taken and self._expecting:
+                self._started = True
             if taken < frames:
                 pcm[taken:] = 0
-                if self._expecting and self._starved_at is None:
+                # Dry before the stream's first sample is no underrun: soxr may still hold it.
+                if self._expecting and self._started and self._starved_at is None:
                     self._starved_at = start + taken / self.rate
             audible = taken
             if self._active:
@@ -341,7 +347,9 @@ class BufferedOutput:
         if self._buffer is not None:
             self._buffer.play_earcon(name)
 
-    def _make_buffer(self, rate: int, channels: int, *, latency: float, underrun_gap: float, quality: str) -> PlaybackBuffer:
+    def _make_buffer(
+        self, rate: int, channels: int, *, latency: float, underrun_gap: float, quality: str
+    ) -> PlaybackBuffer:
         return PlaybackBuffer(
             rate,
             channels=channels,
@@ -489,13 +497,9 @@ class PyAudioOutput(BufferedOutput):
             if self.forced_channels:
                 channel_choices = [self.forced_channels]
             else:
-                channel_choices = [
-                    c for c in unique([2, 1, info.max_output_channels]) if c <= info.max_output_channels
-                ]
+                channel_choices = [c for c in unique([2, 1, info.max_output_channels]) if c <= info.max_output_channels]
             rate_choices = (
-                [self.forced_rate]
-                if self.forced_rate
-                else unique([int(info.default_rate), 48_000, 44_100, 16_000])
+                [self.forced_rate] if self.forced_rate else unique([int(info.default_rate), 48_000, 44_100, 16_000])
             )
             rate, channels = negotiate(pa, info, "output", rates=rate_choices, channels=channel_choices)
             period = max(1, rate * self.period_ms // 1000)
