@@ -82,6 +82,9 @@ class Controller:
         self._thinking_since = 0.0
         self._pending_tools: dict[str, asyncio.TimerHandle] = {}
         self._reported_errors: set[str] = set()
+        self._talk_from_down = False  # push-to-talk turn started by the press that stopped the agent
+        self._fatal = False  # the last attempt failed in a way retrying cannot fix
+        self._hold_heard_speech = False  # push-to-talk: VAD heard the user during this hold
 
     def attach(self, session: Session) -> None:
         self.session = session
@@ -99,8 +102,7 @@ class Controller:
     @property
     def status(self) -> Status:
         return Status(self.state, self.connected, self.muted, self.backing_off,
-                      self.device_error is not None or self.session_error is not None,
-                      self.conversation_id)
+                      self.device_error is not None or self._fatal, self.conversation_id)
 
     def health(self) -> tuple[bool, str]:
         """For /healthz and the watchdog: unhealthy while in ``error`` or ``offline``."""
@@ -149,6 +151,9 @@ class Controller:
         out = self.gate.process(frame, now, echo_mute_until=echo_until, muted=self.muted)
         if out.started:
             self._turn_started(out)
+            self._hold_heard_speech = False
+        if self.gate.button and not self._hold_heard_speech and self.gate.is_speech(frame):
+            self._hold_heard_speech = True
         session = self.session
         if session is not None:
             for f in out.frames:
@@ -220,6 +225,7 @@ class Controller:
     def on_open(self, metadata: p.ConversationMetadata) -> None:
         self.connected = True
         self.session_error = None
+        self._fatal = False
         self.conversation_id = metadata.conversation_id
         self._reported_errors.clear()
         log.info("conversation %s open (agent audio %s, mic audio %s)", metadata.conversation_id,
@@ -320,7 +326,8 @@ class Controller:
         self.gate.end_turn()
         self.backing_off = info.retry_in is not None
         self.session_error = info.reason
-        if info.outcome is Outcome.FATAL:
+        self._fatal = info.outcome is Outcome.FATAL
+        if self._fatal:
             self._log_once(logging.ERROR, f"cannot open a conversation: {info.reason}{nxt}")
             self.hub.publish({"type": "error", "source": "session", "message": info.reason})
             if self.fire(Trigger.FAIL):
@@ -369,11 +376,25 @@ class Controller:
         """A :class:`~pi_agent.gpio.button.ButtonEvent`, turned into intents by the policy."""
         from .gpio.button import ButtonIntent as I
 
+        from .gpio.button import ButtonEvent as E
+
         ptt = self.gate.mode == "push_to_talk"
+        if ptt and event is E.LONG_HOLD and self._hold_heard_speech:
+            # A long push-to-talk hold while speaking is a long question, not a request to
+            # mute: only a silent long hold toggles mute in this mode.
+            log.debug("long push-to-talk hold with speech: still talking")
+            return
+        if ptt and self._talk_from_down and event in (E.PRESS, E.HOLD_END):
+            self._talk_from_down = False  # released: the interrupting turn is over
+            self.stop_listening()
         for intent in policy.decide(event, self.state):
             log.debug("button %s -> %s", event, intent)
             if intent is I.STOP:
                 self.stop()
+                if ptt and event is E.DOWN:
+                    # Push-to-talk: the press that stops the agent also starts the user's turn.
+                    self._talk_from_down = True
+                    self.start_listening()
             elif intent is I.START_LISTENING:
                 if ptt and not self.settings.capture.toggle:
                     log.info("push-to-talk: hold the button while you speak")
@@ -429,6 +450,7 @@ class Controller:
         if muted == self.muted:
             return
         self.muted = muted
+        self._talk_from_down = False
         log.info("microphone %s", "muted" if muted else "unmuted")
         self.hub.publish({"type": "mute", "muted": muted})
         if muted:
@@ -480,7 +502,7 @@ class Controller:
             return
         self.device_error = None
         log.info("%s device is back", which)
-        if self.state is State.ERROR and self.session_error is None:
+        if self.state is State.ERROR and not self._fatal:
             self.fire(Trigger.RECOVER)
         self._changed()
 

@@ -37,17 +37,17 @@ CLASSIFIER = {
     "early tick emits nothing": ([("down", 0.0), ("tick", 0.2), ("tick", 0.5), ("tick", 0.6),
                                   ("up", 0.7)], [E.DOWN, E.HOLD_START, E.HOLD_END]),
     "long hold": ([("down", 0.0), ("tick", 0.4), ("tick", 3.0), ("tick", 4.0), ("up", 5.0)],
-                  [E.DOWN, E.HOLD_START, E.LONG_HOLD]),
+                  [E.DOWN, E.HOLD_START, E.LONG_HOLD, E.HOLD_END]),
     "long hold, one late tick": ([("down", 0.0), ("tick", 3.5), ("up", 4.0)],
-                                 [E.DOWN, E.HOLD_START, E.LONG_HOLD]),
+                                 [E.DOWN, E.HOLD_START, E.LONG_HOLD, E.HOLD_END]),
     "long hold seen only at release": ([("down", 0.0), ("up", 3.0)],
-                                       [E.DOWN, E.HOLD_START, E.LONG_HOLD]),
+                                       [E.DOWN, E.HOLD_START, E.LONG_HOLD, E.HOLD_END]),
     "two gestures": ([("down", 0.0), ("up", 0.1), ("down", 0.2), ("tick", 0.6), ("up", 0.7)],
                      [E.DOWN, E.PRESS, E.DOWN, E.HOLD_START, E.HOLD_END]),
     "repeated edges ignored": ([("up", 0.0), ("down", 0.1), ("down", 0.2), ("up", 0.3),
                                 ("up", 0.4), ("tick", 9.0)], [E.DOWN, E.PRESS]),
     "a long hold then a click": ([("down", 0.0), ("up", 3.2), ("down", 4.0), ("up", 4.1)],
-                                 [E.DOWN, E.HOLD_START, E.LONG_HOLD, E.DOWN, E.PRESS]),
+                                 [E.DOWN, E.HOLD_START, E.LONG_HOLD, E.HOLD_END, E.DOWN, E.PRESS]),
 }
 
 
@@ -247,7 +247,7 @@ async def test_hold_is_push_to_talk(factory: MockFactory) -> None:
         assert not button.pressed
 
 
-async def test_long_hold_then_a_silent_release(factory: MockFactory) -> None:
+async def test_long_hold_then_its_release(factory: MockFactory) -> None:
     button, rec = await open_button(factory)
     with button:
         await press(factory)
@@ -255,6 +255,7 @@ async def test_long_hold_then_a_silent_release(factory: MockFactory) -> None:
         assert (e1, e2, e3) == (E.DOWN, E.HOLD_START, E.LONG_HOLD)
         assert long_at - down_at >= LONG - 0.01
         await release(factory)
+        assert (await rec.next())[0] is E.HOLD_END  # the owner sees the release (push-to-talk)
         await rec.nothing_more()
         # and the button works normally afterwards
         await asyncio.to_thread(click_now, factory)

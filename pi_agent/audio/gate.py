@@ -72,6 +72,10 @@ class CaptureGate:
         self.in_turn = False
         self.button = False  # push_to_talk: held or toggled on
 
+    def is_speech(self, frame: bytes) -> bool:
+        """The voice-activity verdict for one frame (whatever the mode)."""
+        return self._is_speech(frame)
+
     def reset(self) -> None:
         """Forget the current turn (user stop, mute, conversation closed)."""
         self.in_turn = False

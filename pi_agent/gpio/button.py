@@ -15,15 +15,16 @@ Events of one gesture (press-down to release)::
 
     DOWN ─┬─ released before hold_time ─────────────────────────▶ PRESS
           └─ hold_time reached ─▶ HOLD_START ─┬─ released ──────▶ HOLD_END
-                                              └─ long_hold_time ▶ LONG_HOLD (release: nothing)
+                                              └─ long_hold_time ▶ LONG_HOLD ─ released ▶ HOLD_END
 
 ``DOWN`` comes at the moment of pressing: that is when a press must stop the agent's
 speech (at once, not on release). ``PRESS`` / ``HOLD_START`` / ``HOLD_END`` /
 ``LONG_HOLD`` follow; :class:`ButtonPolicy` swallows them after a ``DOWN`` that
 stopped the agent, except ``LONG_HOLD`` (mute still toggles).
 
-Note: a push-to-talk hold that lasts past ``long_hold_time`` becomes a mute toggle
-(and the turn is cancelled); ``long_hold_time=None`` turns long holds off.
+Note: on its own, the policy turns a push-to-talk hold that lasts past ``long_hold_time``
+into a mute toggle (the turn is cancelled); the controller keeps such a hold a turn when
+the user is speaking; ``long_hold_time=None`` turns long holds off.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ class ButtonEvent(str, enum.Enum):
     DOWN = "down"              # pressed (now): the moment to stop the agent's speech
     PRESS = "press"            # released before hold_time: a click
     HOLD_START = "hold_start"  # held for hold_time: push-to-talk begins
-    HOLD_END = "hold_end"      # released after HOLD_START (and before LONG_HOLD)
-    LONG_HOLD = "long_hold"    # held for long_hold_time: toggle mute; the release is silent
+    HOLD_END = "hold_end"      # released after HOLD_START (also after a LONG_HOLD)
+    LONG_HOLD = "long_hold"    # held for long_hold_time: toggle mute
 
     def __str__(self) -> str:
         return self.value
@@ -95,9 +96,7 @@ class ButtonClassifier:
         if self._pressed_at is None:
             return []
         events = self.tick(now)
-        if self._long:
-            pass
-        elif self._held:
+        if self._held:  # after a long hold too: the owner may need to see the release
             events.append(ButtonEvent.HOLD_END)
         else:
             events.append(ButtonEvent.PRESS)
