@@ -42,7 +42,8 @@ def classify_close(code: int | None, reason: str, error: ErrorEvent | None, *,
     if code == 1000 or ended_by_agent:
         return Outcome.ENDED
     if code == 1008:
-        text = " ".join(filter(None, (reason, error and error.message, error and error.reason)))
+        parts = [reason] + ([error.message or "", error.reason or ""] if error else [])
+        text = " ".join(part for part in parts if part)
         if (error and error.error_type in _CONFIG_ERROR_TYPES) or _AUTH_WORDS.search(text):
             return Outcome.FATAL
     return Outcome.RETRY

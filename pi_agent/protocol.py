@@ -255,13 +255,13 @@ class _Fields:
             return None
         return value
 
-    def str(self, name: str, required: bool = True) -> Any:
+    def text(self, name: str, required: bool = True) -> Any:
         v = self._get(name, required)
         if v is not None and not isinstance(v, str):
             raise ProtocolError(f"{self._where}.{name} must be a string, got {type(v).__name__}")
         return v
 
-    def int(self, name: str, required: bool = True) -> Any:
+    def integer(self, name: str, required: bool = True) -> Any:
         """An integer; numeric strings are accepted too (the official SDK coerces with int())."""
         v = self._get(name, required)
         if v is None:
@@ -276,13 +276,13 @@ class _Fields:
             return int(v)
         raise ProtocolError(f"{self._where}.{name} must be an integer, got {v!r:.40}")
 
-    def num(self, name: str, required: bool = True) -> Any:
+    def number(self, name: str, required: bool = True) -> Any:
         v = self._get(name, required)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise ProtocolError(f"{self._where}.{name} must be a number, got {type(v).__name__}")
         return v
 
-    def bool(self, name: str, required: bool = True) -> Any:
+    def flag(self, name: str, required: bool = True) -> Any:
         v = self._get(name, required)
         if v is not None and not isinstance(v, bool):
             raise ProtocolError(f"{self._where}.{name} must be a boolean, got {type(v).__name__}")
@@ -294,14 +294,14 @@ class _Fields:
             raise ProtocolError(f"{self._where}.{name} must be an object, got {type(v).__name__}")
         return v
 
-    def list(self, name: str, required: bool = True) -> Any:
+    def array(self, name: str, required: bool = True) -> Any:
         v = self._get(name, required)
         if v is not None and not isinstance(v, list):
             raise ProtocolError(f"{self._where}.{name} must be an array, got {type(v).__name__}")
         return v
 
     def format(self, name: str) -> str:
-        v = self.str(name)
+        v = self.text(name)
         if v not in AUDIO_FORMATS:
             raise ProtocolError(f"{self._where}.{name}: unknown audio format {v!r:.40}")
         return v
@@ -311,7 +311,7 @@ class _Fields:
 
 
 def _b64(f: _Fields, name: str) -> bytes:
-    text = f.str(name)
+    text = f.text(name)
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
@@ -320,110 +320,110 @@ def _b64(f: _Fields, name: str) -> bytes:
 
 def _metadata(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "conversation_initiation_metadata_event", "conversation_initiation_metadata")
-    return ConversationMetadata(f.str("conversation_id"), f.format("agent_output_audio_format"),
+    return ConversationMetadata(f.text("conversation_id"), f.format("agent_output_audio_format"),
                                 f.format("user_input_audio_format"))
 
 
 def _audio(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "audio_event", "audio")
-    event_id = f.int("event_id")
+    event_id = f.integer("event_id")
     return Audio(event_id, _b64(f, "audio_base_64"), f.obj("alignment", required=False))
 
 
 def _user_transcript(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "user_transcription_event", "user_transcript")
-    return UserTranscript(f.str("user_transcript"), f.int("event_id", False))
+    return UserTranscript(f.text("user_transcript"), f.integer("event_id", False))
 
 
 def _tentative(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "tentative_user_transcription_event", "tentative_user_transcript")
-    return TentativeUserTranscript(f.str("user_transcript"), f.int("event_id", False))
+    return TentativeUserTranscript(f.text("user_transcript"), f.integer("event_id", False))
 
 
 def _agent_response(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "agent_response_event", "agent_response")
-    return AgentResponse(f.str("agent_response"), f.int("event_id", False))
+    return AgentResponse(f.text("agent_response"), f.integer("event_id", False))
 
 
 def _correction(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "agent_response_correction_event", "agent_response_correction")
-    return AgentResponseCorrection(f.str("original_agent_response"),
-                                   f.str("corrected_agent_response"), f.int("event_id", False))
+    return AgentResponseCorrection(f.text("original_agent_response"),
+                                   f.text("corrected_agent_response"), f.integer("event_id", False))
 
 
 def _chat_part(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "text_response_part", "agent_chat_response_part")
-    return AgentChatResponsePart(f.str("text"), f.str("type"), f.int("event_id", False))
+    return AgentChatResponsePart(f.text("text"), f.text("type"), f.integer("event_id", False))
 
 
 def _reasoning_part(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "reasoning_response_part", "agent_reasoning_response_part")
     event_id = f._get("event_id", False)
-    return AgentReasoningResponsePart(f.str("text"), f.str("type"),
+    return AgentReasoningResponsePart(f.text("text"), f.text("type"),
                                       None if event_id is None else str(event_id))
 
 
 def _interruption(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "interruption_event", "interruption")
-    return Interruption(f.int("event_id"))
+    return Interruption(f.integer("event_id"))
 
 
 def _ping(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "ping_event", "ping")
-    return Ping(f.int("event_id"), f.int("ping_ms", False))
+    return Ping(f.integer("event_id"), f.integer("ping_ms", False))
 
 
 def _client_tool_call(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "client_tool_call", "client_tool_call")
-    return ClientToolCall(f.str("tool_name"), f.str("tool_call_id"),
-                          f.obj("parameters", False) or {}, f.int("event_id", False))
+    return ClientToolCall(f.text("tool_name"), f.text("tool_call_id"),
+                          f.obj("parameters", False) or {}, f.integer("event_id", False))
 
 
 def _rich_content(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "rich_content", "rich_content")
-    return RichContent(f.str("rich_content_id"), f.str("component"), f.obj("props", False) or {},
-                       f.int("event_id", False))
+    return RichContent(f.text("rich_content_id"), f.text("component"), f.obj("props", False) or {},
+                       f.integer("event_id", False))
 
 
 def _tool_request(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "agent_tool_request", "agent_tool_request")
-    return AgentToolRequest(f.str("tool_name"), f.str("tool_call_id"), f.str("tool_type"),
-                            f.int("event_id", False))
+    return AgentToolRequest(f.text("tool_name"), f.text("tool_call_id"), f.text("tool_type"),
+                            f.integer("event_id", False))
 
 
 def _tool_response(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "agent_tool_response", "agent_tool_response")
-    return AgentToolResponse(f.str("tool_name"), f.str("tool_call_id"), f.str("tool_type", False) or "",
-                             bool(f.bool("is_error", False)), f.bool("is_called", False),
-                             f.int("event_id", False))
+    return AgentToolResponse(f.text("tool_name"), f.text("tool_call_id"), f.text("tool_type", False) or "",
+                             bool(f.flag("is_error", False)), f.flag("is_called", False),
+                             f.integer("event_id", False))
 
 
 def _tool_response_full(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "agent_tool_response_full_payload", "agent_tool_response_full_payload")
-    return AgentToolResponseFullPayload(f.str("tool_name"), f.str("tool_call_id"),
-                                        f.str("tool_type", False) or "", bool(f.bool("is_error", False)),
-                                        f.str("full_tool_result", False) or "", f.int("event_id", False))
+    return AgentToolResponseFullPayload(f.text("tool_name"), f.text("tool_call_id"),
+                                        f.text("tool_type", False) or "", bool(f.flag("is_error", False)),
+                                        f.text("full_tool_result", False) or "", f.integer("event_id", False))
 
 
 def _mcp_tool_call(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "mcp_tool_call", "mcp_tool_call")
-    return McpToolCall(f.str("tool_name"), f.str("tool_call_id"), f.str("state", False) or "", f.raw())
+    return McpToolCall(f.text("tool_name"), f.text("tool_call_id"), f.text("state", False) or "", f.raw())
 
 
 def _mcp_status(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "mcp_connection_status", "mcp_connection_status")
-    return McpConnectionStatus(tuple(f.list("integrations")))
+    return McpConnectionStatus(tuple(f.array("integrations")))
 
 
 def _vad_score(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "vad_score_event", "vad_score")
-    return VadScore(float(f.num("vad_score")))
+    return VadScore(float(f.number("vad_score")))
 
 
 def _context_usage(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "context_usage_event", "context_usage")
-    return ContextUsage(f.str("model"), f.int("context_tokens"), f.int("context_limit_tokens"),
-                        f.int("event_id", False))
+    return ContextUsage(f.text("model"), f.integer("context_tokens"), f.integer("context_limit_tokens"),
+                        f.integer("event_id", False))
 
 
 def _asr_metadata(m: Mapping[str, Any]) -> ServerEvent:
@@ -432,23 +432,23 @@ def _asr_metadata(m: Mapping[str, Any]) -> ServerEvent:
 
 def _turn_probability(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "turn_probability_internal_event", "internal_turn_probability")
-    return InternalTurnProbability(float(f.num("turn_probability")))
+    return InternalTurnProbability(float(f.number("turn_probability")))
 
 
 def _tentative_agent(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "tentative_agent_response_internal_event", "internal_tentative_agent_response")
-    return InternalTentativeAgentResponse(f.str("tentative_agent_response"))
+    return InternalTentativeAgentResponse(f.text("tentative_agent_response"))
 
 
 def _agent_typing(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "agent_typing_event", "agent_typing")
-    return AgentTyping(f.bool("is_typing"), f.int("duration_ms", False))
+    return AgentTyping(f.flag("is_typing"), f.integer("duration_ms", False))
 
 
 def _error(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "error_event", "error")
-    return ErrorEvent(f.int("code", False), f.str("message", False), f.str("error_type", False),
-                      f.str("reason", False))
+    return ErrorEvent(f.integer("code", False), f.text("message", False), f.text("error_type", False),
+                      f.text("reason", False))
 
 
 _DECODERS: dict[str, Callable[[Mapping[str, Any]], ServerEvent]] = {

@@ -4,7 +4,6 @@ from the settings models so that the documentation cannot drift from the code.""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined

@@ -33,7 +33,9 @@ class AudioInput(Protocol):
     ``on_error`` on the loop's thread; the owner then closes and reopens.
     """
 
-    overflows: int
+    @property
+    def overflows(self) -> int:
+        """Frames lost because the device or the loop could not keep up (counted, not fatal)."""
 
     async def open(self, on_frame: FrameCallback, on_error: ErrorCallback) -> None:
         """Open the device; raise :class:`DeviceError` with a clear message if it cannot."""
@@ -45,7 +47,9 @@ class AudioInput(Protocol):
 class AudioOutput(Protocol):
     """A speaker fed from a jitter buffer; safe to call from the event loop only."""
 
-    underruns: int
+    @property
+    def underruns(self) -> int:
+        """Times the speaker ran dry in the middle of agent audio (silence was played)."""
 
     async def open(self, on_error: ErrorCallback) -> None:
         """Open the device; raise :class:`DeviceError` with a clear message if it cannot."""

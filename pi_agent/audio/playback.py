@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyaudio
@@ -46,7 +46,7 @@ from .formats import Resampler
 
 log = logging.getLogger(__name__)
 
-PcmLike = bytes | bytearray | memoryview | np.ndarray
+PcmLike: TypeAlias = bytes | bytearray | memoryview | np.ndarray
 
 
 def _as_samples(pcm: PcmLike) -> np.ndarray:
