@@ -73,6 +73,7 @@ class Controller:
         self.muted = False
         self.backing_off = False
         self.device_error: str | None = None
+        self._device_errors: dict[str, str] = {}  # device -> its failure, while it is down
         self.session_error: str | None = None
         self.conversation_id: str | None = None
         self._observers: list[Observer] = []
@@ -314,16 +315,18 @@ class Controller:
         self.hub.publish({"type": "connection", "connected": False, "reason": info.reason,
                           "outcome": info.outcome.value, "retry_in": info.retry_in, "code": info.code})
         nxt = f"; retrying in {info.retry_in:.1f} s" if info.retry_in is not None else ""
+        # A new conversation follows (renewal, reconnect): the user's turn goes on and what
+        # they say meanwhile is pre-buffered; ending it would drop speech until VAD retriggers.
+        if info.retry_in is None:
+            self.gate.end_turn()
         if info.outcome in (Outcome.ENDED, Outcome.CLOSED):
             log.info("conversation ended: %s%s", info.reason, nxt)
-            self.gate.end_turn()
             if self.state is not State.SPEAKING:
                 self.fire(Trigger.CLOSED)
             self.backing_off = info.retry_in is not None
             self._changed()
             return
         self._stop_playback()
-        self.gate.end_turn()
         self.backing_off = info.retry_in is not None
         self.session_error = info.reason
         self._fatal = info.outcome is Outcome.FATAL
@@ -489,8 +492,8 @@ class Controller:
     # --- devices ----------------------------------------------------------------------------
 
     def device_failed(self, which: str, message: str) -> None:
-        first = self.device_error is None
-        self.device_error = f"{which}: {message}"
+        first = which not in self._device_errors
+        self._device_errors[which] = self.device_error = f"{which}: {message}"
         if first:
             log.error("%s device failed: %s; the daemon keeps running and reopens it", which, message)
         self.hub.publish({"type": "error", "source": which, "message": message})
@@ -498,11 +501,11 @@ class Controller:
         self._changed()
 
     def device_recovered(self, which: str) -> None:
-        if self.device_error is None or not self.device_error.startswith(which):
+        if self._device_errors.pop(which, None) is None:
             return
-        self.device_error = None
+        self.device_error = next(iter(self._device_errors.values()), None)  # another may still be down
         log.info("%s device is back", which)
-        if self.state is State.ERROR and not self._fatal:
+        if self.state is State.ERROR and self.device_error is None and not self._fatal:
             self.fire(Trigger.RECOVER)
         self._changed()
 

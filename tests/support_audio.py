@@ -17,7 +17,9 @@ Two kinds of device, both defined in a private ALSA configuration
   through tens of thousands of callbacks a second.)
 
 ``vgone_mic`` / ``vgone_spk`` point at a second server, started and killed or
-frozen by the device-failure tests (:meth:`VirtualAudio.gone_server`).
+frozen by the device-failure tests (:meth:`VirtualAudio.gone_server`);
+``vgone2_mic`` / ``vgone2_spk`` at a third (:meth:`VirtualAudio.second_gone_server`),
+for a microphone and a speaker that vanish and return separately.
 
 ALSA re-reads its configuration when ``ALSA_CONFIG_PATH`` changes and PortAudio
 lists devices afresh whenever no PyAudio instance is alive, so a test only has to
@@ -115,8 +117,12 @@ class PulseServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pulseaudio exited with {self.proc.returncode}: {self.log_tail()}")
-            if self.socket.exists() and self.pactl("info", check=False).returncode == 0:
-                return
+            if self.socket.exists():
+                try:
+                    if self.pactl("info", check=False).returncode == 0:
+                        return
+                except subprocess.TimeoutExpired:  # too busy to answer yet: the deadline decides
+                    pass
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"pulseaudio did not come up within {timeout} s: {self.log_tail()}")
@@ -223,6 +229,7 @@ class VirtualAudio:
         self.root = root
         self.server = PulseServer(root / "pulse", [("mic", 16_000, 1), ("spk", SPK_RATE, SPK_CHANNELS)])
         self.gone_dir = root / "gone"
+        self.gone2_dir = root / "gone2"
         self.alsa_conf = root / "asound.conf"
 
     # ------------------------------------------------------------------ set-up
@@ -269,11 +276,14 @@ class VirtualAudio:
     def _definitions(self) -> str:
         main = f"unix:{self.server.socket}"
         gone = f"unix:{self.gone_dir / 'native'}"
+        gone2 = f"unix:{self.gone2_dir / 'native'}"
         out = [
             f'pcm.vmic {{ type pulse; server "{main}"; device "mic.monitor" }}',
             f'pcm.vspk {{ type pulse; server "{main}"; device "spk" }}',
             f'pcm.vgone_mic {{ type pulse; server "{gone}"; device "gone.monitor" }}',
             f'pcm.vgone_spk {{ type pulse; server "{gone}"; device "gone" }}',
+            f'pcm.vgone2_mic {{ type pulse; server "{gone2}"; device "gone.monitor" }}',
+            f'pcm.vgone2_spk {{ type pulse; server "{gone2}"; device "gone" }}',
         ]
         for name in self.FILE_MICS:
             out.append(
@@ -343,6 +353,10 @@ class VirtualAudio:
     def gone_server(self) -> PulseServer:
         """A second server behind ``vgone_mic`` / ``vgone_spk`` (caller starts and stops it)."""
         return PulseServer(self.gone_dir, [("gone", 48_000, 2)])
+
+    def second_gone_server(self) -> PulseServer:
+        """A third server behind ``vgone2_mic`` / ``vgone2_spk`` (caller starts and stops it)."""
+        return PulseServer(self.gone2_dir, [("gone", 48_000, 2)])
 
 
 # ---------------------------------------------------------------------- signal helpers
@@ -428,8 +442,8 @@ def virtual_audio(tmp_path_factory: pytest.TempPathFactory):
     if reason:
         pytest.skip(reason)
     va = VirtualAudio(tmp_path_factory.mktemp("vaudio"))
-    va.start()  # a server that is installed but will not start is a failure, not a skip
     try:
+        va.start()  # a server that is installed but will not start is a failure, not a skip
         yield va
     finally:
         va.stop()

@@ -41,7 +41,10 @@ class FakeAgentOptions:
     transcript: str | None = None
     """Text of every ``user_transcript``; None describes what was heard (``[2.4 s of speech]``)."""
     reply_text: str = REPLY_TEXT
-    """Text of every ``agent_response`` (the audio is always the shipped clip)."""
+    """Text of every ``agent_response`` (the audio is the shipped clip or ``reply_wav``)."""
+    reply_wav: str | None = None
+    """A 16-bit PCM WAV file every agent turn speaks instead of the shipped clip
+    (e.g. a test tone, for pitch checks)."""
     first_message: bool = False
     """The agent speaks first, right after the metadata."""
     first_message_text: str = "Hello! How can I help you today?"

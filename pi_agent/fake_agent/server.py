@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -37,7 +38,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from .audio import AudioFormat, EnergyGate, SpeechEnded, SpeechStarted, audio_format, decode, reply_audio
+from .audio import REPLY_WAV, AudioFormat, EnergyGate, SpeechEnded, SpeechStarted, audio_format, decode, reply_audio
 from .options import FakeAgentOptions
 from .records import BINARY, NON_JSON, USER_AUDIO, ConversationRecord, Received, Sent, Turn, message_kind
 
@@ -645,7 +646,8 @@ class FakeAgent:
         if self._server is not None:
             return
         o = self.options
-        self._reply = await asyncio.to_thread(reply_audio, audio_format(o.output_format), o.reply_seconds)
+        clip = Path(o.reply_wav) if o.reply_wav else REPLY_WAV
+        self._reply = await asyncio.to_thread(reply_audio, audio_format(o.output_format), o.reply_seconds, clip)
         self._server = await ws_serve(
             self._handler,
             o.host,
