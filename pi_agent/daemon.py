@@ -21,7 +21,7 @@ from .audio.formats import MicEncoder, decode_pcm
 from .audio.gate import CaptureGate
 from .config import Settings
 from .controller import Controller, Status
-from .errors import DeviceError
+from .errors import DeviceError, DeviceNotFound
 from .events import EventHub
 from .metrics import Metrics
 from .service.api import ApiServer
@@ -110,6 +110,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._mic_failed = asyncio.Event()
         self._spk_failed = asyncio.Event()
+        self._open_devices: set[str] = set()
         self.metrics.watch_device_counter("capture_overflows", lambda: self.audio_in.overflows)
         self.metrics.watch_device_counter("playback_underruns", lambda: self.audio_out.underruns)
 
@@ -179,15 +180,30 @@ class Daemon:
                 await open_()
             except DeviceError as e:
                 self.controller.device_failed(which, str(e))
+                if isinstance(e, DeviceNotFound):
+                    self._relist_devices(which)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, DEVICE_RETRY_MAX)
                 continue
             self.controller.device_recovered(which)
+            self._open_devices.add(which)
             delay = 1.0
             await failed.wait()
             failed.clear()
+            self._open_devices.discard(which)
             with contextlib.suppress(Exception):
                 await close()
+
+    def _relist_devices(self, missing: str) -> None:
+        """PortAudio lists devices only when it starts, and an open stream keeps it started:
+        a device plugged in later stays invisible. Close the other PortAudio device briefly
+        (its keeper reopens it at once) so that the next attempt sees a fresh list."""
+        other = "speaker" if missing == "microphone" else "microphone"
+        device = self.audio_out if other == "speaker" else self.audio_in
+        if other not in self._open_devices or type(device).__name__ not in ("PyAudioInput", "PyAudioOutput"):
+            return  # the retry backoff (up to 30 s) bounds how often this happens
+        log.info("reopening the %s so that PortAudio lists the devices again (looking for the %s)", other, missing)
+        (self._spk_failed if other == "speaker" else self._mic_failed).set()
 
     def _device_error(self, which: str, failed: asyncio.Event) -> Callable[[DeviceError], None]:
         def report(error: DeviceError) -> None:
@@ -255,6 +271,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         self.notifier.stopping()
         log.info("shutting down")
+        with contextlib.suppress(Exception):  # no more speech: nothing may ask for a new conversation
+            await asyncio.wait_for(self.audio_in.close(), 1.0)
         if self.session.is_open:
             self.session.end("shutdown")
             deadline = time.monotonic() + SHUTDOWN_CLOSE_WAIT

@@ -6,6 +6,7 @@
     ├── ConfigError          bad configuration: the admin must fix a setting (exit 78)
     ├── ProtocolError        the peer sent something the protocol does not allow
     ├── DeviceError          an audio device or GPIO pin is missing, busy or failed
+    │   └── DeviceNotFound   no device of that name is listed (unplugged, wrong name)
     ├── ConnectError         the agent could not be reached or refused us
     │   └── AuthError        refused for credentials / agent id: retrying will not help
     └── InternalError        our own bug (an illegal state transition, ...)
@@ -30,6 +31,10 @@ class ProtocolError(PiAgentError):
 
 class DeviceError(PiAgentError):
     """An audio device (or GPIO pin) could not be found, opened or kept running."""
+
+
+class DeviceNotFound(DeviceError):
+    """No listed device matches the configured name (it may appear later: USB plug-in)."""
 
 
 class ConnectError(PiAgentError):

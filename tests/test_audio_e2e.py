@@ -677,12 +677,6 @@ async def test_error_lasts_until_every_vanished_device_is_back(virtual_audio: Vi
     assert "microphone device is back" in log
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: PortAudio lists devices only when it is initialised (Pa_Initialize is reference-counted, "
-    "no re-scan in 19.6), and the open microphone keeps it initialised, so a speaker that appears "
-    "later is never found ('no output device matches') until the mic closes. Proposed fix: when a "
-    "device cannot be found while the other is open, close both so PortAudio terminates and "
-    "re-enumerates, then reopen both (daemon._keep_device, coordinated for the two devices)."))
 async def test_a_speaker_that_appears_while_the_mic_is_open_is_opened(
     virtual_audio: VirtualAudio, tmp_path: Path
 ) -> None:

@@ -48,7 +48,8 @@ class PyAudioInput:
     ``device``: a device name, a unique part of one, or ``default``.
     ``channel``: 0-based input channel to use; ``None`` mixes all channels.
     ``pa``: a PyAudio instance to use (not terminated on close); by default one is
-    created on every open (so the device list is fresh) and terminated on close.
+    created on every open and terminated on close (PortAudio re-lists devices only once no
+    instance is left: the daemon closes the other device briefly when one is not found).
     ``rate`` / ``channels``: force the device format instead of negotiating it
     (16 kHz when accepted, else the device's native rate resampled with soxr).
     ``period_ms``: device buffer length. ``max_queue_frames``: frames held for a

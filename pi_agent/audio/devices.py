@@ -34,7 +34,7 @@ from typing import Literal, TypeVar
 
 import pyaudio
 
-from ..errors import DeviceError
+from ..errors import DeviceError, DeviceNotFound
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def match_device(name: str, kind: Kind, devices: Sequence[DeviceInfo]) -> Device
         exact_default = [d for d in usable if d.name.lower() == "default"]
         if exact_default:
             return exact_default[0]
-        raise DeviceError(
+        raise DeviceNotFound(
             f"there is no default {kind} device; choose one by name. Devices:\n" + format_device_table(devices)
         )
     if not wanted:
@@ -298,7 +298,7 @@ def match_device(name: str, kind: Kind, devices: Sequence[DeviceInfo]) -> Device
     if len(partial) == 1:
         return partial[0]
     if not partial:
-        raise DeviceError(f"no {kind} device matches {wanted!r}. Devices:\n" + format_device_table(devices))
+        raise DeviceNotFound(f"no {kind} device matches {wanted!r}. Devices:\n" + format_device_table(devices))
     names = ", ".join(repr(d.name) for d in partial)
     raise DeviceError(
         f"{kind} device name {wanted!r} is ambiguous: it matches {names}; use more of the name. "
@@ -327,7 +327,7 @@ def resolve(
                 raise
             # Re-list with the 16 kHz probe so the message helps the admin choose.
             head = str(exc).split("\n", 1)[0]
-            raise DeviceError(head + "\n" + format_device_table(list_devices(p, probe=True))) from None
+            raise type(exc)(head + "\n" + format_device_table(list_devices(p, probe=True))) from None
 
 
 def negotiate(
