@@ -16,14 +16,16 @@ The API key is a :class:`~pydantic.SecretStr`: its ``repr`` and ``str`` are ``**
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
 
@@ -184,9 +186,12 @@ class Settings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _key_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and not v.get_secret_value().strip():
+        if v is None or not v.get_secret_value().strip():
             return None
-        return v
+        key = v.get_secret_value().strip()  # a pasted key often ends in a newline
+        if not key.isprintable() or any(c.isspace() for c in key):
+            raise ValueError("must be the key alone, without spaces, line breaks or control characters")
+        return SecretStr(key)
 
     @classmethod
     def settings_customise_sources(
@@ -259,6 +264,26 @@ def load_settings(explicit_path: str | os.PathLike[str] | None = None, **overrid
         return Settings(**data)
     except ValidationError as e:
         raise ConfigError("\n".join(_describe(err, path) for err in e.errors())) from None
+    except SettingsError as e:  # a list or table in the environment that is not JSON
+        raise ConfigError("\n".join(_not_json(str(e), path))) from None
+
+
+def _not_json(message: str, path: Path | None) -> list[str]:
+    """One line per ``PI_AGENT_*`` variable of a list/table setting whose value is not JSON."""
+    m = re.search(r'field "(\w+)"', message)
+    section = m.group(1) if m else ""
+    model = getattr(Settings.model_fields.get(section), "annotation", None)
+    lines = []
+    for name, info in getattr(model, "model_fields", {}).items():
+        env = f"{ENV_PREFIX}{section.upper()}__{name.upper()}"
+        if env in os.environ and any(t in str(info.annotation) for t in ("dict", "list", "tuple")):
+            try:
+                json.loads(os.environ[env])
+            except ValueError:
+                lines.append(f"{section}.{name}: must be JSON in the environment (a list [..] or a table {{..}}), "
+                             f"got {os.environ[env][:40]!r}: fix {env} or [{section}] {name} "
+                             f"in {path or 'the config file'}")
+    return lines or [f"{section or 'settings'}: {message}"]
 
 
 def _describe(err: Mapping[str, Any], path: Path | None) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -21,6 +23,8 @@ from typing import Any, Awaitable, Callable, Protocol
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
+from websockets.protocol import State as WsState
+from websockets.uri import parse_uri
 
 from . import __version__
 from . import protocol as p
@@ -37,6 +41,7 @@ MAX_FRAME = 16 * 1024 * 1024
 SOURCE = "pi_agent"
 KEEPALIVE_AFTER = 0.5  # s without any audio sent -> send silence (server input timeout is 60 s)
 KEEPALIVE_CHUNK = b"\x00" * (FRAME_BYTES * 5)  # 100 ms of 16 kHz silence
+SEND_BUFFER = 32 * 1024  # socket send buffer asked for; the kernel doubles it: ~1.5 s of audio
 MAX_BACKLOG_S = 2.0  # live audio older than this in the send queue is dropped, not buffered forever
 _REDACT = {"conversation_signature", "token", "signature"}
 
@@ -79,7 +84,7 @@ def fetch_signed_url(server_url: str, agent_id: str, api_key: str, timeout: floa
     request = urllib.request.Request(url, headers={"xi-api-key": api_key, "Accept": "application/json",
                                                    "User-Agent": f"pi-agent/{__version__}"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _NO_REDIRECTS.open(request, timeout=timeout) as response:
             body = response.read(1 << 20)
     except urllib.error.HTTPError as e:
         detail = _error_detail(e)
@@ -87,7 +92,7 @@ def fetch_signed_url(server_url: str, agent_id: str, api_key: str, timeout: floa
         e.close()
         what = {401: "the API key was refused", 403: "the API key may not use this agent",
                 404: "no such agent", 422: "the request was refused (check agent_id)",
-                429: "rate limited"}.get(e.code, "server error")
+                429: "rate limited"}.get(e.code, "redirect refused" if 300 <= e.code < 400 else "server error")
         message = f"signed URL request failed: HTTP {e.code} ({what}{': ' + detail if detail else ''})"
         if classify_http_status(e.code) is Outcome.FATAL:
             raise AuthError(message, status=e.code) from None
@@ -102,9 +107,69 @@ def fetch_signed_url(server_url: str, agent_id: str, api_key: str, timeout: floa
         signed = json.loads(body)["signed_url"]
     except (ValueError, KeyError, TypeError):
         raise ConnectError("signed URL response is not JSON with a 'signed_url' field") from None
-    if not isinstance(signed, str) or urllib.parse.urlsplit(signed).scheme not in ("ws", "wss"):
+    if not isinstance(signed, str) or not _is_ws_url(signed):
         raise ConnectError("signed URL response holds no ws:// or wss:// URL")
     return signed
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx is an error: the key must not follow a redirect to another host (a captive portal)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+
+
+def _is_ws_url(url: str) -> bool:
+    """Whether the WebSocket client can use ``url`` (ws/wss scheme, a host, a numeric port)."""
+    try:
+        parse_uri(url)
+    except (websockets.InvalidURI, ValueError):
+        return False
+    return True
+
+
+async def _in_daemon_thread(fn: Callable[..., str], *args: Any) -> str:
+    """``fn(*args)`` in a daemon thread. Unlike ``asyncio.to_thread`` (whose worker the
+    interpreter joins at exit), a request stuck until ``connect_timeout`` cannot delay SIGTERM."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def settle(result: str | None, error: BaseException | None) -> None:
+        if future.done():  # the awaiting task was cancelled (shutdown)
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result or "")
+
+    def work() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as e:  # handed to the awaiting task
+            result, error = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: the daemon is gone, nobody waits
+            pass
+
+    threading.Thread(target=work, name="pi-agent-signed-url", daemon=True).start()
+    return await future
+
+
+def _limit_send_buffer(ws: Any) -> None:
+    """Keep the kernel's send queue short: on a link slower than the audio the backlog then
+    builds in the outbox, where audio too late to matter is dropped (and counted), instead of
+    seconds of it waiting in the socket, ahead of every ping."""
+    transport = getattr(ws, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:
+            pass
 
 
 def _reason(e: object) -> str:
@@ -254,7 +319,8 @@ class Session:
         now = self._clock()
         if speech:
             self._last_activity = now
-        if not self.is_open:
+        # While the connection closes, queued audio would never be sent: pre-buffer it instead.
+        if not self.is_open or self._ws is None or self._ws.state is not WsState.OPEN:
             if speech and self._wanted.is_set():
                 if len(self._prebuffer) == self._prebuffer.maxlen:
                     self._metrics.audio_dropped.labels("prebuffer_full").inc()
@@ -297,6 +363,8 @@ class Session:
             # followed by a new conversation within backoff_initial; one that ended right
             # after opening backs off like any failure (no tight loop).
             delay = self.backoff.fatal_delay() if info.outcome is Outcome.FATAL else self.backoff.next_delay()
+            if info.retry_in:  # the server asked for a pause (Retry-After): honour it, within the cap
+                delay = max(delay, min(info.retry_in, self.settings.backoff_max))
             self._listener.on_closed(CloseInfo(info.outcome, info.reason, delay, info.code))
             await self._pause(delay, wakeable=info.outcome is Outcome.ENDED)
 
@@ -323,9 +391,7 @@ class Session:
             url = await self._url()
         except ConnectError as e:
             outcome = Outcome.FATAL if not e.retryable else Outcome.RETRY
-            if e.retry_after:
-                self.backoff.attempt = max(self.backoff.attempt, 1)
-            return CloseInfo(outcome, str(e), None)
+            return CloseInfo(outcome, str(e), e.retry_after)  # retry_in: the server's Retry-After
         log.debug("connecting to %s", redact_url(url))
         timeout = self.settings.connect_timeout
         try:
@@ -341,15 +407,17 @@ class Session:
             status = e.response.status_code
             outcome = classify_http_status(status)
             hint = " (check the API key and agent_id)" if outcome is Outcome.FATAL else ""
-            return CloseInfo(outcome, f"handshake refused: HTTP {status}{hint}", None)
+            return CloseInfo(outcome, f"handshake refused: HTTP {status}{hint}",
+                             _retry_after(e.response.headers.get("Retry-After")))
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as e:
             return CloseInfo(Outcome.RETRY, f"cannot connect: {_reason(e)}", None)
+        _limit_send_buffer(ws)
         return await self._converse(ws)
 
     async def _url(self) -> str:
         if not self._api_key:
             return conversation_url(self._server_url, self._agent_id)
-        signed = await asyncio.to_thread(self._fetch_url, self._server_url, self._agent_id,
+        signed = await _in_daemon_thread(self._fetch_url, self._server_url, self._agent_id,
                                          self._api_key, self.settings.connect_timeout)
         return with_source(signed)
 
@@ -413,6 +481,8 @@ class Session:
         sent = ws.protocol.close_sent  # a keepalive timeout is our 1011 that the peer never answers
         if sent is not None and sent.code == 1011 and "keepalive" in sent.reason:
             text = "the server stopped answering (no pong within the dead-peer timeout)"
+        elif sent is not None and sent.code == 1009:  # websockets refused an oversized frame
+            text = f"the server sent a frame over the {MAX_FRAME >> 20} MiB limit"
         if outcome is Outcome.FATAL:
             text += " (check the API key and agent_id)"
         return CloseInfo(outcome, text, None, code)

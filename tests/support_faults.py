@@ -8,7 +8,10 @@ What is here, all driving or watching the real daemon process (``pi-agent run``)
   a log line, an event-API message, ``/metrics``, ``/healthz`` or an exception's text.
 - :class:`TcpProxy`: a TCP proxy of the test's own between the daemon and the agent
   that forwards, freezes (half-open), cuts (RST), stops listening, delays, jitters and
-  throttles; it also notes every signature it sees go by.
+  throttles; it also notes every signature it sees go by, and its :class:`WsSniffer`
+  reads what the daemon really put on the wire (the audio it sent, frame by frame).
+- :class:`SignedUrlStub`: an HTTP server in front of the agent's signed-URL endpoint
+  that answers what the test says (odd bodies, malformed URLs, redirects).
 - :class:`FakeAgentProcess`: ``pi-agent fake-agent`` as a child process that can be
   killed (SIGKILL) and restarted on the same port; read through its ``/_fake`` API.
 - :class:`NetNs`: a network namespace joined by a veth pair, for ``tc`` qdiscs
@@ -230,6 +233,32 @@ class FaultRun:
     async def metrics(self) -> str:
         return (await self.http("/metrics"))[1]
 
+    def logged_at(self, text: str) -> float | None:
+        """``time.monotonic()`` of the first log line holding ``text`` (from its HH:MM:SS.mmm)."""
+        for line in self.log.splitlines():
+            if text in line:
+                m = re.match(r"(\d\d):(\d\d):(\d\d)\.(\d{3}) ", line)
+                if not m:
+                    return None
+                h, mi, sec, ms = (int(x) for x in m.groups())
+                now = time.time()
+                midnight = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
+                wall = midnight + h * 3600 + mi * 60 + sec + ms / 1000
+                if wall > now + 60:  # logged before midnight, read after it
+                    wall -= 86400
+                return time.monotonic() - (now - wall)
+        return None
+
+    def failures_logged(self) -> list[str]:
+        """The reason of every failed attempt, in order, from the log (events before the
+        test subscribed to the event API are there too)."""
+        found = []
+        for line in self.log.splitlines():
+            m = re.search(r"controller: (?:disconnected|cannot open a conversation): (.*?)(?:; retrying in [\d.]+ s)?$", line)
+            if m:
+                found.append(m.group(1))
+        return found
+
     def connections(self, connected: bool | None = None) -> list[dict[str, Any]]:
         """The ``connection`` events so far (only opens or only closes if ``connected`` is given)."""
         return [e for e in self.events.events if e.get("type") == "connection"
@@ -255,11 +284,9 @@ class FaultRun:
         return self.connections(False)[after]
 
     async def wait_state(self, state: str, timeout: float = 15.0) -> None:
-        if (self.events.snapshot or {}).get("state") == state and not self.events.states():
-            return
-        if self.events.states() and self.events.states()[-1] == state:
-            return
-        await self.events.wait_state(state, timeout)
+        """Wait until the daemon's current state (the last one reported) is ``state``."""
+        if self.state() != state:
+            await self.events.wait_for(lambda e: self.state() == state, timeout, f"state {state}")
 
     def state(self) -> str:
         states = self.events.states()
@@ -277,7 +304,7 @@ async def fault_daemon(env: dict[str, str], tmp: Path, *, secrets: Callable[[], 
     daemon = DaemonProcess(env, tmp).start()
     scan = SecretScan()
     try:
-        await daemon.wait_api()
+        await daemon.wait_api(30)  # generous: a loaded 2-core CI machine
         async with EventClient(daemon.api_port) as events:
             run = FaultRun(daemon, events, scan)
             yield run
@@ -319,6 +346,7 @@ class _Conn:
         self.upstream = upstream
         self.frozen = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        self.sniffer: WsSniffer | None = None
 
     def abort(self) -> None:
         for w in (self.client, self.upstream):
@@ -330,8 +358,66 @@ class _Conn:
             t.cancel()
 
 
+class WsSniffer:
+    """Reads the client's side of one WebSocket connection off the wire: the text messages
+    the daemon really sent (after the HTTP upgrade; masked frames, no compression)."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self._buf = bytearray()
+        self._upgraded = False
+        self._fragments = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        if not self._upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            del buf[:end + 4]
+            self._upgraded = True
+        while len(buf) >= 2:
+            fin, opcode, length, pos = buf[0] & 0x80, buf[0] & 0x0F, buf[1] & 0x7F, 2
+            if length == 126:
+                if len(buf) < 4:
+                    return
+                length, pos = int.from_bytes(buf[2:4], "big"), 4
+            elif length == 127:
+                if len(buf) < 10:
+                    return
+                length, pos = int.from_bytes(buf[2:10], "big"), 10
+            mask = b""
+            if buf[1] & 0x80:
+                mask, pos = bytes(buf[pos:pos + 4]), pos + 4
+            if len(buf) < pos + length:
+                return
+            payload = np.frombuffer(bytes(buf[pos:pos + length]), dtype=np.uint8)
+            if mask:
+                payload = payload ^ np.resize(np.frombuffer(mask, dtype=np.uint8), length)
+            del buf[:pos + length]
+            if opcode in (0, 1):
+                self._fragments += payload.tobytes()
+                if fin:
+                    self.messages.append(self._fragments.decode("utf-8", errors="replace"))
+                    self._fragments.clear()
+
+    def user_audio(self) -> bytes:
+        """The decoded ``user_audio_chunk`` payloads, in order."""
+        import base64
+
+        out = bytearray()
+        for text in self.messages:
+            if '"user_audio_chunk"' in text:
+                out += base64.b64decode(json.loads(text)["user_audio_chunk"])
+        return bytes(out)
+
+
 class TcpProxy:
-    """``127.0.0.1:port`` -> ``upstream``. Faults apply to every connection at once."""
+    """``127.0.0.1:port`` -> ``upstream``. Faults apply to every connection at once.
+
+    :attr:`sniffers` holds a :class:`WsSniffer` per connection, in order of arrival.
+    """
 
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1", *, port: int = 0,
                  up: Link | None = None, down: Link | None = None, seed: int = 1) -> None:
@@ -344,6 +430,7 @@ class TcpProxy:
         self.bytes_up = 0
         self.bytes_down = 0
         self.signatures: set[str] = set()
+        self.sniffers: list[WsSniffer] = []
         self._server: asyncio.base_events.Server | None = None
         self._rng = random.Random(seed)
 
@@ -395,6 +482,8 @@ class TcpProxy:
             return
         conn = _Conn(writer, up_writer)
         self.conns.append(conn)
+        conn.sniffer = WsSniffer()
+        self.sniffers.append(conn.sniffer)
         conn.tasks = [asyncio.ensure_future(self._pump(conn, reader, up_writer, self.up, True)),
                       asyncio.ensure_future(self._pump(conn, up_reader, writer, self.down, False))]
         await asyncio.gather(*conn.tasks, return_exceptions=True)
@@ -450,6 +539,8 @@ class TcpProxy:
                 self._sniff(data)
                 if upward:
                     self.bytes_up += len(data)
+                    if conn.sniffer is not None:
+                        conn.sniffer.feed(data)
                 else:
                     self.bytes_down += len(data)
                 now = time.monotonic()
@@ -625,9 +716,11 @@ class NetNs:
     def exec_(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self.prefix, *args], capture_output=True, text=True, check=check, timeout=10)
 
-    def qdisc(self, side: str, *spec: str) -> str | None:
-        """Set the root qdisc of one end (``"host"`` or ``"ns"``); the error text if refused."""
-        cmd = ["tc", "qdisc", "replace", "dev", self.host_dev if side == "host" else self.ns_dev, "root", *spec]
+    def qdisc(self, side: str, *spec: str, verb: str = "replace") -> str | None:
+        """Set the root qdisc of one end (``"host"`` or ``"ns"``); the error text if refused.
+        ``verb="change"`` alters it in place, keeping the packets it holds (a deleted qdisc
+        drops them, and TCP then waits out a long retransmission timeout)."""
+        cmd = ["tc", "qdisc", verb, "dev", self.host_dev if side == "host" else self.ns_dev, "root", *spec]
         r = subprocess.run(cmd if side == "host" else [*self.prefix, *cmd], capture_output=True, text=True, timeout=10)
         return None if r.returncode == 0 else (r.stderr.strip() or f"tc exited with {r.returncode}")
 
@@ -660,6 +753,82 @@ def netns_or_skip() -> Iterator[NetNs]:
 
 __all__ = [
     "AGENT_ID", "CANARY", "FAST", "FakeAgentProcess", "FaultRun", "Link", "NetNs", "ProcStats", "SecretScan",
-    "TcpProxy", "agent_signatures", "contains", "fault_daemon", "fault_env", "make_wav", "metric", "netns_or_skip",
+    "SignedUrlStub", "TcpProxy", "WsSniffer", "agent_signatures", "contains", "fault_daemon", "fault_env", "make_wav", "metric", "netns_or_skip",
     "proc_stats", "question_samples", "voiced_core",
 ]
+
+
+# --------------------------------------------------------------------------- signed-URL stub
+
+
+class SignedUrlStub:
+    """An HTTP server in front of the agent's signed-URL endpoint that answers what it is told.
+
+    Queued answers (:meth:`answer`, :meth:`redirect`) go out first, one per request; with
+    none queued the request is forwarded, headers and all, to the agent. Every request's
+    path and ``xi-api-key`` header are recorded in :attr:`requests`.
+    """
+
+    def __init__(self, agent_url: str) -> None:
+        self.agent_url = agent_url.rstrip("/")
+        self.port = 0
+        self.requests: list[tuple[str, str | None]] = []
+        self.times: list[float] = []  # time.monotonic() of each request
+        self._answers: deque[tuple[int, bytes, tuple[tuple[str, str], ...]]] = deque()
+        self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def answer(self, status: int, body: bytes | str | dict[str, Any] | list[Any] | None,
+               content_type: str = "application/json", count: int = 1) -> None:
+        if isinstance(body, (dict, list)) or body is None:
+            body = json.dumps(body)
+        data = body.encode() if isinstance(body, str) else body
+        for _ in range(count):
+            self._answers.append((status, data, (("Content-Type", content_type),)))
+
+    def redirect(self, location: str, status: int = 302) -> None:
+        self._answers.append((status, b"", (("Location", location),)))
+
+    async def __aenter__(self) -> SignedUrlStub:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            lines = head.decode("latin-1").split("\r\n")
+            path = lines[0].split(" ")[1]
+            headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+            self.requests.append((path, headers.get("xi-api-key")))
+            self.times.append(time.monotonic())
+            if self._answers:
+                status, body, extra = self._answers.popleft()
+            else:
+                status, body, extra = await asyncio.to_thread(self._forward, path, headers)
+            reason = "OK" if status == 200 else "Stub"
+            out = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}", "Connection: close",
+                   *(f"{k}: {v}" for k, v in extra)]
+            writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + body)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, IndexError):
+            pass
+        finally:
+            writer.close()
+
+    def _forward(self, path: str, headers: dict[str, str]) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
+        request = urllib.request.Request(self.agent_url + path, headers={
+            k: v for k, v in headers.items() if k in ("xi-api-key", "accept", "user-agent")})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return r.status, r.read(), (("Content-Type", r.headers.get("Content-Type", "")),)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), (("Content-Type", e.headers.get("Content-Type", "")),)

@@ -51,6 +51,7 @@ _TOKEN_PATTERNS = (
 )
 
 _PACKAGE_PREFIX = "pi_agent."
+_DIGITS = re.compile(r"\d+")
 
 
 class Redactor:
@@ -95,9 +96,9 @@ class RateLimitFilter(logging.Filter):
     """Lets the first of identical failures through, then holds repeats back for ``window`` s.
 
     "Identical" means the same logger, level and message template (``record.msg``, before
-    its arguments are filled in). The first record let through after a suppressed run
-    gets ``repeated`` set to the number held back; the formatter shows it. Records below
-    WARNING always pass. ``clock`` is monotonic seconds, injectable for tests.
+    its arguments are filled in) and the same first argument once its numbers are masked.
+    The first record let through after a suppressed run gets ``repeated`` set to the
+    number held back; the formatter shows it. Records below WARNING always pass. ``clock`` is monotonic seconds, injectable for tests.
     """
 
     _MAX_KEYS = 512
@@ -107,12 +108,16 @@ class RateLimitFilter(logging.Filter):
         self.window = window
         self._clock = clock
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, int, str], _Seen] = {}
+        self._seen: dict[tuple[str, int, str, str], _Seen] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or self.window <= 0:
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        # The first argument, numbers masked, is part of the key: "disconnected: %s" for a
+        # refused key and for a lost connection are two failures, attempt 3 and 4 are one.
+        args = record.args if isinstance(record.args, tuple) else ()
+        what = _DIGITS.sub("#", str(args[0]))[:120] if args else ""
+        key = (record.name, record.levelno, str(record.msg), what)
         now = self._clock()
         with self._lock:
             entry = self._seen.get(key)
