@@ -32,7 +32,7 @@ moment any client could have had that sample.
 
 Needs what ``PROFILE=test ./scripts/test.sh`` installs (pulseaudio, pulseaudio-utils,
 libasound2-plugins, espeak-ng, the ``test`` extra with the ``elevenlabs`` SDK); ``profile``
-also needs py-spy (``pip install -e '.[bench]'``). It installs nothing itself.
+also needs py-spy (``pip install -e '.[test,bench]'``). It installs nothing itself.
 """
 
 from __future__ import annotations
@@ -801,10 +801,11 @@ class Bench:
         from pi_agent.fake_agent.audio import FORMATS, reply_audio
 
         self.reply = np.frombuffer(reply_audio(FORMATS["pcm_16000"]), dtype="<i2")
-        self.track = build_track(speech_clips(self.workdir), self.plan)
-        self.track.samples.astype("<i2").tofile(self.track_path)
-        log(f"script: {len(self.plan)} user turns, {self.track.barge_ins} barge-in(s), {len(self.track.markers)} "
-            f"markers, {self.track.seconds:.0f} s")
+        if self.plan:
+            self.track = build_track(speech_clips(self.workdir), self.plan)
+            self.track.samples.astype("<i2").tofile(self.track_path)
+            log(f"script: {len(self.plan)} user turns, {self.track.barge_ins} barge-in(s), "
+                f"{len(self.track.markers)} markers, {self.track.seconds:.0f} s")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -976,7 +977,6 @@ class Figure:
     unit: str
     target: str = ""
     met: bool | None = None
-    note: str = ""
 
     def cells(self) -> list[str]:
         def fmt(v: float | None) -> str:
@@ -1364,7 +1364,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     }
     duration = args.minutes * 60
     samples: list[dict[str, float]] = []
-    with workdir(args.workdir) as wd, Bench(wd, PLAN_QUICK, fake_args,
+    with workdir(args.workdir) as wd, Bench(wd, [], fake_args,
                                             daemon_settings=settings_overrides(args.set)) as bench:
         assert bench.fake is not None
         client = bench.client("daemon", "soak", settings)
