@@ -27,7 +27,7 @@ class Outcome(str, enum.Enum):
 
 
 # error_type values for which only a configuration change helps (the agent's or ours).
-_CONFIG_ERROR_TYPES = frozenset({
+CONFIG_ERROR_TYPES = frozenset({
     "override_error", "missing_dynamic_variable", "missing_dynamic_variable_transfer",
     "telephony_agent_error", "mcp_tool_error", "mcp_https_error",
 })
@@ -44,7 +44,7 @@ def classify_close(code: int | None, reason: str, error: ErrorEvent | None, *,
     if code == 1008:
         parts = [reason] + ([error.message or "", error.reason or ""] if error else [])
         text = " ".join(part for part in parts if part)
-        if (error and error.error_type in _CONFIG_ERROR_TYPES) or _AUTH_WORDS.search(text):
+        if (error and error.error_type in CONFIG_ERROR_TYPES) or _AUTH_WORDS.search(text):
             return Outcome.FATAL
     return Outcome.RETRY
 

@@ -29,7 +29,7 @@ from websockets.uri import parse_uri
 from . import __version__
 from . import protocol as p
 from .audio import FRAME_BYTES
-from .backoff import Backoff, Outcome, classify_close, classify_http_status
+from .backoff import CONFIG_ERROR_TYPES, Backoff, Outcome, classify_close, classify_http_status
 from .config import SessionSettings
 from .conversation import Conversation
 from .errors import AuthError, ConnectError, ProtocolError
@@ -484,7 +484,10 @@ class Session:
         elif sent is not None and sent.code == 1009:  # websockets refused an oversized frame
             text = f"the server sent a frame over the {MAX_FRAME >> 20} MiB limit"
         if outcome is Outcome.FATAL:
-            text += " (check the API key and agent_id)"
+            if err is not None and err.error_type in CONFIG_ERROR_TYPES:
+                text += " (check [session] overrides and dynamic_variables against what the agent allows)"
+            else:
+                text += " (check the API key and agent_id)"
         return CloseInfo(outcome, text, None, code)
 
     async def _receive(self, ws: ClientConnection, conversation: Conversation, frame: str | bytes) -> None:
