@@ -9,7 +9,6 @@ import socket
 import time
 from typing import Any
 
-import pytest
 from websockets.asyncio.server import serve
 
 from pi_agent import protocol as p
