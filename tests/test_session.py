@@ -190,21 +190,27 @@ async def test_jitter_is_full_and_capped() -> None:
     assert len(set(sleep.delays)) == len(sleep.delays)  # jittered, not fixed
 
 
-async def test_accept_then_drop_does_not_reset_the_backoff() -> None:
-    async def accept_and_drop(ws) -> None:
+async def _open_then_close(code: int, reason: str, closes: int) -> tuple[Recorder, FastSleep]:
+    """A server that opens every conversation (metadata) and closes it at once with ``code``."""
+    async def handler(ws) -> None:
         await ws.recv()  # the initiation message
         await ws.send(json.dumps({"type": "conversation_initiation_metadata",
                                   "conversation_initiation_metadata_event": {
                                       "conversation_id": "c", "agent_output_audio_format": "pcm_16000",
                                       "user_input_audio_format": "pcm_16000"}}))
-        await ws.close(1011, "internal error")
+        await ws.close(code, reason)
 
-    async with serve(accept_and_drop, "127.0.0.1", 0) as server:
+    async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         rec, sleep = Recorder(), FastSleep()
         session = make_session(f"http://127.0.0.1:{port}", rec, sleep=sleep)
         async with running(session):
-            await rec.until(lambda: len(rec.closed) >= 6)
+            await rec.until(lambda: len(rec.closed) >= closes)
+    return rec, sleep
+
+
+async def test_accept_then_drop_does_not_reset_the_backoff() -> None:
+    rec, sleep = await _open_then_close(1011, "internal error", closes=6)
     assert len(rec.opened) >= 5
     assert sleep.delays[:5] == [1, 2, 4, 8, 8]
 
@@ -357,20 +363,7 @@ async def test_garbage_from_the_server_is_skipped_and_the_conversation_continues
 
 
 async def test_server_that_ends_every_conversation_at_once_is_backed_off() -> None:
-    async def accept_and_end(ws) -> None:
-        await ws.recv()
-        await ws.send(json.dumps({"type": "conversation_initiation_metadata",
-                                  "conversation_initiation_metadata_event": {
-                                      "conversation_id": "c", "agent_output_audio_format": "pcm_16000",
-                                      "user_input_audio_format": "pcm_16000"}}))
-        await ws.close(1000, "bye")
-
-    async with serve(accept_and_end, "127.0.0.1", 0) as server:
-        port = server.sockets[0].getsockname()[1]
-        rec, sleep = Recorder(), FastSleep()
-        session = make_session(f"http://127.0.0.1:{port}", rec, sleep=sleep)
-        async with running(session):
-            await rec.until(lambda: len(rec.closed) >= 5)
+    rec, sleep = await _open_then_close(1000, "bye", closes=5)
     assert all(c.outcome is Outcome.ENDED for c in rec.closed)
     assert sleep.delays[:4] == [1, 2, 4, 8]  # a normal end right after opening is no reason to loop
 
