@@ -27,7 +27,6 @@ from .metrics import Metrics
 from .service.api import ApiServer
 from .service.systemd import Notifier, watchdog_loop
 from .session import Session
-from .states import State
 
 log = logging.getLogger("pi_agent.daemon")
 
@@ -306,4 +305,4 @@ async def run_daemon(settings: Settings, parts: Parts | None = None, stop: async
     return await daemon.run(stop)
 
 
-__all__ = ["Daemon", "Parts", "run_daemon", "State"]
+__all__ = ["Daemon", "Parts", "run_daemon"]
