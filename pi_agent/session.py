@@ -269,6 +269,7 @@ class Session:
         self._outbox: deque[tuple[str, str]] = deque()  # (kind, text), kind "audio" or a message type
         self._outbox_ready = asyncio.Event()
         self._audio_queued = 0
+        self._audio_sent = metrics.messages_out.labels("audio")
         frames = int(settings.prebuffer * 1000 / 20)
         self._prebuffer: deque[bytes] = deque(maxlen=max(frames, 1))
         self._pending_texts: list[tuple[str, str]] = []  # sent once the next conversation opens
@@ -554,7 +555,10 @@ class Session:
 
     def _queue_audio(self, frame: bytes, live: bool = True) -> None:
         assert self._encode is not None
-        self._outbox.append(("audio", p.encode_user_audio(self._encode(frame))))
+        text = p.encode_user_audio(self._encode(frame))
+        if live and not self._outbox and self._write_now(text):
+            return
+        self._outbox.append(("audio", text))
         self._audio_queued += 1
         if live and self._audio_queued > MAX_BACKLOG_S * 50 + self._prebuffer.maxlen:  # type: ignore[operator]
             self._drop_oldest_audio()
@@ -569,6 +573,29 @@ class Session:
                 self._metrics.audio_dropped.labels("late").inc()
                 return
 
+    def _write_now(self, text: str) -> bool:
+        """Send a live mic frame straight from the caller, without a hop through the sender task.
+
+        Only when nothing waits ahead of it (the outbox is empty and the transport's write
+        buffer is drained, so order and flow control are kept) and the connection is open;
+        otherwise False and the frame goes through the outbox. Fifty frames a second make the
+        saved task wake-up worth it (see docs/benchmarks.md). Uses websockets' sans-I/O layer:
+        ``protocol.send_text`` frames the message, ``data_to_send`` hands over the bytes.
+        """
+        ws = self._ws
+        transport = getattr(ws, "transport", None)
+        if ws is None or transport is None or ws.protocol.state is not WsState.OPEN:
+            return False
+        if transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        ws.protocol.send_text(text.encode("ascii"))
+        for data in ws.protocol.data_to_send():
+            if data:  # b"" would mean end of stream, which only a closing handshake sends
+                transport.write(data)
+        self._last_sent = self._clock()
+        self._audio_sent.inc()
+        return True
+
     async def _sender(self, ws: ClientConnection) -> None:
         while True:
             await self._outbox_ready.wait()
@@ -579,7 +606,7 @@ class Session:
                     self._audio_queued -= 1
                 await ws.send(text)
                 self._last_sent = self._clock()
-                self._metrics.messages_out.labels(kind).inc()
+                (self._audio_sent if kind == "audio" else self._metrics.messages_out.labels(kind)).inc()
 
     async def _watch(self, ws: ClientConnection, conversation: Conversation, opened_at: float) -> None:
         """Per-connection timers: metadata deadline, silence keep-alive, on_demand idle close."""
