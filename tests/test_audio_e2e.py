@@ -49,7 +49,7 @@ pytestmark = [pytest.mark.audio, pytest.mark.slow]
 
 MIC_RATE = 16_000
 FRAME = 320  # samples in one 20 ms mic frame
-PERIOD = 0.020  # the speaker's device period (audio.period_ms default)
+PERIOD = 0.010  # the speaker's device period (audio.period_ms default)
 PULSE_VARS = ("PULSE_SERVER", "PULSE_RUNTIME_PATH", "HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME")
 
 

@@ -404,7 +404,7 @@ class PyAudioOutput(BufferedOutput):
         self,
         device: str = "default",
         *,
-        period_ms: int = 20,
+        period_ms: int = 10,
         rate: int | None = None,
         channels: int | None = None,
         earcons: Iterable[str] = EARCON_NAMES,
