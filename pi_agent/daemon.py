@@ -76,6 +76,31 @@ def encoder_for(fmt: str) -> Callable[[bytes], bytes]:
     return MicEncoder(fmt).encode
 
 
+class GrowthAlarm:
+    """Says in the log when a device counter grows: one warning line per ``interval`` at
+    most, with the count since the last line (an admin sees choppy audio explained in
+    ``journalctl`` without a flood)."""
+
+    def __init__(self, read: Callable[[], int], message: str, *, interval: float = 60.0) -> None:
+        self._read = read
+        self._message = message  # %d: how many since the last line
+        self._interval = interval
+        self._reported = read()
+        self._quiet_until = float("-inf")
+
+    def check(self, now: float) -> None:
+        try:
+            value = self._read()
+        except Exception:  # a device being reopened: look again next time
+            return
+        if value < self._reported:  # a counter that restarted
+            self._reported = value
+        if value > self._reported and now >= self._quiet_until:
+            log.warning(self._message, value - self._reported)
+            self._reported = value
+            self._quiet_until = now + self._interval
+
+
 class Daemon:
     """The running daemon: controller, session, devices, GPIO, API, systemd notifications."""
 
@@ -112,6 +137,18 @@ class Daemon:
         self._open_devices: set[str] = set()
         self.metrics.watch_device_counter("capture_overflows", lambda: self.audio_in.overflows)
         self.metrics.watch_device_counter("playback_underruns", lambda: self.audio_out.underruns)
+        self.metrics.watch_device_counter("playback_device_underflows", self._device_underflows)
+        self._alarms = [
+            GrowthAlarm(lambda: self.audio_in.overflows, "the microphone lost %d frame(s): the audio "
+                        "thread or the event loop fell behind (CPU too busy?)"),
+            GrowthAlarm(lambda: self.audio_out.underruns, "the speaker ran dry %d time(s) in the middle "
+                        "of a reply: the agent's audio arrived late (slow or lossy network?)"),
+            GrowthAlarm(self._device_underflows, "the speaker's device buffer ran empty %d time(s): the "
+                        "audio thread was late (CPU too busy? PI_AGENT_AUDIO__PERIOD_MS=20 gives it more time)"),
+        ]
+
+    def _device_underflows(self) -> int:
+        return int(getattr(self.audio_out, "device_underflows", 0))
 
     def _counters(self) -> dict[str, Any]:
         def total(counter: Any) -> int:
@@ -211,10 +248,15 @@ class Daemon:
         return report
 
     async def _ticker(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(0.05)
-            self._last_tick = time.monotonic()
+            self._last_tick = now = time.monotonic()
             self.controller.tick()
+            ticks += 1
+            if ticks % 20 == 0:
+                for alarm in self._alarms:
+                    alarm.check(now)
 
     # --- run ------------------------------------------------------------------------------
 
