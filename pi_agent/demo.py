@@ -23,6 +23,7 @@ log = logging.getLogger("pi_agent.demo")
 
 QUESTION = "What is the weather like in Lisbon today?"
 DEMO_TIMEOUT = 25.0
+GREETING_WINDOW = 1.0  # s after the conversation opens in which an agent's first message starts
 
 
 class DemoSettings(Settings):
@@ -50,37 +51,63 @@ class _Silence:
         return None
 
 
-async def _one_exchange(daemon: Daemon, timeout: float, start: Any = None) -> tuple[int, list[str]]:
-    """Run ``daemon`` until the agent has answered and its reply has played out."""
+async def _one_exchange(daemon: Daemon, timeout: float, say: str | None = None) -> tuple[int, list[str]]:
+    """Run ``daemon`` until the agent has answered and its reply has played out.
+
+    With ``say``: a conversation is opened, and once any greeting (the agent's first
+    message) has played, ``say`` goes out as a user message; only what the agent says
+    after that counts as the reply. A greeting is one that starts within
+    :data:`GREETING_WINDOW` of the conversation opening.
+    """
     stop = asyncio.Event()
     install_signal_handlers(stop)
     events = daemon.hub.subscribe()
     runner = asyncio.create_task(daemon.run(stop))
     responses: list[str] = []
-    spoke = False
+    spoke = False  # the agent spoke since `say` went out (or at all, without `say`)
+    sent = say is None
+    opened_at: float | None = None
+    greeting_playing = False
     deadline = time.monotonic() + timeout
     try:
-        if start is not None:
-            start()
+        if say is not None:
+            daemon.session.request()
         while not runner.done():
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            if not sent and opened_at is not None and not greeting_playing and now - opened_at >= GREETING_WINDOW:
+                daemon.controller.say(say or "")
+                sent = True
+            remaining = deadline - now
             if remaining <= 0:
                 log.error("no complete reply within %g s", timeout)
                 stop.set()
                 await runner
                 return 1, responses
             try:
-                event = await asyncio.wait_for(events.get(), min(remaining, 0.5))
+                event = await asyncio.wait_for(events.get(), min(remaining, 0.1))
             except TimeoutError:
                 continue
             if event is None:
                 break
-            if event["type"] == "agent_response":
-                responses.append(event["text"])
-            elif event["type"] == "state" and event["state"] == State.SPEAKING.value:
-                spoke = True
-            elif event["type"] == "state" and event["previous"] == State.SPEAKING.value and responses and spoke:
-                break
+            kind = event["type"]
+            if kind == "connection" and event["connected"] and opened_at is None:
+                opened_at = time.monotonic()
+            elif kind == "agent_response":
+                if sent:
+                    responses.append(event["text"])
+                else:
+                    log.info("the agent greeted first; %r goes out once the greeting has played", say)
+            elif kind == "state" and event["state"] == State.SPEAKING.value:
+                if sent:
+                    spoke = True
+                else:
+                    greeting_playing = True
+            elif kind == "state" and event["previous"] == State.SPEAKING.value:
+                if not sent:
+                    greeting_playing = False
+                    opened_at = float("-inf")  # the greeting is over: send at once
+                elif responses and spoke:
+                    break
         stop.set()
         code = await runner
         return code, responses
@@ -136,7 +163,7 @@ async def run_say(settings: Settings, text: str, *, timeout: float = 30.0) -> in
     """Send ``text`` as a user message to the configured agent and play the reply."""
     settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": 0})})
     daemon = Daemon(settings, Parts(audio_in=_Silence()))
-    code, responses = await _one_exchange(daemon, timeout, start=lambda: daemon.controller.say(text))
+    code, responses = await _one_exchange(daemon, timeout, say=text)
     for response in responses:
         print(response)
     return code if responses else (code or 1)
