@@ -356,6 +356,8 @@ class Session:
             info = await self._connect_and_converse()
             if info.outcome is Outcome.CLOSED or (info.outcome is Outcome.ENDED and not self.persistent):
                 self._wanted.clear()
+            elif info.outcome is Outcome.RETRY and not self.persistent and self._nobody_waiting():
+                info = self._give_up(info)
             if not self._wanted.is_set():
                 self.attempt = 0
                 self._listener.on_closed(CloseInfo(info.outcome, info.reason, None, info.code))
@@ -368,6 +370,26 @@ class Session:
                 delay = max(delay, min(info.retry_in, self.settings.backoff_max))
             self._listener.on_closed(CloseInfo(info.outcome, info.reason, delay, info.code))
             await self._pause(delay, wakeable=info.outcome is Outcome.ENDED)
+
+    def _nobody_waiting(self) -> bool:
+        return self._clock() - self._last_activity > self.settings.idle_timeout
+
+    def _give_up(self, info: CloseInfo) -> CloseInfo:
+        """on_demand, failing, and nobody has asked for a while: stop retrying until the next
+        request. What waited for the conversation is too old to send by then: it is dropped."""
+        self._wanted.clear()
+        waited = [f"{len(self._prebuffer) * 0.02:.1f} s of speech"] if self._prebuffer else []
+        if self._pending_texts:
+            waited.append(f"{len(self._pending_texts)} message(s)")
+        if waited:
+            log.warning("dropped %s that waited for a conversation since %.0f s ago", " and ".join(waited),
+                        self._clock() - self._last_activity)
+            self._metrics.audio_dropped.labels("gave_up").inc(len(self._prebuffer))
+        self._prebuffer.clear()
+        self._pending_texts.clear()
+        return CloseInfo(Outcome.CLOSED, f"{info.reason}; nobody has asked for a conversation for "
+                         f"{self.settings.idle_timeout:g} s: no more retries until the next press or speech",
+                         None, info.code)
 
     async def _pause(self, delay: float, *, wakeable: bool) -> None:
         """Sleep ``delay``. After a normal end, the user speaking or pressing the button

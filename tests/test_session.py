@@ -277,6 +277,33 @@ async def test_on_demand_opens_on_request_and_closes_when_idle() -> None:
         assert agent.latest.close_code == 1000 and agent.latest.closed_by == "client"
 
 
+async def test_on_demand_stops_retrying_once_nobody_waits_and_tries_again_on_request(caplog) -> None:
+    port = free_port()  # nothing listens there: every attempt fails
+    rec, sleep = Recorder(), FastSleep(scale=0.1)
+    session = make_session(f"http://127.0.0.1:{port}", rec, sleep=sleep, policy="on_demand", idle_timeout=0.5)
+
+    def attempts() -> int:
+        return sum(1 for name, _ in rec.calls if name == "connecting")
+
+    async with running(session):
+        session.request()
+        for _ in range(10):  # 0.2 s of speech that waits for the conversation
+            session.send_audio(b"\x01\x00" * 320, speech=True)
+        await rec.until(lambda: any(c.retry_in is None for c in rec.closed), timeout=10)
+        *retried, gave_up = rec.closed
+        assert retried and all(c.outcome is Outcome.RETRY and c.retry_in for c in retried)  # while fresh
+        assert gave_up.outcome is Outcome.CLOSED and gave_up.retry_in is None
+        assert "nobody has asked for a conversation for 0.5 s" in gave_up.reason
+        assert "cannot connect" in gave_up.reason  # why it failed stays in the line
+        assert "dropped 0.2 s of speech that waited for a conversation" in caplog.text
+        assert not session.wanted
+        tried = attempts()
+        await asyncio.sleep(1.0)
+        assert attempts() == tried  # quiet while nobody asks
+        session.request()
+        await rec.until(lambda: attempts() > tried)
+
+
 async def test_speech_while_connecting_reaches_the_agent() -> None:
     port = free_port()
     rec, sleep = Recorder(), FastSleep(scale=0.1)
