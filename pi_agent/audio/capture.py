@@ -15,7 +15,6 @@ closes and opens again, and ``open`` resolves the name afresh.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from typing import Any
@@ -24,25 +23,13 @@ import pyaudio
 
 from ..errors import DeviceError, InternalError
 from . import FRAME_MS, MIC_RATE, ErrorCallback, FrameCallback
-from .devices import (
-    PORTAUDIO_LOCK,
-    DeviceInfo,
-    StreamGuard,
-    close_quietly,
-    negotiate,
-    new_pyaudio,
-    open_stream,
-    resolve,
-    run_blocking,
-    start_stream,
-    unique,
-)
+from .devices import CallbackDevice, negotiate, open_stream, resolve, unique
 from .formats import MicPipeline
 
 log = logging.getLogger(__name__)
 
 
-class PyAudioInput:
+class PyAudioInput(CallbackDevice):
     """A PortAudio microphone that delivers 20 ms frames of 16 kHz mono s16le on the loop.
 
     ``device``: a device name, a unique part of one, or ``default``.
@@ -55,6 +42,8 @@ class PyAudioInput:
     ``period_ms``: device buffer length. ``max_queue_frames``: frames held for a
     busy loop before the oldest are dropped.
     """
+
+    noun = "microphone"
 
     def __init__(
         self,
@@ -74,49 +63,29 @@ class PyAudioInput:
     ):
         if channel is not None and channel < 0:
             raise ValueError(f"channel must be >= 0, got {channel}")
-        self.device_name = device
+        super().__init__(
+            device,
+            pa=pa,
+            rate=rate,
+            channels=channels,
+            period_ms=period_ms,
+            stall_timeout=stall_timeout,
+            start_timeout=start_timeout,
+            open_timeout=open_timeout,
+            close_timeout=close_timeout,
+            quality=quality,
+        )
         self.channel = channel
-        self.forced_rate = rate
-        self.forced_channels = channels
-        self.period_ms = period_ms
-        self.stall_timeout = stall_timeout
-        self.start_timeout = start_timeout
-        self.open_timeout = open_timeout
-        self.close_timeout = close_timeout
-        self.quality = quality
-        self._pa_given = pa
-
         self.overflows = 0
         """PortAudio input-overflow flags plus frames dropped because the loop fell behind."""
         self.frames = 0
         """Frames delivered to ``on_frame`` since construction."""
-        self.device: DeviceInfo | None = None
-        """The device in use (after open)."""
-        self.rate: int | None = None
-        """The device sample rate in use (after open)."""
-        self.channels: int | None = None
-        """The device channel count in use (after open)."""
 
         self._queue: deque[bytes] = deque(maxlen=max(1, max_queue_frames))
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._on_frame: FrameCallback | None = None
-        self._guard: StreamGuard | None = None
         self._pipeline: MicPipeline | None = None
-        self._stream: Any = None
-        self._pa_owned: pyaudio.PyAudio | None = None
         self._wake_pending = False
         self._running = False
-        self._broken = False
-
-    @property
-    def callbacks(self) -> int:
-        """PortAudio callbacks since the last open (diagnostics, tests)."""
-        return self._guard.callbacks if self._guard is not None else 0
-
-    @property
-    def what(self) -> str:
-        """How log lines and errors name this microphone."""
-        return f"microphone {self.device_name!r}"
 
     # ------------------------------------------------------------------ open / close
 
@@ -124,28 +93,15 @@ class PyAudioInput:
         """Resolve the device, open it and start delivering frames to ``on_frame``."""
         if self._stream is not None:
             raise InternalError(f"{self.what} is already open")
-        loop = asyncio.get_running_loop()
-        self._loop = loop
         self._on_frame = on_frame
         self._queue.clear()
         self._wake_pending = False
-        self._broken = False
-        self._guard = StreamGuard(
-            loop, self.what, on_error, stall_timeout=self.stall_timeout, start_timeout=self.start_timeout
-        )
         self._running = True
         try:
-            stream, pa_owned = await run_blocking(
-                self._open_blocking,
-                timeout=self.open_timeout,
-                what=f"opening {self.what}",
-                dispose=lambda opened: close_quietly(opened[0], opened[1], self.what),
-            )
+            await self._open_stream(on_error)
         except BaseException:
             self._running = False
             raise
-        self._stream, self._pa_owned = stream, pa_owned
-        self._guard.start(stream.is_active)
         log.info(
             "%s open: %r at %d Hz x%d (%s), %d ms buffers",
             self.what,
@@ -156,76 +112,45 @@ class PyAudioInput:
             self.period_ms,
         )
 
-    def _open_blocking(self) -> tuple[Any, pyaudio.PyAudio | None]:
-        with PORTAUDIO_LOCK:  # resolve, probe and open as one step
-            return self._open_locked()
-
-    def _open_locked(self) -> tuple[Any, pyaudio.PyAudio | None]:
-        owned = None if self._pa_given is not None else new_pyaudio()
-        pa = self._pa_given if self._pa_given is not None else owned
-        if pa is None:  # pragma: no cover - new_pyaudio() either returns or raises
-            raise InternalError("no PortAudio instance")
-        stream = None
-        try:
-            info = resolve(self.device_name, "input", pa=pa)
-            need = 1 if self.channel is None else self.channel + 1
-            if info.max_input_channels < need:
-                raise DeviceError(
-                    f"{self.what}: channel {self.channel} requested but {info.name!r} "
-                    f"has {info.max_input_channels} input channel(s)"
-                )
-            if self.forced_channels:
-                channel_choices = [self.forced_channels]
-            else:
-                channel_choices = [
-                    c for c in unique([need, max(need, 2), info.max_input_channels]) if c <= info.max_input_channels
-                ]
-            rate_choices = (
-                [self.forced_rate]
-                if self.forced_rate
-                else unique([MIC_RATE, int(info.default_rate), 48_000, 44_100, 32_000])
+    def _make_stream(self, pa: pyaudio.PyAudio) -> Any:
+        info = resolve(self.device_name, "input", pa=pa)
+        need = 1 if self.channel is None else self.channel + 1
+        if info.max_input_channels < need:
+            raise DeviceError(
+                f"{self.what}: channel {self.channel} requested but {info.name!r} "
+                f"has {info.max_input_channels} input channel(s)"
             )
-            rate, channels = negotiate(pa, info, "input", rates=rate_choices, channels=channel_choices)
-            if self.channel is not None and self.channel >= channels:
-                raise DeviceError(f"{self.what}: channel {self.channel} does not exist at {channels} channels")
-            self._pipeline = MicPipeline(rate, channels, channel=self.channel, quality=self.quality)
-            self.device, self.rate, self.channels = info, rate, channels
-            stream = open_stream(
-                pa,
-                f"{self.what} ({info.name!r} at {rate} Hz x{channels})",
-                format=pyaudio.paInt16,
-                channels=channels,
-                rate=rate,
-                input=True,
-                input_device_index=info.index,
-                frames_per_buffer=max(1, rate * self.period_ms // 1000),
-                stream_callback=self._callback,
-            )
-            start_stream(stream, self.what)
-            return stream, owned
-        except BaseException:
-            close_quietly(stream, owned, self.what)
-            raise
+        if self.forced_channels:
+            channel_choices = [self.forced_channels]
+        else:
+            channel_choices = [
+                c for c in unique([need, max(need, 2), info.max_input_channels]) if c <= info.max_input_channels
+            ]
+        rate_choices = (
+            [self.forced_rate] if self.forced_rate else unique([MIC_RATE, int(info.default_rate), 48_000, 44_100, 32_000])
+        )
+        rate, channels = negotiate(pa, info, "input", rates=rate_choices, channels=channel_choices)
+        if self.channel is not None and self.channel >= channels:
+            raise DeviceError(f"{self.what}: channel {self.channel} does not exist at {channels} channels")
+        self._pipeline = MicPipeline(rate, channels, channel=self.channel, quality=self.quality)
+        self.device, self.rate, self.channels = info, rate, channels
+        return open_stream(
+            pa,
+            f"{self.what} ({info.name!r} at {rate} Hz x{channels})",
+            format=pyaudio.paInt16,
+            channels=channels,
+            rate=rate,
+            input=True,
+            input_device_index=info.index,
+            frames_per_buffer=max(1, rate * self.period_ms // 1000),
+            stream_callback=self._callback,
+        )
 
     async def close(self) -> None:
         """Stop and release the device. Idempotent, safe after a failure, never raises."""
         self._running = False
-        if self._guard is not None:
-            self._guard.stop()
-        stream, pa_owned = self._stream, self._pa_owned
-        self._stream = self._pa_owned = None
         self._queue.clear()
-        if stream is None and pa_owned is None:
-            return
-        try:
-            await run_blocking(
-                lambda: close_quietly(stream, pa_owned, self.what),
-                timeout=self.close_timeout,
-                what=f"closing {self.what}",
-            )
-        except DeviceError as exc:
-            log.warning("%s; abandoning it", exc)
-        log.info("%s closed", self.what)
+        await self._close_stream()
 
     # ------------------------------------------------------------------ audio thread
 

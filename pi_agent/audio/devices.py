@@ -30,11 +30,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pyaudio
 
-from ..errors import DeviceError, DeviceNotFound
+from ..errors import DeviceError, DeviceNotFound, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -553,3 +553,118 @@ class StreamGuard:
             self.fail(DeviceError(f"{self.what} stalled: no audio callback for {silent_for:.1f} s (device gone?)"))
             return
         self._timer = self.loop.call_later(self.interval, self._check)
+
+
+class CallbackDevice:
+    """What the PortAudio microphone and speaker share: a device named by the user and
+    resolved afresh on every open, a callback stream opened and closed off the loop (a stuck
+    sound server cannot hang the daemon) under :data:`PORTAUDIO_LOCK`, and a
+    :class:`StreamGuard` that reports the device's death once.
+
+    A subclass names itself (:attr:`noun`) and builds its stream in :meth:`_make_stream`,
+    on a worker thread; starting it, cleaning up after a failure and closing are here.
+    """
+
+    noun = "device"
+
+    def __init__(
+        self,
+        device: str,
+        *,
+        pa: pyaudio.PyAudio | None,
+        rate: int | None,
+        channels: int | None,
+        period_ms: int,
+        stall_timeout: float,
+        start_timeout: float,
+        open_timeout: float,
+        close_timeout: float,
+        quality: str,
+    ):
+        self.device_name = device
+        self.forced_rate = rate
+        self.forced_channels = channels
+        self.period_ms = period_ms
+        self.stall_timeout = stall_timeout
+        self.start_timeout = start_timeout
+        self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
+        self.quality = quality
+        self._pa_given = pa
+
+        self.device: DeviceInfo | None = None
+        """The device in use (after open)."""
+        self.rate: int | None = None
+        """The device sample rate in use (after open)."""
+        self.channels: int | None = None
+        """The device channel count in use (after open)."""
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._guard: StreamGuard | None = None
+        self._stream: Any = None
+        self._pa_owned: pyaudio.PyAudio | None = None
+        self._broken = False  # the callback failed: it only returns silence until reopened
+
+    @property
+    def callbacks(self) -> int:
+        """PortAudio callbacks since the last open (diagnostics, tests)."""
+        return self._guard.callbacks if self._guard is not None else 0
+
+    @property
+    def what(self) -> str:
+        """How log lines and errors name this device."""
+        return f"{self.noun} {self.device_name!r}"
+
+    def _make_stream(self, pa: pyaudio.PyAudio) -> Any:
+        """Resolve the device, negotiate a format and open (not start) the stream; worker thread."""
+        raise NotImplementedError
+
+    async def _open_stream(self, on_error: Callable[[DeviceError], None]) -> None:
+        """Open and start the stream on a worker thread, then watch it."""
+        if self._stream is not None:
+            raise InternalError(f"{self.what} is already open")
+        loop = self._loop = asyncio.get_running_loop()
+        self._broken = False
+        guard = self._guard = StreamGuard(
+            loop, self.what, on_error, stall_timeout=self.stall_timeout, start_timeout=self.start_timeout
+        )
+        self._stream, self._pa_owned = await run_blocking(
+            self._open_blocking,
+            timeout=self.open_timeout,
+            what=f"opening {self.what}",
+            dispose=lambda opened: close_quietly(opened[0], opened[1], self.what),
+        )
+        guard.start(self._stream.is_active)
+
+    def _open_blocking(self) -> tuple[Any, pyaudio.PyAudio | None]:
+        with PORTAUDIO_LOCK:  # resolve, probe and open as one step
+            owned = None if self._pa_given is not None else new_pyaudio()
+            pa = self._pa_given if self._pa_given is not None else owned
+            if pa is None:  # pragma: no cover - new_pyaudio() either returns or raises
+                raise InternalError("no PortAudio instance")
+            stream = None
+            try:
+                stream = self._make_stream(pa)
+                start_stream(stream, self.what)
+                return stream, owned
+            except BaseException:
+                close_quietly(stream, owned, self.what)
+                raise
+
+    async def _close_stream(self) -> None:
+        """Stop watching, then stop and release the stream; never raises."""
+        if self._guard is not None:
+            self._guard.stop()
+        stream, pa_owned = self._stream, self._pa_owned
+        self._stream = self._pa_owned = None
+        if stream is None and pa_owned is None:
+            return
+        try:
+            await run_blocking(
+                lambda: close_quietly(stream, pa_owned, self.what),
+                timeout=self.close_timeout,
+                what=f"closing {self.what}",
+            )
+        except DeviceError as exc:
+            log.warning("%s; abandoning it", exc)
+        log.info("%s closed", self.what)

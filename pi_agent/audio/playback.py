@@ -26,21 +26,9 @@ from typing import Any, TypeAlias
 import numpy as np
 import pyaudio
 
-from ..errors import DeviceError, InternalError
+from ..errors import DeviceError
 from . import ErrorCallback
-from .devices import (
-    PORTAUDIO_LOCK,
-    DeviceInfo,
-    StreamGuard,
-    close_quietly,
-    negotiate,
-    new_pyaudio,
-    open_stream,
-    resolve,
-    run_blocking,
-    start_stream,
-    unique,
-)
+from .devices import CallbackDevice, negotiate, open_stream, resolve, unique
 from .earcons import EARCON_NAMES, make_earcons
 from .formats import Resampler
 
@@ -389,7 +377,7 @@ class BufferedOutput:
         buf.drain_tail()
 
 
-class PyAudioOutput(BufferedOutput):
+class PyAudioOutput(CallbackDevice, BufferedOutput):
     """A PortAudio speaker fed from a :class:`PlaybackBuffer` by the output callback.
 
     ``device``: a name, a unique part of one, or ``default``; resolved on every open.
@@ -399,6 +387,8 @@ class PyAudioOutput(BufferedOutput):
     every channel carries the same signal). ``earcons``: the earcons enabled.
     ``pa``: a PyAudio instance to use (not terminated on close).
     """
+
+    noun = "speaker"
 
     def __init__(
         self,
@@ -416,62 +406,32 @@ class PyAudioOutput(BufferedOutput):
         underrun_gap: float = 1.0,
         quality: str = "HQ",
     ):
-        super().__init__(earcons)
-        self.device_name = device
-        self.period_ms = period_ms
-        self.forced_rate = rate
-        self.forced_channels = channels
-        self.stall_timeout = stall_timeout
-        self.start_timeout = start_timeout
-        self.open_timeout = open_timeout
-        self.close_timeout = close_timeout
+        CallbackDevice.__init__(
+            self,
+            device,
+            pa=pa,
+            rate=rate,
+            channels=channels,
+            period_ms=period_ms,
+            stall_timeout=stall_timeout,
+            start_timeout=start_timeout,
+            open_timeout=open_timeout,
+            close_timeout=close_timeout,
+            quality=quality,
+        )
+        BufferedOutput.__init__(self, earcons)
         self.underrun_gap = underrun_gap
-        self.quality = quality
-        self._pa_given = pa
-
         self.device_underflows = 0
         """PortAudio output-underflow flags (the callback was late for the device)."""
-        self.device: DeviceInfo | None = None
-        self.rate: int | None = None
-        self.channels: int | None = None
         self.latency: float | None = None
         """PortAudio's output latency for the open stream, seconds."""
-
-        self._guard: StreamGuard | None = None
-        self._stream: Any = None
-        self._pa_owned: pyaudio.PyAudio | None = None
         self._cb_buffer: PlaybackBuffer | None = None
         self._silence = b""
-        self._broken = False
-
-    @property
-    def callbacks(self) -> int:
-        """PortAudio callbacks since the last open (diagnostics, tests)."""
-        return self._guard.callbacks if self._guard is not None else 0
-
-    @property
-    def what(self) -> str:
-        """How log lines and errors name this speaker."""
-        return f"speaker {self.device_name!r}"
 
     async def open(self, on_error: ErrorCallback) -> None:
         """Resolve the device, open it and start the callback (silence until audio is queued)."""
-        if self._stream is not None:
-            raise InternalError(f"{self.what} is already open")
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._broken = False
-        self._guard = StreamGuard(
-            loop, self.what, on_error, stall_timeout=self.stall_timeout, start_timeout=self.start_timeout
-        )
-        stream, pa_owned, buf = await run_blocking(
-            self._open_blocking,
-            timeout=self.open_timeout,
-            what=f"opening {self.what}",
-            dispose=lambda opened: close_quietly(opened[0], opened[1], self.what),
-        )
-        self._stream, self._pa_owned, self._buffer = stream, pa_owned, buf
-        self._guard.start(stream.is_active)
+        await self._open_stream(on_error)
+        self._buffer = self._cb_buffer
         log.info(
             "%s open: %r at %d Hz x%d, %d ms periods, latency %.0f ms",
             self.what,
@@ -482,74 +442,48 @@ class PyAudioOutput(BufferedOutput):
             (self.latency or 0.0) * 1000,
         )
 
-    def _open_blocking(self) -> tuple[Any, pyaudio.PyAudio | None, PlaybackBuffer]:
-        with PORTAUDIO_LOCK:  # resolve, probe and open as one step
-            return self._open_locked()
-
-    def _open_locked(self) -> tuple[Any, pyaudio.PyAudio | None, PlaybackBuffer]:
-        owned = None if self._pa_given is not None else new_pyaudio()
-        pa = self._pa_given if self._pa_given is not None else owned
-        if pa is None:  # pragma: no cover - new_pyaudio() either returns or raises
-            raise InternalError("no PortAudio instance")
-        stream = None
+    def _make_stream(self, pa: pyaudio.PyAudio) -> Any:
+        info = resolve(self.device_name, "output", pa=pa)
+        if self.forced_channels:
+            channel_choices = [self.forced_channels]
+        else:
+            channel_choices = [c for c in unique([2, 1, info.max_output_channels]) if c <= info.max_output_channels]
+        rate_choices = (
+            [self.forced_rate] if self.forced_rate else unique([int(info.default_rate), 48_000, 44_100, 16_000])
+        )
+        rate, channels = negotiate(pa, info, "output", rates=rate_choices, channels=channel_choices)
+        period = max(1, rate * self.period_ms // 1000)
+        buf = self._make_buffer(
+            rate, channels, latency=2 * period / rate, underrun_gap=self.underrun_gap, quality=self.quality
+        )
+        self._cb_buffer = buf
+        self._silence = bytes(period * channels * 2)
+        self.device, self.rate, self.channels = info, rate, channels
+        stream = open_stream(
+            pa,
+            f"{self.what} ({info.name!r} at {rate} Hz x{channels})",
+            format=pyaudio.paInt16,
+            channels=channels,
+            rate=rate,
+            output=True,
+            output_device_index=info.index,
+            frames_per_buffer=period,
+            stream_callback=self._callback,
+        )
         try:
-            info = resolve(self.device_name, "output", pa=pa)
-            if self.forced_channels:
-                channel_choices = [self.forced_channels]
-            else:
-                channel_choices = [c for c in unique([2, 1, info.max_output_channels]) if c <= info.max_output_channels]
-            rate_choices = (
-                [self.forced_rate] if self.forced_rate else unique([int(info.default_rate), 48_000, 44_100, 16_000])
-            )
-            rate, channels = negotiate(pa, info, "output", rates=rate_choices, channels=channel_choices)
-            period = max(1, rate * self.period_ms // 1000)
-            buf = self._make_buffer(
-                rate, channels, latency=2 * period / rate, underrun_gap=self.underrun_gap, quality=self.quality
-            )
-            self._cb_buffer = buf
-            self._silence = bytes(period * channels * 2)
-            self.device, self.rate, self.channels = info, rate, channels
-            stream = open_stream(
-                pa,
-                f"{self.what} ({info.name!r} at {rate} Hz x{channels})",
-                format=pyaudio.paInt16,
-                channels=channels,
-                rate=rate,
-                output=True,
-                output_device_index=info.index,
-                frames_per_buffer=period,
-                stream_callback=self._callback,
-            )
-            try:
-                self.latency = float(stream.get_output_latency())
-                buf.latency = max(buf.latency, self.latency)
-            except OSError:
-                self.latency = None
-            start_stream(stream, self.what)
-            return stream, owned, buf
-        except BaseException:
-            close_quietly(stream, owned, self.what)
-            raise
+            self.latency = float(stream.get_output_latency())
+            buf.latency = max(buf.latency, self.latency)
+        except OSError:
+            self.latency = None
+        return stream
 
     async def close(self) -> None:
         """Stop and release the device; queued audio is dropped. Idempotent, never raises."""
         if self._guard is not None:
             self._guard.stop()
         self._drop_buffer()
-        stream, pa_owned = self._stream, self._pa_owned
-        self._stream = self._pa_owned = None
-        if stream is None and pa_owned is None:
-            return
-        try:
-            await run_blocking(
-                lambda: close_quietly(stream, pa_owned, self.what),
-                timeout=self.close_timeout,
-                what=f"closing {self.what}",
-            )
-        except DeviceError as exc:
-            log.warning("%s; abandoning it", exc)
+        await self._close_stream()
         self._cb_buffer = None
-        log.info("%s closed", self.what)
 
     # ------------------------------------------------------------------ audio thread
 
