@@ -39,6 +39,10 @@ AudioFormatName = Literal[
 Earcon = Literal["listening", "done", "error", "offline"]
 
 
+def _all_earcons() -> list[Earcon]:
+    return ["listening", "done", "error", "offline"]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -115,7 +119,7 @@ class AudioSettings(_Section):
         "(speaker next to mic; barge-in by button); full_duplex: headsets and echo-cancelling mics")
     echo_tail: float = Field(0.3, ge=0, le=3.0, description="half_duplex: seconds the mic stays "
                              "muted after the speaker has actually played the last sample")
-    earcons: list[Earcon] = Field(default_factory=lambda: ["listening", "done", "error", "offline"],
+    earcons: list[Earcon] = Field(default_factory=_all_earcons,
                                   description="feedback sounds to play")
     input_wav: Path | None = Field(None, description="read the microphone from this WAV file "
                                    "instead of a device (testing)")
