@@ -83,7 +83,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _logging(level: str, secrets: Sequence[str] = ()) -> None:
-    from .service.logging import setup_logging
+    from .service.logging import route_native_stderr, setup_logging
+    route_native_stderr()  # ALSA/PortAudio lines become log records too (priority, rate limit)
     setup_logging(level, secrets=secrets)
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection is ours to say
 

@@ -265,3 +265,37 @@ def test_python_warnings_go_through_the_handler() -> None:
     setup_logging(stream=stream, journald=True)
     warnings.warn("old option", DeprecationWarning, stacklevel=1)
     assert stream.getvalue().startswith("<4>py.warnings: ")
+
+
+NATIVE_SCRIPT = r"""
+import ctypes, logging, sys, time
+from pi_agent.service.logging import route_native_stderr, setup_logging
+
+assert route_native_stderr()
+assert not route_native_stderr()  # once per process
+setup_logging("info", journald=True)
+logging.getLogger("pi_agent.probe").info("python line")
+asound = ctypes.CDLL("libasound.so.2")
+pcm = ctypes.c_void_p()
+for _ in range(3):  # ALSA itself prints "ALSA lib ... Unknown PCM ..." to fd 2 each time
+    assert asound.snd_pcm_open(ctypes.byref(pcm), b"pi_agent_no_such_pcm", 0, 0) < 0
+time.sleep(0.5)
+print("the end", file=sys.stderr)
+"""
+
+
+def test_what_c_libraries_print_to_stderr_becomes_rate_limited_warnings(tmp_path: Path) -> None:
+    """A dying device makes ALSA print straight to fd 2: those lines reach journald with a
+    warning priority and the rate limit, not as raw unprioritised lines."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", NATIVE_SCRIPT], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "ALSA_CONFIG_PATH": "/usr/share/alsa/alsa.conf"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert "<6>probe: python line" in lines
+    native = [line for line in lines if "pi_agent_no_such_pcm" in line]
+    assert len(native) == 1, lines  # three identical failures: one line in the window
+    assert native[0].startswith("<4>native: ALSA lib "), native
+    assert lines[-1] == "the end"  # Python's own stderr still writes straight through

@@ -251,3 +251,59 @@ def setup_logging(
     root.setLevel(max(levelno, logging.INFO))
     logging.getLogger(_PACKAGE_PREFIX.rstrip(".")).setLevel(levelno)
     logging.captureWarnings(True)
+
+
+NATIVE_LOGGER = "pi_agent.native"
+_native_routed = False
+
+
+def route_native_stderr() -> bool:
+    """Turn what C libraries write to fd 2 (ALSA, PortAudio) into ``pi_agent.native`` warnings.
+
+    A dying USB device makes ALSA and PortAudio print straight to fd 2, bypassing logging:
+    under systemd those lines reach the journal with no priority and no rate limit. Here
+    fd 2 becomes a pipe read by a thread that logs each line, so they get the journal
+    priority, the redaction and the rate limit of every other failure. Python's own
+    ``sys.stderr`` (the log handler, tracebacks) moves to a copy of the original stream
+    first, so it never goes through the pipe. The pipe does not block its writers: if the
+    reader ever falls behind, a C library loses a line rather than stalling an audio
+    thread. Call it before :func:`setup_logging`. Returns False, changing nothing, when
+    there is no fd 2 to take over (or it was taken over already).
+    """
+    global _native_routed
+    if _native_routed:
+        return False
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        saved = os.dup(2)
+    except OSError:
+        return False
+    try:
+        read_fd, write_fd = os.pipe()
+    except OSError:
+        os.close(saved)
+        return False
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    sys.stderr = os.fdopen(saved, "w", buffering=1, encoding=encoding, errors="backslashreplace")
+    os.set_blocking(write_fd, False)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    _native_routed = True
+    threading.Thread(target=_log_native_lines, args=(read_fd,), name="pi-agent-native-stderr",
+                     daemon=True).start()
+    return True
+
+
+def _log_native_lines(fd: int) -> None:
+    log = logging.getLogger(NATIVE_LOGGER)
+    with os.fdopen(fd, "rb") as pipe:
+        for raw in pipe:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if line.strip():
+                try:
+                    log.warning("%s", line)
+                except Exception:  # never let this thread die: fd 2 would fill up and lose lines
+                    pass
