@@ -320,7 +320,7 @@ class Controller:
         if info.retry_in is None:
             self.gate.end_turn()
         if info.outcome in (Outcome.ENDED, Outcome.CLOSED):
-            log.info("conversation ended: %s%s", info.reason, nxt)
+            log.info("%s: %s%s", "conversation ended" if was_connected else "stopped connecting", info.reason, nxt)
             if self.state is not State.SPEAKING:
                 self.fire(Trigger.CLOSED)
             self.backing_off = info.retry_in is not None

@@ -382,8 +382,8 @@ class Session:
         if self._pending_texts:
             waited.append(f"{len(self._pending_texts)} message(s)")
         if waited:
-            log.warning("dropped %s that waited for a conversation since %.0f s ago", " and ".join(waited),
-                        self._clock() - self._last_activity)
+            log.warning("dropped %s that waited for a conversation which could not be opened (last asked "
+                        "%.0f s ago)", " and ".join(waited), self._clock() - self._last_activity)
             self._metrics.audio_dropped.labels("gave_up").inc(len(self._prebuffer))
         self._prebuffer.clear()
         self._pending_texts.clear()

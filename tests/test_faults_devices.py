@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import wave
 from pathlib import Path
@@ -132,6 +133,8 @@ async def test_real_microphone_vanishes_mid_run_and_returns(speaker: str, tmp_pa
     assert "microphone device is back" in log
     assert back_after < 10, back_after
     assert log.count("Expression '") < 50, "PortAudio's error lines flood the journal"
+    raw = [line for line in log.splitlines() if line.strip() and not re.match(r"\d\d:\d\d:\d\d\.\d{3} ", line)]
+    assert not raw, raw[:5]  # what ALSA and PortAudio printed came through logging (level, rate limit)
 
 
 async def _mic_streaming(agent: FakeAgent, timeout: float = 10.0) -> None:

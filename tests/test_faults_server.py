@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
+from support_daemon import free_port
 from support_faults import CANARY, FakeAgentProcess, TcpProxy, agent_signatures, fault_daemon, fault_env, make_wav
 
 pytestmark = pytest.mark.faults
@@ -135,3 +136,29 @@ async def test_half_open_connection_is_dropped_within_dead_peer_timeout(tmp_path
     assert detected <= 1.5 + 0.75, detected  # the configured bound, plus scheduling slack
     assert "state idle -> offline" in log or "-> offline" in log
     assert proxy.signatures  # the scan above had the real signatures to look for
+
+
+async def test_on_demand_stops_retrying_once_nobody_asks_and_tries_again_when_asked(tmp_path: Path) -> None:
+    """on_demand with the agent unreachable: retries while the user is there, then goes
+    quiet (no hammering for months); the next request tries again at once."""
+    mic = make_wav(tmp_path / "mic.wav", 0.4, "question")
+    env = fault_env(f"http://127.0.0.1:{free_port()}", tmp_path, mic,
+                    PI_AGENT_SESSION__POLICY="on_demand", PI_AGENT_SESSION__IDLE_TIMEOUT="2")
+    async with fault_daemon(env, tmp_path) as run:
+        gave_up = await run.events.wait_for(
+            lambda e: e.get("type") == "connection" and not e.get("connected") and e.get("retry_in") is None,
+            20, "the retries to stop")
+        assert "no more retries until the next press or speech" in gave_up["reason"]
+        assert "Connection refused" in gave_up["reason"]  # and why it failed
+        assert len(run.connections(False)) >= 3  # it did retry while the user was speaking
+        await run.wait_state("idle", 5)
+        assert (await run.health())[0] == 200
+        quiet = len(run.connections(False))
+        await asyncio.sleep(2.0)
+        assert len(run.connections(False)) == quiet
+        await run.events.send({"type": "say", "text": "hello?"})
+        asked_at = time.monotonic()
+        await run.events.wait_for(lambda e: len(run.connections(False)) > quiet, 5, "a new attempt")
+        assert time.monotonic() - asked_at < 2.0
+    assert "s of speech that waited for a conversation which could not be opened" in run.log
+    assert "stopped connecting: signed URL request failed" in run.log

@@ -295,7 +295,7 @@ async def test_on_demand_stops_retrying_once_nobody_waits_and_tries_again_on_req
         assert gave_up.outcome is Outcome.CLOSED and gave_up.retry_in is None
         assert "nobody has asked for a conversation for 0.5 s" in gave_up.reason
         assert "cannot connect" in gave_up.reason  # why it failed stays in the line
-        assert "dropped 0.2 s of speech that waited for a conversation" in caplog.text
+        assert "dropped 0.2 s of speech that waited for a conversation which could not be opened" in caplog.text
         assert not session.wanted
         tried = attempts()
         await asyncio.sleep(1.0)
