@@ -477,9 +477,10 @@ def mic(data, frames, info, status):
     return None, pyaudio.paContinue
 def speaker(data, frames, info, status):
     return silence[: frames * 4], pyaudio.paContinue
-# the daemon's streams: 20 ms callbacks both ways, 16 kHz mono in, 44.1 kHz stereo out
+# the daemon's streams with its defaults: 20 ms mic buffers at 16 kHz mono,
+# 10 ms speaker periods (audio.period_ms) at 44.1 kHz stereo
 i = pa.open(format=pyaudio.paInt16, channels=1, rate=16000, input=True, frames_per_buffer=320, stream_callback=mic)
-o = pa.open(format=pyaudio.paInt16, channels=2, rate=44100, output=True, frames_per_buffer=882, stream_callback=speaker)
+o = pa.open(format=pyaudio.paInt16, channels=2, rate=44100, output=True, frames_per_buffer=441, stream_callback=speaker)
 print("ready", flush=True)
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -1137,7 +1138,8 @@ def compare_section(runs: list[RunResult], track: Track, args: argparse.Namespac
     if fd:
         lines += [
             f"The audio floor: a process that only keeps PortAudio streams open like the daemon's (20 ms "
-            f"callbacks, 16 kHz mono in, 44.1 kHz stereo out, silence; pyaudio alone) uses "
+            f"mic buffers at 16 kHz mono, 10 ms speaker periods at 44.1 kHz stereo playing silence; pyaudio "
+            f"alone) uses "
             f"**{fd['cpu_per_min']:.2f} s CPU per minute** and {fd['peak_rss_mb']:.1f} MB peak RSS on this card.",
             "",
         ]
