@@ -86,6 +86,7 @@ class Controller:
         self._talk_from_down = False  # push-to-talk turn started by the press that stopped the agent
         self._fatal = False  # the last attempt failed in a way retrying cannot fix
         self._hold_heard_speech = False  # push-to-talk: VAD heard the user during this hold
+        self._shutting_down = False
 
     def attach(self, session: Session) -> None:
         self.session = session
@@ -145,8 +146,15 @@ class Controller:
 
     # --- microphone -------------------------------------------------------------------------
 
+    def shut_down(self) -> None:
+        """The daemon is stopping: mic frames are ignored from now on, so speech can no
+        longer ask for a conversation while the devices and the session close."""
+        self._shutting_down = True
+
     def on_mic_frame(self, frame: bytes) -> None:
         """One 20 ms mic frame, on the loop thread."""
+        if self._shutting_down:
+            return
         now = self._clock()
         echo_until = self.output.audible_until() + self._echo_tail if self._half_duplex else 0.0
         out = self.gate.process(frame, now, echo_mute_until=echo_until, muted=self.muted)

@@ -31,7 +31,8 @@ from .session import Session
 log = logging.getLogger("pi_agent.daemon")
 
 DEVICE_RETRY_MAX = 30.0
-SHUTDOWN_CLOSE_WAIT = 1.0
+SHUTDOWN_CLOSE_WAIT = 1.0  # at most this long for the agent to answer our close
+SHUTDOWN_BUDGET = 1.5  # all of the shutdown: systemd and the README promise exit within 2 s
 
 
 @dataclass
@@ -310,26 +311,33 @@ class Daemon:
         self.notifier.status(text)
 
     async def _shutdown(self) -> None:
+        """Close everything within :data:`SHUTDOWN_BUDGET`, whatever hangs: a frozen sound
+        server makes device closes block, a dead link the WebSocket close handshake."""
         self.notifier.stopping()
         log.info("shutting down")
-        with contextlib.suppress(Exception):  # no more speech: nothing may ask for a new conversation
-            await asyncio.wait_for(self.audio_in.close(), 1.0)
+        deadline = time.monotonic() + SHUTDOWN_BUDGET
+        self.controller.shut_down()  # no more speech: nothing may ask for a new conversation
+        closing = [asyncio.ensure_future(self.audio_in.close())]
         if self.session.is_open:
             self.session.end("shutdown")
-            deadline = time.monotonic() + SHUTDOWN_CLOSE_WAIT
-            while self.session.is_open and time.monotonic() < deadline:
+            session_deadline = min(deadline - 0.2, time.monotonic() + SHUTDOWN_CLOSE_WAIT)
+            while self.session.is_open and time.monotonic() < session_deadline:
                 await asyncio.sleep(0.02)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for close in (self.audio_in.close, self.audio_out.close):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(close(), 1.0)
-        self._close_gpio()
+        closing.append(asyncio.ensure_future(self.audio_out.close()))
         if self.api is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.api.close(), 1.0)
+            closing.append(asyncio.ensure_future(self.api.close()))
+        _, stuck = await asyncio.wait(closing, timeout=max(0.05, deadline - time.monotonic()))
+        for task in stuck:  # abandoned: a blocking close goes on in its own thread, we do not wait
+            task.cancel()
+        await asyncio.gather(*closing, return_exceptions=True)
+        if stuck:
+            log.warning("%d close(s) did not finish within the %g s shutdown budget; abandoned them",
+                        len(stuck), SHUTDOWN_BUDGET)
+        self._close_gpio()
         self.notifier.close()
 
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import signal
 import time
 import wave
 from pathlib import Path
@@ -135,6 +136,40 @@ async def test_real_microphone_vanishes_mid_run_and_returns(speaker: str, tmp_pa
     assert log.count("Expression '") < 50, "PortAudio's error lines flood the journal"
     raw = [line for line in log.splitlines() if line.strip() and not re.match(r"\d\d:\d\d:\d\d\.\d{3} ", line)]
     assert not raw, raw[:5]  # what ALSA and PortAudio printed came through logging (level, rate limit)
+
+
+@pytest.mark.slow
+async def test_sigterm_while_the_sound_server_is_frozen(tmp_path: Path, vcard: Any) -> None:
+    """The sound server stops answering (stopped, swapped out, wedged): closing its streams
+    would hang. SIGTERM still ends the daemon within 2 s, exit 0, the conversation closed."""
+    frozen = vcard.gone_server()
+    frozen.start()
+    try:
+        async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent:
+            env = fault_env(agent.http_url, tmp_path, **vcard.env, PI_AGENT_AUDIO__INPUT_DEVICE="vgone_mic",
+                            PI_AGENT_AUDIO__OUTPUT_DEVICE="vgone_spk")
+            del env["PI_AGENT_AUDIO__INPUT_WAV"], env["PI_AGENT_AUDIO__OUTPUT_WAV"]
+            async with fault_daemon(env, tmp_path, secrets=lambda: agent_signatures(agent)) as run:
+                await run.wait_connected(15)
+                await _mic_streaming(agent)
+                assert frozen.proc is not None
+                frozen.proc.send_signal(signal.SIGSTOP)
+                try:
+                    t0 = time.monotonic()
+                    run.daemon.signal(signal.SIGTERM)
+                    code = await asyncio.to_thread(run.daemon.wait, 10)
+                    elapsed = time.monotonic() - t0
+                finally:
+                    frozen.proc.send_signal(signal.SIGCONT)
+            await agent.wait_for(lambda: not agent.latest.is_open, 5)
+    finally:
+        frozen.stop()
+    assert code == 0, run.log[-2000:]
+    assert elapsed < 2.0, (elapsed, run.log[-1500:])
+    assert agent.latest.close_code == 1000 and agent.latest.closed_by == "client"
+    closed_at = agent.latest.closed_at
+    assert closed_at is not None and closed_at - t0 < 0.6, closed_at - t0  # not held up by the frozen mic
+    assert "shutdown budget; abandoned them" in run.log
 
 
 async def _mic_streaming(agent: FakeAgent, timeout: float = 10.0) -> None:
