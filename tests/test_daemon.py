@@ -155,17 +155,23 @@ def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
     assert elapsed < 30, elapsed
 
 
+async def _say(agent: FakeAgent, tmp_path: Path, text: str) -> tuple[int | None, str, str]:
+    """``pi-agent say TEXT`` against ``agent`` (speaker: a WAV file); exit code, stdout, stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PI_AGENT_")}
+    env.update({"PI_AGENT_AGENT_ID": "agent_say", "PI_AGENT_SERVER_URL": agent.http_url,
+                "PI_AGENT_AUDIO__OUTPUT_WAV": str(tmp_path / "say.wav")})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pi_agent.cli", "say", text, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 40)
+    return proc.returncode, out.decode(), err.decode()
+
+
 async def test_say_sends_a_user_message_and_prints_the_reply(tmp_path: Path) -> None:
     async with FakeAgent(FakeAgentOptions(port=0, reply_text="Hello from the fake agent.")) as agent:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PI_AGENT_")}
-        env.update({"PI_AGENT_AGENT_ID": "agent_say", "PI_AGENT_SERVER_URL": agent.http_url,
-                    "PI_AGENT_AUDIO__OUTPUT_WAV": str(tmp_path / "say.wav")})
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pi_agent.cli", "say", "hello there", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 40)
-    assert proc.returncode == 0, err.decode()
-    assert out.decode().strip() == "Hello from the fake agent."
+        code, out, err = await _say(agent, tmp_path, "hello there")
+    assert code == 0, err
+    assert out.strip() == "Hello from the fake agent."
     assert [r.message["text"] for r in agent.latest.received_of("user_message")] == ["hello there"]
     assert (tmp_path / "say.wav").exists()
 
@@ -175,15 +181,9 @@ async def test_say_waits_for_the_agents_greeting_and_prints_only_the_reply(tmp_p
     opts = FakeAgentOptions(port=0, reply_text="Hello from the fake agent.", first_message=True,
                             first_message_text="Hi, I am the greeting.")
     async with FakeAgent(opts) as agent:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PI_AGENT_")}
-        env.update({"PI_AGENT_AGENT_ID": "agent_say", "PI_AGENT_SERVER_URL": agent.http_url,
-                    "PI_AGENT_AUDIO__OUTPUT_WAV": str(tmp_path / "say.wav")})
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pi_agent.cli", "say", "hello there", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 40)
-    assert proc.returncode == 0, err.decode()
-    assert out.decode().strip() == "Hello from the fake agent."
+        code, out, err = await _say(agent, tmp_path, "hello there")
+    assert code == 0, err
+    assert out.strip() == "Hello from the fake agent."
     record = agent.latest
     assert [t.cause for t in record.turns] == ["first_message", "text"]
     assert not record.turns[0].interrupted  # the question waited for the greeting to end
