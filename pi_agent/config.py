@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -271,25 +270,39 @@ def load_settings(explicit_path: str | os.PathLike[str] | None = None, **overrid
     except ValidationError as e:
         raise ConfigError("\n".join(_describe(err, path) for err in e.errors())) from None
     except SettingsError as e:  # a list or table in the environment that is not JSON
-        raise ConfigError("\n".join(_not_json(str(e), path))) from None
+        not_json = _not_json(path)
+        if not not_json:
+            raise ConfigError(f"settings: {e}") from None
+    # pydantic-settings stops at the first such variable: validate once more without them,
+    # so that every other mistake is reported in the same run too.
+    saved = {env: os.environ.pop(env) for env in not_json}
+    try:
+        Settings(**data)
+        others: list[str] = []
+    except ValidationError as e:
+        others = [_describe(err, path) for err in e.errors()]
+    except SettingsError as e:  # pragma: no cover - every non-JSON variable was set aside
+        others = [f"settings: {e}"]
+    finally:
+        os.environ.update(saved)
+    raise ConfigError("\n".join([*not_json.values(), *others]))
 
 
-def _not_json(message: str, path: Path | None) -> list[str]:
-    """One line per ``PI_AGENT_*`` variable of a list/table setting whose value is not JSON."""
-    m = re.search(r'field "(\w+)"', message)
-    section = m.group(1) if m else ""
-    model = getattr(Settings.model_fields.get(section), "annotation", None)
-    lines = []
-    for name, info in getattr(model, "model_fields", {}).items():
-        env = f"{ENV_PREFIX}{section.upper()}__{name.upper()}"
-        if env in os.environ and any(t in str(info.annotation) for t in ("dict", "list", "tuple")):
+def _not_json(path: Path | None) -> dict[str, str]:
+    """``PI_AGENT_*`` variables of list/table settings whose value is not JSON: variable -> line."""
+    found = {}
+    for section, field in Settings.model_fields.items():
+        for name, info in getattr(field.annotation, "model_fields", {}).items():
+            env = f"{ENV_PREFIX}{section.upper()}__{name.upper()}"
+            if env not in os.environ or not any(t in str(info.annotation) for t in ("dict", "list", "tuple")):
+                continue
             try:
                 json.loads(os.environ[env])
             except ValueError:
-                lines.append(f"{section}.{name}: must be JSON in the environment (a list [..] or a table {{..}}), "
-                             f"got {os.environ[env][:40]!r}: fix {env} or [{section}] {name} "
-                             f"in {path or 'the config file'}")
-    return lines or [f"{section or 'settings'}: {message}"]
+                found[env] = (f"{section}.{name}: must be JSON in the environment (a list [..] or a table {{..}}), "
+                              f"got {os.environ[env][:40]!r}: fix {env} or [{section}] {name} "
+                              f"in {path or 'the config file'}")
+    return found
 
 
 def _describe(err: Mapping[str, Any], path: Path | None) -> str:
