@@ -295,3 +295,23 @@ def test_buffer_underruns_only_after_a_stream_started_playing() -> None:
     buf.fill(960, start=t)  # ran dry mid-stream ...
     buf.play(chunks[8], 8000)  # ... and the stream goes on: one underrun
     assert buf.underruns == 1
+
+
+def test_buffer_is_audible_only_while_sound_plays_or_is_due() -> None:
+    """What decides whether a device underflow could be heard (and is counted)."""
+    buf = PlaybackBuffer(16000, earcons={"done": np.full(200, 5000.0, dtype=np.float32)})
+    assert not buf.audible  # silence: a gap now is inaudible
+    buf.play(np.full(320, 1000, dtype=np.int16), 16000)
+    assert buf.audible
+    buf.fill(4000, 0.0)  # everything played, but the stream goes on: more is due
+    assert buf.audible
+    buf.end_stream()
+    buf.fill(4000, 0.25)
+    assert not buf.audible
+    buf.play_earcon("done")
+    assert buf.audible
+    buf.fill(320, 0.5)
+    assert not buf.audible
+    buf.play(np.full(320, 1000, dtype=np.int16), 16000)
+    buf.flush()
+    assert not buf.audible

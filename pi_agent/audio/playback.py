@@ -174,6 +174,11 @@ class PlaybackBuffer:
         return until
 
     @property
+    def audible(self) -> bool:
+        """Sound is being played: agent audio queued or expected, or an earcon mixing."""
+        return self._expecting or self._queued > 0 or bool(self._active)
+
+    @property
     def queued_frames(self) -> int:
         """Device frames of agent audio waiting to be pulled."""
         return self._queued
@@ -422,7 +427,9 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         BufferedOutput.__init__(self, earcons)
         self.underrun_gap = underrun_gap
         self.device_underflows = 0
-        """PortAudio output-underflow flags (the callback was late for the device)."""
+        """PortAudio output-underflow flags (the callback was late for the device) while sound
+        was playing; a gap in silence, such as while a stream settles after opening, is inaudible
+        and not counted."""
         self.latency: float | None = None
         """PortAudio's output latency for the open stream, seconds."""
         self._cb_buffer: PlaybackBuffer | None = None
@@ -495,7 +502,7 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         if buf is None or self._broken:
             return self._silent(frame_count), pyaudio.paContinue
         try:
-            if status & pyaudio.paOutputUnderflow:
+            if status & pyaudio.paOutputUnderflow and buf.audible:
                 self.device_underflows += 1
             delay = time_info["output_buffer_dac_time"] - time_info["current_time"]
             if not 0.0 <= delay < 2.0:  # some host APIs report no times
