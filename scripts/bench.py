@@ -1505,9 +1505,12 @@ def main(argv: list[str] | None = None) -> int:
     for p in (soak, prof):
         p.set_defaults(quick=False)
         p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
-        p.add_argument("--out", type=Path, default=RESULTS, help=argparse.SUPPRESS)
-        p.add_argument("--no-write", dest="write", action="store_false", help="leave the results file alone")
-        p.add_argument("--workdir", metavar="DIR", help="keep logs here (default: a temp dir, removed)")
+        # SUPPRESS: given before the command, these must not be reset by the command's defaults.
+        p.add_argument("--out", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument("--no-write", dest="write", action="store_false", default=argparse.SUPPRESS,
+                       help="leave the results file alone")
+        p.add_argument("--workdir", metavar="DIR", default=argparse.SUPPRESS,
+                       help="keep logs here (default: a temp dir, removed)")
     args = parser.parse_args(argv)
     args.argv = argv
     try:
