@@ -9,6 +9,7 @@ import socket
 import time
 from typing import Any
 
+import numpy as np
 from websockets.asyncio.server import serve
 
 from pi_agent import protocol as p
@@ -319,6 +320,34 @@ async def test_speech_while_connecting_reaches_the_agent() -> None:
             await agent.wait_for(lambda: agent.latest.user_audio_samples >= len(frames) * 320)
             received = bytes(agent.latest.user_audio)
     assert received[: len(frames) * FRAME_BYTES] == b"".join(frames)
+
+
+async def test_frames_spoken_across_the_opening_arrive_once_each_and_in_order() -> None:
+    """The first frames wait in the prebuffer; a burst that comes as the conversation opens
+    (a loop that fell behind delivers its frames at once) queues behind them; the rest go
+    straight to the socket. The agent must get every frame once, in the order spoken."""
+    frames = [np.full(FRAME_BYTES // 2, i + 1, dtype="<i2").tobytes() for i in range(150)]
+
+    class BurstOnOpen(Recorder):
+        def on_open(self, metadata: p.ConversationMetadata) -> None:
+            super().on_open(metadata)
+            for frame in frames[50:100]:  # the prebuffer is still queued, not yet sent
+                session.send_audio(frame, speech=True)
+
+    async with FakeAgent(FakeAgentOptions(port=0)) as agent:
+        rec = BurstOnOpen()
+        session = make_session(agent.http_url, rec)
+        for frame in frames[:50]:  # spoken before the connection exists
+            session.send_audio(frame, speech=True)
+        async with running(session):
+            await rec.until(lambda: rec.opened)
+            for frame in frames[100:]:
+                session.send_audio(frame, speech=True)
+                await asyncio.sleep(0.02)
+            await agent.wait_for(lambda: agent.latest.user_audio_samples >= len(frames) * FRAME_BYTES // 2)
+            received = np.frombuffer(bytes(agent.latest.user_audio), dtype="<i2")
+    values = received[received > 0]  # keep-alive silence aside, the frames' own values
+    assert np.array_equal(values, np.repeat(np.arange(1, len(frames) + 1), FRAME_BYTES // 2))
 
 
 async def test_half_open_connection_is_detected_within_the_bound() -> None:
