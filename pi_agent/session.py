@@ -268,7 +268,8 @@ class Session:
         self._encode: Callable[[bytes], bytes] | None = None
         self._outbox: deque[tuple[str, str]] = deque()  # (kind, text), kind "audio" or a message type
         self._outbox_ready = asyncio.Event()
-        self._audio_queued = 0
+        self._audio_queued = 0  # audio messages in the outbox ...
+        self._early_queued = 0  # ... of which speech kept from before the conversation opened (first in line)
         self._audio_sent = metrics.messages_out.labels("audio")
         frames = int(settings.prebuffer * 1000 / 20)
         self._prebuffer: deque[bytes] = deque(maxlen=max(frames, 1))
@@ -450,7 +451,7 @@ class Session:
         self._closing_reason = None
         self._failure = None
         self._outbox.clear()
-        self._audio_queued = 0
+        self._audio_queued = self._early_queued = 0
         opened_at = self._clock()
         sender = asyncio.create_task(self._sender(ws), name="pi-agent-sender")
         watcher = asyncio.create_task(self._watch(ws, conversation, opened_at), name="pi-agent-watch")
@@ -582,18 +583,26 @@ class Session:
             return
         self._outbox.append(("audio", text))
         self._audio_queued += 1
-        if live and self._audio_queued > MAX_BACKLOG_S * 50 + self._prebuffer.maxlen:  # type: ignore[operator]
-            self._drop_oldest_audio()
+        if not live:
+            self._early_queued += 1
+        elif self._audio_queued - self._early_queued > MAX_BACKLOG_S * 50:
+            self._drop_oldest_live_audio()
         self._outbox_ready.set()
 
-    def _drop_oldest_audio(self) -> None:
-        """The network cannot keep up: drop the oldest audio rather than buffer forever."""
+    def _drop_oldest_live_audio(self) -> None:
+        """The network cannot keep up: drop the oldest live audio rather than buffer forever.
+        Speech kept from before the conversation opened is the user's turn: it stays."""
+        skip = self._early_queued
         for i, (kind, _) in enumerate(self._outbox):
-            if kind == "audio":
-                del self._outbox[i]
-                self._audio_queued -= 1
-                self._metrics.audio_dropped.labels("late").inc()
-                return
+            if kind != "audio":
+                continue
+            if skip:
+                skip -= 1
+                continue
+            del self._outbox[i]
+            self._audio_queued -= 1
+            self._metrics.audio_dropped.labels("late").inc()
+            return
 
     def _write_now(self, text: str) -> bool:
         """Send a live mic frame straight from the caller, without a hop through the sender task.
@@ -626,6 +635,8 @@ class Session:
                 kind, text = self._outbox.popleft()
                 if kind == "audio":
                     self._audio_queued -= 1
+                    if self._early_queued:  # the early ones are first in line
+                        self._early_queued -= 1
                 await ws.send(text)
                 self._last_sent = self._clock()
                 (self._audio_sent if kind == "audio" else self._metrics.messages_out.labels(kind)).inc()

@@ -420,8 +420,10 @@ class TcpProxy:
     """
 
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1", *, port: int = 0,
-                 up: Link | None = None, down: Link | None = None, seed: int = 1) -> None:
+                 up: Link | None = None, down: Link | None = None, seed: int = 1,
+                 rcvbuf: int | None = None) -> None:
         self.upstream = (upstream_host, upstream_port)
+        self.rcvbuf = rcvbuf  # SO_RCVBUF of accepted sockets: how much the "network" holds before pushing back
         self.port = port
         self.up = up or Link()      # daemon -> agent
         self.down = down or Link()  # agent -> daemon
@@ -441,8 +443,12 @@ class TcpProxy:
     async def start(self) -> TcpProxy:
         """Listen (again, on the same port after :meth:`stop_listening`)."""
         if self._server is None:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True,
+                                                      limit=16384 if self.rcvbuf else 2 ** 16)
             self.port = self._server.sockets[0].getsockname()[1]
+            if self.rcvbuf:  # inherited by accepted sockets, before the window is negotiated
+                for sock in self._server.sockets:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
         return self
 
     async def stop_listening(self) -> None:
