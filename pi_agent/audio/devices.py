@@ -238,7 +238,10 @@ def list_devices(pa: pyaudio.PyAudio | None = None, *, probe: bool = True) -> li
 def format_device_table(devices: Sequence[DeviceInfo]) -> str:
     """A plain-text table of devices for the admin (``pi-agent devices``, error messages)."""
     if not devices:
-        return "  (PortAudio found no audio devices)"
+        return (
+            "  (PortAudio found no audio devices: is a sound card attached (`aplay -l`, `arecord -l`),\n"
+            "   and is this user in the audio group?)"
+        )
 
     def flag(value: bool | None) -> str:
         return "-" if value is None else ("yes" if value else "no")
