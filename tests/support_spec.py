@@ -1,6 +1,6 @@
 """The agent protocol's AsyncAPI contract as JSON Schema validators, for tests.
 
-Loads ``shared/spec/agent.asyncapi.yaml`` (``PI_AGENT_SPEC`` overrides the path),
+Loads the project's own copy, ``spec/agent.asyncapi.yaml`` (``PI_AGENT_SPEC`` overrides the path),
 turns OpenAPI's ``nullable: true`` into "null is also allowed", and resolves the
 ``#/components/...`` references through a schema registry. In that file ``publish``
 lists the server-to-client messages and ``subscribe`` the client-to-server ones.
@@ -28,11 +28,11 @@ SPEC_URI = "urn:pi-agent:agent-asyncapi"
 
 
 def spec_path() -> Path:
-    """Where the contract is: ``$PI_AGENT_SPEC`` or ``shared/spec/agent.asyncapi.yaml`` beside the repo."""
+    """Where the contract is: ``$PI_AGENT_SPEC``, else the copy in the repository's ``spec/``."""
     env = os.environ.get("PI_AGENT_SPEC")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "spec" / "agent.asyncapi.yaml"
+    return Path(__file__).resolve().parents[1] / "spec" / "agent.asyncapi.yaml"
 
 
 def _allow_null(node: Any) -> Any:
