@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Sourced by scripts/demo.sh and scripts/test.sh: installs what pi-agent needs on a
 # fresh Debian / Raspberry Pi OS machine, then creates .venv with the package in it.
-#   PROFILE=demo  -> runtime build deps only
-#   PROFILE=test  -> plus the virtual-audio and systemd tools the tests use
+#   PROFILE=demo  -> what building and running the package needs
+#   PROFILE=test  -> plus the virtual-audio, browser and systemd tools the tests use
+# A second run installs nothing and asks for no password: every check is local.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${PI_AGENT_VENV:-$ROOT/.venv}"
 PROFILE="${PROFILE:-demo}"
 
-debs=(portaudio19-dev python3-venv python3-dev gcc libasound2)
+# PyAudio builds from source on Linux: PortAudio's headers (which pull in ALSA's), a C
+# compiler and Python's headers. The ALSA runtime comes with them (libasound2 on
+# Debian 12, libasound2t64 on Debian 13), so it is not named here.
+debs=(portaudio19-dev python3-venv python3-dev gcc)
 if [ "$PROFILE" = test ]; then
     debs+=(alsa-utils pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox systemd iproute2 shellcheck)
 fi
@@ -20,10 +24,18 @@ for p in "${debs[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "pi-agent: installing Debian packages: ${missing[*]}" >&2
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    SUDO=()
+    [ "$(id -u)" -ne 0 ] && SUDO=(sudo)
+    # `env` inside sudo: sudo drops DEBIAN_FRONTEND, and apt then talks through debconf.
+    apt=("${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -o Dpkg::Use-Pty=0)
+    log="$(mktemp)"
+    if ! { "${apt[@]}" update -qq && "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        echo "pi-agent: could not install the Debian packages above (see apt's output)" >&2
+        exit 1
+    fi
+    rm -f "$log"
 fi
 
 PY="${PYTHON:-python3}"
@@ -32,13 +44,19 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     exit 1
 fi
 
-stamp="$VENV/.pi-agent-$PROFILE-$(cat "$ROOT/pyproject.toml" | sha1sum | cut -c1-12)"
+stamp="$VENV/.pi-agent-$PROFILE-$(sha1sum < "$ROOT/pyproject.toml" | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     extra=""; [ "$PROFILE" = test ] && extra="[test]"
-    echo "pi-agent: installing the package into $VENV" >&2
-    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e "$ROOT$extra"
+    log="$VENV/pip-install.log"
+    echo "pi-agent: installing the package into $VENV (pip's output: $log)" >&2
+    if ! { "$VENV/bin/python" -m pip install --upgrade pip \
+           && "$VENV/bin/python" -m pip install -e "$ROOT$extra"; } >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        echo "pi-agent: pip could not install the package (the whole log: $log)" >&2
+        exit 1
+    fi
+    rm -f "$VENV"/.pi-agent-"$PROFILE"-*
     touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -452,11 +452,16 @@ class TcpProxy:
         return self
 
     async def stop_listening(self) -> None:
-        """New connections are refused (the server is gone); open ones are left alone."""
+        """New connections are refused (the server is gone); open ones are left alone.
+
+        ``Server.close()`` closes the listening sockets at once. Its ``wait_closed()`` is not
+        awaited: since Python 3.12 it also waits for every open connection to end, which a
+        frozen (half-open) one never does.
+        """
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
             self._server = None
+            await asyncio.sleep(0)  # let the loop drop the listening sockets
 
     def cut(self) -> None:
         """Reset every open connection (TCP RST both ways)."""
@@ -470,8 +475,8 @@ class TcpProxy:
             conn.frozen.set()
 
     async def close(self) -> None:
+        self.cut()  # first: a frozen connection would otherwise be waited for (Python >= 3.12)
         await self.stop_listening()
-        self.cut()
 
     async def __aenter__(self) -> TcpProxy:
         return await self.start()

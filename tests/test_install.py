@@ -46,8 +46,12 @@ def rows(f):
 def save(f, rs):
     with open(f"{root}/etc/{f}", "w") as fh:
         fh.writelines(":".join(r) + "\n" for r in rs)
+SYSTEM = "--system" in args  # like Debian's useradd/groupadd: ids below 1000, from 999 down
 def next_id(rs):
-    return str(max([999] + [int(r[2]) for r in rs if int(r[2]) < 60000]) + 1)
+    used = {int(r[2]) for r in rs}
+    if SYSTEM:
+        return str(next(i for i in range(999, 99, -1) if i not in used))
+    return str(max([999] + [i for i in used if i < 60000]) + 1)
 opts = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--groups",)}
 target = args[-1] if args else ""
 if name == "groupadd":
@@ -380,7 +384,10 @@ def test_bash_syntax() -> None:
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_shellcheck() -> None:
-    result = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    """Every shell script of the project, the installer and the two set-up commands among them."""
+    scripts = [*sorted((REPO / "scripts").glob("*.sh")), REPO / ".ci" / "run"]
+    result = subprocess.run(["shellcheck", "-x", *map(str, scripts)], capture_output=True, text=True,
+                            timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stdout
 
 
