@@ -30,6 +30,9 @@
 # to build anew); every run starts from a pristine copy of it. Whatever happens, the mounts
 # in the root are removed and processes left in it are ended on exit.
 set -euo pipefail
+# The whole script is one block, read before any of it runs: a run takes an hour, and bash
+# would otherwise read an edited (or checked-out) file mid-run from the old offsets.
+{
 
 # Emulated, Python runs about ten times slower and every timing-based test is at the mercy
 # of the emulator, so by default only the pure core's tests run (protocol, states, backoff,
@@ -350,3 +353,4 @@ check_second
     echo "   logs: $LOGS"
 } | tee "$LOGS/summary.txt"
 exit "$FAILED"
+}
