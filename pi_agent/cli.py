@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole daemon against the built-in fake agent: "
                           "no sound card, no network, no account")
     demo.add_argument("--out", metavar="WAV", help="where to write the reply audio "
-                      "(default: pi-agent-demo-reply.wav in the temp directory)")
+                      "(default: pi-agent-demo-reply-<uid>.wav in the temp directory)")
     fake = sub.add_parser("fake-agent", help="serve a protocol-faithful fake ElevenLabs agent on loopback")
     from .fake_agent import add_arguments
     add_arguments(fake)

@@ -62,8 +62,9 @@ class SessionSettings(_Section):
                                "retrying cannot fix (bad key, unknown agent) retry only this often")
     backoff_reset_after: float = Field(30.0, ge=0, description="a connection must stay up this "
                                        "long (s) before the delay resets to backoff_initial")
-    dead_peer_timeout: float = Field(20.0, gt=0, description="a connection that stops answering "
-                                     "WebSocket pings is dropped within this many seconds")
+    dead_peer_timeout: float = Field(20.0, gt=0, description="a connection on which nothing at all "
+                                     "is received for this long is dropped and reopened (after a third of "
+                                     "it in silence a WebSocket ping asks the server for an answer)")
     connect_timeout: float = Field(10.0, gt=0, description="limit (s) for the signed-URL request "
                                    "and for the WebSocket opening handshake")
     prebuffer: float = Field(5.0, ge=0, description="seconds of speech kept while a conversation "

@@ -1,8 +1,10 @@
-"""Assembles the daemon from its parts and runs it until asked to stop.
+"""The composition root: builds the daemon from typed parts and runs it until asked to stop.
 
 Parts come in through :class:`Parts` (constructor injection): the demo and the tests
-hand in WAV-file audio and gpiozero's mock pins; ``pi-agent run`` builds the real ones
-from the settings.
+hand in WAV-file audio, gpiozero's mock pins, a connector or a signed-URL fetcher of
+their own; ``pi-agent run`` builds the real ones from the settings. The tasks run in a
+task group (one that dies takes the daemon down with a clear line, and systemd restarts
+it); shutdown closes everything within :data:`SHUTDOWN_BUDGET`, whatever hangs.
 """
 
 from __future__ import annotations
@@ -12,27 +14,43 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .alarms import GrowthAlarm
 from .audio import AudioInput, AudioOutput
 from .audio.formats import MicEncoder, decode_pcm
 from .audio.gate import CaptureGate
 from .config import Settings
-from .controller import Controller, Status
+from .controller import Controller
+from .decide import inputs as i
+from .decide.model import Status
+from .engine.backoff import Backoff
+from .engine.conversation import Engine
 from .errors import DeviceError, DeviceNotFound
 from .events import EventHub
 from .metrics import Metrics
+from .net.link import open_link
+from .net.session import Connector, Session
+from .net.signed_url import SignedUrlFetcher, url_for
 from .service.api import ApiServer
 from .service.systemd import Notifier, watchdog_loop
-from .session import Session
+
+if TYPE_CHECKING:
+    from gpiozero import Factory as PinFactory
+else:
+    PinFactory = Any
 
 log = logging.getLogger("pi_agent.daemon")
 
 DEVICE_RETRY_MAX = 30.0
+ALARM_INTERVAL = 5.0  # s between looks at the device counters
 SHUTDOWN_CLOSE_WAIT = 1.0  # at most this long for the agent to answer our close
 SHUTDOWN_BUDGET = 1.5  # all of the shutdown: systemd and the README promise exit within 2 s
+
+Vad = Callable[[bytes], bool]
 
 
 @dataclass
@@ -41,9 +59,13 @@ class Parts:
 
     audio_in: AudioInput | None = None
     audio_out: AudioOutput | None = None
-    pin_factory: Any = None
+    pin_factory: PinFactory | None = None
     notifier: Notifier | None = None
-    session_kwargs: dict[str, Any] = field(default_factory=dict)  # connect=, fetch_url=, backoff=, ...
+    vad: Vad | None = None
+    connect: Connector | None = None  # opens the WebSocket (default: pi_agent.net.link.open_link)
+    fetch_url: SignedUrlFetcher | None = None  # fetches a signed URL (default: HTTPS to the server)
+    backoff: Backoff | None = None
+    clock: Callable[[], float] = time.monotonic
 
 
 def make_audio_input(settings: Settings) -> AudioInput:
@@ -64,46 +86,21 @@ def make_audio_output(settings: Settings) -> AudioOutput:
     return PyAudioOutput(a.output_device, period_ms=a.period_ms, rate=a.output_rate, earcons=a.earcons)
 
 
-def make_vad(aggressiveness: int) -> Callable[[bytes], bool]:
+def make_vad(aggressiveness: int) -> Vad:
     import webrtcvad
 
     from .audio import MIC_RATE
 
     vad = webrtcvad.Vad(aggressiveness)
-    return lambda frame: vad.is_speech(frame, MIC_RATE)
+    return lambda frame: bool(vad.is_speech(frame, MIC_RATE))
 
 
 def encoder_for(fmt: str) -> Callable[[bytes], bytes]:
     return MicEncoder(fmt).encode
 
 
-class GrowthAlarm:
-    """Says in the log when a device counter grows: one warning line per ``interval`` at
-    most, with the count since the last line (an admin sees choppy audio explained in
-    ``journalctl`` without a flood)."""
-
-    def __init__(self, read: Callable[[], int], message: str, *, interval: float = 60.0) -> None:
-        self._read = read
-        self._message = message  # %d: how many since the last line
-        self._interval = interval
-        self._reported = read()
-        self._quiet_until = float("-inf")
-
-    def check(self, now: float) -> None:
-        try:
-            value = self._read()
-        except Exception:  # a device being reopened: look again next time
-            return
-        if value < self._reported:  # a counter that restarted
-            self._reported = value
-        if value > self._reported and now >= self._quiet_until:
-            log.warning(self._message, value - self._reported)
-            self._reported = value
-            self._quiet_until = now + self._interval
-
-
 class Daemon:
-    """The running daemon: controller, session, devices, GPIO, API, systemd notifications."""
+    """The running daemon: controller, engine and session, devices, GPIO, API, systemd."""
 
     def __init__(self, settings: Settings, parts: Parts | None = None) -> None:
         parts = parts or Parts()
@@ -113,32 +110,38 @@ class Daemon:
         self.audio_in = parts.audio_in or make_audio_input(settings)
         self.audio_out = parts.audio_out or make_audio_output(settings)
         self.notifier = parts.notifier or Notifier.from_env()
-        c = settings.capture
+        c, s = settings.capture, settings.session
         preroll = c.preroll
         if c.mode == "push_to_talk":  # streaming starts at the hold: keep what came before it
             preroll = max(preroll, min(2.0, settings.button.hold_time + 0.1))
-        self.gate = CaptureGate(c.mode, make_vad(c.vad_aggressiveness), preroll=preroll,
+        self.gate = CaptureGate(c.mode, parts.vad or make_vad(c.vad_aggressiveness), preroll=preroll,
                                 hangover=c.hangover, privacy=c.privacy)
-        self.controller = Controller(settings, gate=self.gate, output=self.audio_out,
-                                     metrics=self.metrics, hub=self.hub, decode_audio=decode_pcm)
+        self.engine = Engine(s, encoder_factory=encoder_for, decode_audio=decode_pcm, backoff=parts.backoff)
+        self.controller = Controller(settings, gate=self.gate, output=self.audio_out, engine=self.engine,
+                                     metrics=self.metrics, hub=self.hub, clock=parts.clock)
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
-        self.session = Session(settings.session, agent_id=settings.agent_id, server_url=settings.server_url,
-                               api_key=api_key, listener=self.controller, metrics=self.metrics,
-                               encoder_factory=encoder_for, **parts.session_kwargs)
+        self.session = Session(
+            self.engine, url=lambda: url_for(settings.server_url, settings.agent_id, api_key, s.connect_timeout,
+                                             parts.fetch_url),
+            on_event=self.controller.dispatch, connect_timeout=s.connect_timeout,
+            connect=parts.connect or open_link, clock=parts.clock)
         self.controller.attach(self.session)
-        self.api = (ApiServer(settings.api.port, self.controller, self.hub, self.metrics, self._counters)
+        self.api = (ApiServer(settings.api.port, self.controller, self.hub, self.metrics, self._snapshot_extra)
                     if settings.api.port else None)
         self._pin_factory = parts.pin_factory
         self.leds: Any = None
         self.button: Any = None
-        self._last_tick = time.monotonic()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._closing: list[asyncio.Future[Any]] = []  # device and API closes under way
+        self._shutdown_by: float | None = None  # when everything must be closed
         self._mic_failed = asyncio.Event()
         self._spk_failed = asyncio.Event()
         self._open_devices: set[str] = set()
-        self.metrics.watch_device_counter("capture_overflows", lambda: self.audio_in.overflows)
-        self.metrics.watch_device_counter("playback_underruns", lambda: self.audio_out.underruns)
-        self.metrics.watch_device_counter("playback_device_underflows", self._device_underflows)
+        m = self.metrics
+        m.watch_engine(self.engine, lambda: self.audio_out.dropped_frames)
+        m.watch_device_counter("capture_overflows", lambda: self.audio_in.overflows)
+        m.watch_device_counter("playback_underruns", lambda: self.audio_out.underruns)
+        m.watch_device_counter("playback_device_underflows", self._device_underflows)
         self._alarms = [
             GrowthAlarm(lambda: self.audio_in.overflows, "the microphone lost %d frame(s): the audio "
                         "thread or the event loop fell behind (CPU too busy?)"),
@@ -151,27 +154,17 @@ class Daemon:
     def _device_underflows(self) -> int:
         return int(getattr(self.audio_out, "device_underflows", 0))
 
-    def _counters(self) -> dict[str, Any]:
-        def total(counter: Any) -> int:
-            return int(sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total")))
-        m = self.metrics
-        extra: dict[str, Any] = {"counters": {
-            "reconnects": total(m.reconnects), "conversations": total(m.conversations),
-            "messages_in": total(m.messages_in), "messages_out": total(m.messages_out),
-            "audio_dropped": total(m.audio_dropped), "protocol_errors": total(m.protocol_errors),
-            "capture_overflows": self.audio_in.overflows, "playback_underruns": self.audio_out.underruns,
-        }}
-        if self.leds is not None and getattr(self.leds, "picture", None) is not None:
-            pic = self.leds.picture
-            extra["leds"] = {"top": pic.top.value, "connection": pic.connection.value,
-                             "activity": pic.activity.value, "rgb": pic.rgb.value, "color": list(pic.color)}
-        else:
-            from .gpio.leds import LedInputs, picture
+    def _snapshot_extra(self) -> dict[str, Any]:
+        from .gpio.leds import LedInputs, picture
+        counters: dict[str, Any] = {**self.metrics.totals(), "capture_overflows": self.audio_in.overflows,
+                                    "playback_underruns": self.audio_out.underruns}
+        pic = getattr(self.leds, "picture", None)
+        if pic is None:
             s = self.controller.status
             pic = picture(LedInputs(s.state, s.connected, s.muted, s.backing_off, s.error))
-            extra["leds"] = {"top": pic.top.value, "connection": pic.connection.value,
-                             "activity": pic.activity.value, "rgb": pic.rgb.value, "color": list(pic.color)}
-        return extra
+        leds = {"top": pic.top.value, "connection": pic.connection.value, "activity": pic.activity.value,
+                "rgb": pic.rgb.value, "color": list(pic.color)}
+        return {"counters": counters, "leds": leds}
 
     # --- GPIO -----------------------------------------------------------------------------
 
@@ -189,7 +182,7 @@ class Daemon:
                 self.controller.observe(lambda s: driver.apply(
                     picture(LedInputs(s.state, s.connected, s.muted, s.backing_off, s.error))))
         if button.pin is not None:
-            from .gpio.button import ButtonInput, ButtonPolicy
+            from .gpio.button import ButtonInput
             try:
                 self.button = ButtonInput(button.pin, pull_up=button.pull_up, bounce_time=button.bounce_time,
                                           hold_time=button.hold_time, long_hold_time=button.long_hold_time,
@@ -197,8 +190,7 @@ class Daemon:
             except DeviceError as e:
                 log.error("button unavailable: %s (the daemon runs without it)", e)
             else:
-                policy = ButtonPolicy()
-                self.button.start(loop, lambda ev: self.controller.on_button(ev, policy))
+                self.button.start(loop, self.controller.on_button)
 
     def _close_gpio(self) -> None:
         for part in (self.button, self.leds):
@@ -208,21 +200,21 @@ class Daemon:
 
     # --- devices --------------------------------------------------------------------------
 
-    async def _keep_device(self, which: str, open_: Callable[[], Any], close: Callable[[], Any],
-                           failed: asyncio.Event) -> None:
+    async def _keep_device(self, which: str, open_: Callable[[], Awaitable[None]],
+                           close: Callable[[], Awaitable[None]], failed: asyncio.Event) -> None:
         """Open a device; when it fails (missing, unplugged), reopen with backoff, forever."""
         delay = 1.0
         while True:
             try:
                 await open_()
             except DeviceError as e:
-                self.controller.device_failed(which, str(e))
+                self.controller.dispatch(i.DeviceFailed(which, str(e)))
                 if isinstance(e, DeviceNotFound):
                     self._relist_devices(which)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, DEVICE_RETRY_MAX)
                 continue
-            self.controller.device_recovered(which)
+            self.controller.dispatch(i.DeviceRecovered(which))
             self._open_devices.add(which)
             delay = 1.0
             await failed.wait()
@@ -244,29 +236,27 @@ class Daemon:
 
     def _device_error(self, which: str, failed: asyncio.Event) -> Callable[[DeviceError], None]:
         def report(error: DeviceError) -> None:
-            self.controller.device_failed(which, str(error))
+            self.controller.dispatch(i.DeviceFailed(which, str(error)))
             failed.set()
         return report
 
-    async def _ticker(self) -> None:
-        ticks = 0
+    async def _watch_alarms(self) -> None:
         while True:
-            await asyncio.sleep(0.05)
-            self._last_tick = now = time.monotonic()
-            self.controller.tick()
-            ticks += 1
-            if ticks % 20 == 0:
-                for alarm in self._alarms:
-                    alarm.check(now)
+            await asyncio.sleep(ALARM_INTERVAL)
+            now = time.monotonic()
+            for alarm in self._alarms:
+                alarm.check(now)
 
     # --- run ------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
+        """Run until ``stop`` is set (0) or a task dies (1, after a critical line)."""
         loop = asyncio.get_running_loop()
         log.info("pi-agent %s starting: agent %s at %s, %s policy, %s capture, %s", __version__,
                  self.settings.agent_id, self.settings.server_url, self.settings.session.policy,
                  self.settings.capture.mode, self.settings.audio.echo)
         self.controller.observe(self._notify_status)
+        died: BaseExceptionGroup[Exception] | None = None
         try:
             self._open_gpio(loop)
             if self.api is not None:
@@ -276,61 +266,67 @@ class Daemon:
                     log.error("cannot start the event API on 127.0.0.1:%d: %s (set PI_AGENT_API__PORT "
                               "to a free port, or 0 to turn it off)", self.settings.api.port, e.strerror or e)
                     return 1
-            spawn = self._spawn
-            spawn(self._keep_device("speaker", lambda: self.audio_out.open(self._device_error("speaker", self._spk_failed)),
-                                    self.audio_out.close, self._spk_failed), "speaker")
-            spawn(self._keep_device("microphone", lambda: self.audio_in.open(
-                self.controller.on_mic_frame, self._device_error("microphone", self._mic_failed)),
-                self.audio_in.close, self._mic_failed), "microphone")
-            await asyncio.sleep(0)  # let the devices open before READY when they can
-            self.controller.ready()
-            spawn(self.session.run(), "session")
-            spawn(self._ticker(), "ticker")
-            spawn(watchdog_loop(self.notifier, lambda: time.monotonic() - self._last_tick < 5.0), "watchdog")
-            self.notifier.ready(f"state: {self.controller.state.value}")
-            stopper = asyncio.ensure_future(stop.wait())
-            pending = {stopper, *self._tasks}
-            while not stop.is_set():
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for t in done - {stopper}:
-                    if not t.cancelled() and t.exception() is not None:
-                        # A bug of ours: say so loudly; systemd restarts us (Restart=on-failure).
-                        log.critical("internal task %s died: %r; exiting", t.get_name(), t.exception(),
-                                     exc_info=t.exception())
-                        stopper.cancel()
-                        return 1
-            return 0
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    await self._run_tasks(tasks, stop)
+            except* Exception as group:  # a bug of ours: say so loudly; systemd restarts us
+                died = group
         finally:
             await self._shutdown()
+        if died is not None:
+            for exc in died.exceptions:
+                log.critical("internal task died: %r; exiting", exc, exc_info=exc)
+            return 1
+        return 0
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=name))
+    async def _run_tasks(self, tasks: asyncio.TaskGroup, stop: asyncio.Event) -> None:
+        def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+            task = tasks.create_task(coro, name=name)
+            self._tasks.append(task)
+            return task
+
+        out, mic = self.audio_out, self.audio_in
+        spawn(self._keep_device("speaker", lambda: out.open(self._device_error("speaker", self._spk_failed)),
+                                out.close, self._spk_failed), "speaker")
+        spawn(self._keep_device("microphone", lambda: mic.open(
+            self.controller.on_mic_frame, self._device_error("microphone", self._mic_failed)),
+            mic.close, self._mic_failed), "microphone")
+        await asyncio.sleep(0)  # let the devices open before READY when they can
+        self.controller.dispatch(i.Ready())
+        session = spawn(self.session.run(), "session")
+        spawn(self._watch_alarms(), "alarms")
+        spawn(watchdog_loop(self.notifier, lambda: not session.done()), "watchdog")
+        self.notifier.ready(f"state: {self.controller.state.value}")
+        await stop.wait()
+        await self._close_conversation()
+        for task in self._tasks:
+            task.cancel()
 
     def _notify_status(self, status: Status) -> None:
         text = f"state: {status.state.value}" + (" (connected)" if status.connected else "")
         self.notifier.status(text)
 
+    async def _close_conversation(self) -> None:
+        """Stop listening at once, then close the conversation with 1000 (bounded wait).
+        Idempotent: the first call starts the shutdown budget."""
+        if self._shutdown_by is not None:
+            return
+        self._shutdown_by = time.monotonic() + SHUTDOWN_BUDGET
+        self.notifier.stopping()
+        log.info("shutting down")
+        self.controller.dispatch(i.ShuttingDown())  # no more speech: nothing may ask for a new conversation
+        self._closing.append(asyncio.ensure_future(self.audio_in.close()))
+        await self.session.close(min(self._shutdown_by - 0.2 - time.monotonic(), SHUTDOWN_CLOSE_WAIT))
+
     async def _shutdown(self) -> None:
         """Close everything within :data:`SHUTDOWN_BUDGET`, whatever hangs: a frozen sound
         server makes device closes block, a dead link the WebSocket close handshake."""
-        self.notifier.stopping()
-        log.info("shutting down")
-        deadline = time.monotonic() + SHUTDOWN_BUDGET
-        self.controller.shut_down()  # no more speech: nothing may ask for a new conversation
-        closing = [asyncio.ensure_future(self.audio_in.close())]
-        if self.session.is_open:
-            self.session.end("shutdown")
-            session_deadline = min(deadline - 0.2, time.monotonic() + SHUTDOWN_CLOSE_WAIT)
-            while self.session.is_open and time.monotonic() < session_deadline:
-                await asyncio.sleep(0.02)
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        closing.append(asyncio.ensure_future(self.audio_out.close()))
+        await self._close_conversation()  # if the tasks did not get to it (a task died, the API failed)
+        assert self._shutdown_by is not None
+        closing = [*self._closing, asyncio.ensure_future(self.audio_out.close())]
         if self.api is not None:
             closing.append(asyncio.ensure_future(self.api.close()))
-        _, stuck = await asyncio.wait(closing, timeout=max(0.05, deadline - time.monotonic()))
+        _, stuck = await asyncio.wait(closing, timeout=max(0.05, self._shutdown_by - time.monotonic()))
         for task in stuck:  # abandoned: a blocking close goes on in its own thread, we do not wait
             task.cancel()
         await asyncio.gather(*closing, return_exceptions=True)

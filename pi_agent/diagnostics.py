@@ -126,49 +126,46 @@ def _open_gpio_once(settings: Settings) -> None:
 
 
 async def reach_agent(settings: Settings) -> str:
-    """Fetch a signed URL (with a key), open a conversation, wait for its metadata, close it."""
-    import websockets
-    from websockets.asyncio.client import connect
+    """Open one conversation the way the daemon does (signed URL with a key, the handshake,
+    the metadata), then close it with 1000. Raises :class:`ConnectError` saying why not."""
+    from .audio.formats import decode_pcm
+    from .engine import events as ev
+    from .engine.conversation import Engine
+    from .net.session import Session
+    from .net.signed_url import url_for
 
-    from . import protocol as p
-    from .session import conversation_url, fetch_signed_url, with_source
+    s = settings.session
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    engine = Engine(s.model_copy(update={"policy": "on_demand"}), encoder_factory=lambda fmt: lambda pcm: pcm,
+                    decode_audio=decode_pcm)
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[ev.Opened] = loop.create_future()
 
-    timeout = settings.session.connect_timeout
-    how = "public agent"
-    if settings.api_key:
-        signed = await asyncio.to_thread(fetch_signed_url, settings.server_url, settings.agent_id,
-                                         settings.api_key.get_secret_value(), timeout)
-        url, how = with_source(signed), "signed URL fetched"
-    else:
-        url = conversation_url(settings.server_url, settings.agent_id)
+    def on_event(event: ev.Event) -> None:
+        if result.done():
+            return
+        if isinstance(event, ev.Opened):
+            result.set_result(event)
+        elif isinstance(event, ev.Closed):
+            result.set_exception(ConnectError(event.reason))
+
+    session = Session(engine, url=lambda: url_for(settings.server_url, settings.agent_id, key, s.connect_timeout),
+                      on_event=on_event, connect_timeout=s.connect_timeout)
     started = time.monotonic()
+    engine.request(started)
+    runner = asyncio.create_task(session.run())
     try:
-        async with connect(url, open_timeout=timeout, close_timeout=2, compression=None,
-                           max_size=16 * 1024 * 1024) as ws:
-            await ws.send(p.encode_initiation(source="pi_agent", version=__version__))
-            deadline = started + timeout
-            while True:
-                frame = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
-                try:
-                    event = p.decode(frame)
-                except Exception:
-                    continue
-                if isinstance(event, p.ConversationMetadata):
-                    await ws.close(1000, "pi-agent check")
-                    ms = (time.monotonic() - started) * 1000
-                    return (f"{how}; conversation opened in {ms:.0f} ms (agent audio "
-                            f"{event.agent_output_audio_format}, mic audio {event.user_input_audio_format})")
-                if isinstance(event, p.Ping):
-                    await ws.send(p.encode_pong(event.event_id))
-    except websockets.InvalidStatus as e:
-        raise ConnectError(f"handshake refused: HTTP {e.response.status_code} (check agent_id and the API key)") from None
-    except websockets.ConnectionClosed as e:
-        raise ConnectError(f"the server closed the conversation: {e.rcvd.code if e.rcvd else 'no close frame'} "
-                           f"{e.rcvd.reason if e.rcvd else ''}".rstrip()) from None
+        opened = await asyncio.wait_for(result, 2 * s.connect_timeout + 2)
     except TimeoutError:
-        raise ConnectError(f"no conversation metadata within {timeout:g} s") from None
-    except (OSError, websockets.InvalidHandshake) as e:
-        raise ConnectError(f"cannot connect to {settings.server_url}: {getattr(e, 'strerror', None) or e}") from None
+        raise ConnectError(f"no conversation within {2 * s.connect_timeout + 2:g} s") from None
+    finally:
+        await session.close(2.0)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    ms = (time.monotonic() - started) * 1000
+    how = "signed URL fetched" if key else "public agent"
+    return (f"{how}; conversation opened in {ms:.0f} ms (agent audio {opened.agent_output_audio_format}, "
+            f"mic audio {opened.user_input_audio_format})")
 
 
 # --- test-leds, test-button ------------------------------------------------------------------

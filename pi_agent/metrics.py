@@ -1,31 +1,28 @@
-"""Prometheus metrics, on a registry of the daemon's own (not the global one)."""
+"""Prometheus metrics, on a registry of the daemon's own (not the global one).
+
+Counts kept by the parts themselves (the engine's :class:`~pi_agent.engine.conversation.Stats`
+and outbox, the devices' overflow and underrun counters) are read at scrape time:
+nothing is pushed per audio frame. Only durations are observed as they happen.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .engine.conversation import Engine
 
 class Metrics:
-    """Every figure ``/metrics`` shows. Cheap to update from the event loop."""
+    """Every figure ``/metrics`` shows."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.reconnects = Counter("pi_agent_reconnects", "Connection attempts after a failure or an end", registry=r)
-        self.conversations = Counter("pi_agent_conversations", "Conversations opened", registry=r)
         self.conversation_seconds = Histogram(
             "pi_agent_conversation_duration_seconds", "How long conversations stayed open",
             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=r)
-        self.messages_in = Counter("pi_agent_messages_received", "Server messages by type", ["type"], registry=r)
-        self.messages_out = Counter("pi_agent_messages_sent", "Client messages by type", ["type"], registry=r)
-        self.protocol_errors = Counter("pi_agent_protocol_errors", "Server frames skipped as malformed", registry=r)
-        self.audio_dropped = Counter(
-            "pi_agent_audio_dropped_frames", "Audio frames not sent or not played, by reason",
-            ["reason"], registry=r)
-        self.connected = Gauge("pi_agent_connected", "1 while a conversation is open", registry=r)
-        self.ping_ms = Gauge("pi_agent_server_ping_ms", "Round trip the server last reported (ping_ms)", registry=r)
         self.response_latency = Histogram(
             "pi_agent_response_latency_seconds", "End of user speech to first agent audio",
             buckets=(0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10), registry=r)
@@ -33,29 +30,94 @@ class Metrics:
             "pi_agent_barge_in_flush_seconds", "Interruption received to playback flushed",
             buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1), registry=r)
         self._device_counts: dict[str, Callable[[], int]] = {}
-        r.register(_DeviceCollector(self._device_counts))
+        self._engine: Engine | None = None
+        self._playback_dropped: Callable[[], int] = lambda: 0
+        r.register(_Collector(self))
+
+    def watch_engine(self, engine: Engine, playback_dropped: Callable[[], int]) -> None:
+        """Expose the engine's counters, and the agent audio the speaker had no room for."""
+        self._engine = engine
+        self._playback_dropped = playback_dropped
 
     def watch_device_counter(self, name: str, read: Callable[[], int]) -> None:
         """Expose a device's own counter (overflows, underruns) read at scrape time."""
         self._device_counts[name] = read
 
+    def totals(self) -> dict[str, int]:
+        """The main counters as plain numbers (the event API snapshot)."""
+        engine = self._engine
+        if engine is None:
+            return {}
+        stats = engine.stats
+        return {"reconnects": stats.reconnects, "conversations": stats.conversations,
+                "messages_in": sum(stats.messages_in.values()), "messages_out": sum(stats.messages_out.values()),
+                "audio_dropped": sum(self._audio_dropped().values()), "protocol_errors": stats.protocol_errors}
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def _audio_dropped(self) -> dict[str, int]:
+        assert self._engine is not None
+        dropped = dict(self._engine.stats.audio_dropped)
+        for reason, n in self._engine.outbox.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + n
+        playback = self._safe(self._playback_dropped)
+        if playback:
+            dropped["playback_full"] = playback
+        return dropped
 
-class _DeviceCollector:
-    def __init__(self, reads: dict[str, Callable[[], int]]) -> None:
-        self._reads = reads
+    def collect(self) -> Iterator[Metric]:
+        engine = self._engine
+        if engine is not None:
+            stats = engine.stats
+            yield _counter("pi_agent_reconnects", "Connection attempts after a failure or an end", stats.reconnects)
+            yield _counter("pi_agent_conversations", "Conversations opened", stats.conversations)
+            yield _labelled("pi_agent_messages_received", "Server messages by type", "type", stats.messages_in)
+            yield _labelled("pi_agent_messages_sent", "Client messages by type", "type", stats.messages_out)
+            yield _counter("pi_agent_protocol_errors", "Server frames skipped as malformed", stats.protocol_errors)
+            yield _labelled("pi_agent_audio_dropped_frames", "Audio frames not sent or not played, by reason",
+                            "reason", self._audio_dropped())
+            yield _labelled("pi_agent_messages_dropped", "Messages to the agent dropped because too many waited",
+                            "type", dict(engine.outbox.dropped_messages))
+            connected = GaugeMetricFamily("pi_agent_connected", "1 while a conversation is open")
+            connected.add_metric([], 1.0 if engine.is_open else 0.0)
+            yield connected
+            ping = GaugeMetricFamily("pi_agent_server_ping_ms", "Round trip the server last reported (ping_ms)")
+            ping.add_metric([], float(stats.ping_ms or 0))
+            yield ping
+        devices = GaugeMetricFamily("pi_agent_audio_device_events", "Capture overflows and playback underruns",
+                                    labels=["event"])
+        for name, read in list(self._device_counts.items()):
+            value = self._safe(read)
+            if value is not None:
+                devices.add_metric([name], float(value))
+        yield devices
 
-    def describe(self) -> list[GaugeMetricFamily]:
+    @staticmethod
+    def _safe(read: Callable[[], int]) -> int | None:
+        try:
+            return int(read())
+        except Exception:  # a device being reopened: skip this scrape
+            return None
+
+
+class _Collector:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
         return []
 
-    def collect(self):  # type: ignore[no-untyped-def]
-        fam = GaugeMetricFamily("pi_agent_audio_device_events", "Capture overflows and playback underruns",
-                                labels=["event"])
-        for name, read in list(self._reads.items()):
-            try:
-                fam.add_metric([name], float(read()))
-            except Exception:  # a device being reopened: skip this scrape
-                continue
-        yield fam
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.collect()
+
+
+def _counter(name: str, documentation: str, value: int) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=float(value))
+
+
+def _labelled(name: str, documentation: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], float(value))
+    return family

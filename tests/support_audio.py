@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 SYSTEM_ALSA_CONF = Path("/usr/share/alsa/alsa.conf")
 PULSE_PLUGIN_DIRS = [
@@ -429,28 +428,3 @@ def speech(text: str, directory: Path) -> tuple[np.ndarray, int] | None:
 
     frames, rate = read_wav(path)
     return frames[:, 0].copy(), rate
-
-
-# ---------------------------------------------------------------------- fixtures
-# Import these into a test module: ``from support_audio import virtual_audio, alsa_devices``.
-
-
-@pytest.fixture(scope="session")
-def virtual_audio(tmp_path_factory: pytest.TempPathFactory):
-    """The private PulseAudio server + ALSA config, for the whole session."""
-    reason = missing_tools()
-    if reason:
-        pytest.skip(reason)
-    va = VirtualAudio(tmp_path_factory.mktemp("vaudio"))
-    try:
-        va.start()  # a server that is installed but will not start is a failure, not a skip
-        yield va
-    finally:
-        va.stop()
-
-
-@pytest.fixture
-def alsa_devices(virtual_audio: VirtualAudio, monkeypatch: pytest.MonkeyPatch):
-    """Make PortAudio (initialised inside the test) see the virtual devices."""
-    monkeypatch.setenv("ALSA_CONFIG_PATH", str(virtual_audio.alsa_conf))
-    return virtual_audio

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from support_daemon import QUESTION_WAV, DaemonProcess, EventClient, free_port
+from .support_daemon import QUESTION_WAV, DaemonProcess, EventClient, free_port
 
 CANARY = "sk_canary_faults_7c1d9e2f4a6b8c0d"
 """The API key every fault case runs with; it must never be seen outside the daemon."""

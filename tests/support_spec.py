@@ -154,7 +154,7 @@ def _short(msg: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_spec(path: str | None = None) -> Spec:
     """The contract, loaded once per path."""
     return Spec(Path(path) if path else None)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from pi_agent.daemon import GrowthAlarm
+from pi_agent.alarms import GrowthAlarm
 
 
 def test_a_growing_counter_is_reported_once_per_interval_with_the_count_since_the_last_line(
@@ -14,7 +14,7 @@ def test_a_growing_counter_is_reported_once_per_interval_with_the_count_since_th
 ) -> None:
     count = [3]  # what the device counted before the daemon looked: not reported
     alarm = GrowthAlarm(lambda: count[0], "lost %d frame(s)", interval=60.0)
-    caplog.set_level(logging.WARNING, logger="pi_agent.daemon")
+    caplog.set_level(logging.WARNING, logger="pi_agent.alarms")
 
     alarm.check(0.0)
     assert caplog.messages == []
@@ -40,7 +40,7 @@ def test_a_counter_that_restarts_or_cannot_be_read_is_not_an_alarm(caplog: pytes
         return int(value)  # type: ignore[call-overload]
 
     alarm = GrowthAlarm(read, "ran dry %d time(s)")
-    caplog.set_level(logging.WARNING, logger="pi_agent.daemon")
+    caplog.set_level(logging.WARNING, logger="pi_agent.alarms")
     state["value"] = RuntimeError("device being reopened")
     alarm.check(1.0)
     state["value"] = 0  # a new device object counts from zero

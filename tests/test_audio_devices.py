@@ -19,15 +19,13 @@ from pi_agent.audio import formats as F
 from pi_agent.audio.capture import PyAudioInput
 from pi_agent.audio.playback import PyAudioOutput
 from pi_agent.errors import DeviceError
-from support_audio import (
+from .support_audio import (
     SPK_RATE,
     VirtualAudio,
-    alsa_devices,  # noqa: F401  (fixture)
     dominant_frequency,
     loud_segments,
     speech,
     tone,
-    virtual_audio,  # noqa: F401  (fixture)
 )
 
 pytestmark = pytest.mark.audio

@@ -31,7 +31,7 @@ import pytest
 
 from pi_agent.audio.files import read_wav
 from pi_agent.fake_agent import ConversationRecord, FakeAgent, FakeAgentOptions
-from support_audio import (
+from .support_audio import (
     SPK_CHANNELS,
     SPK_RATE,
     PulseServer,
@@ -41,9 +41,8 @@ from support_audio import (
     exact_edges,
     loud_segments,
     tone,
-    virtual_audio,  # noqa: F401  (fixture)
 )
-from support_daemon import QUESTION_WAV, DaemonProcess, EventClient
+from .support_daemon import QUESTION_WAV, DaemonProcess, EventClient
 
 pytestmark = [pytest.mark.audio, pytest.mark.slow]
 
@@ -337,18 +336,17 @@ async def test_agent_audio_format_plays_at_the_right_pitch_and_length_on_48k(
     virtual_audio: VirtualAudio, tmp_path: Path, fmt: str
 ) -> None:
     opts = FakeAgentOptions(port=0, output_format=fmt, reply_wav=str(tone_reply(tmp_path)))
-    async with FakeAgent(opts) as agent:
-        async with audio_daemon(daemon_env(virtual_audio, agent), tmp_path) as (d, events):
-            await connected(agent, events)
-            recording = TimedRecording(virtual_audio.server, "spk.monitor", tmp_path)
-            try:
-                await events.send({"type": "say", "text": "play the tones"})
-                await events.wait_state("speaking", 10)
-                await events.wait_for(lambda e: e.get("type") == "state" and e["previous"] == "speaking", 10)
-                await asyncio.sleep(0.2)
-            finally:
-                recorded = recording.stop()
-            counters = await snapshot_counters(d)
+    async with FakeAgent(opts) as agent, audio_daemon(daemon_env(virtual_audio, agent), tmp_path) as (d, events):
+        await connected(agent, events)
+        recording = TimedRecording(virtual_audio.server, "spk.monitor", tmp_path)
+        try:
+            await events.send({"type": "say", "text": "play the tones"})
+            await events.wait_state("speaking", 10)
+            await events.wait_for(lambda e: e.get("type") == "state" and e["previous"] == "speaking", 10)
+            await asyncio.sleep(0.2)
+        finally:
+            recorded = recording.stop()
+        counters = await snapshot_counters(d)
     assert "48000 Hz x2" in d.log
     assert np.array_equal(recorded[:, 0], recorded[:, 1])  # both speaker channels carry it
     x = recorded[:, 0]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pi_agent.backoff import Backoff, Outcome, classify_close, classify_http_status
-from pi_agent.protocol import ErrorEvent
+from pi_agent.engine.backoff import Backoff, Outcome, classify_close, classify_http_status
+from pi_agent.engine.protocol import ErrorEvent
 
 
 def test_delays_double_up_to_the_cap_with_full_jitter() -> None:

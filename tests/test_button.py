@@ -17,7 +17,7 @@ from pi_agent.gpio.button import (
     ButtonIntent,
     ButtonPolicy,
 )
-from pi_agent.states import State
+from pi_agent.decide.states import State
 
 E = ButtonEvent
 I = ButtonIntent  # noqa: E741
@@ -138,21 +138,26 @@ def test_policy_table(name: str) -> None:
     policy = ButtonPolicy()
     intents: list[ButtonIntent] = []
     for event, state in gesture:
-        intents += policy.decide(event, state)
+        policy, now = policy.decide(event, state)
+        intents += now
     assert intents == expected
 
 
 def test_policy_with_classifier_end_to_end() -> None:
     """Edges through the classifier and the policy, as the controller would run them."""
     c, policy = ButtonClassifier(0.4, 3.0), ButtonPolicy()
-    state = S.SPEAKING
-    intents = [i for e in c.down(0.0) for i in policy.decide(e, state)]
-    assert intents == [I.STOP]
-    state = S.IDLE
-    intents = [i for e in c.up(0.1) for i in policy.decide(e, state)]
-    assert intents == []  # the click that stopped speech does not also start listening
-    intents = [i for e in c.down(1.0) + c.up(1.1) for i in policy.decide(e, state)]
-    assert intents == [I.START_LISTENING]
+
+    def run(events: list[ButtonEvent], state: State) -> list[ButtonIntent]:
+        nonlocal policy
+        out: list[ButtonIntent] = []
+        for e in events:
+            policy, intents = policy.decide(e, state)
+            out += intents
+        return out
+
+    assert run(c.down(0.0), S.SPEAKING) == [I.STOP]
+    assert run(c.up(0.1), S.IDLE) == []  # the click that stopped speech does not also start listening
+    assert run(c.down(1.0) + c.up(1.1), S.IDLE) == [I.START_LISTENING]
 
 
 # --------------------------------------------------------------------------- ButtonInput

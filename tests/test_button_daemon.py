@@ -13,7 +13,7 @@ from pi_agent.audio.files import WavFileInput, WavFileOutput
 from pi_agent.daemon import Daemon, Parts
 from pi_agent.demo import DemoSettings
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from support_daemon import QUESTION_WAV
+from .support_daemon import QUESTION_WAV
 
 BUTTON, CONN_LED, ACT_LED = 17, 5, 6
 
@@ -88,7 +88,7 @@ async def test_hold_to_talk_and_press_to_interrupt(tmp_path: Path) -> None:
             pin.drive_low()
             await wait_state(daemon, "listening", 2)
             await asyncio.sleep(1.2)
-            assert daemon.controller.state.value == "listening" and not daemon.controller.muted
+            assert daemon.controller.state.value == "listening" and not daemon.controller.model.muted
             pin.drive_high()
             await wait_state(daemon, "thinking", 2)
     # Shut down: every LED off.
@@ -120,11 +120,11 @@ async def test_long_hold_toggles_mute_and_press_starts_listening_in_vad_mode(tmp
             await wait_state(daemon, "muted", 3)
             pin.drive_high()
             await asyncio.sleep(0.2)
-            assert daemon.controller.muted and daemon.leds.picture.top.value == "muted"
+            assert daemon.controller.model.muted and daemon.leds.picture.top.value == "muted"
             pin.drive_low()
             await wait_state(daemon, "idle", 3)
             pin.drive_high()
-            assert not daemon.controller.muted
+            assert not daemon.controller.model.muted
             # A short press starts listening (the VAD hangover then ends the silent turn).
             pin.drive_low()
             await asyncio.sleep(0.05)

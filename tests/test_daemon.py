@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from support_daemon import QUESTION_WAV, DaemonProcess, EventClient, daemon_running
+from .support_daemon import QUESTION_WAV, DaemonProcess, EventClient, daemon_running
 
 CANARY = "sk_canary_daemon_9f8e7d6c5b4a"
 
@@ -142,7 +142,7 @@ async def test_sd_notify_ready_watchdog_status_stopping(tmp_path: Path) -> None:
 
 def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
     out = tmp_path / "reply.wav"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PI_AGENT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PI_AGENT_") and k != "VIRTUAL_ENV"}
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "pi_agent.cli", "demo", "--out", str(out)], env=env,
                        capture_output=True, text=True, timeout=60)
@@ -153,13 +153,31 @@ def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
     assert "state speaking -> idle" in r.stderr
     assert str(out) in r.stdout and out.exists()
     assert elapsed < 30, elapsed
+    assert "PI_AGENT_AGENT_ID=dev pi-agent run" in r.stdout  # the README's recipe
+    assert "bin/activate" in r.stdout  # pi-agent is on no PATH yet: say how to get it there
 
 
-async def _say(agent: FakeAgent, tmp_path: Path, text: str) -> tuple[int | None, str, str]:
-    """``pi-agent say TEXT`` against ``agent`` (speaker: a WAV file); exit code, stdout, stderr."""
+def test_demo_says_at_once_when_it_cannot_write_the_reply(tmp_path: Path) -> None:
+    """A reply file it may not write (left by an earlier sudo run, say): one line naming the
+    file and --out, before anything runs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PI_AGENT_")}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "pi_agent.cli", "demo", "--out", str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 73, r.stdout + r.stderr
+    assert time.monotonic() - t0 < 10
+    assert f"cannot write the reply to {tmp_path}" in r.stderr and "--out PATH" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+async def _say(agent: FakeAgent, tmp_path: Path, text: str, **extra: str | None) -> tuple[int | None, str, str]:
+    """``pi-agent say TEXT`` against ``agent`` (speaker: a WAV file, unless ``extra`` says
+    otherwise; None unsets a variable); exit code, stdout, stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PI_AGENT_")}
     env.update({"PI_AGENT_AGENT_ID": "agent_say", "PI_AGENT_SERVER_URL": agent.http_url,
                 "PI_AGENT_AUDIO__OUTPUT_WAV": str(tmp_path / "say.wav")})
+    env.update({k: v for k, v in extra.items() if v is not None})
+    env = {k: v for k, v in env.items() if extra.get(k, "") is not None}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pi_agent.cli", "say", text, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -188,6 +206,20 @@ async def test_say_waits_for_the_agents_greeting_and_prints_only_the_reply(tmp_p
     assert [t.cause for t in record.turns] == ["first_message", "text"]
     assert not record.turns[0].interrupted  # the question waited for the greeting to end
     assert [r.message["text"] for r in record.received_of("user_message")] == ["hello there"]
+
+
+async def test_say_without_a_speaker_prints_the_reply_at_once(tmp_path: Path) -> None:
+    """No sound card: the reply is printed as soon as it arrives, exit 0, one clear line."""
+    async with FakeAgent(FakeAgentOptions(port=0, reply_text="Hello from the fake agent.")) as agent:
+        t0 = time.monotonic()
+        code, out, err = await _say(agent, tmp_path, "hello there", PI_AGENT_AUDIO__OUTPUT_WAV=None,
+                                    PI_AGENT_AUDIO__OUTPUT_DEVICE="no-such-speaker")
+        elapsed = time.monotonic() - t0
+    assert code == 0, err
+    assert out.strip() == "Hello from the fake agent."
+    assert elapsed < 10, elapsed
+    assert "no speaker" in err and "the reply is printed, not played" in err
+    assert "reopens it" not in err and "ERROR" not in err and "Traceback" not in err
 
 
 async def test_status_prints_the_snapshot_and_follows(tmp_path: Path) -> None:
@@ -219,12 +251,11 @@ async def test_voice_barge_in_full_duplex_flushes_the_speaker(tmp_path: Path) ->
     async with FakeAgent(FakeAgentOptions(port=0, send_speed=1.5)) as agent:
         env = base_env(agent, tmp_path, PI_AGENT_AUDIO__ECHO="full_duplex",
                        PI_AGENT_AUDIO__INPUT_WAV=str(_two_questions(tmp_path, 1.0)))
-        async with daemon_running(env, tmp_path) as d:
-            async with EventClient(d.api_port) as events:
-                await events.wait_state("speaking", 20)
-                await events.wait_for(lambda e: e["type"] == "interruption", 15, "interruption")
-                await events.wait_for(lambda e: e["type"] == "state" and e["previous"] == "speaking"
-                                      and e["state"] == "listening", 5, "speaking -> listening")
+        async with daemon_running(env, tmp_path) as d, EventClient(d.api_port) as events:
+            await events.wait_state("speaking", 20)
+            await events.wait_for(lambda e: e["type"] == "interruption", 15, "interruption")
+            await events.wait_for(lambda e: e["type"] == "state" and e["previous"] == "speaking"
+                                  and e["state"] == "listening", 5, "speaking -> listening")
     turn = agent.latest.turns[0]
     assert turn.interrupted
     assert agent.latest.interruptions == [turn.event_id]
@@ -236,29 +267,28 @@ async def test_event_api_commands(tmp_path: Path) -> None:
                        PI_AGENT_AUDIO__INPUT_WAV=str(tmp_path / "silence.wav"))
         with wave.open(env["PI_AGENT_AUDIO__INPUT_WAV"], "wb") as w:
             w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(bytes(3200))
-        async with daemon_running(env, tmp_path) as d:
-            async with EventClient(d.api_port) as events:
-                if not events.snapshot["connected"]:
-                    await events.wait_for(lambda e: e["type"] == "connection" and e["connected"], 10)
-                await events.send({"type": "mute"})
-                await events.wait_state("muted")
-                status, body = d.http("/healthz")
-                assert status == 200
-                await events.send({"type": "unmute"})
-                await events.wait_state("idle")
-                await events.send({"type": "contextual_update", "text": "the lights are on"})
-                await events.send({"type": "say", "text": "hello"})
-                await events.wait_state("speaking", 10)
-                await events.send({"type": "stop"})
-                await events.wait_for(lambda e: e["type"] == "state" and e["previous"] == "speaking"
-                                      and e["state"] == "idle", 5)
-                await events.send({"type": "dance"})
-                err = await events.wait_for(lambda e: e["type"] == "error" and e.get("source") == "api", 5)
-                assert "unknown command" in err["message"]
-                await events.send({"type": "say"})
-                await events.wait_for(lambda e: e["type"] == "error" and "text" in e.get("message", ""), 5)
-                acks = [e["command"] for e in events.events if e["type"] == "ack"]
-                assert acks == ["mute", "unmute", "contextual_update", "say", "stop"]
+        async with daemon_running(env, tmp_path) as d, EventClient(d.api_port) as events:
+            if not events.snapshot["connected"]:
+                await events.wait_for(lambda e: e["type"] == "connection" and e["connected"], 10)
+            await events.send({"type": "mute"})
+            await events.wait_state("muted")
+            status, body = d.http("/healthz")
+            assert status == 200
+            await events.send({"type": "unmute"})
+            await events.wait_state("idle")
+            await events.send({"type": "contextual_update", "text": "the lights are on"})
+            await events.send({"type": "say", "text": "hello"})
+            await events.wait_state("speaking", 10)
+            await events.send({"type": "stop"})
+            await events.wait_for(lambda e: e["type"] == "state" and e["previous"] == "speaking"
+                                  and e["state"] == "idle", 5)
+            await events.send({"type": "dance"})
+            err = await events.wait_for(lambda e: e["type"] == "error" and e.get("source") == "api", 5)
+            assert "unknown command" in err["message"]
+            await events.send({"type": "say"})
+            await events.wait_for(lambda e: e["type"] == "error" and "text" in e.get("message", ""), 5)
+            acks = [e["command"] for e in events.events if e["type"] == "ack"]
+            assert acks == ["mute", "unmute", "contextual_update", "say", "stop"]
         rec = agent.latest
         assert [r.message["text"] for r in rec.received_of("contextual_update")] == ["the lights are on"]
         assert [r.message["text"] for r in rec.received_of("user_message")] == ["hello"]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from support_daemon import QUESTION_WAV, free_port
+from .support_daemon import QUESTION_WAV, free_port
 
 CANARY = "sk_canary_diag_123456789"
 

@@ -44,7 +44,7 @@ from pi_agent.fake_agent.audio import (
     ulaw_decode,
     ulaw_encode,
 )
-from support_spec import validate_client_message, validate_server_message
+from .support_spec import validate_client_message, validate_server_message
 
 QUESTION_WAV = Path(__file__).resolve().parents[1] / "pi_agent" / "assets" / "question.wav"
 QUESTION, QUESTION_RATE = read_wav(QUESTION_WAV)

@@ -29,7 +29,7 @@ from elevenlabs.conversational_ai.conversation import (
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
 from pi_agent.fake_agent.audio import REPLY_WAV, read_wav
-from support_spec import validate_client_message, validate_server_message
+from .support_spec import validate_client_message, validate_server_message
 
 QUESTION, QUESTION_RATE = read_wav(Path(__file__).resolve().parents[1] / "pi_agent" / "assets" / "question.wav")
 REPLY, REPLY_RATE = read_wav(REPLY_WAV)

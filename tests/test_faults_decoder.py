@@ -4,9 +4,9 @@
 seldom gets past the first checks. Here every example starts from a well-formed server
 message of the spec (one of each type) and is then mutated: a field removed, a value
 swapped for one of another type, an extra key, a changed ``type``. The result goes
-through what the session does with a frame (decode, the conversation state, the audio
-decoder for the announced format, the pong it owes) and nothing but ``ProtocolError``
-may escape.
+through what the daemon does with a frame, minus the I/O (the engine: decode, the
+conversation state, the audio decoder for the announced format, the pong it owes; then
+the decision function) and nothing may escape: a malformed frame is counted and skipped.
 """
 
 from __future__ import annotations
@@ -19,11 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pi_agent import protocol as p
+from pi_agent.engine import protocol as p
 from pi_agent.audio.formats import decode_pcm
-from pi_agent.conversation import Conversation
+from pi_agent.config import SessionSettings
+from pi_agent.daemon import encoder_for
+from pi_agent.decide.decide import decide
+from pi_agent.decide.model import Model
+from pi_agent.engine.conversation import Engine
 from pi_agent.errors import ProtocolError
-from test_protocol import SERVER_EXAMPLES
+from .test_protocol import SERVER_EXAMPLES
 
 pytestmark = pytest.mark.faults
 
@@ -70,39 +74,45 @@ def mutated_messages(draw: st.DrawFn) -> str | bytes:
     return text.encode() if draw(st.integers(0, 9)) == 0 else text  # now and then as a binary frame
 
 
-def _receive(conversation: Conversation, frame: str | bytes) -> None:
-    """What ``Session._receive`` and ``Controller.on_audio`` do with one frame, minus the I/O."""
-    event = p.decode(frame)
-    if isinstance(event, p.Ping):
-        conversation.on_ping(event)
-        for event_id in conversation.take_pongs():
-            json.loads(p.encode_pong(event_id))
-    elif isinstance(event, p.ConversationMetadata):
-        if not conversation.is_open:
-            conversation.on_metadata(event)
-    elif isinstance(event, p.Audio):
-        if conversation.is_open and conversation.on_audio(event).play:
-            decode_pcm(conversation.output_format or "pcm_16000", event.audio)
-    elif isinstance(event, p.Interruption):
-        conversation.on_interruption(event)
-    elif isinstance(event, p.AgentToolResponse):
-        conversation.on_tool_response(event)
-    elif isinstance(event, p.ErrorEvent):
-        conversation.on_error(event)
+def _receive_path(fmt: str) -> tuple[Engine, list[Model]]:
+    """The engine with a conversation open in ``fmt``, and the model the decisions keep."""
+    engine = Engine(SessionSettings(policy="persistent"), encoder_factory=encoder_for, decode_audio=decode_pcm)
+    engine.tick(0.0)
+    engine.connection_open(0.0)
+    opening = {"type": "conversation_initiation_metadata", "conversation_initiation_metadata_event": {
+        "conversation_id": "c", "agent_output_audio_format": fmt, "user_input_audio_format": "pcm_16000"}}
+    models = [Model()]
+    _feed(engine, models, json.dumps(opening), 0.1)
+    return engine, models
+
+
+def _feed(engine: Engine, models: list[Model], frame: str | bytes, now: float) -> None:
+    """What the daemon does with one frame, minus the I/O: the engine, then the decisions."""
+    engine.receive(frame, now)
+    for text in engine.data_to_send(now):
+        json.loads(text)
+    for event in engine.events():
+        model, _ = decide(models[-1], event, now)
+        models.append(model)
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(mutated_messages(), min_size=1, max_size=6), st.sampled_from(["pcm_16000", "pcm_44100", "ulaw_8000"]))
-def test_mutated_server_messages_raise_only_protocol_error(frames: list[str | bytes], fmt: str) -> None:
-    conversation = Conversation()
-    opening = {"type": "conversation_initiation_metadata", "conversation_initiation_metadata_event": {
-        "conversation_id": "c", "agent_output_audio_format": fmt, "user_input_audio_format": "pcm_16000"}}
-    _receive(conversation, json.dumps(opening))
-    for frame in frames:
+def test_mutated_server_messages_never_raise_and_are_counted(frames: list[str | bytes], fmt: str) -> None:
+    engine, models = _receive_path(fmt)
+    errors_before = engine.stats.protocol_errors
+    for i, frame in enumerate(frames):
         try:
-            _receive(conversation, frame)
+            p.decode(frame)
+            bad = False
         except ProtocolError:
-            pass
+            bad = True
+        before = engine.stats.protocol_errors
+        _feed(engine, models, frame, 0.2 + i * 0.01)  # nothing may escape, whatever the frame
+        if bad:
+            assert engine.stats.protocol_errors == before + 1
+    assert engine.stats.protocol_errors >= errors_before
+    assert engine.conversation_id == "c" or engine.phase.value != "open"
 
 
 def test_the_mutations_reach_past_the_first_checks() -> None:

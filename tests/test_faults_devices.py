@@ -31,9 +31,9 @@ from pi_agent.config import load_settings
 from pi_agent.daemon import Daemon, Parts
 from pi_agent.errors import DeviceError
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from support_audio import VirtualAudio, missing_tools
-from support_daemon import EventClient, free_port
-from support_faults import CANARY, SecretScan, agent_signatures, fault_daemon, fault_env, make_wav
+from .support_audio import VirtualAudio, missing_tools
+from .support_daemon import EventClient, free_port
+from .support_faults import CANARY, SecretScan, agent_signatures, fault_daemon, fault_env, make_wav
 
 pytestmark = pytest.mark.faults
 

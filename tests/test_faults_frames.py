@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pi_agent.fake_agent import GARBAGE_KINDS, FakeAgent, FakeAgentOptions
-from support_faults import CANARY, agent_signatures, fault_daemon, fault_env, metric
+from .support_faults import CANARY, agent_signatures, fault_daemon, fault_env, metric
 
 pytestmark = pytest.mark.faults
 

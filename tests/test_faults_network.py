@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from support_faults import (CANARY, FakeAgentProcess, Link, TcpProxy, agent_signatures, contains, fault_daemon,
+from .support_faults import (CANARY, FakeAgentProcess, Link, TcpProxy, agent_signatures, contains, fault_daemon,
                             fault_env, make_wav, metric, netns_or_skip, proc_stats, question_samples, voiced_core)
 
 pytestmark = pytest.mark.faults

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from support_daemon import free_port
-from support_faults import (CANARY, FaultRun, SignedUrlStub, TcpProxy, agent_signatures, fault_daemon, fault_env,
+from .support_daemon import free_port
+from .support_faults import (CANARY, FaultRun, SignedUrlStub, TcpProxy, agent_signatures, fault_daemon, fault_env,
                             make_wav)
 
 pytestmark = pytest.mark.faults

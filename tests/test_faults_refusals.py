@@ -12,12 +12,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from pi_agent.fake_agent import ERROR_CODES, FakeAgent, FakeAgentOptions
-from support_faults import CANARY, agent_signatures, fault_daemon, fault_env
+from .support_faults import CANARY, agent_signatures, fault_daemon, fault_env
 
 pytestmark = pytest.mark.faults
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from support_daemon import free_port
-from support_faults import CANARY, FakeAgentProcess, TcpProxy, agent_signatures, fault_daemon, fault_env, make_wav
+from .support_daemon import free_port
+from .support_faults import CANARY, FakeAgentProcess, TcpProxy, agent_signatures, fault_daemon, fault_env, make_wav
 
 pytestmark = pytest.mark.faults
 

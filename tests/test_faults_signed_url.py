@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from support_faults import CANARY, SignedUrlStub, agent_signatures, fault_daemon, fault_env
+from .support_faults import CANARY, SignedUrlStub, agent_signatures, fault_daemon, fault_env
 
 pytestmark = pytest.mark.faults
 
@@ -79,14 +79,13 @@ async def test_each_signed_url_failure_gets_a_clear_line_and_its_reaction(tmp_pa
 async def test_refused_key_is_not_hammered(status: int, tmp_path: Path) -> None:
     """A refused key is retried only at the cap, logged once, and the daemon recovers
     by itself once the key is accepted again."""
-    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent:
-        async with SignedUrlStub(agent.http_url) as stub:
-            stub.answer(status, {"detail": {"status": "refused", "message": "Invalid API key"}}, count=3)
-            async with fault_daemon(fault_env(stub.url, tmp_path), tmp_path,
-                                    secrets=lambda: agent_signatures(agent)) as run:
-                await run.wait_connected(10)
-                errors = [e for e in run.events.events if e["type"] == "error"]
-                log = run.log
+    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent, SignedUrlStub(agent.http_url) as stub:
+        stub.answer(status, {"detail": {"status": "refused", "message": "Invalid API key"}}, count=3)
+        async with fault_daemon(fault_env(stub.url, tmp_path), tmp_path,
+                                secrets=lambda: agent_signatures(agent)) as run:
+            await run.wait_connected(10)
+            errors = [e for e in run.events.events if e["type"] == "error"]
+            log = run.log
     gaps = [b - a for a, b in zip(stub.times, stub.times[1:])]
     assert len(stub.times) == 4 and all(g >= 1.0 - 0.05 for g in gaps), gaps  # the 1 s cap, never sooner
     assert errors and all(f"HTTP {status}" in e["message"] for e in errors), errors
@@ -111,17 +110,16 @@ async def test_malformed_signed_urls_are_refused_cleanly(tmp_path: Path) -> None
         (200, [1, 2], "not JSON with a 'signed_url' field"),
         (502, "<html>Bad gateway</html>", "HTTP 502"),
     ]
-    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent:
-        async with SignedUrlStub(agent.http_url) as stub:
-            for status, body, _ in bad:
-                stub.answer(status, body, "text/html" if isinstance(body, str) else "application/json")
-            env = fault_env(stub.url, tmp_path, PI_AGENT_SESSION__BACKOFF_INITIAL="0.05",
-                            PI_AGENT_SESSION__BACKOFF_MAX="0.1")
-            async with fault_daemon(env, tmp_path, secrets=lambda: [*agent_signatures(agent), "SIGbadport1",
-                                                                    "SIGnohost2"]) as run:
-                await run.wait_connected(15)
-                failures = run.failures_logged()
-                log = run.log
+    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent, SignedUrlStub(agent.http_url) as stub:
+        for status, body, _ in bad:
+            stub.answer(status, body, "text/html" if isinstance(body, str) else "application/json")
+        env = fault_env(stub.url, tmp_path, PI_AGENT_SESSION__BACKOFF_INITIAL="0.05",
+                        PI_AGENT_SESSION__BACKOFF_MAX="0.1")
+        async with fault_daemon(env, tmp_path, secrets=lambda: [*agent_signatures(agent), "SIGbadport1",
+                                                                "SIGnohost2"]) as run:
+            await run.wait_connected(15)
+            failures = run.failures_logged()
+            log = run.log
     assert len(failures) == len(bad), failures
     for (_, _, says), failure in zip(bad, failures):
         assert says in failure, (says, failure)

@@ -20,8 +20,8 @@ from pi_agent.config import load_settings
 from pi_agent.daemon import Daemon, Parts
 from pi_agent.audio.files import WavFileInput, WavFileOutput
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from support_daemon import free_port
-from support_faults import CANARY, ProcStats, agent_signatures, fault_daemon, fault_env, make_wav, metric, proc_stats
+from .support_daemon import free_port
+from .support_faults import CANARY, ProcStats, agent_signatures, fault_daemon, fault_env, make_wav, metric, proc_stats
 
 pytestmark = pytest.mark.faults
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from support_faults import (CANARY, TcpProxy, agent_signatures, contains, fault_daemon, fault_env, make_wav,
+from .support_faults import (CANARY, TcpProxy, agent_signatures, contains, fault_daemon, fault_env, make_wav,
                             metric, question_samples, voiced_core)
 
 pytestmark = pytest.mark.faults
@@ -64,15 +64,14 @@ async def test_no_speech_is_lost_across_persistent_renewals(tmp_path: Path) -> N
     question = question_samples()
     mic = make_wav(tmp_path / "mic.wav", 0.6, question, 1.0)
     opts = FakeAgentOptions(port=0, api_key=CANARY, max_duration=0.6, gate_end_silence_ms=5000)
-    async with FakeAgent(opts) as agent:
-        async with TcpProxy(agent.port) as proxy:
-            env = fault_env(proxy.url, tmp_path, mic, PI_AGENT_SESSION__BACKOFF_RESET_AFTER="0")
-            async with fault_daemon(env, tmp_path, secrets=lambda: agent_signatures(agent)) as run:
-                await run.wait_connected()
-                mic_open = run.logged_at("WAV microphone")
-                assert mic_open is not None
-                await asyncio.sleep(max(0.0, mic_open + 0.6 + len(question) / 16000 + 0.5 - time.monotonic()))
-                metrics = await run.metrics()
+    async with FakeAgent(opts) as agent, TcpProxy(agent.port) as proxy:
+        env = fault_env(proxy.url, tmp_path, mic, PI_AGENT_SESSION__BACKOFF_RESET_AFTER="0")
+        async with fault_daemon(env, tmp_path, secrets=lambda: agent_signatures(agent)) as run:
+            await run.wait_connected()
+            mic_open = run.logged_at("WAV microphone")
+            assert mic_open is not None
+            await asyncio.sleep(max(0.0, mic_open + 0.6 + len(question) / 16000 + 0.5 - time.monotonic()))
+            metrics = await run.metrics()
     core = voiced_core(question)
     spoken_in = [c for c in agent.conversations
                  if np.abs(np.frombuffer(bytes(c.user_audio), dtype="<i2")).max(initial=0) >= 500]

@@ -15,7 +15,7 @@ from pi_agent.audio.earcons import make_earcon
 from pi_agent.audio.files import WavFileInput, WavFileOutput, read_wav, write_wav
 from pi_agent.audio.playback import PlaybackBuffer
 from pi_agent.errors import DeviceError
-from support_audio import dominant_frequency, loud_segments, tone
+from .support_audio import dominant_frequency, loud_segments, tone
 
 
 def riff(

@@ -13,7 +13,7 @@ from pi_agent.audio import FRAME_BYTES, MIC_RATE
 from pi_agent.audio import formats as F
 from pi_agent.audio.earcons import EARCON_NAMES, make_earcon, make_earcons
 from pi_agent.errors import ProtocolError
-from support_audio import dominant_frequency, tone
+from .support_audio import dominant_frequency, tone
 
 ALL_FORMATS = ["pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pi_agent.audio import FRAME_BYTES
-from pi_agent.audio.gate import SILENCE, CaptureGate
+from pi_agent.audio.gate import SILENCE, CaptureGate, GateCommand
 
 LOUD = b"\x10\x20" * (FRAME_BYTES // 2)
 
@@ -72,11 +72,11 @@ def test_push_to_talk_streams_only_while_held_with_preroll() -> None:
     before, held, after = frames(10, 1), frames(5, 2), frames(3, 3)
     outs = [g.process(f, 0.0) for f in before]
     assert all(o.frames == [SILENCE] for o in outs)
-    g.button = True
+    g.apply(GateCommand.PRESS)
     outs = [g.process(f, 0.0, echo_mute_until=99.0) for f in held]  # a held button overrides echo muting
     assert outs[0].started and outs[0].preroll == before[-3:]
     assert [o.frames[0] for o in outs] == held and all(o.speech for o in outs)
-    g.button = False
+    g.apply(GateCommand.RELEASE)
     outs = [g.process(f, 0.0) for f in after]
     assert outs[0].ended and all(o.frames == [SILENCE] for o in outs)
 

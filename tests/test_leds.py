@@ -33,7 +33,7 @@ from pi_agent.gpio.leds import (
     picture,
     top_state,
 )
-from pi_agent.states import State
+from pi_agent.decide.states import State
 
 P = Pattern
 S = State
@@ -338,10 +338,9 @@ def test_off_and_close_leave_every_led_dark(factory: MockFactory, active_high: b
 
 
 def test_context_manager_turns_off_on_error(factory: MockFactory) -> None:
-    with pytest.raises(KeyError):
-        with LedDriver(CONN, ACT, pin_factory=factory, timings=FAST) as leds:
-            leds.apply(picture(LedInputs(S.LISTENING, connected=True)))
-            raise KeyError("boom")
+    with pytest.raises(KeyError), LedDriver(CONN, ACT, pin_factory=factory, timings=FAST) as leds:
+        leds.apply(picture(LedInputs(S.LISTENING, connected=True)))
+        raise KeyError("boom")
     assert leds.closed
     assert not factory.pin(ACT).state  # turned off before the pin was released
 

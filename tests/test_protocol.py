@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pi_agent import protocol as p
-from pi_agent.conversation import Conversation
+from pi_agent.engine import protocol as p
 from pi_agent.errors import ProtocolError
-from support_spec import validate_client_message, validate_server_message
+from .support_spec import validate_client_message, validate_server_message
 
 PCM = b"\x01\x00\xff\x7f" * 40
 B64 = base64.b64encode(PCM).decode()
@@ -148,44 +147,3 @@ def test_every_client_message_validates_against_the_spec(text: str) -> None:
 
 def test_audio_message_round_trips() -> None:
     assert base64.b64decode(json.loads(p.encode_user_audio(PCM))["user_audio_chunk"]) == PCM
-
-
-# --- conversation state --------------------------------------------------------------------
-
-
-def _audio(event_id: int) -> p.Audio:
-    return p.Audio(event_id, PCM)
-
-
-def test_interrupted_audio_is_dropped_and_later_turns_play() -> None:
-    c = Conversation()
-    assert c.on_audio(_audio(1)).new_turn
-    assert c.on_audio(_audio(1)).play
-    c.on_interruption(p.Interruption(1))
-    assert not c.on_audio(_audio(1)).play
-    verdict = c.on_audio(_audio(2))
-    assert verdict.play and verdict.new_turn
-
-
-def test_local_interrupt_drops_the_rest_of_the_current_turn() -> None:
-    c = Conversation()
-    c.on_audio(_audio(4))
-    c.interrupt_locally()
-    assert not c.on_audio(_audio(4)).play
-    assert c.on_audio(_audio(5)).play
-
-
-def test_pongs_owed_and_metadata() -> None:
-    c = Conversation()
-    assert not c.is_open and c.input_format == "pcm_16000"
-    c.on_metadata(p.ConversationMetadata("c9", "ulaw_8000", "pcm_24000"))
-    assert c.is_open and c.output_format == "ulaw_8000" and c.input_format == "pcm_24000"
-    c.on_ping(p.Ping(1, None))
-    c.on_ping(p.Ping(2, 30))
-    assert c.take_pongs() == [1, 2] and c.take_pongs() == []
-
-
-def test_a_new_conversation_starts_a_new_interruption_filter() -> None:
-    c = Conversation()
-    c.on_interruption(p.Interruption(50))
-    assert Conversation().on_audio(_audio(1)).play

@@ -51,6 +51,10 @@ class AudioOutput(Protocol):
     def underruns(self) -> int:
         """Times the speaker ran dry in the middle of agent audio (silence was played)."""
 
+    @property
+    def dropped_frames(self) -> int:
+        """Agent audio dropped (in 20 ms frames) because the speaker's queue was full."""
+
     async def open(self, on_error: ErrorCallback) -> None:
         """Open the device; raise :class:`DeviceError` with a clear message if it cannot."""
 
@@ -58,7 +62,8 @@ class AudioOutput(Protocol):
         """Stop and release the device. Idempotent."""
 
     def play(self, pcm: bytes, rate: int) -> None:
-        """Queue 16-bit mono PCM at ``rate`` Hz (resampled, streaming, to the device rate)."""
+        """Queue 16-bit mono PCM at ``rate`` Hz (resampled, streaming, to the device rate);
+        beyond a bound of queued audio, drop it (counted in :attr:`dropped_frames`)."""
 
     def flush(self) -> None:
         """Drop everything queued: the speaker is silent within one device period."""

@@ -154,7 +154,7 @@ class PyAudioInput(CallbackDevice):
 
     # ------------------------------------------------------------------ audio thread
 
-    def _callback(self, in_data: bytes | None, frame_count: int, time_info: dict, status: int) -> tuple[None, int]:
+    def _callback(self, in_data: bytes | None, frame_count: int, time_info: dict[str, float], status: int) -> tuple[None, int]:
         guard = self._guard
         if guard is not None:
             guard.tick()

@@ -10,10 +10,10 @@ stderr when it initialises or opens devices. :func:`quiet_native_stderr`
 captures fd 2 around those calls so the journal stays readable; whatever is
 not recognisable library noise is written back.
 
-Also here, because capture and playback both need them: :func:`run_blocking`
-(a blocking PortAudio call in a daemon thread with a timeout, since a stalled
-sound server can hang ``open``/``close`` forever) and :class:`StreamGuard` (the
-event-loop watchdog that reports a dead or stalled stream once).
+Also here, because capture and playback both need it: :class:`StreamGuard` (the
+event-loop watchdog that reports a dead or stalled stream once). Blocking PortAudio
+calls go through :func:`pi_agent.threads.run_blocking`, since a stalled sound
+server can hang ``open``/``close`` forever.
 """
 
 from __future__ import annotations
@@ -24,22 +24,23 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import pyaudio
 
 from ..errors import DeviceError, DeviceNotFound, InternalError
+from ..threads import run_blocking
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["input", "output"]
-T = TypeVar("T")
 
 PROBE_RATE = 16_000
 
@@ -49,7 +50,7 @@ _STDERR_LOCK = threading.Lock()
 _NOISE = re.compile(
     r"^(ALSA lib |Expression '|Cannot connect to server|jack server is not running|"
     r"JackShmReadWritePtr|Cannot lock down|connect\(2\) call to|attempt to connect to server failed|"
-    r"Jack: |bt_audio_service_open|Cannot open device|\s*$)"
+    r"Jack: |bt_audio_service_open|Cannot open device|Cannot open DB environment|\s*$)"
 )
 
 
@@ -238,8 +239,9 @@ def list_devices(pa: pyaudio.PyAudio | None = None, *, probe: bool = True) -> li
 def format_device_table(devices: Sequence[DeviceInfo]) -> str:
     """A plain-text table of devices for the admin (``pi-agent devices``, error messages)."""
     if not devices:
+        look = "`aplay -l`, `arecord -l`" if shutil.which("aplay") else "`cat /proc/asound/cards`"
         return (
-            "  (PortAudio found no audio devices: is a sound card attached (`aplay -l`, `arecord -l`),\n"
+            f"  (PortAudio found no audio devices: is a sound card attached ({look}),\n"
             "   and is this user in the audio group?)"
         )
 
@@ -397,65 +399,6 @@ def close_quietly(stream: pyaudio.PyAudio.Stream | None, pa: pyaudio.PyAudio | N
                 pa.terminate()
             except Exception as exc:
                 log.debug("terminating PortAudio for %s: %r", what, exc)
-
-
-# --------------------------------------------------------------------------- threads
-
-
-async def run_blocking(
-    fn: Callable[[], T],
-    *,
-    timeout: float,
-    what: str,
-    dispose: Callable[[T], None] | None = None,
-) -> T:
-    """Run a blocking call in a daemon thread; give up after ``timeout`` seconds.
-
-    A sound server that stopped answering can block PortAudio's open/close
-    indefinitely; the caller must not hang with it. If we give up (timeout or
-    cancellation), a result that arrives later is handed to ``dispose`` (on the
-    loop, or in the thread if the loop is gone). Exceptions from ``fn`` are
-    re-raised here: the thread never dies silently.
-    """
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[T] = loop.create_future()
-    abandoned = False
-
-    def deliver(ok: bool, value: object) -> None:
-        if abandoned or fut.done():
-            if ok and dispose is not None:
-                dispose(value)  # type: ignore[arg-type]
-            elif not ok:
-                log.debug("%s failed after we gave up: %r", what, value)
-            return
-        if ok:
-            fut.set_result(value)  # type: ignore[arg-type]
-        else:
-            fut.set_exception(value)  # type: ignore[arg-type]
-
-    def work() -> None:
-        try:
-            outcome: tuple[bool, object] = (True, fn())
-        except BaseException as exc:  # handed to the awaiting task
-            outcome = (False, exc)
-        try:
-            loop.call_soon_threadsafe(deliver, *outcome)
-        except RuntimeError:  # loop closed: we are alone now
-            if outcome[0] and dispose is not None:
-                try:
-                    dispose(outcome[1])  # type: ignore[arg-type]
-                except Exception:
-                    log.exception("disposing the result of %s", what)
-
-    threading.Thread(target=work, name=f"pi-agent: {what}", daemon=True).start()
-    try:
-        return await asyncio.wait_for(asyncio.shield(fut), timeout)
-    except TimeoutError:
-        abandoned = True
-        raise DeviceError(f"{what} did not finish within {timeout:g} s (sound server stuck?)") from None
-    except asyncio.CancelledError:
-        abandoned = True
-        raise
 
 
 class StreamGuard:
@@ -635,6 +578,8 @@ class CallbackDevice:
             self._open_blocking,
             timeout=self.open_timeout,
             what=f"opening {self.what}",
+            error=DeviceError,
+            hint=" (sound server stuck?)",
             dispose=lambda opened: close_quietly(opened[0], opened[1], self.what),
         )
         guard.start(self._stream.is_active)
@@ -667,6 +612,8 @@ class CallbackDevice:
                 lambda: close_quietly(stream, pa_owned, self.what),
                 timeout=self.close_timeout,
                 what=f"closing {self.what}",
+                error=DeviceError,
+                hint=" (sound server stuck?)",
             )
         except DeviceError as exc:
             log.warning("%s; abandoning it", exc)

@@ -106,7 +106,7 @@ _ULAW_ENCODE = _build_ulaw_encode_table()
 def ulaw_decode(data: bytes | np.ndarray) -> np.ndarray:
     """G.711 mu-law bytes -> int16 samples (one sample per byte)."""
     codes = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
-    return _ULAW_DECODE[codes]
+    return np.take(_ULAW_DECODE, codes)
 
 
 def ulaw_encode(samples: np.ndarray) -> bytes:
@@ -177,7 +177,7 @@ class Resampler:
         if self._stream is None:
             self._stream = self._new_stream()
         self._fed = True
-        y = self._stream.resample_chunk(x)
+        y = np.asarray(self._stream.resample_chunk(x))
         self._in_total += len(x)
         self._out_total += len(y)
         return y
@@ -189,7 +189,7 @@ class Resampler:
             shape = (0,) if self.channels == 1 else (0, self.channels)
             return np.zeros(shape, dtype=np.int16)
         shape = (0,) if self.channels == 1 else (0, self.channels)
-        tail = self._stream.resample_chunk(np.zeros(shape, dtype=np.int16), last=True)
+        tail = np.asarray(self._stream.resample_chunk(np.zeros(shape, dtype=np.int16), last=True))
         self.reset()
         return tail
 
@@ -218,7 +218,7 @@ def resample(samples: np.ndarray, in_rate: int, out_rate: int, *, quality: str =
     x = np.ascontiguousarray(samples, dtype=np.int16)
     if in_rate == out_rate or len(x) == 0:
         return x
-    return soxr.resample(x, in_rate, out_rate, quality=quality)
+    return np.asarray(soxr.resample(x, in_rate, out_rate, quality=quality))
 
 
 # --------------------------------------------------------------------------- channels
@@ -235,7 +235,7 @@ def mix_down(frames: np.ndarray) -> np.ndarray:
     """``[frame, channel]`` int16 -> mono int16, the mean of all channels."""
     if frames.ndim == 1 or frames.shape[1] == 1:
         return frames.reshape(-1).astype(np.int16, copy=False)
-    return np.round(frames.mean(axis=1, dtype=np.float32)).astype(np.int16)
+    return np.asarray(np.round(frames.mean(axis=1, dtype=np.float32)), dtype=np.int16)
 
 
 def pick_channel(frames: np.ndarray, channel: int) -> np.ndarray:

@@ -1,8 +1,10 @@
 """The capture gate: which mic audio goes to the agent, and when a user turn starts and ends.
 
 Pure: it is fed one 20 ms frame at a time with the current time and the facts it needs
-(button held, echo mute deadline, user mute); voice activity comes from an injected
-``is_speech(frame) -> bool`` (webrtcvad in the daemon, a table in tests).
+(echo mute deadline, user mute), and takes commands from the decisions
+(:meth:`CaptureGate.apply`: button pressed or released, turn started or ended); voice
+activity comes from an injected ``is_speech(frame) -> bool`` (webrtcvad in the daemon, a
+table in tests).
 
 Modes:
 
@@ -27,6 +29,7 @@ push-to-talk button overrides it: the controller has flushed the speaker by then
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -36,6 +39,18 @@ from . import FRAME_BYTES, FRAME_MS
 SILENCE = bytes(FRAME_BYTES)
 TRIGGER_WINDOW = 5  # frames (100 ms) looked at to decide that speech started
 TRIGGER_VOICED = 3  # of which this many must be voiced
+
+
+class GateCommand(str, enum.Enum):
+    """What the decisions tell the gate (:meth:`CaptureGate.apply`)."""
+
+    PRESS = "press"            # push_to_talk: the button is held (or toggled on)
+    RELEASE = "release"        # push_to_talk: released (the turn ends on the next frame)
+    START_TURN = "start_turn"  # vad/always: a turn starts now (button, API)
+    END_TURN = "end_turn"      # the turn is over (server transcript, stop, mute, closed)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(slots=True)
@@ -71,10 +86,18 @@ class CaptureGate:
         self._silent_run = 0
         self.in_turn = False
         self.button = False  # push_to_talk: held or toggled on
+        self.heard_speech = False  # push_to_talk: the VAD heard the user during this hold
 
-    def is_speech(self, frame: bytes) -> bool:
-        """The voice-activity verdict for one frame (whatever the mode)."""
-        return self._is_speech(frame)
+    def apply(self, command: GateCommand) -> None:
+        """Carry out a command of the decisions."""
+        if command is GateCommand.PRESS:
+            self.button = True
+        elif command is GateCommand.RELEASE:
+            self.button = False  # push_to_talk: the turn ends on the next frame
+        elif command is GateCommand.START_TURN:
+            self.in_turn = True  # vad/always: the hangover (or an END_TURN) ends it
+        else:
+            self.reset()
 
     def reset(self) -> None:
         """Forget the current turn (user stop, mute, conversation closed)."""
@@ -106,18 +129,15 @@ class CaptureGate:
             return out
         return self._vad(frame, out, echo)
 
-    def end_turn(self) -> bool:
-        """The turn ended elsewhere (server transcript, always mode after a reply). True if one was open."""
-        was = self.in_turn
-        self.reset()
-        return was
-
     def _push_to_talk(self, frame: bytes, out: GateOutput) -> GateOutput:
         if self.button:
             if not self.in_turn:
                 self.in_turn = out.started = True
+                self.heard_speech = False
                 out.preroll.extend(self._preroll)
                 self._preroll.clear()
+            elif not self.heard_speech:
+                self.heard_speech = self._is_speech(frame)
             out.frames.append(frame)
             out.speech = True
             return out

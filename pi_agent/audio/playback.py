@@ -278,6 +278,7 @@ class BufferedOutput:
     """
 
     TAIL_MARGIN = 0.08  # seconds of queue left when the resampler tail is queued
+    MAX_QUEUED = 60.0  # seconds of agent audio the speaker holds; more (a flood) is dropped
 
     def __init__(self, earcons: Iterable[str]):
         enabled = tuple(earcons)
@@ -286,6 +287,9 @@ class BufferedOutput:
                 raise ValueError(f"unknown earcon {name!r} (known: {', '.join(EARCON_NAMES)})")
         self.earcon_names = enabled
         self.dropped_chunks = 0
+        self.dropped_frames = 0
+        """Agent audio dropped because :data:`MAX_QUEUED` seconds were already queued, in 20 ms frames."""
+        self._full_reported = False
         self._buffer: PlaybackBuffer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tail_timer: asyncio.TimerHandle | None = None
@@ -306,10 +310,21 @@ class BufferedOutput:
         return time.monotonic()
 
     def play(self, pcm: PcmLike, rate: int) -> None:
-        """Queue 16-bit mono PCM at ``rate`` Hz (resampled, streaming, to the device rate)."""
+        """Queue 16-bit mono PCM at ``rate`` Hz (resampled, streaming, to the device rate).
+
+        Memory stays bounded whatever the agent sends: with :data:`MAX_QUEUED` seconds
+        already queued, more is dropped before it costs anything (counted, said once a reply).
+        """
         buf = self._buffer
         if buf is None:
             self.dropped_chunks += 1
+            return
+        if buf.queued_seconds >= self.MAX_QUEUED:
+            self.dropped_frames += max(1, round(len(pcm) / 2 / rate / 0.02))
+            if not self._full_reported:
+                self._full_reported = True
+                log.warning("the agent sent more audio than the speaker holds (%g s queued): the rest of this "
+                            "reply is dropped", self.MAX_QUEUED)
             return
         buf.play(pcm, rate)
         self._arm_tail_timer()
@@ -319,12 +334,14 @@ class BufferedOutput:
         if self._buffer is not None:
             self._buffer.end_stream()
         self._cancel_tail_timer()
+        self._full_reported = False
 
     def flush(self) -> None:
         """Drop everything queued: the speaker is silent within one device period."""
         if self._buffer is not None:
             self._buffer.flush()
         self._cancel_tail_timer()
+        self._full_reported = False
 
     def audible_until(self) -> float:
         """``time.monotonic()`` at which all queued audio will have left the speaker."""
@@ -494,7 +511,7 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
 
     # ------------------------------------------------------------------ audio thread
 
-    def _callback(self, in_data: bytes | None, frame_count: int, time_info: dict, status: int) -> tuple[bytes, int]:
+    def _callback(self, in_data: bytes | None, frame_count: int, time_info: dict[str, float], status: int) -> tuple[bytes, int]:
         guard = self._guard
         if guard is not None:
             guard.tick()

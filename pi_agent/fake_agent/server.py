@@ -458,6 +458,40 @@ class _Session:
         )
         return turn.event_id
 
+    async def flood(self, seconds: float) -> int:
+        """An agent gone wrong: a turn of ``seconds`` of audio sent as fast as the connection
+        takes it (one pre-encoded chunk again and again, recorded once). Returns its event id."""
+        if self.turn_active():
+            await self.interrupt()
+        turn = Turn(event_id=self.next_event_id(), cause="flood", started_at=time.monotonic())
+        self.turn = turn
+        self.record.turns.append(turn)
+        self._turn_stop = asyncio.Event()
+        self._turn_task = self.spawn(self._flood(turn, self._turn_stop, seconds), f"flood {turn.event_id}")
+        return turn.event_id
+
+    async def _flood(self, turn: Turn, stop: asyncio.Event, seconds: float) -> None:
+        chunk = self.out_fmt.bytes_for(self.options.chunk_ms / 1000)
+        clip = self.agent._reply
+        middle = (len(clip) - chunk) // 4 * 2  # from the middle of the clip: speech, not a pause
+        piece = (clip * (chunk // max(1, len(clip)) + 1))[max(0, middle):][:chunk]
+        frame = json.dumps({"type": "audio", "audio_event": {
+            "audio_base_64": base64.b64encode(piece).decode("ascii"), "event_id": turn.event_id}})
+        count = max(1, round(self.out_fmt.bytes_for(seconds) / chunk))
+        log.info("conversation %s: flooding %.0f s of audio in %d chunks", self.record.id, seconds, count)
+        self.record.sent.append(Sent(time.monotonic(), "audio", {"type": "audio", "audio_event": {
+            "audio_base_64": "", "event_id": turn.event_id}}, raw=f"<flood of {count} chunks>"))
+        turn.audio_started_at = time.monotonic()
+        for _ in range(count):
+            if stop.is_set():
+                return
+            await self.ws.send(frame)
+            turn.chunks_sent += 1
+            turn.sent_bytes += len(piece)
+        turn.play_until = turn.audio_started_at + seconds
+        self.agent._notify()
+        await self._pause(stop, turn.play_until - time.monotonic())
+
     async def _pause(self, stop: asyncio.Event, seconds: float) -> bool:
         """Wait ``seconds``; True if ``stop`` was set meanwhile."""
         if stop.is_set():
@@ -913,6 +947,13 @@ class FakeAgent:
             return {"pending": len(self._handshake_faults)}
         if action == "agent_speak":
             return {"event_id": await self.agent_speak(params.get("text"), conv)}
+        if action == "flood":
+            return {"event_id": await self._session(conv).flood(num("seconds", 3600.0, float))}
+        if action == "interrupt":
+            session = self._session(conv)
+            turn = session.turn
+            await session.interrupt()
+            return {"event_id": turn.event_id if turn is not None else None}
         if action == "tool_call":
             name = params.get("name")
             if not name:

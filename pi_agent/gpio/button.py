@@ -4,8 +4,8 @@ Three layers:
 
 * :class:`ButtonClassifier` (pure) turns timestamped edges into :class:`ButtonEvent`
   values; time comes in as an argument, so it is tested as a table with no threads.
-* :class:`ButtonPolicy` (pure) says what an event means in the current
-  :class:`~pi_agent.states.State` (:class:`ButtonIntent`), as the Voice PE firmware
+* :class:`ButtonPolicy` (pure, immutable) says what an event means in the current
+  :class:`~pi_agent.decide.states.State` (:class:`ButtonIntent`), as the Voice PE firmware
   does: the same click stops the agent while it speaks and starts listening otherwise.
 * :class:`ButtonInput` (I/O) watches the pin with gpiozero. gpiozero's callbacks run
   on gpiozero's threads and only hand the edge to the event loop
@@ -33,11 +33,12 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from ..decide.states import State
 from ..errors import ConfigError, InternalError
-from ..states import State
 from .leds import PinSpec, open_error
 
 log = logging.getLogger(__name__)
@@ -152,8 +153,10 @@ class ButtonIntent(str, enum.Enum):
 _CAN_START = frozenset({State.IDLE, State.OFFLINE, State.ERROR})
 
 
+@dataclass(frozen=True, slots=True)
 class ButtonPolicy:
-    """Maps (event, state) to intents, the Voice PE way. Pure; one instance per button.
+    """Maps (event, state) to intents, the Voice PE way. Pure and immutable: the policy
+    for the next event comes back with the intents (it remembers the gesture so far).
 
     ==========  ===================================  ===================================
     event       state when it arrives                intents
@@ -172,35 +175,30 @@ class ButtonPolicy:
     starting or connecting (a turn is already on its way).
     """
 
-    def __init__(self) -> None:
-        self._swallow = False
-        self._talking = False
+    swallow: bool = False  # this gesture's DOWN stopped the agent: the rest means nothing
+    talking: bool = False  # this gesture started a push-to-talk turn
 
-    def decide(self, event: ButtonEvent, state: State) -> tuple[ButtonIntent, ...]:
-        """The intents for ``event`` arriving while the daemon is in ``state``."""
+    def decide(self, event: ButtonEvent, state: State) -> tuple[ButtonPolicy, tuple[ButtonIntent, ...]]:
+        """The policy after ``event``, and the intents of ``event`` arriving in ``state``."""
         if event is ButtonEvent.DOWN:
-            self._swallow = state in (State.SPEAKING, State.THINKING)
-            self._talking = False
-            return (ButtonIntent.STOP,) if self._swallow else ()
+            swallow = state in (State.SPEAKING, State.THINKING)
+            return ButtonPolicy(swallow, False), ((ButtonIntent.STOP,) if swallow else ())
         if event is ButtonEvent.LONG_HOLD:
-            cancel = (ButtonIntent.TALK_CANCEL,) if self._talking else ()
-            self._talking = False
-            return (*cancel, ButtonIntent.TOGGLE_MUTE)
+            cancel = (ButtonIntent.TALK_CANCEL,) if self.talking else ()
+            return ButtonPolicy(self.swallow, False), (*cancel, ButtonIntent.TOGGLE_MUTE)
         if event is ButtonEvent.HOLD_END:
-            talking, self._talking = self._talking, False
-            return (ButtonIntent.TALK_END,) if talking else ()
-        if self._swallow:
-            return ()
+            return ButtonPolicy(self.swallow, False), ((ButtonIntent.TALK_END,) if self.talking else ())
+        if self.swallow:
+            return self, ()
         if event is ButtonEvent.PRESS:
             if state in _CAN_START:
-                return (ButtonIntent.START_LISTENING,)
+                return self, (ButtonIntent.START_LISTENING,)
             if state is State.LISTENING:
-                return (ButtonIntent.STOP_LISTENING,)
-            return ()
+                return self, (ButtonIntent.STOP_LISTENING,)
+            return self, ()
         if event is ButtonEvent.HOLD_START and (state in _CAN_START or state is State.LISTENING):
-            self._talking = True
-            return (ButtonIntent.TALK_START,)
-        return ()
+            return ButtonPolicy(self.swallow, True), (ButtonIntent.TALK_START,)
+        return self, ()
 
 
 # --------------------------------------------------------------------------- gpiozero part

@@ -43,7 +43,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any
 
 from ..errors import DeviceError
-from ..states import State
+from ..decide.states import State
 
 log = logging.getLogger(__name__)
 

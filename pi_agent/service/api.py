@@ -23,6 +23,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from ..controller import Controller
+from ..decide import inputs as i
 from ..events import EventHub
 from ..metrics import Metrics
 
@@ -76,6 +77,7 @@ class ApiServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         queue = self._hub.subscribe()
+        self._controller.dispatch(i.Subscribers(self._hub.subscribers))
         forward = asyncio.create_task(self._forward(ws, queue))
         try:
             await ws.send(json.dumps(self.snapshot()))
@@ -86,6 +88,7 @@ class ApiServer:
             pass
         finally:
             self._hub.unsubscribe(queue)
+            self._controller.dispatch(i.Subscribers(self._hub.subscribers))
             forward.cancel()
             await asyncio.gather(forward, return_exceptions=True)
 
@@ -105,16 +108,16 @@ class ApiServer:
             return _api_error("commands are JSON objects with a 'type', e.g. {\"type\": \"stop\"}")
         c = self._controller
         text = cmd.get("text")
-        simple: dict[str, Callable[[], None]] = {
-            "start_listening": c.start_listening, "stop_listening": c.stop_listening,
-            "stop": c.stop, "mute": lambda: c.set_muted(True), "unmute": lambda: c.set_muted(False),
+        simple: dict[str, i.Input] = {
+            "start_listening": i.StartListening(), "stop_listening": i.StopListening(),
+            "stop": i.Stop(), "mute": i.SetMuted(True), "unmute": i.SetMuted(False),
         }
         if name in simple:
-            simple[name]()
+            c.dispatch(simple[name])
         elif name in ("say", "contextual_update"):
             if not isinstance(text, str) or not text.strip():
                 return _api_error(f"{name} needs a non-empty 'text'")
-            (c.say if name == "say" else c.contextual_update)(text)
+            c.dispatch(i.Say(text) if name == "say" else i.ContextualUpdate(text))
         elif name == "tool_result":
             call_id, result = cmd.get("tool_call_id"), cmd.get("result", "")
             if not isinstance(call_id, str):

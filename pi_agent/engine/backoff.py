@@ -1,9 +1,11 @@
 """Retry policy as data: when to reconnect, and after how long. Pure: no clock, no sleep.
 
 Delays are capped exponential with full jitter: attempt *n* waits a uniform random time
-in ``[0, min(cap, initial * 2**n)]``. The attempt count resets only after a connection
-stayed up for ``reset_after`` seconds, so a server that accepts and drops at once
-cannot cause a tight loop. Failures that retrying cannot fix wait the full cap.
+in ``[0, min(cap, initial * 2**n)]``. The attempt count resets only after a healthy
+conversation (one that completed an exchange, or stayed up for ``reset_after``
+seconds: the engine judges, :meth:`Backoff.reset` applies), so a server that accepts
+and drops at once cannot cause a tight loop. Failures that retrying cannot fix wait
+the full cap.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """Delay before the next attempt; each call counts one more failed attempt."""
-        ceiling = min(self.cap, self.initial * (2 ** min(self.attempt, 32)))
+        ceiling = min(self.cap, self.initial * 2.0 ** min(self.attempt, 32))
         self.attempt += 1
         return ceiling * self.rng()
 
@@ -80,4 +82,8 @@ class Backoff:
     def connection_lasted(self, seconds: float) -> None:
         """Report how long the last connection stayed open; a healthy one resets the count."""
         if seconds >= self.reset_after:
-            self.attempt = 0
+            self.reset()
+
+    def reset(self) -> None:
+        """The last conversation was healthy: the next delay is ``initial`` again."""
+        self.attempt = 0

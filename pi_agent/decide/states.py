@@ -1,9 +1,10 @@
 """The conversation state machine: every state, every transition, in one table.
 
-Pure: no I/O, no clock. The controller feeds it triggers; each accepted trigger
-yields a :class:`Transition` that the controller logs and publishes. An illegal
-trigger raises :class:`~pi_agent.errors.InternalError` and leaves the state as it
-was (as ``h11`` does), so a bug can never leave the machine half-changed.
+Pure: no I/O, no clock, no state of its own. The decision function fires triggers
+(:func:`fire`); each accepted trigger yields a :class:`Transition`, which the
+controller logs and publishes. An illegal trigger raises
+:class:`~pi_agent.errors.InternalError` (as ``h11`` does); the decision function asks
+:func:`can` first and ignores what the current state does not allow.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .errors import InternalError
+from ..errors import InternalError
 
 
 class State(str, enum.Enum):
@@ -68,8 +69,10 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     **{(s, T.AGENT_SPEAKS): S.SPEAKING for s in (S.IDLE, S.LISTENING, S.THINKING)},
     (S.SPEAKING, T.AGENT_DONE): S.IDLE,
     **{(s, T.STOP): S.IDLE for s in (S.LISTENING, S.THINKING, S.SPEAKING)},
-    **{(s, T.CLOSED): S.IDLE for s in (S.CONNECTING, *_ACTIVE, S.OFFLINE)},
-    **{(s, T.LOST): S.OFFLINE for s in (S.STARTING, S.CONNECTING, *_ACTIVE, S.MUTED)},
+    # Not from SPEAKING: a reply still playing when the conversation ends plays out
+    # (AGENT_DONE); one cut by a failure is stopped first (STOP), then the daemon is offline.
+    **{(s, T.CLOSED): S.IDLE for s in (S.CONNECTING, S.IDLE, S.LISTENING, S.THINKING, S.OFFLINE)},
+    **{(s, T.LOST): S.OFFLINE for s in (S.CONNECTING, S.IDLE, S.LISTENING, S.THINKING, S.MUTED)},
     **{(s, T.FAIL): S.ERROR for s in (S.STARTING, S.CONNECTING, *_ACTIVE, S.OFFLINE, S.MUTED)},
     (S.ERROR, T.RECOVER): S.IDLE,
     **{(s, T.MUTE): S.MUTED for s in _ACTIVE},
@@ -85,25 +88,15 @@ class Transition:
     state: State
 
 
-class StateMachine:
-    """Holds the current state and applies triggers through :data:`TRANSITIONS`."""
+def can(state: State, trigger: Trigger) -> bool:
+    """Whether the table allows ``trigger`` in ``state``."""
+    return (state, trigger) in TRANSITIONS
 
-    def __init__(self, initial: State = State.STARTING) -> None:
-        self._state = initial
 
-    @property
-    def state(self) -> State:
-        return self._state
-
-    def can(self, trigger: Trigger) -> bool:
-        return (self._state, trigger) in TRANSITIONS
-
-    def fire(self, trigger: Trigger) -> Transition:
-        """Apply ``trigger``; raise :class:`InternalError` if it is illegal here."""
-        try:
-            new = TRANSITIONS[(self._state, trigger)]
-        except KeyError:
-            raise InternalError(f"trigger {trigger} is not allowed in state {self._state}") from None
-        transition = Transition(self._state, trigger, new)
-        self._state = new
-        return transition
+def fire(state: State, trigger: Trigger) -> Transition:
+    """The transition ``trigger`` makes from ``state``; :class:`InternalError` if the table
+    does not allow it (the caller's state is a value: nothing is left half-changed)."""
+    try:
+        return Transition(state, trigger, TRANSITIONS[(state, trigger)])
+    except KeyError:
+        raise InternalError(f"trigger {trigger} is not allowed in state {state}") from None

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Union
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 AUDIO_FORMATS = ("pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000")
 
@@ -304,7 +304,7 @@ class _Fields:
         v = self.text(name)
         if v not in AUDIO_FORMATS:
             raise ProtocolError(f"{self._where}.{name}: unknown audio format {v!r:.40}")
-        return v
+        return str(v)
 
     def raw(self) -> Mapping[str, Any]:
         return self._obj

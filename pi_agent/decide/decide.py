@@ -1,0 +1,447 @@
+"""``decide(model, input, now) -> (model, effects)``: every decision the daemon takes.
+
+One function over an immutable :class:`~pi_agent.decide.model.Model`: an input goes in
+(an engine event, a gate verdict, a button gesture, an API command, a device report, a
+deadline), the next model and the effects to carry out come out. State changes go
+through the one transition table (:mod:`.states`) and are logged and published as
+effects; an input the current state does not allow changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable
+
+from ..audio.gate import GateCommand
+from ..engine import events as ev
+from ..engine import protocol as p
+from ..engine.backoff import Outcome
+from ..gpio.button import ButtonEvent, ButtonIntent
+from . import effects as fx
+from . import inputs as i
+from .model import MAX_REPORTED, THINKING_TIMEOUT, TOOL_RESULT_TIMEOUT, Model, PendingTool
+from . import states
+from .states import State, Trigger
+
+S, T = State, Trigger
+
+
+class _Step:
+    """One decision in the making: the model so far and the effects so far. Local to one call."""
+
+    __slots__ = ("effects", "m", "now")
+
+    def __init__(self, model: Model, now: float) -> None:
+        self.m = model
+        self.now = now
+        self.effects: list[fx.Effect] = []
+
+    def set(self, **changes: Any) -> None:
+        self.m = replace(self.m, **changes)
+
+    def do(self, *effects: fx.Effect) -> None:
+        self.effects.extend(effects)
+
+    def log(self, level: fx.Level, text: str) -> None:
+        self.effects.append(fx.Log(level, text))
+
+    def publish(self, **event: Any) -> None:
+        self.effects.append(fx.Publish(event))
+
+    def earcon(self, name: str) -> None:
+        if name in self.m.config.earcons:
+            self.effects.append(fx.Earcon(name))
+
+    def fire(self, trigger: Trigger) -> bool:
+        """Apply ``trigger`` if the table allows it here; False (and a debug line) if not."""
+        if not states.can(self.m.state, trigger):
+            self.log("debug", f"trigger {trigger} ignored in state {self.m.state}")
+            return False
+        t = states.fire(self.m.state, trigger)
+        self.effects.append(fx.StateChange(t))
+        if t.state is not t.previous:
+            self.set(state=t.state, thinking_since=self.now if t.state is S.THINKING else self.m.thinking_since)
+        return True
+
+
+def decide(model: Model, event: i.Input, now: float) -> tuple[Model, list[fx.Effect]]:
+    """The next model and the effects of ``event`` arriving at ``now``."""
+    step = _Step(model, now)
+    _HANDLERS[type(event)](step, event)
+    return step.m, step.effects
+
+
+def _ready(s: _Step) -> None:
+    s.fire(T.READY)
+
+
+# --- the user's turn -----------------------------------------------------------------------
+
+
+def _turn_started(s: _Step, _: i.TurnStarted) -> None:
+    if not s.m.connected:
+        s.do(fx.Request())
+    s.set(in_turn=True)
+    if s.m.state is S.SPEAKING:
+        # Talking over the agent (full duplex): the server decides whether that is a
+        # barge-in (a cough is not) and says so with `interruption`; we flush then.
+        return
+    if s.m.connected:
+        s.fire(T.LISTEN)
+    elif s.m.state is S.IDLE:
+        s.fire(T.CONNECT)
+    # offline or error: the engine is waiting out a backoff; the speech is kept meanwhile
+
+
+def _turn_over(s: _Step) -> None:
+    s.set(in_turn=False, speech_ended_at=s.now)
+    if s.fire(T.SPEECH_END) and s.m.config.push_to_talk:
+        s.earcon("done")
+
+
+def _turn_ended(s: _Step, _: i.TurnEnded) -> None:
+    _turn_over(s)
+
+
+def _end_turn(s: _Step) -> None:
+    """End the user's turn without the turn's ending effects (stop, mute, a closed session)."""
+    s.do(fx.Gate(GateCommand.END_TURN))
+    s.set(in_turn=False)
+
+
+def _start_listening(s: _Step) -> None:
+    """Button press / API: stop the agent if it speaks, then listen."""
+    m = s.m
+    if m.muted:
+        s.log("info", "muted: unmute first (long press or the unmute command)")
+        return
+    if m.state is S.SPEAKING:
+        _stop_playback(s)
+    if m.config.push_to_talk:
+        s.do(fx.Gate(GateCommand.PRESS))  # the gate starts the turn on the next frame
+    else:
+        s.do(fx.Gate(GateCommand.START_TURN))
+        s.set(in_turn=True)  # the VAD hangover (or the server's transcript) ends it
+        if not m.connected:
+            s.do(fx.Request())
+        s.fire(T.LISTEN if m.connected else T.CONNECT)
+    s.earcon("listening")
+
+
+def _stop_listening(s: _Step) -> None:
+    if s.m.config.push_to_talk:
+        s.do(fx.Gate(GateCommand.RELEASE))  # the gate ends the turn on the next frame
+    elif s.m.in_turn:
+        s.do(fx.Gate(GateCommand.END_TURN))
+        _turn_over(s)
+
+
+def _stop_playback(s: _Step) -> None:
+    s.do(fx.Flush())
+    if s.m.state is S.SPEAKING:
+        s.fire(T.STOP)
+
+
+def _stop(s: _Step) -> None:
+    """Stop everything in progress: the agent's speech, the user's turn."""
+    _stop_playback(s)
+    s.do(fx.Gate(GateCommand.RELEASE))
+    _end_turn(s)
+    s.fire(T.STOP)
+
+
+def _set_muted(s: _Step, muted: bool) -> None:
+    if muted == s.m.muted:
+        return
+    s.set(muted=muted, talk_from_down=False)
+    s.log("info", f"microphone {'muted' if muted else 'unmuted'}")
+    s.publish(type="mute", muted=muted)
+    if muted:
+        s.do(fx.Gate(GateCommand.RELEASE))
+        _end_turn(s)
+        s.fire(T.MUTE)
+    else:
+        s.fire(T.UNMUTE)
+
+
+# --- time and the speaker --------------------------------------------------------------------
+
+
+def _tick(s: _Step, _: i.Tick) -> None:
+    if s.m.state is S.THINKING and s.m.thinking_since is not None and s.now - s.m.thinking_since >= THINKING_TIMEOUT:
+        s.log("info", f"no reply within {THINKING_TIMEOUT:g} s; back to idle")
+        s.fire(T.STOP)
+    for tool in s.m.tools:
+        if tool.deadline <= s.now:
+            _answer_tool(s, tool.tool_call_id, f"client tool {tool.tool_name!r} did not answer in time", True)
+
+
+def _played_out(s: _Step, _: i.PlayedOut) -> None:
+    m = s.m
+    if m.state is not S.SPEAKING:
+        return
+    if m.config.mode == "always" and m.connected:
+        s.fire(T.LISTEN)
+        return
+    s.fire(T.AGENT_DONE)
+    # Catch up with what happened while the reply played.
+    if not m.connected and (m.connecting or m.backing_off):
+        s.fire(T.CONNECT)
+    elif m.in_turn and m.connected:
+        s.fire(T.LISTEN)
+
+
+# --- the button and the API ------------------------------------------------------------------
+
+
+def _button(s: _Step, event: i.Button) -> None:
+    ptt = s.m.config.push_to_talk
+    if ptt and event.event is ButtonEvent.LONG_HOLD and event.heard_speech:
+        # A long push-to-talk hold while speaking is a long question, not a request to
+        # mute: only a silent long hold toggles mute in this mode.
+        s.log("debug", "long push-to-talk hold with speech: still talking")
+        return
+    if ptt and s.m.talk_from_down and event.event in (ButtonEvent.PRESS, ButtonEvent.HOLD_END):
+        s.set(talk_from_down=False)  # released: the interrupting turn is over
+        _stop_listening(s)
+    policy, intents = s.m.button.decide(event.event, s.m.state)
+    s.set(button=policy)
+    for intent in intents:
+        s.log("debug", f"button {event.event} -> {intent}")
+        if intent is ButtonIntent.STOP:
+            _stop(s)
+            if ptt and event.event is ButtonEvent.DOWN:
+                # Push-to-talk: the press that stops the agent also starts the user's turn.
+                s.set(talk_from_down=True)
+                _start_listening(s)
+        elif intent is ButtonIntent.START_LISTENING:
+            if ptt and not s.m.config.toggle:
+                s.log("info", "push-to-talk: hold the button while you speak")
+            else:
+                _start_listening(s)
+        elif intent in (ButtonIntent.STOP_LISTENING, ButtonIntent.TALK_END):
+            _stop_listening(s)
+        elif intent is ButtonIntent.TALK_START:
+            _start_listening(s)
+        elif intent is ButtonIntent.TALK_CANCEL:
+            s.do(fx.Gate(GateCommand.RELEASE))
+            _end_turn(s)
+        elif intent is ButtonIntent.TOGGLE_MUTE:
+            _set_muted(s, not s.m.muted)
+
+
+def _send(s: _Step, kind: str, text: str) -> None:
+    s.do(fx.Send(kind, text))
+
+
+def _answer_tool(s: _Step, tool_call_id: str, result: str, is_error: bool) -> None:
+    s.set(tools=tuple(t for t in s.m.tools if t.tool_call_id != tool_call_id))
+    _send(s, "client_tool_result", p.encode_tool_result(tool_call_id, result, is_error=is_error))
+
+
+def _tool_result(s: _Step, event: i.ToolResult) -> None:
+    if s.m.pending_tool(event.tool_call_id) is not None:
+        _answer_tool(s, event.tool_call_id, event.result, event.is_error)
+
+
+# --- the conversation (engine events) --------------------------------------------------------
+
+
+def _connecting(s: _Step, event: ev.Connecting) -> None:
+    s.set(backing_off=False, connecting=True)
+    if event.attempt > 1:
+        s.log("info", f"connecting to the agent (attempt {event.attempt})")
+    else:
+        s.log("debug", "connecting to the agent")
+    if s.m.state is not S.SPEAKING:
+        s.fire(T.CONNECT)
+
+
+def _opened(s: _Step, event: ev.Opened) -> None:
+    s.set(connected=True, connecting=False, session_error=None, fatal=False,
+          conversation_id=event.conversation_id, reported=frozenset())
+    s.log("info", f"conversation {event.conversation_id} open (agent audio {event.agent_output_audio_format}, "
+          f"mic audio {event.user_input_audio_format})")
+    s.publish(type="connection", connected=True, conversation_id=event.conversation_id,
+              agent_output_audio_format=event.agent_output_audio_format,
+              user_input_audio_format=event.user_input_audio_format)
+    if s.m.state is S.ERROR and s.m.device_error is None:
+        s.fire(T.RECOVER)
+        s.fire(T.CONNECT)
+    s.fire(T.LISTEN if s.m.in_turn or s.m.config.mode == "always" else T.OPENED)
+    if s.m.muted:
+        s.fire(T.MUTE)
+
+
+def _agent_audio(s: _Step, event: ev.AgentAudio) -> None:
+    s.do(fx.Play(event.pcm, event.rate, event.new_turn))
+    m = s.m
+    if m.state in (S.SPEAKING, S.MUTED):
+        return
+    if m.speech_ended_at is not None:
+        s.do(fx.Observe("response_latency", s.now - m.speech_ended_at))
+        s.set(speech_ended_at=None)
+    if m.in_turn and m.config.half_duplex:
+        _end_turn(s)
+    s.fire(T.AGENT_SPEAKS)
+
+
+def _interrupted(s: _Step, event: ev.Interrupted) -> None:
+    s.do(fx.Flush(barge_in=True))
+    s.log("info", f"interrupted by the user (agent turn {event.event_id})")
+    s.publish(type="interruption", event_id=event.event_id)
+    if s.m.state is S.SPEAKING:
+        s.fire(T.LISTEN)
+
+
+def _user_transcript(s: _Step, event: ev.UserTranscript) -> None:
+    if s.m.config.transcripts:
+        s.do(fx.Log("info", f"user: {event.text}", transcript=True))
+    s.publish(type="user_transcript", text=event.text, event_id=event.event_id)
+    if s.m.state is S.LISTENING and not s.m.config.push_to_talk:
+        s.do(fx.Gate(GateCommand.END_TURN))
+        _turn_over(s)
+
+
+def _agent_response(s: _Step, event: ev.AgentResponse) -> None:
+    if s.m.config.transcripts:
+        s.do(fx.Log("info", f"agent: {event.text}", transcript=True))
+    s.publish(type="agent_response", text=event.text, event_id=event.event_id)
+
+
+def _correction(s: _Step, event: ev.AgentCorrection) -> None:
+    s.publish(type="agent_response_correction", original=event.original, corrected=event.corrected,
+              event_id=event.event_id)
+
+
+def _tool_call(s: _Step, event: ev.ToolCall) -> None:
+    s.publish(type="client_tool_call", tool_name=event.tool_name, tool_call_id=event.tool_call_id,
+              parameters=dict(event.parameters))
+    if s.m.subscribers == 0:
+        _answer_tool(s, event.tool_call_id, f"client tool {event.tool_name!r} is not available on this device", True)
+    else:
+        s.set(tools=(*s.m.tools, PendingTool(event.tool_call_id, event.tool_name, s.now + TOOL_RESULT_TIMEOUT)))
+
+
+def _tool_response(s: _Step, event: ev.AgentToolResponse) -> None:
+    if event.tool_name == "end_call":
+        s.log("info", "the agent is ending the call")
+    s.publish(type="agent_tool_response", tool_name=event.tool_name, is_error=event.is_error)
+
+
+def _server_error(s: _Step, event: ev.ServerError) -> None:
+    s.log("warning", f"server error event: {event.error_type or 'error'} {(event.message or '')[:200]} "
+          f"(code {event.code})")
+    s.publish(type="error", source="server", error_type=event.error_type, code=event.code, message=event.message)
+
+
+def _notice(s: _Step, event: ev.Notice) -> None:
+    s.log(event.level, event.text)
+
+
+def _closed(s: _Step, event: ev.Closed) -> None:
+    was_connected = s.m.connected
+    if event.was_open:
+        s.do(fx.Observe("conversation_seconds", event.lasted))
+    s.set(connected=False, connecting=False, conversation_id=None, tools=())
+    s.publish(type="connection", connected=False, reason=event.reason, outcome=event.outcome.value,
+              retry_in=event.retry_in, code=event.code)
+    nxt = f"; retrying in {event.retry_in:.1f} s" if event.retry_in is not None else ""
+    # A new conversation follows (renewal, reconnect): the user's turn goes on and what
+    # they say meanwhile is pre-buffered; ending it would drop speech until VAD retriggers.
+    if event.retry_in is None:
+        _end_turn(s)
+    s.set(backing_off=event.retry_in is not None)
+    if event.outcome in (Outcome.ENDED, Outcome.CLOSED):
+        s.log("info", f"{'conversation ended' if was_connected else 'stopped connecting'}: {event.reason}{nxt}")
+        if s.m.state is not S.SPEAKING:
+            s.fire(T.CLOSED)
+        return
+    _stop_playback(s)
+    s.set(session_error=event.reason, fatal=event.outcome is Outcome.FATAL)
+    if s.m.fatal:
+        _log_once(s, "error", f"cannot open a conversation: {event.reason}{nxt}")
+        s.publish(type="error", source="session", message=event.reason)
+        if s.fire(T.FAIL):
+            s.earcon("error")
+        return
+    first = event.reason not in s.m.reported
+    s.log("warning" if was_connected or first else "info", f"disconnected: {event.reason}{nxt}")
+    _remember(s, event.reason)
+    if s.m.state is not S.ERROR or s.m.device_error is None:
+        if s.m.state is S.ERROR:
+            s.fire(T.RECOVER)
+        if s.fire(T.LOST) and was_connected:
+            s.earcon("offline")
+
+
+def _log_once(s: _Step, level: fx.Level, text: str) -> None:
+    """The same failure again and again (a bad key): one line at ``level``, then debug."""
+    s.log("debug" if text in s.m.reported else level, text)
+    _remember(s, text)
+
+
+def _remember(s: _Step, text: str) -> None:
+    reported = s.m.reported if len(s.m.reported) < MAX_REPORTED else frozenset()
+    s.set(reported=reported | {text})
+
+
+# --- devices and the rest ----------------------------------------------------------------------
+
+
+def _device_failed(s: _Step, event: i.DeviceFailed) -> None:
+    errors = dict(s.m.device_errors)
+    first = errors.pop(event.which, None) is None
+    errors[event.which] = f"{event.which}: {event.message}"  # the latest failure last
+    s.set(device_errors=tuple(errors.items()))
+    if first:
+        s.log("error", f"{event.which} device failed: {event.message}; the daemon keeps running and reopens it")
+    s.publish(type="error", source=event.which, message=event.message)
+    s.fire(T.FAIL)
+
+
+def _device_recovered(s: _Step, event: i.DeviceRecovered) -> None:
+    errors = dict(s.m.device_errors)
+    if errors.pop(event.which, None) is None:
+        return
+    s.set(device_errors=tuple(errors.items()))
+    s.log("info", f"{event.which} device is back")
+    if s.m.state is S.ERROR and not errors and not s.m.fatal:
+        s.fire(T.RECOVER)
+
+
+_Handler = Callable[[_Step, Any], None]
+_HANDLERS: dict[type, _Handler] = {
+    # everywhere but the conversation
+    i.Ready: lambda s, e: _ready(s),
+    i.TurnStarted: _turn_started,
+    i.TurnEnded: _turn_ended,
+    i.PlayedOut: _played_out,
+    i.Tick: _tick,
+    i.Button: _button,
+    i.StartListening: lambda s, e: _start_listening(s),
+    i.StopListening: lambda s, e: _stop_listening(s),
+    i.Stop: lambda s, e: _stop(s),
+    i.SetMuted: lambda s, e: _set_muted(s, e.muted),
+    i.Say: lambda s, e: _send(s, "user_message", p.encode_user_message(e.text)),
+    i.ContextualUpdate: lambda s, e: _send(s, "contextual_update", p.encode_contextual_update(e.text)),
+    i.ToolResult: _tool_result,
+    i.DeviceFailed: _device_failed,
+    i.DeviceRecovered: _device_recovered,
+    i.Subscribers: lambda s, e: s.set(subscribers=e.count),
+    i.OpenConversation: lambda s, e: s.do(fx.Request()),
+    i.ShuttingDown: lambda s, e: s.set(shutting_down=True),
+    # the conversation
+    ev.Connecting: _connecting,
+    ev.Opened: _opened,
+    ev.AgentAudio: _agent_audio,
+    ev.Interrupted: _interrupted,
+    ev.UserTranscript: _user_transcript,
+    ev.AgentResponse: _agent_response,
+    ev.AgentCorrection: _correction,
+    ev.ToolCall: _tool_call,
+    ev.AgentToolResponse: _tool_response,
+    ev.ServerError: _server_error,
+    ev.Notice: _notice,
+    ev.Closed: _closed,
+}

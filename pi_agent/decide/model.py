@@ -1,0 +1,111 @@
+"""The model: the daemon's state and every fact its decisions need, in one immutable value.
+
+:func:`~pi_agent.decide.decide.decide` takes a model and returns the next; nothing else
+holds state that decisions depend on. What the LEDs, ``sd_notify`` and ``/healthz``
+show is derived from it (:func:`status`, :func:`health`), so none of them can get stuck.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import Settings
+from ..gpio.button import ButtonPolicy
+from .states import State
+
+THINKING_TIMEOUT = 15.0  # s in "thinking" with no reply before going back to idle
+TOOL_RESULT_TIMEOUT = 10.0  # s an event-API client has to answer a client tool call
+MAX_REPORTED = 64  # distinct failure lines remembered for "log once" (forgotten on success)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """What the decisions need from the settings; fixed at start-up."""
+
+    mode: str = "vad"  # capture mode: push_to_talk, vad, always
+    half_duplex: bool = True  # the mic is muted while the speaker plays
+    toggle: bool = False  # push_to_talk: a press starts the turn and the next ends it
+    earcons: frozenset[str] = frozenset({"listening", "done", "error", "offline"})
+    transcripts: bool = True  # log what was said
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Config:
+        return cls(settings.capture.mode, settings.audio.echo == "half_duplex", settings.capture.toggle,
+                   frozenset(settings.audio.earcons), settings.log.transcripts)
+
+    @property
+    def push_to_talk(self) -> bool:
+        return self.mode == "push_to_talk"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTool:
+    """A client tool call waiting for an event-API client's answer until ``deadline``."""
+
+    tool_call_id: str
+    tool_name: str
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    config: Config = Config()
+    state: State = State.STARTING
+    connected: bool = False  # a conversation is open
+    connecting: bool = False  # an attempt to open one is under way
+    backing_off: bool = False  # waiting to retry
+    muted: bool = False
+    conversation_id: str | None = None
+    device_errors: tuple[tuple[str, str], ...] = ()  # (device, "device: what failed"), latest last
+    session_error: str | None = None  # why the last attempt failed
+    fatal: bool = False  # ... in a way retrying cannot fix (bad key, unknown agent)
+    in_turn: bool = False  # the capture gate's user turn is on
+    talk_from_down: bool = False  # push-to-talk turn started by the press that stopped the agent
+    button: ButtonPolicy = ButtonPolicy()
+    speech_ended_at: float | None = None  # for the response-latency metric
+    thinking_since: float | None = None
+    tools: tuple[PendingTool, ...] = ()
+    reported: frozenset[str] = frozenset()  # failure lines already logged at their level
+    subscribers: int = 0  # event-API clients listening
+    shutting_down: bool = False
+
+    @property
+    def device_error(self) -> str | None:
+        return self.device_errors[-1][1] if self.device_errors else None
+
+    def pending_tool(self, tool_call_id: str) -> PendingTool | None:
+        return next((t for t in self.tools if t.tool_call_id == tool_call_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Everything the LEDs, systemd STATUS= and the API snapshot show."""
+
+    state: State
+    connected: bool
+    muted: bool
+    backing_off: bool
+    error: bool
+    conversation_id: str | None
+
+
+def status(model: Model) -> Status:
+    return Status(model.state, model.connected, model.muted, model.backing_off,
+                  model.device_error is not None or model.fatal, model.conversation_id)
+
+
+def health(model: Model) -> tuple[bool, str]:
+    """For /healthz and the watchdog: unhealthy while in ``error`` or ``offline``."""
+    if model.state is State.ERROR:
+        return False, model.device_error or model.session_error or "error"
+    if model.state is State.OFFLINE:
+        return False, "offline: " + (model.session_error or "reconnecting")
+    return True, model.state.value
+
+
+def deadline(model: Model) -> float | None:
+    """When the model next needs a :class:`~pi_agent.decide.inputs.Tick` (None: never)."""
+    due = [t.deadline for t in model.tools]
+    if model.state is State.THINKING and model.thinking_since is not None:
+        due.append(model.thinking_since + THINKING_TIMEOUT)
+    return min(due, default=None)

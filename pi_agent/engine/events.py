@@ -1,0 +1,154 @@
+"""What the conversation engine hands out: events for the decision function, actions for
+the I/O shell. Plain frozen data; nothing here does anything."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Union
+
+from .backoff import Outcome
+
+Level = Literal["debug", "info", "warning", "error"]
+
+
+# --- events: what happened in the conversation ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connecting:
+    """An attempt to open a conversation starts (1 = the first since the last success or end)."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The server sent the conversation metadata: the conversation is open."""
+
+    conversation_id: str
+    agent_output_audio_format: str
+    user_input_audio_format: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAudio:
+    """A chunk of the agent's reply to play: 16-bit mono PCM at ``rate``."""
+
+    pcm: bytes = field(repr=False)
+    rate: int
+    new_turn: bool  # the first chunk of a new agent turn
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """The server says the user barged in: flush what plays of turn ``event_id``."""
+
+    event_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserTranscript:
+    text: str
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResponse:
+    text: str
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCorrection:
+    original: str
+    corrected: str
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The agent calls a client tool; it waits for a ``client_tool_result``."""
+
+    tool_name: str
+    tool_call_id: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentToolResponse:
+    tool_name: str
+    is_error: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    """An ``error`` message from the server (a close usually follows)."""
+
+    error_type: str | None
+    code: int | None
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something an admin should read: a skipped frame, dropped audio, an idle close."""
+
+    level: Level
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The connection ended (or could not be opened), and what happens next."""
+
+    outcome: Outcome
+    reason: str                # one line for the log, never holding a secret
+    retry_in: float | None     # seconds until the next attempt; None = none planned
+    code: int | None = None    # WebSocket close code, if there was one
+    was_open: bool = False     # a conversation had opened on this connection
+    lasted: float = 0.0        # seconds the conversation was open
+
+
+Event = Union[Connecting, Opened, AgentAudio, Interrupted, UserTranscript, AgentResponse,
+              AgentCorrection, ToolCall, AgentToolResponse, ServerError, Notice, Closed]
+
+
+# --- actions: what the I/O shell must do ---------------------------------------------------
+
+
+class Phase(str, enum.Enum):
+    """Where the engine is in the life of a connection."""
+
+    IDLE = "idle"              # no conversation wanted
+    WAITING = "waiting"        # wanted: waiting out a backoff delay
+    CONNECTING = "connecting"  # the shell fetches the URL and opens the socket
+    OPENING = "opening"        # the socket is open; waiting for the conversation metadata
+    OPEN = "open"              # the conversation is open
+    CLOSING = "closing"        # we closed (or dropped) the socket; waiting for it to go
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Fetch the URL and open the WebSocket; then call ``connection_open`` or ``connect_failed``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Send a WebSocket ping: nothing has been heard for a while (the answer proves the peer alive)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Start the WebSocket closing handshake."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Drop the connection at once (dead peer, close handshake not answered)."""
+
+
+Action = Union[Connect, Ping, Close, Abort]
