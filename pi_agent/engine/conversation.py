@@ -36,7 +36,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import __version__
 from ..config import SessionSettings
@@ -44,7 +45,7 @@ from ..errors import ProtocolError
 from . import events as ev
 from . import protocol as p
 from .backoff import CONFIG_ERROR_TYPES, Backoff, Outcome, classify_close
-from .outbox import FRAME_S, Frame, Message, Outbox
+from .outbox import Frame, Message, Outbox
 
 SOURCE = "pi_agent"
 MAX_FRAME = 16 * 1024 * 1024  # largest server frame accepted (agent audio frames of 1.25 MB are seen)

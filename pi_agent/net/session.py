@@ -13,7 +13,8 @@ import asyncio
 import logging
 import math
 import time
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import websockets
 
