@@ -249,30 +249,38 @@ class Daemon:
 
     # --- run ------------------------------------------------------------------------------
 
+    async def __aenter__(self) -> Daemon:
+        """Open the GPIO and the event API (the devices open in their own tasks)."""
+        try:
+            self._open_gpio(asyncio.get_running_loop())
+            if self.api is not None:
+                await self.api.start()
+        except BaseException:
+            await self._shutdown()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._shutdown()
+
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set (0) or a task dies (1, after a critical line)."""
-        loop = asyncio.get_running_loop()
         log.info("pi-agent %s starting: agent %s at %s, %s policy, %s capture, %s", __version__,
                  self.settings.agent_id, self.settings.server_url, self.settings.session.policy,
                  self.settings.capture.mode, self.settings.audio.echo)
         self.controller.observe(self._notify_status)
         died: BaseExceptionGroup[Exception] | None = None
         try:
-            self._open_gpio(loop)
-            if self.api is not None:
+            async with self:
                 try:
-                    await self.api.start()
-                except OSError as e:
-                    log.error("cannot start the event API on 127.0.0.1:%d: %s (set PI_AGENT_API__PORT "
-                              "to a free port, or 0 to turn it off)", self.settings.api.port, e.strerror or e)
-                    return 1
-            try:
-                async with asyncio.TaskGroup() as tasks:
-                    await self._run_tasks(tasks, stop)
-            except* Exception as group:  # a bug of ours: say so loudly; systemd restarts us
-                died = group
-        finally:
-            await self._shutdown()
+                    async with asyncio.TaskGroup() as tasks:
+                        await self._run_tasks(tasks, stop)
+                except* Exception as group:  # a bug of ours: say so loudly; systemd restarts us
+                    died = group
+        except OSError as e:  # the event API could not listen
+            log.error("cannot start the event API on 127.0.0.1:%d: %s (set PI_AGENT_API__PORT "
+                      "to a free port, or 0 to turn it off)", self.settings.api.port, e.strerror or e)
+            return 1
         if died is not None:
             for exc in died.exceptions:
                 log.critical("internal task died: %r; exiting", exc, exc_info=exc)
