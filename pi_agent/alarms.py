@@ -4,7 +4,7 @@ one warning line per interval at most, with the count since the last line."""
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("pi_agent.alarms")
 

@@ -13,7 +13,8 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from . import __version__
 from .config import EX_CONFIG, Settings, config_path, load_settings

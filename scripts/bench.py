@@ -59,7 +59,9 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
+import itertools
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # support_audio: the tests' PulseAudio virtual sound card
@@ -137,7 +139,7 @@ def chirp(k: int = 0, rate: int = MIC_RATE, seconds: float = 0.040) -> np.ndarra
     """Marker ``k``: a Hann-windowed linear chirp, peak 1.0 (a sharp correlation peak,
     mostly above the energy of speech)."""
     f0, f1 = MARKER_SWEEPS[k % len(MARKER_SWEEPS)]
-    t = np.arange(int(round(seconds * rate))) / rate
+    t = np.arange(round(seconds * rate)) / rate
     phase = 2 * np.pi * (f0 * t + (f1 - f0) * t * t / (2 * seconds))
     return np.sin(phase) * np.hanning(len(t))
 
@@ -536,7 +538,7 @@ class Timeline:
 
     def index_at(self, t: float) -> int:
         j = len(self.ends) // 2
-        return int(round((t - self.offsets[j]) * self.rate))
+        return round((t - self.offsets[j]) * self.rate)
 
 
 class TimedRecorder:
@@ -670,7 +672,7 @@ class RunResult:
     problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        med = lambda v: f"{int(round(1000 * statistics.median(v)))}" if v else "-"  # noqa: E731
+        med = lambda v: f"{round(1000 * statistics.median(v))}" if v else "-"  # noqa: E731
         return (f"{self.client} run {self.index}: mic-to-wire p50 {med(self.mic_to_wire)} ms (n={len(self.mic_to_wire)}), "
                 f"playback start p50 {med(self.playback_start)} ms, barge-in p50 {med(self.barge_in)} ms "
                 f"(n={len(self.barge_in)}, {self.barge_ambiguous} in pauses), CPU {self.cpu_per_min:.2f} s/min, "
@@ -719,7 +721,7 @@ def analyse(run: RunResult, track: Track, mic: np.ndarray, mic_tl: Timeline, spk
             continue
         run.mic_to_wire.append(float(chunk_times[j]) - mic_tl.time_of(in_mic[k]))
     common = sorted(set(in_mic) & set(in_got))
-    for a, b in zip(common, common[1:]):
+    for a, b in itertools.pairwise(common):
         if abs((in_got[b] - in_got[a]) - (in_mic[b] - in_mic[a])) > 2:
             run.mic_slips += 1
 
@@ -983,7 +985,7 @@ class Figure:
         def fmt(v: float | None) -> str:
             if v is None or v != v:
                 return "-"
-            return f"{int(round(v))}" if self.unit in ("ms", "count") else f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+            return f"{round(v)}" if self.unit in ("ms", "count") else f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
 
         ratio = "-"
         floor = 5.0 if self.unit == "ms" else 1e-9  # a ratio to a few ms says nothing
@@ -1112,7 +1114,7 @@ def compare_section(runs: list[RunResult], track: Track, args: argparse.Namespac
             f"{r.client} {r.index}",
             f"{1000 * statistics.median(r.mic_to_wire):.0f}" if r.mic_to_wire else "-",
             f"{1000 * max(r.mic_to_wire):.0f}" if r.mic_to_wire else "-",
-            f"{int(round(1000 * statistics.median(r.playback_start)))}" if r.playback_start else "-",
+            f"{round(1000 * statistics.median(r.playback_start))}" if r.playback_start else "-",
             ", ".join(f"{1000 * b:.0f}" for b in r.barge_in) or "-",
             f"{r.cpu_per_min:.2f}", f"{r.peak_rss_mb:.1f}", f"{r.ready_s:.2f}",
             str(r.replies_stretched),
@@ -1199,19 +1201,16 @@ def write_section(path: Path, name: str, body: str) -> None:
         text = TEMPLATE.format(**{n: SECTION.format(name=n, edge="start") + "\n" + SECTION.format(name=n, edge="end")
                                   for n in ("compare", "soak", "profile")})
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
 
 
 def print_table(runs: list[RunResult]) -> None:
     rows = [f.cells() for f in figures(runs)]
     header = ["figure", "pi-agent", "SDK", "ratio", "target", "verdict"]
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    for r in [header] + rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    widths = [max(len(r[i]) for r in [*rows, header]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
 
 
 # =========================================================================== commands

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import contextlib
 
 SYSTEM_ALSA_CONF = Path("/usr/share/alsa/alsa.conf")
 PULSE_PLUGIN_DIRS = [
@@ -154,10 +155,8 @@ class PulseServer:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=5)
@@ -363,7 +362,7 @@ class VirtualAudio:
 
 def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.3) -> np.ndarray:
     """A sine as int16."""
-    t = np.arange(int(round(seconds * rate))) / rate
+    t = np.arange(round(seconds * rate)) / rate
     return np.round(np.sin(2 * np.pi * freq * t) * amplitude * 32767).astype(np.int16)
 
 

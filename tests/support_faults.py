@@ -90,7 +90,7 @@ def make_wav(path: Path, *parts: float | str | np.ndarray) -> Path:
         elif isinstance(part, np.ndarray):
             chunks.append(part.astype(np.int16))
         else:
-            chunks.append(np.zeros(int(round(part * 50)) * 320, dtype=np.int16))
+            chunks.append(np.zeros(round(part * 50) * 320, dtype=np.int16))
     samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
@@ -242,7 +242,7 @@ class FaultRun:
                     return None
                 h, mi, sec, ms = (int(x) for x in m.groups())
                 now = time.time()
-                midnight = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
+                midnight = time.mktime((*time.localtime(now)[:3], 0, 0, 0, 0, 0, -1))
                 wall = midnight + h * 3600 + mi * 60 + sec + ms / 1000
                 if wall > now + 60:  # logged before midnight, read after it
                     wall -= 86400

@@ -289,7 +289,7 @@ async def test_vad_speech_reaches_the_agent_complete_with_its_onset(
     last_loud = exact_edges(speech, 300)[1]  # type: ignore[index]
     async with FakeAgent(FakeAgentOptions(port=0, transcript="What is the weather like?")) as agent:
         env = daemon_env(virtual_audio, agent, PI_AGENT_SESSION__POLICY="on_demand")
-        async with audio_daemon(env, tmp_path) as (d, events):
+        async with audio_daemon(env, tmp_path) as (_d, events):
             await asyncio.sleep(0.5)  # the mic runs; nothing is sent (no conversation yet)
             assert agent.conversations == [] and events.snapshot["state"] == "idle"
             played_at = time.monotonic()
@@ -450,7 +450,7 @@ async def test_half_duplex_sends_the_agent_none_of_its_own_voice(
     async with FakeAgent(opts) as agent:
         env = daemon_env(virtual_audio, agent, PI_AGENT_AUDIO__ECHO=echo)
         with speaker_heard_by_mic(virtual_audio):
-            async with audio_daemon(env, tmp_path) as (d, events):
+            async with audio_daemon(env, tmp_path) as (_d, events):
                 record = await connected(agent, events)
                 said_at = time.monotonic()
                 await events.send({"type": "say", "text": "say something"})
@@ -485,7 +485,7 @@ async def test_push_to_talk_sends_audio_only_between_start_and_stop_with_preroll
     signal = noise(5.0, 3000, seed=11)
     async with FakeAgent(FakeAgentOptions(port=0)) as agent:
         env = daemon_env(virtual_audio, agent, PI_AGENT_CAPTURE__MODE="push_to_talk")
-        async with audio_daemon(env, tmp_path) as (d, events):
+        async with audio_daemon(env, tmp_path) as (_d, events):
             record = await connected(agent, events)
             played_at = time.monotonic()
             player = play_into_mic(virtual_audio, signal, tmp_path)
@@ -522,7 +522,7 @@ async def test_always_streams_the_mic_continuously(virtual_audio: VirtualAudio, 
     signal = noise(2.5, 3000, seed=12)
     async with FakeAgent(FakeAgentOptions(port=0)) as agent:
         env = daemon_env(virtual_audio, agent, PI_AGENT_CAPTURE__MODE="always")
-        async with audio_daemon(env, tmp_path) as (d, events):
+        async with audio_daemon(env, tmp_path) as (_d, events):
             record = await connected(agent, events)
             started = time.monotonic()
             player = play_into_mic(virtual_audio, signal, tmp_path)
@@ -536,7 +536,7 @@ async def test_always_streams_the_mic_continuously(virtual_audio: VirtualAudio, 
     # very first samples are lost before they reach the mic sink): compare from 5 ms on.
     diff = int(np.max(np.abs(aligned[80:].astype(np.int32) - signal[80:])))
     streamed = samples_between(record, started, ended)
-    starts, times = chunk_starts(record)
+    _starts, times = chunk_starts(record)
     window = (times >= started) & (times <= ended)
     largest_gap = float(np.max(np.diff(times[window])))
     report("always", correlation=round(score, 5), max_sample_diff=diff,

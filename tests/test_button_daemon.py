@@ -97,7 +97,7 @@ async def test_hold_to_talk_and_press_to_interrupt(tmp_path: Path) -> None:
 
 async def test_a_mid_speech_disconnect_leaves_no_led_stuck(tmp_path: Path) -> None:
     async with FakeAgent(FakeAgentOptions(port=0, send_speed=1.0)) as agent:
-        async with running_daemon(agent, tmp_path) as (daemon, pin, factory):
+        async with running_daemon(agent, tmp_path) as (daemon, _pin, _factory):
             await agent.agent_speak()
             await wait_state(daemon, "speaking", 5)
             await agent.close_conversation(1011, "boom")
@@ -115,7 +115,7 @@ async def test_long_hold_toggles_mute_and_press_starts_listening_in_vad_mode(tmp
     with wave.open(str(silence), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(bytes(32000))
     async with FakeAgent(FakeAgentOptions(port=0)) as agent:
-        async with running_daemon(agent, tmp_path, mic=silence, mode="vad") as (daemon, pin, factory):
+        async with running_daemon(agent, tmp_path, mic=silence, mode="vad") as (daemon, pin, _factory):
             pin.drive_low()
             await wait_state(daemon, "muted", 3)
             pin.drive_high()

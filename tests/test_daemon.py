@@ -272,7 +272,7 @@ async def test_event_api_commands(tmp_path: Path) -> None:
                 await events.wait_for(lambda e: e["type"] == "connection" and e["connected"], 10)
             await events.send({"type": "mute"})
             await events.wait_state("muted")
-            status, body = d.http("/healthz")
+            status, _body = d.http("/healthz")
             assert status == 200
             await events.send({"type": "unmute"})
             await events.wait_state("idle")

@@ -45,6 +45,7 @@ from pi_agent.fake_agent.audio import (
     ulaw_encode,
 )
 from .support_spec import validate_client_message, validate_server_message
+import contextlib
 
 QUESTION_WAV = Path(__file__).resolve().parents[1] / "pi_agent" / "assets" / "question.wav"
 QUESTION, QUESTION_RATE = read_wav(QUESTION_WAV)
@@ -111,10 +112,8 @@ class Client:
             if time.monotonic() > deadline:
                 kinds = [m.get("type", "<raw>") for m in self.messages][-20:]
                 raise AssertionError(f"client: timed out waiting for {what}; last received: {kinds}")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), 0.2)
-            except TimeoutError:
-                pass
 
     async def wait_type(self, kind: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
         await self.wait_for(lambda: len(self.of(kind)) >= count, timeout, f"{count} x {kind}")
@@ -879,7 +878,7 @@ async def test_http_conversations_and_received(make_agent: MakeAgent) -> None:
         validate_client_message(m["message"])
 
     status, _, body = await aget(f"{agent.http_url}/_fake/sent?conversation={record.id}")
-    assert [m["kind"] for m in json.loads(body)["messages"]][0] == "conversation_initiation_metadata"
+    assert next(m["kind"] for m in json.loads(body)["messages"]) == "conversation_initiation_metadata"
     status, _, _ = await aget(f"{agent.http_url}/_fake/received?conversation=conv_nope")
     assert status == 404
 

@@ -75,8 +75,8 @@ async def test_agent_ended_calls_are_each_followed_by_the_next_within_backoff_in
                 await run.wait_closed(15, after=n)
             await run.wait_connected(10, after=5)
             events = list(run.events.events)
-    opened = [t for t, e in zip(run.events.received_at, events) if e.get("type") == "connection" and e["connected"]]
-    closed = [(t, e) for t, e in zip(run.events.received_at, events)
+    opened = [t for t, e in zip(run.events.received_at, events, strict=False) if e.get("type") == "connection" and e["connected"]]
+    closed = [(t, e) for t, e in zip(run.events.received_at, events, strict=False)
               if e.get("type") == "connection" and not e["connected"]]
     assert len(closed) >= 5
     for n, (t_closed, e) in enumerate(closed[:5]):

@@ -16,6 +16,7 @@ import pytest
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
 from .support_daemon import free_port
 from .support_faults import CANARY, FakeAgentProcess, TcpProxy, agent_signatures, fault_daemon, fault_env, make_wav
+import itertools
 
 pytestmark = pytest.mark.faults
 
@@ -35,7 +36,7 @@ def _check_backoff(retries: list[tuple[float, float]], initial: float, cap: floa
         assert 0 <= delay <= ceiling + 1e-6, (k, delay, ceiling, delays)
     assert len(set(delays)) == len(delays), delays  # full jitter: no two alike
     assert any(d < 0.9 * min(cap, initial * 2 ** k) for k, d in enumerate(delays)), delays
-    for (t_prev, d_prev), (t_next, _) in zip(retries, retries[1:]):
+    for (t_prev, d_prev), (t_next, _) in itertools.pairwise(retries):
         assert t_next - t_prev >= d_prev - 0.05, (t_next - t_prev, d_prev)  # no attempt before its time
 
 
@@ -106,7 +107,7 @@ async def test_agent_gone_longer_than_the_backoff_cap(tmp_path: Path) -> None:
     _check_backoff(in_outage, 0.2, 1.0)
     assert 4 <= len(in_outage) <= 40, in_outage  # keeps trying, but no tight loop
     times = [t for t, _ in in_outage]
-    assert max(b - a for a, b in zip(times, times[1:])) < 1.0 + 0.8  # never more than the cap apart
+    assert max(b - a for a, b in itertools.pairwise(times)) < 1.0 + 0.8  # never more than the cap apart
     assert reconnect < 1.0 + 1.0, reconnect
     lines = [line for line in log.splitlines() if "controller: disconnected: " in line]
     assert len(lines) >= len(in_outage), (len(lines), len(in_outage))  # each attempt says why it failed

@@ -86,7 +86,7 @@ async def test_refused_key_is_not_hammered(status: int, tmp_path: Path) -> None:
             await run.wait_connected(10)
             errors = [e for e in run.events.events if e["type"] == "error"]
             log = run.log
-    gaps = [b - a for a, b in zip(stub.times, stub.times[1:])]
+    gaps = [b - a for a, b in zip(stub.times, stub.times[1:], strict=False)]
     assert len(stub.times) == 4 and all(g >= 1.0 - 0.05 for g in gaps), gaps  # the 1 s cap, never sooner
     assert errors and all(f"HTTP {status}" in e["message"] for e in errors), errors
     lines = [line for line in log.splitlines() if f"HTTP {status}" in line and "DEBUG" not in line]
@@ -121,7 +121,7 @@ async def test_malformed_signed_urls_are_refused_cleanly(tmp_path: Path) -> None
             failures = run.failures_logged()
             log = run.log
     assert len(failures) == len(bad), failures
-    for (_, _, says), failure in zip(bad, failures):
+    for (_, _, says), failure in zip(bad, failures, strict=False):
         assert says in failure, (says, failure)
     assert "ERROR" not in log and "CRIT" not in log  # retried, nothing fatal
     assert all(key == CANARY for _, key in stub.requests)

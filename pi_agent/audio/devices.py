@@ -88,10 +88,8 @@ def quiet_native_stderr() -> Iterator[CapturedStderr]:
     because fd 2 is process-wide. Without a usable fd 2 the block simply runs.
     """
     with _STDERR_LOCK:
-        try:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
             sys.stderr.flush()
-        except (AttributeError, OSError, ValueError):
-            pass
         try:
             saved = os.dup(2)
         except OSError:  # no stderr at all: nothing to keep clean
@@ -114,10 +112,8 @@ def quiet_native_stderr() -> Iterator[CapturedStderr]:
                 if line.strip():
                     captured.noise.append(line)
             else:
-                try:
+                with contextlib.suppress(OSError):
                     os.write(2, (line + "\n").encode())
-                except OSError:
-                    pass
 
 
 PORTAUDIO_LOCK = threading.RLock()

@@ -28,7 +28,7 @@ _SCORES: dict[str, list[tuple[float | tuple[float, float], float, float]]] = {
 
 
 def _note(freq: float | tuple[float, float], seconds: float, rate: int) -> np.ndarray:
-    n = max(1, int(round(seconds * rate)))
+    n = max(1, round(seconds * rate))
     t = np.arange(n, dtype=np.float64) / rate
     if isinstance(freq, tuple):
         wave = 0.5 * (np.sin(2 * np.pi * freq[0] * t) + np.sin(2 * np.pi * freq[1] * t))
@@ -49,7 +49,7 @@ def make_earcon(name: str, rate: int, *, level: float = 0.25) -> np.ndarray:
     for freq, seconds, gap in _SCORES[name]:
         parts.append(_note(freq, seconds, rate))
         if gap:
-            parts.append(np.zeros(int(round(gap * rate))))
+            parts.append(np.zeros(round(gap * rate)))
     return (np.concatenate(parts) * (level * 32767.0)).astype(np.float32)
 
 

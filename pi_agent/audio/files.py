@@ -172,7 +172,7 @@ class WavFileInput:
         pad = (-len(mono)) % FRAME_SAMPLES
         self._audio = np.concatenate([mono, np.zeros(pad, dtype=np.int16)]).astype("<i2")
         self.speech_frames = len(self._audio) // FRAME_SAMPLES
-        self._lead_frames = int(round(self.lead_in * 1000 / FRAME_MS))
+        self._lead_frames = round(self.lead_in * 1000 / FRAME_MS)
         self._loop = asyncio.get_running_loop()
         self._on_frame = on_frame
         self._event = asyncio.Event()

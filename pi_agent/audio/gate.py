@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from . import FRAME_BYTES, FRAME_MS
 
@@ -41,7 +41,7 @@ TRIGGER_WINDOW = 5  # frames (100 ms) looked at to decide that speech started
 TRIGGER_VOICED = 3  # of which this many must be voiced
 
 
-class GateCommand(str, enum.Enum):
+class GateCommand(enum.StrEnum):
     """What the decisions tell the gate (:meth:`CaptureGate.apply`)."""
 
     PRESS = "press"            # push_to_talk: the button is held (or toggled on)

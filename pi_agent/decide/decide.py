@@ -10,7 +10,8 @@ effects; an input the current state does not allow changes nothing.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ..audio.gate import GateCommand
 from ..engine import events as ev

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal, Union
+from collections.abc import Mapping
 
 from ..audio.gate import GateCommand
 from .states import Transition

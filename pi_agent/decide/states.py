@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..errors import InternalError
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     """What the daemon is doing, as a user would describe it."""
 
     STARTING = "starting"      # config read, devices and API coming up
@@ -32,7 +32,7 @@ class State(str, enum.Enum):
         return self.value
 
 
-class Trigger(str, enum.Enum):
+class Trigger(enum.StrEnum):
     """Inputs to the state machine."""
 
     READY = "ready"                # start-up finished

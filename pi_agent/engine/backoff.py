@@ -14,12 +14,12 @@ import enum
 import random
 import re
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from .protocol import ErrorEvent
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """What a finished or failed connection means for the next one."""
 
     ENDED = "ended"    # the server ended the conversation normally: start a new one if wanted

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal, Union
+from collections.abc import Mapping
 
 from .backoff import Outcome
 
@@ -117,7 +118,7 @@ Event = Union[Connecting, Opened, AgentAudio, Interrupted, UserTranscript, Agent
 # --- actions: what the I/O shell must do ---------------------------------------------------
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     """Where the engine is in the life of a connection."""
 
     IDLE = "idle"              # no conversation wanted

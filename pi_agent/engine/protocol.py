@@ -17,7 +17,8 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Union
+from collections.abc import Callable, Mapping
 
 from ..errors import ProtocolError
 

@@ -41,6 +41,7 @@ from websockets.http11 import Request, Response
 from .audio import REPLY_WAV, AudioFormat, EnergyGate, SpeechEnded, SpeechStarted, audio_format, decode, reply_audio
 from .options import FakeAgentOptions
 from .records import BINARY, NON_JSON, USER_AUDIO, ConversationRecord, Received, Sent, Turn, message_kind
+import contextlib
 
 log = logging.getLogger("pi_agent.fake_agent")
 ws_log = logging.getLogger("pi_agent.fake_agent.websockets")
@@ -58,18 +59,11 @@ SPEC_CLOSE_CODES = (1000, 1002, 1008, 1011)
 
 ERROR_CODES: dict[str, int] = {
     **dict.fromkeys(
-        (
-            "invalid_message telephony_agent_error mcp_tool_error mcp_https_error value_error "
-            "missing_fields override_error missing_dynamic_variable_transfer missing_dynamic_variable"
-        ).split(),
+        ["invalid_message", "telephony_agent_error", "mcp_tool_error", "mcp_https_error", "value_error", "missing_fields", "override_error", "missing_dynamic_variable_transfer", "missing_dynamic_variable"],
         1008,
     ),
     **dict.fromkeys(
-        (
-            "safety_violation llm_timeout transport_receive_timeout asyncio_timeout http_exception "
-            "llm_error custom_llm_error cascade_brain_error asr_transcription_error vad_error "
-            "turn_probability_error tts_cascade_error redis_timeout_error"
-        ).split(),
+        ["safety_violation", "llm_timeout", "transport_receive_timeout", "asyncio_timeout", "http_exception", "llm_error", "custom_llm_error", "cascade_brain_error", "asr_transcription_error", "vad_error", "turn_probability_error", "tts_cascade_error", "redis_timeout_error"],
         1002,
     ),
     "max_duration_exceeded": 1000,
@@ -288,10 +282,8 @@ class _Session:
     async def _open(self) -> None:
         wait = self.options.wait_for_init
         if wait > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._init.wait(), wait)
-            except TimeoutError:
-                pass
         await self.send(
             {
                 "type": "conversation_initiation_metadata",
@@ -498,10 +490,8 @@ class _Session:
             return True
         if seconds <= 0:
             return False
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
-        except TimeoutError:
-            pass
         return stop.is_set()  # the timeout may win a race with a stop set meanwhile
 
     async def _run_turn(self, turn: Turn, stop: asyncio.Event, tool: str | None, text: str) -> None:
@@ -770,10 +760,8 @@ class FakeAgent:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"fake agent: timed out after {timeout:g} s waiting for {what}")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
-            except TimeoutError:
-                pass
 
     async def wait_for_conversation(self, count: int = 1, timeout: float = 10.0) -> ConversationRecord:
         """Wait until ``count`` conversations have opened; return the ``count``-th."""

@@ -44,7 +44,7 @@ from .leds import PinSpec, open_error
 log = logging.getLogger(__name__)
 
 
-class ButtonEvent(str, enum.Enum):
+class ButtonEvent(enum.StrEnum):
     """What the button did, as the controller hears it."""
 
     DOWN = "down"              # pressed (now): the moment to stop the agent's speech
@@ -135,7 +135,7 @@ class ButtonClassifier:
         self._held = self._long = False
 
 
-class ButtonIntent(str, enum.Enum):
+class ButtonIntent(enum.StrEnum):
     """What the user meant by a button event, in the current state."""
 
     STOP = "stop"                        # stop the agent now: flush playback, Trigger.STOP

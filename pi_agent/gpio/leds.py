@@ -66,7 +66,7 @@ WHITE: Color = (1.0, 1.0, 1.0)
 # --------------------------------------------------------------------------- pure part
 
 
-class Pattern(str, enum.Enum):
+class Pattern(enum.StrEnum):
     """How one LED behaves; the seconds are in :data:`TIMINGS`."""
 
     OFF = "off"

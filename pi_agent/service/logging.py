@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from ..errors import ConfigError
+import contextlib
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "warn": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
@@ -273,10 +274,8 @@ def route_native_stderr() -> bool:
     global _native_routed
     if _native_routed:
         return False
-    try:
+    with contextlib.suppress(AttributeError, OSError, ValueError):
         sys.stderr.flush()
-    except (AttributeError, OSError, ValueError):
-        pass
     try:
         saved = os.dup(2)
     except OSError:
