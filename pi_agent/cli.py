@@ -12,9 +12,9 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
 
 from . import __version__
 from .config import EX_CONFIG, Settings, config_path, load_settings

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -107,7 +107,8 @@ class AudioSettings(_Section):
 
     input_device: str = Field("default", min_length=1, description="microphone: ALSA/PortAudio "
                               "device name or a unique part of it, or 'default' (see pi-agent devices)")
-    output_device: str = Field("default", min_length=1, description="speaker: device name or a unique part of it, or 'default'")
+    output_device: str = Field("default", min_length=1, description="speaker: device name or a unique "
+                               "part of it, or 'default'")
     input_channel: int | None = Field(None, ge=0, description="take this channel of a multichannel "
                                       "microphone (default: mix all channels)")
     output_rate: int | None = Field(None, ge=8000, le=192000, description="force the speaker's "
@@ -138,9 +139,12 @@ class ApiSettings(_Section):
 class LedSettings(_Section):
     """GPIO LEDs (BCM pin numbers). Any LED may be left unset."""
 
-    connection_pin: int | None = Field(None, ge=0, le=53, description="connection LED: off offline, blinking connecting, on connected")
-    activity_pin: int | None = Field(None, ge=0, le=53, description="activity LED: on listening, pulsing thinking, blinking speaking")
-    rgb_pins: tuple[int, int, int] | None = Field(None, description="red, green, blue pins of an RGB LED showing the top state's colour")
+    connection_pin: int | None = Field(None, ge=0, le=53, description="connection LED: off offline, "
+                                       "blinking connecting, on connected")
+    activity_pin: int | None = Field(None, ge=0, le=53, description="activity LED: on listening, "
+                                     "pulsing thinking, blinking speaking")
+    rgb_pins: tuple[int, int, int] | None = Field(None, description="red, green, blue pins of an RGB LED "
+                                                  "showing the top state's colour")
     active_high: bool = Field(True, description="false for LEDs wired to 3V3 (lit when the pin is low)")
 
 
@@ -326,4 +330,5 @@ def _describe(err: Mapping[str, Any], path: Path | None) -> str:
     if kind == "extra_forbidden":
         return f"{dotted} is not a known setting: remove it (or check its spelling){file_hint}"
     shown = "" if "api_key" in loc else f" (got {err.get('input')!r})"
-    return f"{dotted}: {msg.lower() if msg[:1].isupper() and not msg[:2].isupper() else msg}{shown}: fix {env} or {where}{file_hint}"
+    return (f"{dotted}: {msg.lower() if msg[:1].isupper() and not msg[:2].isupper() else msg}{shown}: "
+            f"fix {env} or {where}{file_hint}")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import TypeVar
 from collections.abc import Callable
+from typing import TypeVar
 
 from .errors import PiAgentError
 

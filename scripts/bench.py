@@ -42,6 +42,7 @@ import base64
 import contextlib
 import datetime as dt
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -57,11 +58,10 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Iterator
-import itertools
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # support_audio: the tests' PulseAudio virtual sound card
@@ -673,10 +673,12 @@ class RunResult:
 
     def summary(self) -> str:
         med = lambda v: f"{round(1000 * statistics.median(v))}" if v else "-"  # noqa: E731
-        return (f"{self.client} run {self.index}: mic-to-wire p50 {med(self.mic_to_wire)} ms (n={len(self.mic_to_wire)}), "
-                f"playback start p50 {med(self.playback_start)} ms, barge-in p50 {med(self.barge_in)} ms "
+        return (f"{self.client} run {self.index}: mic-to-wire p50 {med(self.mic_to_wire)} ms "
+                f"(n={len(self.mic_to_wire)}), playback start p50 {med(self.playback_start)} ms, "
+                f"barge-in p50 {med(self.barge_in)} ms "
                 f"(n={len(self.barge_in)}, {self.barge_ambiguous} in pauses), CPU {self.cpu_per_min:.2f} s/min, "
-                f"peak RSS {self.peak_rss_mb:.1f} MB, ready {self.ready_s:.2f} s, other load {100 * self.other_load:.0f}%"
+                f"peak RSS {self.peak_rss_mb:.1f} MB, ready {self.ready_s:.2f} s, "
+                f"other load {100 * self.other_load:.0f}%"
                 + (f"; problems: {'; '.join(self.problems)}" if self.problems else ""))
 
 
@@ -685,10 +687,9 @@ def locate_markers(x: np.ndarray, track: Track, search_s: float = 0.15) -> dict[
     if len(x) < MIC_RATE:
         return {}
     xf, tf = x.astype(np.float64), track.samples.astype(np.float64)
-    if len(x) >= len(tf):
-        offset = int(np.argmax(fft_correlate(xf, tf)))
-    else:  # the recording is shorter than the track: slide it along the track instead
-        offset = -int(np.argmax(fft_correlate(tf, xf)))
+    # a recording shorter than the track: slide it along the track instead
+    offset = (int(np.argmax(fft_correlate(xf, tf))) if len(x) >= len(tf)
+              else -int(np.argmax(fft_correlate(tf, xf))))
     found: dict[int, int] = {}
     w = int(search_s * MIC_RATE)
     for k, pos in enumerate(track.markers):
@@ -1361,7 +1362,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
                  "--send-speed", "4", "--max-duration", "20", "--ping-interval", "1"]
     settings = {
         "PI_AGENT_SESSION__BACKOFF_INITIAL": "0.2", "PI_AGENT_SESSION__BACKOFF_MAX": "0.5",
-        "PI_AGENT_SESSION__BACKOFF_RESET_AFTER": "0", "PI_AGENT_AUDIO__EARCONS": '["listening","done","error","offline"]',
+        "PI_AGENT_SESSION__BACKOFF_RESET_AFTER": "0",
+        "PI_AGENT_AUDIO__EARCONS": '["listening","done","error","offline"]',
     }
     duration = args.minutes * 60
     samples: list[dict[str, float]] = []
@@ -1440,8 +1442,9 @@ def soak_verdict(samples: list[dict[str, float]], warmup: float) -> str:
     convs = samples[-1].get("conversations", float("nan")) - samples[0].get("conversations", 0)
     span = (kept[-1]["t"] - kept[0]["t"]) / 60
     return (f"RSS {'flat' if rss_ok else 'not flat'}: median {r0:.1f} MB in the first quarter, {r1:.1f} MB in the "
-            f"last (after a {warmup:g} s warm-up; tolerance max(2 MB, 3%)); open fds {'flat' if fd_ok else 'not flat'}: "
-            f"{f0:.0f} -> {f1:.0f}; {convs:.0f} conversations over {span:.1f} min measured.")
+            f"last (after a {warmup:g} s warm-up; tolerance max(2 MB, 3%)); "
+            f"open fds {'flat' if fd_ok else 'not flat'}: {f0:.0f} -> {f1:.0f}; "
+            f"{convs:.0f} conversations over {span:.1f} min measured.")
 
 
 def soak_section(samples: list[dict[str, float]], verdict: str, args: argparse.Namespace,
@@ -1477,7 +1480,8 @@ def main(argv: list[str] | None = None) -> int:
                     "ElevenLabs SDK, on the PulseAudio virtual sound card (not a test; not run by CI).",
         epilog="Needs what PROFILE=test ./scripts/test.sh installs; `profile` also needs py-spy "
                "(pip install -e '.[bench]'). Installs nothing itself.")
-    parser.add_argument("--runs", type=int, default=None, help="runs per client, alternating (default 3; 1 with --quick)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="runs per client, alternating (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run: 2 user turns, 1 run each")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results file (default {RESULTS.relative_to(ROOT)})")
     parser.add_argument("--no-write", dest="write", action="store_false", help="print only; leave the results file")

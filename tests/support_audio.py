@@ -29,6 +29,7 @@ close what it opened. The servers are our own child processes, stopped by pid.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -36,9 +37,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
-import contextlib
 
 SYSTEM_ALSA_CONF = Path("/usr/share/alsa/alsa.conf")
 PULSE_PLUGIN_DIRS = [
@@ -173,7 +174,7 @@ class Recorder:
         self.path = path
         self.rate = rate
         self.channels = channels
-        self._file = open(path, "wb")
+        self._file = open(path, "wb")  # noqa: SIM115  (parec writes to it until stop() closes it)
         self.proc = subprocess.Popen(
             [
                 "parec",
@@ -217,7 +218,7 @@ class Recorder:
 class VirtualAudio:
     """The session's private sound server and ALSA configuration (see the module docstring)."""
 
-    FILE_MICS = {
+    FILE_MICS: ClassVar[dict[str, tuple[int, int]]] = {
         "pi_test_mic": (16_000, 1),
         "pi_test_mic48": (48_000, 1),
         "pi_test_mic_stereo": (16_000, 2),

@@ -85,9 +85,8 @@ class DaemonProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log}")
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.api_port), timeout=0.2):
-                    return
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.api_port), timeout=0.2):
+                return
             await asyncio.sleep(0.1)
         raise AssertionError(f"event API did not come up:\n{self.log}")
 

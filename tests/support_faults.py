@@ -254,7 +254,8 @@ class FaultRun:
         test subscribed to the event API are there too)."""
         found = []
         for line in self.log.splitlines():
-            m = re.search(r"controller: (?:disconnected|cannot open a conversation): (.*?)(?:; retrying in [\d.]+ s)?$", line)
+            m = re.search(r"controller: (?:disconnected|cannot open a conversation): (.*?)"
+                          r"(?:; retrying in [\d.]+ s)?$", line)
             if m:
                 found.append(m.group(1))
         return found
@@ -764,8 +765,8 @@ def netns_or_skip() -> Iterator[NetNs]:
 
 __all__ = [
     "AGENT_ID", "CANARY", "FAST", "FakeAgentProcess", "FaultRun", "Link", "NetNs", "ProcStats", "SecretScan",
-    "SignedUrlStub", "TcpProxy", "WsSniffer", "agent_signatures", "contains", "fault_daemon", "fault_env", "make_wav", "metric", "netns_or_skip",
-    "proc_stats", "question_samples", "voiced_core",
+    "SignedUrlStub", "TcpProxy", "WsSniffer", "agent_signatures", "contains", "fault_daemon", "fault_env", "make_wav",
+    "metric", "netns_or_skip", "proc_stats", "question_samples", "voiced_core",
 ]
 
 

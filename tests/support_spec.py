@@ -130,7 +130,8 @@ class Spec:
             detail = "; ".join(
                 f"at {'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:200]}" for e in errors[:5]
             )
-            raise AssertionError(f"{direction} message {kind!r} does not match the spec: {detail}; message: {_short(msg)}")
+            raise AssertionError(
+                f"{direction} message {kind!r} does not match the spec: {detail}; message: {_short(msg)}")
 
     def validate_server_message(self, msg: Any) -> None:
         kind = msg.get("type") if isinstance(msg, dict) else None

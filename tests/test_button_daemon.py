@@ -64,49 +64,49 @@ def continuous_speech(tmp: Path) -> Path:
 
 
 async def test_hold_to_talk_and_press_to_interrupt(tmp_path: Path) -> None:
-    async with FakeAgent(FakeAgentOptions(port=0, send_speed=1.0)) as agent:
-        async with running_daemon(agent, tmp_path, mic=continuous_speech(tmp_path)) as (daemon, pin, factory):
-            before = loud_seconds(bytes(agent.latest.user_audio))
-            assert before == 0  # nothing but zeros until the button is held
-            pin.drive_low()  # press (pull-up: pressed is low)
-            await wait_state(daemon, "listening", 2)
-            await asyncio.sleep(1.5)
-            pin.drive_high()
-            await wait_state(daemon, "thinking", 2)
-            heard = loud_seconds(bytes(agent.latest.user_audio))
-            assert 1.2 <= heard <= 2.2, heard  # the hold (+ pre-roll), and nothing after release
-            await wait_state(daemon, "speaking", 10)
-            assert factory.pin(CONN_LED).state  # connected: LED lit
-            # A press while the agent speaks stops it at once and, push-to-talk, starts listening.
-            pin.drive_low()
-            await wait_state(daemon, "listening", 1)
-            assert daemon.audio_out.audible_until() <= asyncio.get_running_loop().time() + 0.05  # flushed
-            await asyncio.sleep(0.3)
-            pin.drive_high()
-            await wait_state(daemon, "thinking", 2)
-            # A push-to-talk hold longer than long_hold_time with speech is still talking.
-            pin.drive_low()
-            await wait_state(daemon, "listening", 2)
-            await asyncio.sleep(1.2)
-            assert daemon.controller.state.value == "listening" and not daemon.controller.model.muted
-            pin.drive_high()
-            await wait_state(daemon, "thinking", 2)
+    async with (FakeAgent(FakeAgentOptions(port=0, send_speed=1.0)) as agent,
+                running_daemon(agent, tmp_path, mic=continuous_speech(tmp_path)) as (daemon, pin, factory)):
+        before = loud_seconds(bytes(agent.latest.user_audio))
+        assert before == 0  # nothing but zeros until the button is held
+        pin.drive_low()  # press (pull-up: pressed is low)
+        await wait_state(daemon, "listening", 2)
+        await asyncio.sleep(1.5)
+        pin.drive_high()
+        await wait_state(daemon, "thinking", 2)
+        heard = loud_seconds(bytes(agent.latest.user_audio))
+        assert 1.2 <= heard <= 2.2, heard  # the hold (+ pre-roll), and nothing after release
+        await wait_state(daemon, "speaking", 10)
+        assert factory.pin(CONN_LED).state  # connected: LED lit
+        # A press while the agent speaks stops it at once and, push-to-talk, starts listening.
+        pin.drive_low()
+        await wait_state(daemon, "listening", 1)
+        assert daemon.audio_out.audible_until() <= asyncio.get_running_loop().time() + 0.05  # flushed
+        await asyncio.sleep(0.3)
+        pin.drive_high()
+        await wait_state(daemon, "thinking", 2)
+        # A push-to-talk hold longer than long_hold_time with speech is still talking.
+        pin.drive_low()
+        await wait_state(daemon, "listening", 2)
+        await asyncio.sleep(1.2)
+        assert daemon.controller.state.value == "listening" and not daemon.controller.model.muted
+        pin.drive_high()
+        await wait_state(daemon, "thinking", 2)
     # Shut down: every LED off.
     assert not factory.pin(CONN_LED).state and not factory.pin(ACT_LED).state
 
 
 async def test_a_mid_speech_disconnect_leaves_no_led_stuck(tmp_path: Path) -> None:
-    async with FakeAgent(FakeAgentOptions(port=0, send_speed=1.0)) as agent:
-        async with running_daemon(agent, tmp_path) as (daemon, _pin, _factory):
-            await agent.agent_speak()
-            await wait_state(daemon, "speaking", 5)
-            await agent.close_conversation(1011, "boom")
-            await wait_state(daemon, "offline", 3)
-            status = daemon.controller.status
-            assert not status.connected
-            pic = daemon.leds.picture
-            assert pic.top.value == "offline" and pic.activity.value == "off"
-            await wait_state(daemon, "idle", 10)  # reconnected
+    async with (FakeAgent(FakeAgentOptions(port=0, send_speed=1.0)) as agent,
+                running_daemon(agent, tmp_path) as (daemon, _pin, _factory)):
+        await agent.agent_speak()
+        await wait_state(daemon, "speaking", 5)
+        await agent.close_conversation(1011, "boom")
+        await wait_state(daemon, "offline", 3)
+        status = daemon.controller.status
+        assert not status.connected
+        pic = daemon.leds.picture
+        assert pic.top.value == "offline" and pic.activity.value == "off"
+        await wait_state(daemon, "idle", 10)  # reconnected
 
 
 async def test_long_hold_toggles_mute_and_press_starts_listening_in_vad_mode(tmp_path: Path) -> None:
@@ -114,20 +114,20 @@ async def test_long_hold_toggles_mute_and_press_starts_listening_in_vad_mode(tmp
     silence = tmp_path / "silence.wav"
     with wave.open(str(silence), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(bytes(32000))
-    async with FakeAgent(FakeAgentOptions(port=0)) as agent:
-        async with running_daemon(agent, tmp_path, mic=silence, mode="vad") as (daemon, pin, _factory):
-            pin.drive_low()
-            await wait_state(daemon, "muted", 3)
-            pin.drive_high()
-            await asyncio.sleep(0.2)
-            assert daemon.controller.model.muted and daemon.leds.picture.top.value == "muted"
-            pin.drive_low()
-            await wait_state(daemon, "idle", 3)
-            pin.drive_high()
-            assert not daemon.controller.model.muted
-            # A short press starts listening (the VAD hangover then ends the silent turn).
-            pin.drive_low()
-            await asyncio.sleep(0.05)
-            pin.drive_high()
-            await wait_state(daemon, "listening", 2)
-            await wait_state(daemon, "thinking", 3)
+    async with (FakeAgent(FakeAgentOptions(port=0)) as agent,
+                running_daemon(agent, tmp_path, mic=silence, mode="vad") as (daemon, pin, _factory)):
+        pin.drive_low()
+        await wait_state(daemon, "muted", 3)
+        pin.drive_high()
+        await asyncio.sleep(0.2)
+        assert daemon.controller.model.muted and daemon.leds.picture.top.value == "muted"
+        pin.drive_low()
+        await wait_state(daemon, "idle", 3)
+        pin.drive_high()
+        assert not daemon.controller.model.muted
+        # A short press starts listening (the VAD hangover then ends the silent turn).
+        pin.drive_low()
+        await asyncio.sleep(0.05)
+        pin.drive_high()
+        await wait_state(daemon, "listening", 2)
+        await wait_state(daemon, "thinking", 3)

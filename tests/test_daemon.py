@@ -80,11 +80,10 @@ async def test_sigterm_mid_speech_exits_0_within_2_s_and_closes_with_1000(tmp_pa
 
 
 async def test_sigint_exits_0(tmp_path: Path) -> None:
-    async with FakeAgent(FakeAgentOptions(port=0)) as agent:
-        async with daemon_running(base_env(agent, tmp_path), tmp_path) as d:
-            await asyncio.sleep(0.5)
-            d.signal(signal.SIGINT)
-            assert d.wait(5) == 0, d.log
+    async with FakeAgent(FakeAgentOptions(port=0)) as agent, daemon_running(base_env(agent, tmp_path), tmp_path) as d:
+        await asyncio.sleep(0.5)
+        d.signal(signal.SIGINT)
+        assert d.wait(5) == 0, d.log
 
 
 async def test_bad_api_key_goes_to_error_is_not_hammered_and_never_logged(tmp_path: Path) -> None:
@@ -223,14 +222,13 @@ async def test_say_without_a_speaker_prints_the_reply_at_once(tmp_path: Path) ->
 
 
 async def test_status_prints_the_snapshot_and_follows(tmp_path: Path) -> None:
-    async with FakeAgent(FakeAgentOptions(port=0)) as agent:
-        async with daemon_running(base_env(agent, tmp_path), tmp_path) as d:
-            env = {**d.env}
-            r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "pi_agent.cli", "status"],
-                                        env=env, capture_output=True, text=True, timeout=30)
-            assert r.returncode == 0, r.stderr
-            snap = json.loads(r.stdout)
-            assert snap["type"] == "snapshot" and snap["mode"] == "vad"
+    async with FakeAgent(FakeAgentOptions(port=0)) as agent, daemon_running(base_env(agent, tmp_path), tmp_path) as d:
+        env = {**d.env}
+        r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "pi_agent.cli", "status"],
+                                    env=env, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        snap = json.loads(r.stdout)
+        assert snap["type"] == "snapshot" and snap["mode"] == "vad"
     r = subprocess.run([sys.executable, "-m", "pi_agent.cli", "status"], env=env, capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 1 and "cannot reach the daemon" in r.stderr and "Traceback" not in r.stderr

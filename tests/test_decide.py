@@ -118,7 +118,8 @@ CASES: dict[str, Case] = {
                                                                i.PlayedOut(), S.LISTENING),
     "... and a reconnect that waited shows": Case(m(S.SPEAKING, backing_off=True), i.PlayedOut(), S.CONNECTING),
     "the server's interruption": Case(m(S.SPEAKING, **CONNECTED), ev.Interrupted(4), S.LISTENING,
-                                      do=[fx.Flush(barge_in=True), fx.Publish({"type": "interruption", "event_id": 4})]),
+                                      do=[fx.Flush(barge_in=True),
+                                          fx.Publish({"type": "interruption", "event_id": 4})]),
     # --- time ---
     "thinking for too long": Case(m(S.THINKING, thinking_since=NOW - THINKING_TIMEOUT, **CONNECTED), i.Tick(),
                                   S.IDLE),
@@ -203,12 +204,13 @@ CASES: dict[str, Case] = {
     "refused again: a debug line": Case(m(S.CONNECTING, reported=frozenset({"cannot open a conversation: HTTP 401; "
                                                                             "retrying in 60.0 s"})),
                                         closed(Outcome.FATAL, 60.0, "HTTP 401", False), S.ERROR,
-                                        do=[fx.Log("debug", "cannot open a conversation: HTTP 401; retrying in 60.0 s")]),
+                                        do=[fx.Log("debug", "cannot open a conversation: HTTP 401; "
+                                                            "retrying in 60.0 s")]),
     "a network failure while a device is down stays in error": Case(
         m(S.ERROR, device_errors=(("microphone", "microphone: unplugged"),)), closed(Outcome.RETRY, was_open=False),
         S.ERROR),
-    "a network failure after a fatal one is offline": Case(m(S.ERROR, fatal=True), closed(Outcome.RETRY, was_open=False),
-                                                           S.OFFLINE, model_has={"fatal": False}),
+    "a network failure after a fatal one is offline": Case(
+        m(S.ERROR, fatal=True), closed(Outcome.RETRY, was_open=False), S.OFFLINE, model_has={"fatal": False}),
     # --- devices ---
     "the mic fails at start": Case(m(S.STARTING), i.DeviceFailed("microphone", "no such device"), S.ERROR,
                                    model_has={"device_errors": (("microphone", "microphone: no such device"),)}),

@@ -44,8 +44,10 @@ async def test_check_fails_with_one_line_per_failure(tmp_path: Path) -> None:
                                             "PI_AGENT_API_KEY": CANARY, **wav_env(tmp_path)})
     assert code == 1
     assert "[FAIL] agent: signed URL request failed: HTTP 401" in out and CANARY not in out
-    code, out = await cli("check", env={"PI_AGENT_AGENT_ID": "a", "PI_AGENT_SERVER_URL": f"http://127.0.0.1:{free_port()}",
-                                        "PI_AGENT_AUDIO__INPUT_DEVICE": "no-such-mic", "PI_AGENT_AUDIO__OUTPUT_WAV": str(tmp_path / "o.wav")})
+    code, out = await cli("check", env={"PI_AGENT_AGENT_ID": "a",
+                                        "PI_AGENT_SERVER_URL": f"http://127.0.0.1:{free_port()}",
+                                        "PI_AGENT_AUDIO__INPUT_DEVICE": "no-such-mic",
+                                        "PI_AGENT_AUDIO__OUTPUT_WAV": str(tmp_path / "o.wav")})
     assert code == 1 and "[FAIL] microphone:" in out and "no-such-mic" in out and "[FAIL] agent: cannot connect" in out
     assert "Traceback" not in out
 

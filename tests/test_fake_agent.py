@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import json
 import logging
@@ -45,7 +46,6 @@ from pi_agent.fake_agent.audio import (
     ulaw_encode,
 )
 from .support_spec import validate_client_message, validate_server_message
-import contextlib
 
 QUESTION_WAV = Path(__file__).resolve().parents[1] / "pi_agent" / "assets" / "question.wav"
 QUESTION, QUESTION_RATE = read_wav(QUESTION_WAV)
@@ -150,7 +150,8 @@ def audio_bytes(messages: list[dict[str, Any]], event_id: int | None = None) -> 
     )
 
 
-def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def http_get(url: str, headers: dict[str, str] | None = None,
+             timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -379,7 +380,8 @@ async def test_spoken_turn_shares_one_event_id_and_audio_arrives_intact(make_age
     sent_bytes = await client.send_audio(samples)
     [transcript] = await client.wait_type("user_transcript")
     event_id = transcript["user_transcription_event"]["event_id"]
-    await client.wait_for(lambda: len(audio_bytes(client.messages, event_id)) >= len(agent.reply_audio), what="the reply")
+    await client.wait_for(lambda: len(audio_bytes(client.messages, event_id)) >= len(agent.reply_audio),
+                          what="the reply")
 
     text = transcript["user_transcription_event"]["user_transcript"]
     assert re.fullmatch(r"\[\d+\.\d s of speech\]", text), text
@@ -502,7 +504,8 @@ async def test_client_tool_call_round_trip(make_agent: MakeAgent) -> None:
     assert body["tool_name"] == "get_weather" and body["parameters"] == {"city": "Lisbon"}
     assert body["event_id"] == transcript["user_transcription_event"]["event_id"]
     assert client.of("agent_response") == []  # the agent waits for the result
-    await client.send({"type": "client_tool_result", "tool_call_id": body["tool_call_id"], "result": "22 C, sunny", "is_error": False})
+    await client.send({"type": "client_tool_result", "tool_call_id": body["tool_call_id"], "result": "22 C, sunny",
+                       "is_error": False})
     await client.wait_type("agent_response")
     assert agent.latest.tool_results[0]["result"] == "22 C, sunny"
     assert agent.latest.anomalies == []  # the result was matched to the call, no tool timeout
@@ -591,7 +594,8 @@ async def test_signed_url_with_and_without_key(make_agent: MakeAgent) -> None:
     assert status == 200 and headers["Content-Type"] == "application/json"
     signed = json.loads(body)["signed_url"]
     parts = urlsplit(signed)
-    assert (parts.scheme, parts.hostname, parts.port, parts.path) == ("ws", "127.0.0.1", agent.port, "/v1/convai/conversation")
+    assert (parts.scheme, parts.hostname, parts.port, parts.path) == ("ws", "127.0.0.1", agent.port,
+                                                                      "/v1/convai/conversation")
     query = parse_qs(parts.query)
     assert query["agent_id"] == ["agent_1"] and len(query["conversation_signature"][0]) >= 20
     alias = url.replace("get-signed-url", "get_signed_url")
@@ -688,7 +692,8 @@ async def test_reject_handshake(make_agent: MakeAgent) -> None:
 
 @pytest.mark.parametrize(
     ("code", "error_type"),
-    [(1000, None), (1002, "llm_error"), (1008, "invalid_message"), (1011, "unknown_websocket_crash"), (3000, None), (3008, None)],
+    [(1000, None), (1002, "llm_error"), (1008, "invalid_message"), (1011, "unknown_websocket_crash"), (3000, None),
+     (3008, None)],
 )
 async def test_control_close_codes(make_agent: MakeAgent, code: int, error_type: str | None) -> None:
     agent = await make_agent()
@@ -734,7 +739,8 @@ async def test_control_end_call_max_duration_and_error(make_agent: MakeAgent) ->
     await client.wait_closed()
     [error] = client.of("error")
     assert error["error_event"] == {
-        "code": 1002, "error_type": "tts_cascade_error", "message": "All TTS models failed", "reason": "All TTS models failed",
+        "code": 1002, "error_type": "tts_cascade_error", "message": "All TTS models failed",
+        "reason": "All TTS models failed",
     }
     assert client.ws.close_code == 1002
 
@@ -768,7 +774,7 @@ async def test_control_errors(make_agent: MakeAgent) -> None:
     with pytest.raises(TimeoutError, match="the first turn"):  # LookupError inside counts as "not yet"
         await agent.wait_for(lambda: agent.latest.turns[0], 0.2, "the first turn")
     with pytest.raises(LookupError):
-        agent.latest
+        _ = agent.latest
     assert (await control(agent, action="agent_speak"))[0] == 404  # no open conversation
     with pytest.raises(LookupError):
         await agent.end_call()

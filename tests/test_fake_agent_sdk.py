@@ -136,7 +136,8 @@ async def agent_factory() -> AsyncIterator[Callable[..., Awaitable[FakeAgent]]]:
             await agent.stop()
 
 
-def check_conversation(agent: FakeAgent, tool_calls: list[dict[str, Any]], output: list[bytes], reply_seconds: float) -> None:
+def check_conversation(agent: FakeAgent, tool_calls: list[dict[str, Any]], output: list[bytes],
+                       reply_seconds: float) -> None:
     """What both SDK runs must show in the fake's records and the SDK's output."""
     [record] = agent.conversations
     # the SDK's own messages all follow the spec, and it announced itself
@@ -245,7 +246,8 @@ async def test_sync_sdk_private_agent_full_conversation(agent_factory: Callable[
     check_conversation(agent, tool_calls, audio.output_chunks, len(REPLY) / REPLY_RATE)
 
 
-async def test_private_agent_refuses_the_sdk_without_the_right_key(agent_factory: Callable[..., Awaitable[FakeAgent]]) -> None:
+async def test_private_agent_refuses_the_sdk_without_the_right_key(
+        agent_factory: Callable[..., Awaitable[FakeAgent]]) -> None:
     agent = await agent_factory(api_key="sk_fake_key")
     conversation = Conversation(
         ElevenLabs(api_key="sk_wrong", base_url=agent.http_url), "agent_pi_test", requires_auth=True,

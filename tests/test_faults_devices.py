@@ -46,19 +46,19 @@ def _speaker_samples(path: Path) -> np.ndarray:
 @pytest.mark.slow
 async def test_microphone_missing_at_start_then_plugged_in(tmp_path: Path) -> None:
     mic = tmp_path / "usb-mic.wav"  # not there yet
-    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent:
-        async with fault_daemon(fault_env(agent.http_url, tmp_path, mic), tmp_path,
-                                secrets=lambda: agent_signatures(agent)) as run:
-            await run.wait_state("error", 10)
-            status, health = await run.health()
-            assert status == 503 and health["reason"].startswith("microphone: cannot use"), health
-            await run.wait_connected(10)  # the conversation does not wait for the microphone
-            assert run.state() == "error"
-            await asyncio.sleep(1.2)  # a retry or two fail
-            make_wav(mic, 0.5, "question", 2.0)  # plugged in
-            await run.events.wait_for(lambda e: e["type"] == "user_transcript", 20, "the question heard")
-            assert (await run.health())[0] == 200
-            log = run.log
+    async with (FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent,
+                fault_daemon(fault_env(agent.http_url, tmp_path, mic), tmp_path,
+                             secrets=lambda: agent_signatures(agent)) as run):
+        await run.wait_state("error", 10)
+        status, health = await run.health()
+        assert status == 503 and health["reason"].startswith("microphone: cannot use"), health
+        await run.wait_connected(10)  # the conversation does not wait for the microphone
+        assert run.state() == "error"
+        await asyncio.sleep(1.2)  # a retry or two fail
+        make_wav(mic, 0.5, "question", 2.0)  # plugged in
+        await run.events.wait_for(lambda e: e["type"] == "user_transcript", 20, "the question heard")
+        assert (await run.health())[0] == 200
+        log = run.log
     assert len([line for line in log.splitlines() if "microphone device failed" in line]) == 1
     assert "microphone device is back" in log
     assert agent.latest.transcripts
@@ -272,35 +272,35 @@ async def test_microphone_and_speaker_vanish_mid_conversation_and_return(tmp_pat
     caplog.set_level(logging.INFO, logger="pi_agent")
     mic = FlakyMic(make_wav(tmp_path / "mic.wav", 0.5, "question", 3.0))
     speaker = FlakySpeaker(tmp_path / "speaker.wav")
-    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, send_speed=1.0)) as agent:
-        async with _daemon_in_process(agent, tmp_path, mic, speaker) as (daemon, events):
-            # The microphone goes while the user speaks.
-            await _state(daemon, "listening", 10)
-            record = agent.latest
-            mic.pull_out()
-            await _state(daemon, "error", 2)
-            ok, reason = daemon.controller.health()
-            assert not ok and reason == "microphone: usb-mic: device disconnected"
-            await asyncio.sleep(0.3)
-            heard = record.user_audio_samples
-            await asyncio.sleep(1.6)  # reopen attempts fail meanwhile
-            assert mic.opens == 1
-            assert record.user_audio_samples > heard  # the conversation is kept alive (silence)
-            mic.present = True
-            await _state(daemon, "idle", 5)
-            assert daemon.controller.health()[0] and record.is_open and mic.opens == 2
-            # The reopened microphone speaks the question again; the speaker goes mid-reply.
-            await _state(daemon, "speaking", 20)
-            speaker.pull_out()
-            await _state(daemon, "error", 2)
-            assert daemon.controller.health() == (False, "speaker: usb-speaker: device disconnected")
-            await asyncio.sleep(1.2)
-            speaker.present = True
-            await _state(daemon, "idle", 5)
-            assert speaker.opens == 2 and record.is_open
-            await events.send({"type": "say", "text": "are you back?"})
-            await _state(daemon, "speaking", 10)
-            errors = [e for e in events.events if e["type"] == "error"]
+    async with (FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, send_speed=1.0)) as agent,
+                _daemon_in_process(agent, tmp_path, mic, speaker) as (daemon, events)):
+        # The microphone goes while the user speaks.
+        await _state(daemon, "listening", 10)
+        record = agent.latest
+        mic.pull_out()
+        await _state(daemon, "error", 2)
+        ok, reason = daemon.controller.health()
+        assert not ok and reason == "microphone: usb-mic: device disconnected"
+        await asyncio.sleep(0.3)
+        heard = record.user_audio_samples
+        await asyncio.sleep(1.6)  # reopen attempts fail meanwhile
+        assert mic.opens == 1
+        assert record.user_audio_samples > heard  # the conversation is kept alive (silence)
+        mic.present = True
+        await _state(daemon, "idle", 5)
+        assert daemon.controller.health()[0] and record.is_open and mic.opens == 2
+        # The reopened microphone speaks the question again; the speaker goes mid-reply.
+        await _state(daemon, "speaking", 20)
+        speaker.pull_out()
+        await _state(daemon, "error", 2)
+        assert daemon.controller.health() == (False, "speaker: usb-speaker: device disconnected")
+        await asyncio.sleep(1.2)
+        speaker.present = True
+        await _state(daemon, "idle", 5)
+        assert speaker.opens == 2 and record.is_open
+        await events.send({"type": "say", "text": "are you back?"})
+        await _state(daemon, "speaking", 10)
+        errors = [e for e in events.events if e["type"] == "error"]
     assert len(agent.conversations) == 1  # one conversation through it all
     assert {e["source"] for e in errors} == {"microphone", "speaker"}
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]

@@ -39,21 +39,21 @@ async def test_half_open_while_the_mic_streams_is_dropped_within_the_default_tim
     conversation gets zero-filled audio): the proxy stops forwarding both ways without
     closing; its small receive buffer fills within a second or two."""
     mic = make_wav(tmp_path / "mic.wav", 0.5, "question", 60.0) if mode == "always" else None
-    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, ping_interval=30)) as agent:
-        async with TcpProxy(agent.port, rcvbuf=8 * 1024) as proxy:
-            env = fault_env(proxy.url, tmp_path, mic, PI_AGENT_CAPTURE__MODE=mode,
-                            PI_AGENT_SESSION__DEAD_PEER_TIMEOUT="20", PI_AGENT_LOG__LEVEL="info")
-            async with fault_daemon(env, tmp_path, secrets=lambda: [*agent_signatures(agent),
-                                                                    *proxy.signatures]) as run:
-                first = await run.wait_connected()
-                await asyncio.sleep(1.0)
-                up_before = proxy.bytes_up
-                proxy.freeze()
-                frozen_at = time.monotonic()
-                closed = await run.wait_closed(30)
-                detected = time.monotonic() - frozen_at
-                second = await run.wait_connected(10, after=1)
-                stats = proc_stats(run.daemon.proc.pid)  # type: ignore[union-attr]
+    async with (FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, ping_interval=30)) as agent,
+                TcpProxy(agent.port, rcvbuf=8 * 1024) as proxy):
+        env = fault_env(proxy.url, tmp_path, mic, PI_AGENT_CAPTURE__MODE=mode,
+                        PI_AGENT_SESSION__DEAD_PEER_TIMEOUT="20", PI_AGENT_LOG__LEVEL="info")
+        async with fault_daemon(env, tmp_path, secrets=lambda: [*agent_signatures(agent),
+                                                                *proxy.signatures]) as run:
+            first = await run.wait_connected()
+            await asyncio.sleep(1.0)
+            up_before = proxy.bytes_up
+            proxy.freeze()
+            frozen_at = time.monotonic()
+            closed = await run.wait_closed(30)
+            detected = time.monotonic() - frozen_at
+            second = await run.wait_connected(10, after=1)
+            stats = proc_stats(run.daemon.proc.pid)  # type: ignore[union-attr]
     assert up_before > 16_000, "the mic was not streaming"
     assert second != first
     assert closed["outcome"] == "retry" and "stopped answering" in closed["reason"], closed
@@ -75,7 +75,8 @@ async def test_agent_ended_calls_are_each_followed_by_the_next_within_backoff_in
                 await run.wait_closed(15, after=n)
             await run.wait_connected(10, after=5)
             events = list(run.events.events)
-    opened = [t for t, e in zip(run.events.received_at, events, strict=False) if e.get("type") == "connection" and e["connected"]]
+    opened = [t for t, e in zip(run.events.received_at, events, strict=False)
+              if e.get("type") == "connection" and e["connected"]]
     closed = [(t, e) for t, e in zip(run.events.received_at, events, strict=False)
               if e.get("type") == "connection" and not e["connected"]]
     assert len(closed) >= 5
@@ -130,7 +131,8 @@ async def test_an_hour_of_agent_audio_at_once_keeps_memory_bounded_and_an_interr
         rate = w.getframerate()
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
     cut_at = int((interrupted_at - wav_open + 0.25) * rate)  # the log's ms clock, and the barge-in bound
-    assert np.abs(pcm[int((interrupted_at - wav_open - 0.8) * rate):int((interrupted_at - wav_open) * rate)]).max() > 500
+    assert np.abs(pcm[int((interrupted_at - wav_open - 0.8) * rate):
+                      int((interrupted_at - wav_open) * rate)]).max() > 500
     assert np.abs(pcm[cut_at:]).max(initial=0) < 50, "the speaker kept playing after the interruption"
 
 

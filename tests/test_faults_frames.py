@@ -41,24 +41,24 @@ BAD_FRAMES_PER_ROUND = 13  # frames the garbage kinds above send, all counted as
 
 @pytest.mark.slow
 async def test_garbage_from_the_agent_is_counted_logged_once_and_survived(tmp_path: Path) -> None:
-    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, ping_interval=0.3)) as agent:
-        async with fault_daemon(fault_env(agent.http_url, tmp_path), tmp_path,
-                                secrets=lambda: agent_signatures(agent)) as run:
-            conversation = await run.wait_connected()
-            record = agent.latest
-            for _ in range(2):  # the second round must not add a single warning
-                for kind in GARBAGE_KINDS:
-                    await agent.send_garbage(kind)
-                    await asyncio.sleep(0.05)
-            pongs = record.pongs_received
-            await agent.wait_for(lambda: record.pongs_received >= pongs + 3, 5, "pongs after the garbage")
-            await run.events.send({"type": "say", "text": "are you still there?"})
-            await run.wait_state("speaking", 10)
-            assert [r.message["text"] for r in record.received_of("user_message")] == ["are you still there?"]
-            metrics = await run.metrics()
-            status, _ = await run.health()
-            opened, closed = run.opened(), run.connections(False)
-            log = run.log
+    async with (FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, ping_interval=0.3)) as agent,
+                fault_daemon(fault_env(agent.http_url, tmp_path), tmp_path,
+                             secrets=lambda: agent_signatures(agent)) as run):
+        conversation = await run.wait_connected()
+        record = agent.latest
+        for _ in range(2):  # the second round must not add a single warning
+            for kind in GARBAGE_KINDS:
+                await agent.send_garbage(kind)
+                await asyncio.sleep(0.05)
+        pongs = record.pongs_received
+        await agent.wait_for(lambda: record.pongs_received >= pongs + 3, 5, "pongs after the garbage")
+        await run.events.send({"type": "say", "text": "are you still there?"})
+        await run.wait_state("speaking", 10)
+        assert [r.message["text"] for r in record.received_of("user_message")] == ["are you still there?"]
+        metrics = await run.metrics()
+        status, _ = await run.health()
+        opened, closed = run.opened(), run.connections(False)
+        log = run.log
     assert status == 200
     assert opened == [conversation] and not closed  # one conversation all along
     assert record.is_open is False and record.closed_by == "client" and record.close_code == 1000
@@ -72,14 +72,14 @@ async def test_garbage_from_the_agent_is_counted_logged_once_and_survived(tmp_pa
 
 
 async def test_a_frame_over_the_size_limit_costs_the_connection_not_the_daemon(tmp_path: Path) -> None:
-    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent:
-        async with fault_daemon(fault_env(agent.http_url, tmp_path), tmp_path,
-                                secrets=lambda: agent_signatures(agent)) as run:
-            first = await run.wait_connected()
-            await agent.send_garbage("huge", size=17 * 1024 * 1024)
-            closed = await run.wait_closed(10)
-            second = await run.wait_connected(10, after=1)
-            log = run.log
+    async with (FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent,
+                fault_daemon(fault_env(agent.http_url, tmp_path), tmp_path,
+                             secrets=lambda: agent_signatures(agent)) as run):
+        first = await run.wait_connected()
+        await agent.send_garbage("huge", size=17 * 1024 * 1024)
+        closed = await run.wait_closed(10)
+        second = await run.wait_connected(10, after=1)
+        log = run.log
     assert second != first
     assert closed["outcome"] == "retry" and "a frame over the 16 MiB limit" in closed["reason"], closed
     assert agent.conversations[0].close_code == 1009 and agent.conversations[0].closed_by == "client"

@@ -31,16 +31,16 @@ async def test_delay_jitter_and_stalls_do_not_break_the_conversation(tmp_path: P
     question = question_samples()
     mic = make_wav(tmp_path / "mic.wav", 0.5, question, 2.0)
     bumpy = Link(delay=0.08, jitter=0.04, spike_prob=0.03, spike=0.25)
-    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, ping_interval=0.5)) as agent:
-        async with TcpProxy(agent.port, up=bumpy, down=Link(delay=0.08, jitter=0.04, spike_prob=0.03,
-                                                              spike=0.25)) as proxy:
-            env = fault_env(proxy.url, tmp_path, mic)
-            async with fault_daemon(env, tmp_path, secrets=lambda: [*agent_signatures(agent),
-                                                                    *proxy.signatures]) as run:
-                await run.events.wait_for(lambda e: e["type"] == "user_transcript", 20, "the transcript")
-                await run.events.wait_for(lambda e: e.get("previous") == "speaking", 20, "the reply played")
-                metrics = await run.metrics()
-                closes = run.connections(False)
+    async with (FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, ping_interval=0.5)) as agent,
+                TcpProxy(agent.port, up=bumpy, down=Link(delay=0.08, jitter=0.04, spike_prob=0.03,
+                                                          spike=0.25)) as proxy):
+        env = fault_env(proxy.url, tmp_path, mic)
+        async with fault_daemon(env, tmp_path, secrets=lambda: [*agent_signatures(agent),
+                                                                *proxy.signatures]) as run:
+            await run.events.wait_for(lambda e: e["type"] == "user_transcript", 20, "the transcript")
+            await run.events.wait_for(lambda e: e.get("previous") == "speaking", 20, "the reply played")
+            metrics = await run.metrics()
+            closes = run.connections(False)
     assert not closes and len(agent.conversations) == 1, closes  # no reconnect
     record = agent.latest
     assert contains(bytes(record.user_audio), voiced_core(question))
@@ -124,5 +124,6 @@ async def test_uplink_slower_than_the_audio_drops_late_audio_and_recovers(tmp_pa
     assert late_after - late < 100, (late, late_after)  # dropping stopped soon after the link came back
     assert peak - before.rss_kb < 30_000, (before, peak)  # no unbounded queue in memory
     assert send_q < 160 * 1024, send_q  # nor in the kernel (the socket send buffer is capped)
-    assert not closes and len(convs) == 1, (closes, [(c["close_code"], c["closed_by"], c["close_reason"], c["received"]) for c in convs])  # survived
+    assert not closes and len(convs) == 1, (  # survived
+        closes, [(c["close_code"], c["closed_by"], c["close_reason"], c["received"]) for c in convs])
     assert convs[0]["transcripts"]

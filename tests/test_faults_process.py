@@ -79,14 +79,14 @@ async def test_sigterm_while_backing_off(tmp_path: Path) -> None:
 
 
 async def test_sigint_on_a_half_open_connection(tmp_path: Path) -> None:
-    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, ping_interval=30)) as agent:
-        async with TcpProxy(agent.port) as proxy:
-            env = fault_env(proxy.url, tmp_path, PI_AGENT_SESSION__DEAD_PEER_TIMEOUT="30")
-            async with fault_daemon(env, tmp_path, secrets=lambda: agent_signatures(agent)) as run:
-                await run.wait_connected()
-                proxy.freeze()  # the close handshake can never complete
-                await asyncio.sleep(0.3)
-                elapsed = await _signal_and_time(run, signal.SIGINT)
+    async with (FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, ping_interval=30)) as agent,
+                TcpProxy(agent.port) as proxy):
+        env = fault_env(proxy.url, tmp_path, PI_AGENT_SESSION__DEAD_PEER_TIMEOUT="30")
+        async with fault_daemon(env, tmp_path, secrets=lambda: agent_signatures(agent)) as run:
+            await run.wait_connected()
+            proxy.freeze()  # the close handshake can never complete
+            await asyncio.sleep(0.3)
+            elapsed = await _signal_and_time(run, signal.SIGINT)
     assert elapsed < 2.0, elapsed
 
 
@@ -105,14 +105,13 @@ async def test_sigterm_during_a_handshake_that_hangs(tmp_path: Path) -> None:
     black_hole = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
     try:
         port = black_hole.getsockname()[1]
-        async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent:
-            async with SignedUrlStub(agent.http_url) as stub:
-                stub.answer(200, {"signed_url": f"ws://127.0.0.1:{port}/v1/convai/conversation?agent_id=x"})
-                env = fault_env(stub.url, tmp_path, PI_AGENT_SESSION__CONNECT_TIMEOUT="10")
-                async with fault_daemon(env, tmp_path) as run:
-                    await asyncio.sleep(1.0)
-                    assert run.state() == "connecting"
-                    elapsed = await _signal_and_time(run, signal.SIGTERM)
+        async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent, SignedUrlStub(agent.http_url) as stub:
+            stub.answer(200, {"signed_url": f"ws://127.0.0.1:{port}/v1/convai/conversation?agent_id=x"})
+            env = fault_env(stub.url, tmp_path, PI_AGENT_SESSION__CONNECT_TIMEOUT="10")
+            async with fault_daemon(env, tmp_path) as run:
+                await asyncio.sleep(1.0)
+                assert run.state() == "connecting"
+                elapsed = await _signal_and_time(run, signal.SIGTERM)
     finally:
         black_hole.close()
     assert elapsed < 2.0, elapsed

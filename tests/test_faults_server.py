@@ -8,6 +8,7 @@ API and the log show. Every case runs with the canary API key (see ``support_fau
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 
@@ -16,7 +17,6 @@ import pytest
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
 from .support_daemon import free_port
 from .support_faults import CANARY, FakeAgentProcess, TcpProxy, agent_signatures, fault_daemon, fault_env, make_wav
-import itertools
 
 pytestmark = pytest.mark.faults
 
@@ -25,7 +25,8 @@ def _retries(run, since: int) -> list[tuple[float, float]]:
     """(received at, retry_in) of every failed attempt reported after event index ``since``."""
     ev = run.events
     return [(ev.received_at[i], e["retry_in"]) for i, e in enumerate(ev.events)
-            if i >= since and e.get("type") == "connection" and not e.get("connected") and e.get("retry_in") is not None]
+            if i >= since and e.get("type") == "connection" and not e.get("connected")
+            and e.get("retry_in") is not None]
 
 
 def _check_backoff(retries: list[tuple[float, float]], initial: float, cap: float) -> None:
@@ -119,18 +120,18 @@ async def test_agent_gone_longer_than_the_backoff_cap(tmp_path: Path) -> None:
 async def test_half_open_connection_is_dropped_within_dead_peer_timeout(tmp_path: Path) -> None:
     """The proxy stops forwarding both ways without closing: pings go unanswered, the
     daemon drops the connection within ``dead_peer_timeout`` and opens a new one."""
-    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, ping_interval=30)) as agent:
-        async with TcpProxy(agent.port) as proxy:
-            env = fault_env(proxy.url, tmp_path, PI_AGENT_SESSION__DEAD_PEER_TIMEOUT="1.5")
-            async with fault_daemon(env, tmp_path, secrets=lambda: [*agent_signatures(agent), *proxy.signatures]) as run:
-                first = await run.wait_connected()
-                await asyncio.sleep(1.0)  # some pings answered first
-                proxy.freeze()
-                frozen_at = time.monotonic()
-                closed = await run.wait_closed(10)
-                detected = time.monotonic() - frozen_at
-                second = await run.wait_connected(5, after=1)
-            log = run.log
+    async with (FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, ping_interval=30)) as agent,
+                TcpProxy(agent.port) as proxy):
+        env = fault_env(proxy.url, tmp_path, PI_AGENT_SESSION__DEAD_PEER_TIMEOUT="1.5")
+        async with fault_daemon(env, tmp_path, secrets=lambda: [*agent_signatures(agent), *proxy.signatures]) as run:
+            first = await run.wait_connected()
+            await asyncio.sleep(1.0)  # some pings answered first
+            proxy.freeze()
+            frozen_at = time.monotonic()
+            closed = await run.wait_closed(10)
+            detected = time.monotonic() - frozen_at
+            second = await run.wait_connected(5, after=1)
+        log = run.log
     assert second != first
     assert closed["outcome"] == "retry", closed
     assert "stopped answering" in closed["reason"], closed

@@ -130,13 +130,14 @@ async def test_malformed_signed_urls_are_refused_cleanly(tmp_path: Path) -> None
 async def test_a_redirect_does_not_take_the_key_elsewhere(tmp_path: Path) -> None:
     """A 302 from the signed-URL endpoint (a captive portal on an http:// server_url) must
     not carry ``xi-api-key`` to the other host."""
-    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent:
-        async with SignedUrlStub(agent.http_url) as elsewhere, SignedUrlStub(agent.http_url) as stub:
-            elsewhere.answer(200, {"signed_url": "ws://127.0.0.1:1/nowhere"}, count=5)
-            stub.redirect(f"{elsewhere.url}/portal/login")
-            env = fault_env(stub.url, tmp_path)
-            async with fault_daemon(env, tmp_path, secrets=lambda: agent_signatures(agent)) as run:
-                await run.wait_connected(15)
-                first = run.failures_logged()[0]
+    async with (FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent,
+                SignedUrlStub(agent.http_url) as elsewhere,
+                SignedUrlStub(agent.http_url) as stub):
+        elsewhere.answer(200, {"signed_url": "ws://127.0.0.1:1/nowhere"}, count=5)
+        stub.redirect(f"{elsewhere.url}/portal/login")
+        env = fault_env(stub.url, tmp_path)
+        async with fault_daemon(env, tmp_path, secrets=lambda: agent_signatures(agent)) as run:
+            await run.wait_connected(15)
+            first = run.failures_logged()[0]
     assert not [key for _, key in elsewhere.requests if key], elsewhere.requests  # the key stayed home
     assert "HTTP 302 (redirect refused)" in first, first

@@ -91,7 +91,7 @@ async def test_conversation_churn_leaves_no_tasks_behind(tmp_path: Path) -> None
         counts: dict[int, int] = {}
         try:
             for target in (15, 60):
-                await agent.wait_for(lambda: len(agent.conversations) >= target, 60, f"{target} conversations")
+                await agent.wait_for(lambda n=target: len(agent.conversations) >= n, 60, f"{target} conversations")
                 await agent.wait_for(lambda: agent.latest.init is not None and agent.latest.is_open, 5)
                 daemon_tasks = [t for t in asyncio.all_tasks() if not t.get_name().startswith("fake-agent")
                                 and "fake_agent" not in repr(t.get_coro())]

@@ -30,23 +30,23 @@ async def test_speech_spoken_while_reconnecting_reaches_the_agent_in_full(tmp_pa
     the 5 s pre-buffer): the new conversation gets the whole question, first thing."""
     question = question_samples()
     mic = make_wav(tmp_path / "mic.wav", LEAD, question, 2.0)
-    async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, ping_interval=0.5)) as agent:
-        async with TcpProxy(agent.port) as proxy:
-            env = fault_env(proxy.url, tmp_path, mic)
-            async with fault_daemon(env, tmp_path, secrets=lambda: agent_signatures(agent)) as run:
-                first = await run.wait_connected()
-                mic_open = run.logged_at("WAV microphone")
-                assert mic_open is not None
-                assert time.monotonic() - mic_open < LEAD - 1.0, "the daemon took too long to start"
-                await proxy.stop_listening()
-                proxy.cut()  # the server is gone
-                await run.wait_state("offline", 5)
-                await asyncio.sleep(max(0.0, mic_open + LEAD + 1.5 - time.monotonic()))
-                await proxy.start()  # back, 1.5 s into the question
-                second = await run.wait_connected(5, after=1)
-                await run.events.wait_for(lambda e: e["type"] == "user_transcript", 15, "the transcript")
-                metrics = await run.metrics()
-                log = run.log
+    async with (FakeAgent(FakeAgentOptions(port=0, api_key=CANARY, ping_interval=0.5)) as agent,
+                TcpProxy(agent.port) as proxy):
+        env = fault_env(proxy.url, tmp_path, mic)
+        async with fault_daemon(env, tmp_path, secrets=lambda: agent_signatures(agent)) as run:
+            first = await run.wait_connected()
+            mic_open = run.logged_at("WAV microphone")
+            assert mic_open is not None
+            assert time.monotonic() - mic_open < LEAD - 1.0, "the daemon took too long to start"
+            await proxy.stop_listening()
+            proxy.cut()  # the server is gone
+            await run.wait_state("offline", 5)
+            await asyncio.sleep(max(0.0, mic_open + LEAD + 1.5 - time.monotonic()))
+            await proxy.start()  # back, 1.5 s into the question
+            second = await run.wait_connected(5, after=1)
+            await run.events.wait_for(lambda e: e["type"] == "user_transcript", 15, "the transcript")
+            metrics = await run.metrics()
+            log = run.log
     assert second != first
     conv1, conv2 = agent.conversations[0], agent.conversations[-1]
     assert np.abs(np.frombuffer(bytes(conv1.user_audio), dtype="<i2")).max(initial=0) < 500  # none of it before

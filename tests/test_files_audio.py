@@ -135,7 +135,7 @@ async def test_wav_input_catches_up_after_a_blocked_loop_without_drift(tmp_path:
 
 async def test_wav_input_missing_file_is_a_device_error(tmp_path: Path) -> None:
     mic = WavFileInput(tmp_path / "nope.wav")
-    with pytest.raises(DeviceError, match="nope.wav"):
+    with pytest.raises(DeviceError, match=r"nope\.wav"):
         await mic.open(lambda f: None, lambda e: None)
     await mic.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 
 import pytest
@@ -12,7 +13,6 @@ from hypothesis import strategies as st
 from pi_agent.engine import protocol as p
 from pi_agent.errors import ProtocolError
 from .support_spec import validate_client_message, validate_server_message
-import contextlib
 
 PCM = b"\x01\x00\xff\x7f" * 40
 B64 = base64.b64encode(PCM).decode()
@@ -23,28 +23,46 @@ SERVER_EXAMPLES: list[tuple[dict, type]] = [
         "conversation_id": "c1", "agent_output_audio_format": "pcm_44100",
         "user_input_audio_format": "pcm_16000"}}, p.ConversationMetadata),
     ({"type": "audio", "audio_event": {"audio_base_64": B64, "event_id": 3}}, p.Audio),
-    ({"type": "user_transcript", "user_transcription_event": {"user_transcript": "hi", "event_id": 2}}, p.UserTranscript),
-    ({"type": "tentative_user_transcript", "tentative_user_transcription_event": {"user_transcript": "h", "event_id": 2}}, p.TentativeUserTranscript),
+    ({"type": "user_transcript", "user_transcription_event": {
+        "user_transcript": "hi", "event_id": 2}}, p.UserTranscript),
+    ({"type": "tentative_user_transcript", "tentative_user_transcription_event": {
+        "user_transcript": "h", "event_id": 2}}, p.TentativeUserTranscript),
     ({"type": "agent_response", "agent_response_event": {"agent_response": "hello", "event_id": 3}}, p.AgentResponse),
     ({"type": "agent_response_correction", "agent_response_correction_event": {
         "original_agent_response": "a b", "corrected_agent_response": "a", "event_id": 3}}, p.AgentResponseCorrection),
-    ({"type": "agent_chat_response_part", "text_response_part": {"text": "x", "type": "delta", "event_id": 3}}, p.AgentChatResponsePart),
-    ({"type": "agent_reasoning_response_part", "reasoning_response_part": {"text": "x", "type": "start", "event_id": "r1"}}, p.AgentReasoningResponsePart),
+    ({"type": "agent_chat_response_part", "text_response_part": {
+        "text": "x", "type": "delta", "event_id": 3}}, p.AgentChatResponsePart),
+    ({"type": "agent_reasoning_response_part", "reasoning_response_part": {
+        "text": "x", "type": "start", "event_id": "r1"}}, p.AgentReasoningResponsePart),
     ({"type": "interruption", "interruption_event": {"event_id": 3}}, p.Interruption),
     ({"type": "ping", "ping_event": {"event_id": 4, "ping_ms": None}}, p.Ping),
-    ({"type": "client_tool_call", "client_tool_call": {"tool_name": "t", "tool_call_id": "id", "parameters": {"a": 1}, "event_id": 5}}, p.ClientToolCall),
-    ({"type": "rich_content", "rich_content": {"rich_content_id": "r", "component": "item_card", "props": {}, "event_id": 5}}, p.RichContent),
-    ({"type": "agent_tool_request", "agent_tool_request": {"tool_name": "t", "tool_call_id": "i", "tool_type": "client", "event_id": 5}}, p.AgentToolRequest),
-    ({"type": "agent_tool_response", "agent_tool_response": {"tool_name": "end_call", "tool_call_id": "i", "tool_type": "system", "is_error": False, "is_called": True, "event_id": 5}}, p.AgentToolResponse),
-    ({"type": "agent_tool_response_full_payload", "agent_tool_response_full_payload": {"tool_name": "t", "tool_call_id": "i", "tool_type": "client", "is_error": False, "is_called": True, "event_id": 5, "full_tool_result": "{}"}}, p.AgentToolResponseFullPayload),
-    ({"type": "mcp_tool_call", "mcp_tool_call": {"service_id": "s", "tool_call_id": "i", "tool_name": "t", "parameters": {}, "timestamp": "2026-01-01T00:00:00Z", "state": "loading"}}, p.McpToolCall),
-    ({"type": "mcp_connection_status", "mcp_connection_status": {"integrations": [{"integration_id": "i", "integration_type": "mcp_server", "is_connected": True, "tool_count": 1}]}}, p.McpConnectionStatus),
+    ({"type": "client_tool_call", "client_tool_call": {
+        "tool_name": "t", "tool_call_id": "id", "parameters": {"a": 1}, "event_id": 5}}, p.ClientToolCall),
+    ({"type": "rich_content", "rich_content": {
+        "rich_content_id": "r", "component": "item_card", "props": {}, "event_id": 5}}, p.RichContent),
+    ({"type": "agent_tool_request", "agent_tool_request": {
+        "tool_name": "t", "tool_call_id": "i", "tool_type": "client", "event_id": 5}}, p.AgentToolRequest),
+    ({"type": "agent_tool_response", "agent_tool_response": {
+        "tool_name": "end_call", "tool_call_id": "i", "tool_type": "system", "is_error": False, "is_called": True,
+        "event_id": 5}}, p.AgentToolResponse),
+    ({"type": "agent_tool_response_full_payload", "agent_tool_response_full_payload": {
+        "tool_name": "t", "tool_call_id": "i", "tool_type": "client", "is_error": False, "is_called": True,
+        "event_id": 5, "full_tool_result": "{}"}}, p.AgentToolResponseFullPayload),
+    ({"type": "mcp_tool_call", "mcp_tool_call": {
+        "service_id": "s", "tool_call_id": "i", "tool_name": "t", "parameters": {}, "timestamp": "2026-01-01T00:00:00Z",
+        "state": "loading"}}, p.McpToolCall),
+    ({"type": "mcp_connection_status", "mcp_connection_status": {
+        "integrations": [{"integration_id": "i", "integration_type": "mcp_server", "is_connected": True,
+                          "tool_count": 1}]}}, p.McpConnectionStatus),
     ({"type": "vad_score", "vad_score_event": {"vad_score": 0.5}}, p.VadScore),
-    ({"type": "context_usage", "context_usage_event": {"event_id": 6, "model": "m", "context_tokens": 10, "context_limit_tokens": 100}}, p.ContextUsage),
+    ({"type": "context_usage", "context_usage_event": {
+        "event_id": 6, "model": "m", "context_tokens": 10, "context_limit_tokens": 100}}, p.ContextUsage),
     ({"type": "asr_initiation_metadata", "asr_initiation_metadata_event": {}}, p.AsrInitiationMetadata),
     ({"type": "guardrail_triggered"}, p.GuardrailTriggered),
-    ({"type": "internal_turn_probability", "turn_probability_internal_event": {"turn_probability": 0.3}}, p.InternalTurnProbability),
-    ({"type": "internal_tentative_agent_response", "tentative_agent_response_internal_event": {"tentative_agent_response": "x"}}, p.InternalTentativeAgentResponse),
+    ({"type": "internal_turn_probability", "turn_probability_internal_event": {
+        "turn_probability": 0.3}}, p.InternalTurnProbability),
+    ({"type": "internal_tentative_agent_response", "tentative_agent_response_internal_event": {
+        "tentative_agent_response": "x"}}, p.InternalTentativeAgentResponse),
     ({"type": "agent_typing", "agent_typing_event": {"is_typing": True}}, p.AgentTyping),
     ({"type": "external_agent_connected", "external_agent_connected_event": {}}, p.ExternalAgentConnected),
     ({"type": "external_agent_disconnected"}, p.ExternalAgentDisconnected),

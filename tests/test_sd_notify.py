@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
@@ -16,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from pi_agent.service.systemd import Notifier, watchdog_loop
-import itertools
 
 
 class NotifySocket:

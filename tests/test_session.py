@@ -136,7 +136,8 @@ async def test_conversation_and_every_message_sent_validates_against_the_spec() 
             h.send_message("contextual_update", p.encode_contextual_update("door opened"))
             h.send_message("user_message", p.encode_user_message("and tomorrow?"))
             h.send_message("user_activity", p.encode_user_activity())
-            await agent.wait_for(lambda: agent.latest.tool_results and len(agent.latest.received_of("user_message")) == 1)
+            await agent.wait_for(lambda: agent.latest.tool_results
+                                 and len(agent.latest.received_of("user_message")) == 1)
             await h.until(lambda: h.of(ev.AgentAudio))
         record = agent.latest
         assert record.init["user_id"] == "kiosk-7"
@@ -365,24 +366,24 @@ async def test_on_a_slow_link_late_live_audio_is_dropped_but_speech_kept_from_be
     opened is the start of the user's turn and all of it arrives."""
     early = numbered(100)  # 2 s
     live = numbered(600, start=1000)  # 12 s
-    async with FakeAgent(FakeAgentOptions(port=0)) as agent:
-        async with TcpProxy(agent.port, up=Link(rate=4500, window=8 * 1024), rcvbuf=8 * 1024) as proxy:
-            # pings wait behind the backlog on a link this slow: no dead-peer verdict here
-            h = Harness(proxy.url, prebuffer=5.0, dead_peer_timeout=60)
-            for frame in early:
-                h.send_audio(frame)
-            async with h.running():
-                await h.until(lambda: h.opened)
-                for frame in live:
-                    h.send_audio(frame, speech=False)
-                    await asyncio.sleep(0.02)
-                dropped = h.engine.outbox.dropped["late"]
-                arrived = len(agent.latest.user_audio) // FRAME_BYTES
-                proxy.up.rate = None  # the link is back: what is still queued drains
-                await agent.wait_for(lambda: np.any(
-                    np.frombuffer(bytes(agent.latest.user_audio), dtype="<i2") == 1000 + len(live) - 1), 30)
-                received = np.frombuffer(bytes(agent.latest.user_audio), dtype="<i2")
-                assert len(h.opened) == 1 and not h.closed  # the one conversation survived the squeeze
+    async with (FakeAgent(FakeAgentOptions(port=0)) as agent,
+                TcpProxy(agent.port, up=Link(rate=4500, window=8 * 1024), rcvbuf=8 * 1024) as proxy):
+        # pings wait behind the backlog on a link this slow: no dead-peer verdict here
+        h = Harness(proxy.url, prebuffer=5.0, dead_peer_timeout=60)
+        for frame in early:
+            h.send_audio(frame)
+        async with h.running():
+            await h.until(lambda: h.opened)
+            for frame in live:
+                h.send_audio(frame, speech=False)
+                await asyncio.sleep(0.02)
+            dropped = h.engine.outbox.dropped["late"]
+            arrived = len(agent.latest.user_audio) // FRAME_BYTES
+            proxy.up.rate = None  # the link is back: what is still queued drains
+            await agent.wait_for(lambda: np.any(
+                np.frombuffer(bytes(agent.latest.user_audio), dtype="<i2") == 1000 + len(live) - 1), 30)
+            received = np.frombuffer(bytes(agent.latest.user_audio), dtype="<i2")
+            assert len(h.opened) == 1 and not h.closed  # the one conversation survived the squeeze
     values = received[received > 0][:: FRAME_BYTES // 2]  # one value per frame, keep-alive aside
     assert list(values[: len(early)]) == list(range(1, len(early) + 1))  # all the early speech, first
     got_live = values[len(early):]

@@ -11,8 +11,8 @@ format; the backend resamples it, streaming, to whatever rate the device runs.
 
 from __future__ import annotations
 
-from typing import Protocol
 from collections.abc import Callable
+from typing import Protocol
 
 from ..errors import DeviceError
 

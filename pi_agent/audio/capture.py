@@ -127,7 +127,8 @@ class PyAudioInput(CallbackDevice):
                 c for c in unique([need, max(need, 2), info.max_input_channels]) if c <= info.max_input_channels
             ]
         rate_choices = (
-            [self.forced_rate] if self.forced_rate else unique([MIC_RATE, int(info.default_rate), 48_000, 44_100, 32_000])
+            [self.forced_rate] if self.forced_rate
+            else unique([MIC_RATE, int(info.default_rate), 48_000, 44_100, 32_000])
         )
         rate, channels = negotiate(pa, info, "input", rates=rate_choices, channels=channel_choices)
         if self.channel is not None and self.channel >= channels:
@@ -154,7 +155,8 @@ class PyAudioInput(CallbackDevice):
 
     # ------------------------------------------------------------------ audio thread
 
-    def _callback(self, in_data: bytes | None, frame_count: int, time_info: dict[str, float], status: int) -> tuple[None, int]:
+    def _callback(self, in_data: bytes | None, frame_count: int, time_info: dict[str, float],
+                  status: int) -> tuple[None, int]:
         guard = self._guard
         if guard is not None:
             guard.tick()

@@ -95,18 +95,17 @@ def quiet_native_stderr() -> Iterator[CapturedStderr]:
         except OSError:  # no stderr at all: nothing to keep clean
             yield CapturedStderr(None)
             return
-        tmp = tempfile.TemporaryFile()
-        captured = CapturedStderr(tmp.fileno())
-        try:
-            os.dup2(tmp.fileno(), 2)
+        with tempfile.TemporaryFile() as tmp:
+            captured = CapturedStderr(tmp.fileno())
             try:
-                yield captured
+                os.dup2(tmp.fileno(), 2)
+                try:
+                    yield captured
+                finally:
+                    os.dup2(saved, 2)
+                text = captured.text()
             finally:
-                os.dup2(saved, 2)
-            text = captured.text()
-        finally:
-            os.close(saved)
-            tmp.close()
+                os.close(saved)
         for line in text.splitlines():
             if _NOISE.match(line):
                 if line.strip():
@@ -445,10 +444,8 @@ class StreamGuard:
         if self._fail_scheduled or self._stopped:
             return
         self._fail_scheduled = True
-        try:
+        with contextlib.suppress(RuntimeError):  # loop already closed
             self.loop.call_soon_threadsafe(self.fail, error)
-        except RuntimeError:  # loop already closed
-            pass
 
     # loop thread --------------------------------------------------------------
     def start(self, is_active: Callable[[], bool]) -> None:

@@ -283,10 +283,12 @@ class WavFileOutput(BufferedOutput):
         if self._writer is not None:
             raise InternalError(f"WAV speaker {self.path} is already open")
         try:
-            file = open(self.path, "wb")  # opened here: wave.open() leaks a half-built object on errors
+            # opened here: wave.open() leaks a half-built object on errors; file and writer stay open
+            # until close(), so no with-block
+            file = open(self.path, "wb")  # noqa: SIM115
         except OSError as exc:
             raise DeviceError(f"cannot record speaker output to {self.path}: {exc}") from exc
-        writer = wave.open(file, "wb")
+        writer = wave.open(file, "wb")  # noqa: SIM115
         writer.setnchannels(1)
         writer.setsampwidth(2)
         writer.setframerate(self.rate)

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from . import FRAME_BYTES, FRAME_MS
 

@@ -511,7 +511,8 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
 
     # ------------------------------------------------------------------ audio thread
 
-    def _callback(self, in_data: bytes | None, frame_count: int, time_info: dict[str, float], status: int) -> tuple[bytes, int]:
+    def _callback(self, in_data: bytes | None, frame_count: int, time_info: dict[str, float],
+                  status: int) -> tuple[bytes, int]:
         guard = self._guard
         if guard is not None:
             guard.tick()

@@ -9,9 +9,9 @@ effects; an input the current state does not allow changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
-from collections.abc import Callable
 
 from ..audio.gate import GateCommand
 from ..engine import events as ev

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, Union
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from ..audio.gate import GateCommand
 from .states import Transition
@@ -82,4 +82,4 @@ class Observe:
     seconds: float
 
 
-Effect = Union[StateChange, Flush, Earcon, Play, Request, Send, Gate, Publish, Log, Observe]
+Effect = StateChange | Flush | Earcon | Play | Request | Send | Gate | Publish | Log | Observe

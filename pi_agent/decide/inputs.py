@@ -8,7 +8,6 @@ the event API, the devices, the speaker and the clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from ..engine import events as ev
 from ..gpio.button import ButtonEvent
@@ -110,8 +109,8 @@ class ShuttingDown:
     """The daemon stops: speech may no longer ask for a conversation."""
 
 
-Input = Union[
-    ev.Event, Ready, TurnStarted, TurnEnded, PlayedOut, Tick, Button, StartListening, StopListening,
-    Stop, SetMuted, Say, ContextualUpdate, ToolResult, DeviceFailed, DeviceRecovered, Subscribers,
-    OpenConversation, ShuttingDown,
-]
+Input = (
+    ev.Event | Ready | TurnStarted | TurnEnded | PlayedOut | Tick | Button | StartListening | StopListening
+    | Stop | SetMuted | Say | ContextualUpdate | ToolResult | DeviceFailed | DeviceRecovered | Subscribers
+    | OpenConversation | ShuttingDown
+)

@@ -16,6 +16,7 @@ from .states import State
 THINKING_TIMEOUT = 15.0  # s in "thinking" with no reply before going back to idle
 TOOL_RESULT_TIMEOUT = 10.0  # s an event-API client has to answer a client tool call
 MAX_REPORTED = 64  # distinct failure lines remembered for "log once" (forgotten on success)
+BUTTON_AT_REST = ButtonPolicy()  # no gesture under way; frozen, so every model can share this one
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,7 @@ class Model:
     fatal: bool = False  # ... in a way retrying cannot fix (bad key, unknown agent)
     in_turn: bool = False  # the capture gate's user turn is on
     talk_from_down: bool = False  # push-to-talk turn started by the press that stopped the agent
-    button: ButtonPolicy = ButtonPolicy()
+    button: ButtonPolicy = BUTTON_AT_REST
     speech_ended_at: float | None = None  # for the response-latency metric
     thinking_since: float | None = None
     tools: tuple[PendingTool, ...] = ()

@@ -4,9 +4,9 @@ the I/O shell. Plain frozen data; nothing here does anything."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any, Literal, Union
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from .backoff import Outcome
 
@@ -111,8 +111,8 @@ class Closed:
     lasted: float = 0.0        # seconds the conversation was open
 
 
-Event = Union[Connecting, Opened, AgentAudio, Interrupted, UserTranscript, AgentResponse,
-              AgentCorrection, ToolCall, AgentToolResponse, ServerError, Notice, Closed]
+Event = (Connecting | Opened | AgentAudio | Interrupted | UserTranscript | AgentResponse
+         | AgentCorrection | ToolCall | AgentToolResponse | ServerError | Notice | Closed)
 
 
 # --- actions: what the I/O shell must do ---------------------------------------------------
@@ -152,4 +152,4 @@ class Abort:
     """Drop the connection at once (dead peer, close handshake not answered)."""
 
 
-Action = Union[Connect, Ping, Close, Abort]
+Action = Connect | Ping | Close | Abort

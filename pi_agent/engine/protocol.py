@@ -16,9 +16,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, field
-from typing import Any, Union
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ProtocolError
 
@@ -216,15 +216,15 @@ class Unknown:
     data: Mapping[str, Any] = field(repr=False)
 
 
-ServerEvent = Union[
-    ConversationMetadata, Audio, UserTranscript, TentativeUserTranscript, AgentResponse,
-    AgentResponseCorrection, AgentChatResponsePart, AgentReasoningResponsePart, Interruption,
-    Ping, ClientToolCall, RichContent, AgentToolRequest, AgentToolResponse,
-    AgentToolResponseFullPayload, McpToolCall, McpConnectionStatus, VadScore, ContextUsage,
-    AsrInitiationMetadata, GuardrailTriggered, InternalTurnProbability,
-    InternalTentativeAgentResponse, AgentTyping, ExternalAgentConnected,
-    ExternalAgentDisconnected, ErrorEvent, Unknown,
-]
+ServerEvent = (
+    ConversationMetadata | Audio | UserTranscript | TentativeUserTranscript | AgentResponse
+    | AgentResponseCorrection | AgentChatResponsePart | AgentReasoningResponsePart | Interruption
+    | Ping | ClientToolCall | RichContent | AgentToolRequest | AgentToolResponse
+    | AgentToolResponseFullPayload | McpToolCall | McpConnectionStatus | VadScore | ContextUsage
+    | AsrInitiationMetadata | GuardrailTriggered | InternalTurnProbability
+    | InternalTentativeAgentResponse | AgentTyping | ExternalAgentConnected
+    | ExternalAgentDisconnected | ErrorEvent | Unknown
+)
 
 
 # --- decoding ----------------------------------------------------------------------------
@@ -517,7 +517,7 @@ def encode_user_audio(chunk: bytes) -> str:
 
 
 def encode_pong(event_id: int) -> str:
-    return '{"type":"pong","event_id":%d}' % event_id
+    return f'{{"type":"pong","event_id":{event_id:d}}}'
 
 
 def encode_initiation(

@@ -109,14 +109,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=None, help="require this xi-api-key and signed URLs (private agent)")
     parser.add_argument("--output-format", choices=formats, default=d.output_format, help="agent audio format")
     parser.add_argument("--input-format", choices=formats, default=d.input_format, help="user audio format")
-    parser.add_argument("--tool-call", metavar="NAME", default=None, help="call this client tool after the first user turn")
-    parser.add_argument("--end-call-after", metavar="N", type=int, default=None, help="end the call after N agent turns")
-    parser.add_argument("--max-duration", metavar="S", type=float, default=None, help="end conversations after S seconds")
+    parser.add_argument("--tool-call", metavar="NAME", default=None,
+                        help="call this client tool after the first user turn")
+    parser.add_argument("--end-call-after", metavar="N", type=int, default=None,
+                        help="end the call after N agent turns")
+    parser.add_argument("--max-duration", metavar="S", type=float, default=None,
+                        help="end conversations after S seconds")
     parser.add_argument("--transcript", metavar="TEXT", default=None, help="text of every user_transcript")
-    parser.add_argument("--ping-interval", metavar="S", type=float, default=d.ping_interval, help="seconds between pings")
+    parser.add_argument("--ping-interval", metavar="S", type=float, default=d.ping_interval,
+                        help="seconds between pings")
     parser.add_argument("--first-message", action="store_true", help="the agent speaks first")
     parser.add_argument("--reply-seconds", metavar="S", type=float, default=None, help="cut the reply clip (fast mode)")
-    parser.add_argument("--send-speed", metavar="X", type=float, default=d.send_speed, help="audio send speed vs real time")
+    parser.add_argument("--send-speed", metavar="X", type=float, default=d.send_speed,
+                        help="audio send speed vs real time")
 
 
 def options_from_args(ns: argparse.Namespace) -> FakeAgentOptions:

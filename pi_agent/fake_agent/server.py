@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import http
 import json
 import logging
@@ -41,7 +42,6 @@ from websockets.http11 import Request, Response
 from .audio import REPLY_WAV, AudioFormat, EnergyGate, SpeechEnded, SpeechStarted, audio_format, decode, reply_audio
 from .options import FakeAgentOptions
 from .records import BINARY, NON_JSON, USER_AUDIO, ConversationRecord, Received, Sent, Turn, message_kind
-import contextlib
 
 log = logging.getLogger("pi_agent.fake_agent")
 ws_log = logging.getLogger("pi_agent.fake_agent.websockets")
@@ -59,11 +59,18 @@ SPEC_CLOSE_CODES = (1000, 1002, 1008, 1011)
 
 ERROR_CODES: dict[str, int] = {
     **dict.fromkeys(
-        ["invalid_message", "telephony_agent_error", "mcp_tool_error", "mcp_https_error", "value_error", "missing_fields", "override_error", "missing_dynamic_variable_transfer", "missing_dynamic_variable"],
+        [
+            "invalid_message", "telephony_agent_error", "mcp_tool_error", "mcp_https_error", "value_error",
+            "missing_fields", "override_error", "missing_dynamic_variable_transfer", "missing_dynamic_variable",
+        ],
         1008,
     ),
     **dict.fromkeys(
-        ["safety_violation", "llm_timeout", "transport_receive_timeout", "asyncio_timeout", "http_exception", "llm_error", "custom_llm_error", "cascade_brain_error", "asr_transcription_error", "vad_error", "turn_probability_error", "tts_cascade_error", "redis_timeout_error"],
+        [
+            "safety_violation", "llm_timeout", "transport_receive_timeout", "asyncio_timeout", "http_exception",
+            "llm_error", "custom_llm_error", "cascade_brain_error", "asr_transcription_error", "vad_error",
+            "turn_probability_error", "tts_cascade_error", "redis_timeout_error",
+        ],
         1002,
     ),
     "max_duration_exceeded": 1000,
@@ -126,7 +133,8 @@ def _text(status: int, text: str, extra: tuple[tuple[str, str], ...] = ()) -> Re
 
 def _fault_body(status: int) -> dict[str, Any]:
     if status == 422:
-        return {"detail": [{"loc": ["query", "agent_id"], "msg": "invalid request (fake fault)", "type": "value_error"}]}
+        return {"detail": [{"loc": ["query", "agent_id"], "msg": "invalid request (fake fault)",
+                            "type": "value_error"}]}
     names = {
         401: ("invalid_api_key", "Invalid API key"),
         403: ("forbidden", "You do not have access to this agent"),
@@ -194,7 +202,8 @@ class _Session:
     async def send(self, message: dict[str, Any], *, in_spec: bool = True) -> None:
         """Send one JSON message and record it (audio payloads elided unless ``record_audio``)."""
         kept = message
-        if not self.options.record_audio and message.get("type") == "audio" and isinstance(message.get("audio_event"), dict):
+        if (not self.options.record_audio and message.get("type") == "audio"
+                and isinstance(message.get("audio_event"), dict)):
             kept = {**message, "audio_event": {**message["audio_event"], "audio_base_64": ""}}
         await self._send_recorded(json.dumps(message), Sent(time.monotonic(), message_kind(message), kept, in_spec))
 
@@ -385,7 +394,8 @@ class _Session:
             future = self._pending_tools.get(str(message.get("tool_call_id")))
             if future is not None and not future.done():
                 future.set_result(message)
-        elif kind in ("contextual_update", "user_activity", "feedback", "mcp_tool_approval_result", "multimodal_message"):
+        elif kind in ("contextual_update", "user_activity", "feedback", "mcp_tool_approval_result",
+                      "multimodal_message"):
             pass  # recorded above; the fake has no use for them
         else:
             rec.anomalies.append(f"unknown message type {kind!r}")
@@ -500,7 +510,8 @@ class _Session:
             return
         if turn.heard is not None:
             rec.transcripts.append(turn.heard)
-            await self.send({"type": "user_transcript", "user_transcription_event": {"user_transcript": turn.heard, "event_id": eid}})
+            await self.send({"type": "user_transcript",
+                             "user_transcription_event": {"user_transcript": turn.heard, "event_id": eid}})
         if tool is not None:
             await self.call_tool(tool, o.tool_parameters, event_id=eid, stop=stop)
         if stop.is_set():
@@ -520,7 +531,8 @@ class _Session:
             if await self._pause(stop, due - time.monotonic()):
                 return
             piece = audio[offset : offset + chunk]
-            await self.send({"type": "audio", "audio_event": {"audio_base_64": base64.b64encode(piece).decode("ascii"), "event_id": eid}})
+            await self.send({"type": "audio", "audio_event": {"audio_base_64": base64.b64encode(piece).decode("ascii"),
+                                                              "event_id": eid}})
             turn.sent_bytes += len(piece)
             turn.chunks_sent += 1
             turn.play_until = start + self.out_fmt.seconds(turn.sent_bytes)
@@ -564,7 +576,8 @@ class _Session:
             if future in done:
                 return future.result()
             if not done:
-                self.record.anomalies.append(f"no client_tool_result for {call_id} within {self.options.tool_timeout:g} s")
+                self.record.anomalies.append(
+                    f"no client_tool_result for {call_id} within {self.options.tool_timeout:g} s")
             return None
         finally:
             self._pending_tools.pop(call_id, None)
@@ -630,7 +643,8 @@ class _Session:
                 blob = audio + b"\x00"  # a trailing half sample
             else:  # mu-law of any length is valid: send a WAV file instead of raw samples
                 blob = b"RIFF" + (36 + len(audio)).to_bytes(4, "little") + b"WAVEfmt " + bytes(20) + b"data" + audio
-            frames = [{"type": "audio", "audio_event": {"audio_base_64": base64.b64encode(blob).decode("ascii"), "event_id": eid}}]
+            frames = [{"type": "audio",
+                       "audio_event": {"audio_base_64": base64.b64encode(blob).decode("ascii"), "event_id": eid}}]
         else:
             raise ValueError(f"unknown garbage kind {kind!r}; expected one of {', '.join(GARBAGE_KINDS)}")
         log.info("conversation %s: sending garbage %s", self.record.id, kind)
@@ -773,7 +787,8 @@ class FakeAgent:
         await self.wait_for(lambda: not record.is_open, timeout, f"conversation {record.id} to close")
         return record
 
-    async def wait_for_sent(self, record: ConversationRecord, kind: str, count: int = 1, timeout: float = 10.0) -> list[Sent]:
+    async def wait_for_sent(self, record: ConversationRecord, kind: str, count: int = 1,
+                            timeout: float = 10.0) -> list[Sent]:
         """Wait until the fake has sent ``count`` messages of ``kind`` in ``record``."""
         await self.wait_for(lambda: len(record.sent_of(kind)) >= count, timeout, f"{count} sent {kind}")
         return record.sent_of(kind)
@@ -829,7 +844,8 @@ class FakeAgent:
         return session.record.id
 
     async def send_error(
-        self, error_type: str = "unknown", code: int | None = None, message: str | None = None, conversation: str | None = None
+        self, error_type: str = "unknown", code: int | None = None, message: str | None = None,
+        conversation: str | None = None,
     ) -> str:
         """Send an ``error`` event, then close with its code, as the server does."""
         if error_type not in ERROR_CODES:
@@ -911,7 +927,8 @@ class FakeAgent:
 
         conv = params.get("conversation")
         if action == "close":
-            cid = await self.close_conversation(num("code", 1000), params.get("reason", ""), params.get("error_type"), conv)
+            cid = await self.close_conversation(num("code", 1000), params.get("reason", ""), params.get("error_type"),
+                                                conv)
             return {"conversation": cid}
         if action == "end_call":
             return {"conversation": await self.end_call(conv)}

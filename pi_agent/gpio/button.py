@@ -30,6 +30,7 @@ the user is speaking; ``long_hold_time=None`` turns long holds off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import Callable
@@ -272,10 +273,8 @@ class ButtonInput:
         loop = self._loop
         if loop is None:
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: we are shutting down
             loop.call_soon_threadsafe(self._edge, pressed, loop.time())
-        except RuntimeError:  # the loop is closed: we are shutting down
-            pass
 
     def _edge(self, pressed: bool, at: float) -> None:
         if self._closed:

@@ -16,6 +16,7 @@ then :func:`register_secret` with the API key once the settings are read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -27,7 +28,6 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from ..errors import ConfigError
-import contextlib
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "warn": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
@@ -99,7 +99,8 @@ class RateLimitFilter(logging.Filter):
     "Identical" means the same logger, level and message template (``record.msg``, before
     its arguments are filled in) and the same first argument once its numbers are masked.
     The first record let through after a suppressed run gets ``repeated`` set to the
-    number held back; the formatter shows it. Records below WARNING always pass. ``clock`` is monotonic seconds, injectable for tests.
+    number held back; the formatter shows it. Records below WARNING always pass. ``clock`` is
+    monotonic seconds, injectable for tests.
     """
 
     _MAX_KEYS = 512
@@ -302,7 +303,5 @@ def _log_native_lines(fd: int) -> None:
         for raw in pipe:
             line = raw.decode("utf-8", errors="replace").rstrip()
             if line.strip():
-                try:
+                with contextlib.suppress(Exception):  # never let this thread die: fd 2 would fill up and lose lines
                     log.warning("%s", line)
-                except Exception:  # never let this thread die: fd 2 would fill up and lose lines
-                    pass
