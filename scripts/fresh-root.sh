@@ -139,6 +139,7 @@ LOGS="$WORK/logs"
 CACHE="$CACHE_DIR/$SUITE-$ARCH.tar"
 REPO="$(cd "$(dirname "$0")/.." && pwd -P)"
 COMMIT="$(git -C "$REPO" rev-parse HEAD)"
+SHORT="$(git -C "$REPO" rev-parse --short "$COMMIT")"   # HEAD may move during the run
 exec 9>"$WORK/.lock"
 flock -n 9 || die "another fresh-root run is using $WORK"
 
@@ -276,7 +277,7 @@ DEBVER="$(cat "$ROOT/etc/debian_version")"
 EMULATED=""
 [ -n "$QEMU" ] && EMULATED=" (emulated by qemu-$QEMU-static)"
 if [ "$TESTS_SET" -eq 0 ] && [ -n "$QEMU" ]; then TESTS="$DEFAULT_EMULATED_TESTS"; fi
-say "root: Debian $SUITE ($DEBVER) $ARCH, $MACHINE$EMULATED, Python $PYVER; commit $(git -C "$REPO" rev-parse --short HEAD) in /home/$USER_NAME/pi-agent"
+say "root: Debian $SUITE ($DEBVER) $ARCH, $MACHINE$EMULATED, Python $PYVER; commit $SHORT in /home/$USER_NAME/pi-agent"
 [ -n "$TESTS" ] && say "test runs: ./scripts/test.sh $TESTS"
 
 # ---------------------------------------------------------------- the runs
@@ -345,7 +346,7 @@ check_second
 # ---------------------------------------------------------------- summary
 {
     echo
-    echo "== fresh-root: Debian $SUITE ($DEBVER) $ARCH$EMULATED, Python $PYVER, commit $(git -C "$REPO" rev-parse --short HEAD), $(date -u '+%F %H:%M UTC')"
+    echo "== fresh-root: Debian $SUITE ($DEBVER) $ARCH$EMULATED, Python $PYVER, commit $SHORT, $(date -u '+%F %H:%M UTC')"
     [ -n "$TESTS" ] && echo "   tests run: ./scripts/test.sh $TESTS$([ "$TESTS_SET" -eq 0 ] && [ -n "$QEMU" ] && echo ' (the emulated default subset, not the whole suite)')"
     for i in "${!NAMES[@]}"; do
         printf '   %-8s %-5s %8s  %s\n' "${NAMES[i]}" "${RESULTS[i]}" "${TIMES[i]}" "${NOTES[i]%; }"
