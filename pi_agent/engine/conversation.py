@@ -391,7 +391,8 @@ class Engine:
         outcome = closed.outcome
         if outcome is Outcome.CLOSED or (outcome is Outcome.ENDED and not self.persistent):
             self.wanted = False
-        elif outcome is Outcome.RETRY and not self.persistent and now - self._last_activity > self.settings.idle_timeout:
+        elif (outcome is Outcome.RETRY and not self.persistent
+              and now - self._last_activity > self.settings.idle_timeout):
             closed = self._give_up(closed, now)
         if not self.wanted:
             self.attempt = 0

@@ -18,6 +18,7 @@ Everything here runs on the event loop's thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -94,11 +95,9 @@ class Link(asyncio.Protocol):
         self._transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:  # keep the kernel's queue short: a backlog then builds where it is bounded
+        if sock is not None:  # keep the kernel's queue short: a backlog then builds where it is bounded
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
-            except OSError:
-                pass
         self._flush()  # the opening handshake request
 
     def data_received(self, data: bytes) -> None:
