@@ -124,6 +124,22 @@ if [ -n "$QEMU" ]; then
     fi
     grep -qx enabled "$bm/qemu-$QEMU" 2>/dev/null \
         || die "qemu-$QEMU is not registered with binfmt_misc (update-binfmts --enable qemu-$QEMU failed): $ARCH programs cannot be run here"
+    # Without the C flag the kernel takes the credentials of qemu, not of the program it
+    # runs, so setuid programs lose their privilege: sudo in the root says "effective uid
+    # is not 0" (Debian 12's qemu-user-static registers without it). Register it again
+    # with C added, and say so: it stays that way on this machine until the next boot or
+    # update-binfmts.
+    entry="$bm/qemu-$QEMU"
+    if ! grep -q '^flags:.*C' "$entry"; then
+        say "re-registering qemu-$QEMU with binfmt_misc's C flag (setuid programs such as sudo work only with it)"
+        field() { sed -n "s/^$1 //p" "$entry"; }
+        interp="$(field interpreter)" flags="$(field flags:)" offset="$(field offset)"
+        magic="$(field magic | sed 's/../\\x&/g')" mask="$(field mask | sed 's/../\\x&/g')"
+        echo -1 >"$entry"
+        printf ':qemu-%s:M:%s:%s:%s:%s:%sC\n' "$QEMU" "$offset" "$magic" "$mask" "$interp" "$flags" >"$bm/register" \
+            || die "could not register qemu-$QEMU again with the C flag (update-binfmts --enable qemu-$QEMU restores it)"
+        grep -q '^flags:.*C' "$entry" || die "qemu-$QEMU has no C flag: sudo cannot work in an emulated root"
+    fi
     # Without the F flag the kernel looks the interpreter up inside the root: copy it in.
     QEMU_IN_ROOT=0
     grep -q '^flags:.*F' "$bm/qemu-$QEMU" || QEMU_IN_ROOT=1
@@ -321,7 +337,7 @@ check_second() {
     if grep -qi 'installing' <<<"$setup"; then bad+="said: $(grep -i -m1 'installing' <<<"$setup"); "; fi
     if grep -Eqi '^sudo: |password' <<<"$setup"; then bad+="wanted sudo: $(grep -Ei -m1 '^sudo: |password' <<<"$setup"); "; fi
     if ! cmp -s "$ROOT/var/lib/dpkg/status" "$WORK/dpkg-status.before"; then bad+="the Debian packages changed; "; fi
-    changed="$(find "$home/pi-agent/.venv" -type f -newer "$WORK/marker" -not -name '*.pyc' 2>/dev/null | head -n 3)"
+    changed="$(find "$home/pi-agent/.venv" -type f -newer "$WORK/marker" -not -name '*.pyc' 2>/dev/null | head -n 3 || true)"
     [ -n "$changed" ] && bad+="the venv changed: $(tr '\n' ' ' <<<"$changed"); "
     if [ -n "$bad" ]; then
         RESULTS[i]=FAIL; FAILED=1; NOTES[i]+="NOT a no-op: $bad"
