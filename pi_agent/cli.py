@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -17,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import EX_CONFIG, Settings, config_path, load_settings
+from .config import (EX_CONFIG, ApiSettings, AudioSettings, ButtonSettings, CaptureSettings, LedSettings, LogSettings,
+                     SectionT, Settings, config_path, load_section, load_settings)
 from .errors import ConfigError, DeviceError
 
 log = logging.getLogger("pi_agent.cli")
@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(fake)
     status = sub.add_parser("status", help="print the running daemon's state from its event API")
     status.add_argument("--follow", "-f", action="store_true", help="keep printing events as they happen")
-    status.add_argument("--port", type=int, help="event API port (default: api.port from the settings)")
+    status.add_argument("--port", type=int, help="read the TCP view on this port instead of the Unix socket "
+                        "(no transcripts)")
     say = sub.add_parser("say", help="send TEXT to the agent as a user message and play the reply")
     say.add_argument("text", metavar="TEXT")
     say.add_argument("--timeout", type=float, default=30.0, help="give up after this many seconds")
@@ -83,6 +84,14 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, **overrides)
 
 
+def _section(args: argparse.Namespace, name: str, kind: type[SectionT]) -> SectionT:
+    return load_section(args.config, name, kind)
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    return str(args.log_level or _section(args, "log", LogSettings).level)
+
+
 def _logging(level: str, secrets: Sequence[str] = ()) -> None:
     from .service.logging import route_native_stderr, setup_logging
     route_native_stderr()  # ALSA/PortAudio lines become log records too (priority, rate limit)
@@ -91,6 +100,8 @@ def _logging(level: str, secrets: Sequence[str] = ()) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    """Each command reads only the settings it uses: diagnostics need no agent_id, and a
+    mistake in a section a command does not use is not its to report."""
     cmd = args.command
     if cmd == "fake-agent":
         _logging(args.log_level or "info")
@@ -101,29 +112,47 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(run_demo(out=Path(args.out) if args.out else None))
     if cmd == "devices":
         return _devices()
+    from . import diagnostics as diag
+    if cmd == "test-leds":
+        leds = _section(args, "leds", LedSettings)
+        _logging(_log_level(args))
+        return asyncio.run(diag.test_leds(leds, args.seconds))
+    if cmd == "test-button":
+        button = _section(args, "button", ButtonSettings)
+        _logging(_log_level(args))
+        return asyncio.run(diag.test_button(button, args.seconds))
+    if cmd == "test-speaker":
+        audio = _section(args, "audio", AudioSettings)
+        _logging(_log_level(args))
+        return asyncio.run(diag.test_speaker(audio, args.seconds, args.freq))
+    if cmd == "test-mic":
+        audio, capture = _section(args, "audio", AudioSettings), _section(args, "capture", CaptureSettings)
+        _logging(_log_level(args))
+        return asyncio.run(diag.test_mic(audio, capture, args.seconds, args.play))
+    if cmd == "status":
+        from .service import client
+        api = _section(args, "api", ApiSettings)
+        if args.port is not None:
+            api = api.model_copy(update={"port": args.port, "socket": "off"})
+        return asyncio.run(client.status(api, args.follow))
+    if cmd == "say":
+        from .service import client
+        code = asyncio.run(client.say(_section(args, "api", ApiSettings), args.text, args.timeout))
+        if code is not None:
+            return code
+        # No daemon is running: hold the exchange ourselves (this needs the whole configuration).
     settings = _settings(args)
     secrets = [settings.api_key.get_secret_value()] if settings.api_key else []
     _logging(settings.log.level, secrets)
     if cmd == "run":
         from .daemon import run_daemon
-        return asyncio.run(run_daemon(settings))
-    if cmd == "status":
-        return asyncio.run(_status(args.port or settings.api.port, args.follow))
+        return asyncio.run(run_daemon(settings, reload=lambda: _settings(args)))
     if cmd == "say":
         from .demo import run_say
         return asyncio.run(run_say(settings, args.text, timeout=args.timeout))
-    from . import diagnostics as diag
     if cmd == "check":
         path = config_path(args.config)
         return asyncio.run(diag.check(settings, str(path) if path else "environment and defaults"))
-    if cmd == "test-leds":
-        return asyncio.run(diag.test_leds(settings, args.seconds))
-    if cmd == "test-button":
-        return asyncio.run(diag.test_button(settings, args.seconds))
-    if cmd == "test-speaker":
-        return asyncio.run(diag.test_speaker(settings, args.seconds, args.freq))
-    if cmd == "test-mic":
-        return asyncio.run(diag.test_mic(settings, args.seconds, args.play))
     raise AssertionError(cmd)  # pragma: no cover - argparse restricts the choices
 
 
@@ -160,30 +189,6 @@ def _devices() -> int:
     except DeviceError as e:
         print(f"pi-agent devices: {e}", file=sys.stderr)
         return 1
-    return 0
-
-
-async def _status(port: int, follow: bool) -> int:
-    import websockets
-    from websockets.asyncio.client import connect
-
-    if not port:
-        print("pi-agent status: the event API is off (api.port = 0)", file=sys.stderr)
-        return 1
-    url = f"ws://127.0.0.1:{port}/events"
-    try:
-        async with connect(url, open_timeout=3, compression=None) as ws:
-            snapshot = json.loads(await ws.recv())
-            print(json.dumps(snapshot, indent=2))
-            if follow:
-                async for message in ws:
-                    print(message, flush=True)
-    except (OSError, TimeoutError, websockets.InvalidHandshake) as e:
-        print(f"pi-agent status: cannot reach the daemon at {url} ({getattr(e, 'strerror', None) or e}); "
-              "is pi-agent running, and is api.port right?", file=sys.stderr)
-        return 1
-    except websockets.ConnectionClosed:
-        return 0 if follow else 1
     return 0
 
 

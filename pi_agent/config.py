@@ -21,10 +21,10 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
@@ -44,7 +44,7 @@ def _all_earcons() -> list[Earcon]:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SessionSettings(_Section):
@@ -130,10 +130,19 @@ class AudioSettings(_Section):
 
 
 class ApiSettings(_Section):
-    """The local event API on 127.0.0.1."""
+    """The local event API: a Unix socket for commands and transcripts, a TCP port for the rest."""
 
-    port: int = Field(8766, ge=0, le=65535, description="port of the event WebSocket, /healthz "
-                      "and /metrics on 127.0.0.1; 0 turns the API off")
+    port: int = Field(8766, ge=0, le=65535, description="TCP port on 127.0.0.1 for /healthz, /metrics and a "
+                      "view of the events (no transcripts, no commands; pages of other origins refused); "
+                      "0 turns it off")
+    socket: str = Field("auto", min_length=1, description="Unix socket for commands, transcripts and client "
+                        "tools (mode 0660: the daemon's group may use it); auto: $RUNTIME_DIRECTORY/api.sock "
+                        "under systemd (/run/pi-agent/api.sock), else $XDG_RUNTIME_DIR/pi-agent/api.sock; "
+                        "a path; or off")
+    max_clients: int = Field(32, ge=1, le=1000, description="event API clients at once (both listeners); more "
+                             "are refused with 503")
+    tool_timeout: float = Field(10.0, gt=0, le=600, description="seconds a client that handles a client tool "
+                                "(handle_tools) has to answer a call of it; unhandled tools are refused at once")
 
 
 class LedSettings(_Section):
@@ -170,7 +179,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True,
-        nested_model_default_partial_update=True,
+        nested_model_default_partial_update=True, allow_inf_nan=False,
     )
 
     agent_id: str = Field(..., min_length=1, description="the ElevenLabs agent id (required)")
@@ -190,8 +199,12 @@ class Settings(BaseSettings):
     @classmethod
     def _http_url(cls, v: str) -> str:
         parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL, e.g. https://api.elevenlabs.io")
+        try:
+            parts.port  # noqa: B018  (raises on a port that is not a number from 0 to 65535)
+        except ValueError:
+            raise ValueError("has a port that is not a number from 1 to 65535") from None
         return v.rstrip("/")
 
     @field_validator("api_key")
@@ -234,6 +247,8 @@ class _CredentialsSource(PydanticBaseSettingsSource):
             return {}
         except OSError as e:
             raise ConfigError(f"api_key: cannot read credential {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"api_key: credential {path} is not UTF-8 text (paste the key alone)") from None
         return {"api_key": key} if key else {}
 
 
@@ -256,6 +271,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
 def load_settings(explicit_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -292,6 +309,47 @@ def load_settings(explicit_path: str | os.PathLike[str] | None = None, **overrid
     finally:
         os.environ.update(saved)
     raise ConfigError("\n".join([*not_json.values(), *others]))
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+class _OneSection(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
+                                      frozen=True, allow_inf_nan=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+
+def load_section(explicit_path: str | os.PathLike[str] | None, name: str, kind: type[SectionT],
+                 **overrides: Any) -> SectionT:
+    """One section alone (``[leds]``, ``[audio]``...), from the same sources as
+    :func:`load_settings`: for the commands that use nothing else (``test-leds`` needs no
+    ``agent_id``, and a mistake in another section is not theirs to report)."""
+    path = config_path(explicit_path)
+    data = read_toml(path) if path else {}
+    section = data.get(name, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{name} must be a table ([{name}]) in {path}")
+    section = {**section, **overrides}
+    fields: dict[str, Any] = {name: (kind, kind())}
+    holder = create_model(f"_{name.title()}Only", __base__=_OneSection, **fields)
+    try:
+        value: SectionT = getattr(cast(Any, holder)(**{name: section}), name)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_describe(err, path) for err in e.errors())) from None
+    except SettingsError as e:
+        raise ConfigError("\n".join(_not_json(path).values()) or f"settings: {e}") from None
+    return value
 
 
 def _not_json(path: Path | None) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -23,19 +24,20 @@ from .alarms import GrowthAlarm
 from .audio import AudioInput, AudioOutput
 from .audio.formats import MicEncoder, decode_pcm
 from .audio.gate import CaptureGate
-from .config import Settings
+from .config import AudioSettings, Settings
 from .controller import Controller
 from .decide import inputs as i
 from .decide.model import Status
 from .engine.backoff import Backoff
 from .engine.conversation import Engine
-from .errors import DeviceError, DeviceNotFound
+from .errors import ConfigError, DeviceError, DeviceNotFound
 from .events import EventHub
 from .metrics import Metrics
 from .net.link import open_link
 from .net.session import Connector, Session
 from .net.signed_url import SignedUrlFetcher, url_for
-from .service.api import ApiServer
+from .service.api import ApiServer, server_socket_path
+from .service.logging import setup_logging
 from .service.systemd import Notifier, watchdog_loop
 
 if TYPE_CHECKING:
@@ -68,8 +70,7 @@ class Parts:
     clock: Callable[[], float] = time.monotonic
 
 
-def make_audio_input(settings: Settings) -> AudioInput:
-    a = settings.audio
+def make_audio_input(a: AudioSettings) -> AudioInput:
     if a.input_wav is not None:
         from .audio.files import WavFileInput
         return WavFileInput(a.input_wav)
@@ -77,8 +78,7 @@ def make_audio_input(settings: Settings) -> AudioInput:
     return PyAudioInput(a.input_device, channel=a.input_channel)
 
 
-def make_audio_output(settings: Settings) -> AudioOutput:
-    a = settings.audio
+def make_audio_output(a: AudioSettings) -> AudioOutput:
     if a.output_wav is not None:
         from .audio.files import WavFileOutput
         return WavFileOutput(a.output_wav, rate=a.output_rate or 16000, period_ms=a.period_ms)
@@ -107,8 +107,8 @@ class Daemon:
         self.settings = settings
         self.metrics = Metrics()
         self.hub = EventHub()
-        self.audio_in = parts.audio_in or make_audio_input(settings)
-        self.audio_out = parts.audio_out or make_audio_output(settings)
+        self.audio_in = parts.audio_in or make_audio_input(settings.audio)
+        self.audio_out = parts.audio_out or make_audio_output(settings.audio)
         self.notifier = parts.notifier or Notifier.from_env()
         c, s = settings.capture, settings.session
         preroll = c.preroll
@@ -126,8 +126,10 @@ class Daemon:
             on_event=self.controller.dispatch, connect_timeout=s.connect_timeout,
             connect=parts.connect or open_link, clock=parts.clock)
         self.controller.attach(self.session)
-        self.api = (ApiServer(settings.api.port, self.controller, self.hub, self.metrics, self._snapshot_extra)
-                    if settings.api.port else None)
+        socket_path = server_socket_path(settings.api.socket)
+        self.api = (ApiServer(settings.api, self.controller, self.hub, self.metrics, self._snapshot_extra,
+                              socket_path=socket_path)
+                    if settings.api.port or socket_path is not None else None)
         self._pin_factory = parts.pin_factory
         self.leds: Any = None
         self.button: Any = None
@@ -278,8 +280,8 @@ class Daemon:
                 except* Exception as group:  # a bug of ours: say so loudly; systemd restarts us
                     died = group
         except OSError as e:  # the event API could not listen
-            log.error("cannot start the event API on 127.0.0.1:%d: %s (set PI_AGENT_API__PORT "
-                      "to a free port, or 0 to turn it off)", self.settings.api.port, e.strerror or e)
+            log.error("cannot start the event API: %s (set [api] port to a free port or 0, and [api] socket "
+                      "to a usable path or off)", e.strerror or e)
             return 1
         if died is not None:
             for exc in died.exceptions:
@@ -345,18 +347,66 @@ class Daemon:
         self.notifier.close()
 
 
-def install_signal_handlers(stop: asyncio.Event) -> None:
+def _raise_file_limit(wanted: int = 4096) -> None:
+    """Room for the event API's connections beside the devices and the agent's (the unit
+    sets LimitNOFILE; a terminal's soft limit is often 1024). Best effort."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def install_signal_handlers(stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    for sig, event in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, reload)):
+        if event is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, event.set)
 
 
-async def run_daemon(settings: Settings, parts: Parts | None = None, stop: asyncio.Event | None = None) -> int:
+async def run_daemon(settings: Settings, parts: Parts | None = None, stop: asyncio.Event | None = None,
+                     reload: Callable[[], Settings] | None = None) -> int:
+    """Run until SIGTERM or SIGINT. With ``reload``, SIGHUP reads the configuration again:
+    a valid new one restarts the daemon with it in-process (the conversation is closed
+    with 1000, the devices reopened); an invalid one is one error line, and the daemon
+    goes on with the old."""
     stop = stop or asyncio.Event()
-    install_signal_handlers(stop)
-    daemon = Daemon(settings, parts)
-    return await daemon.run(stop)
+    hup = asyncio.Event()
+    install_signal_handlers(stop, hup if reload is not None else None)
+    _raise_file_limit()
+    while True:
+        daemon = Daemon(settings, parts)
+        halt = asyncio.Event()
+        runner = asyncio.ensure_future(daemon.run(halt))
+        while True:
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hup.wait())]
+            await asyncio.wait([runner, *waiters], return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+            if runner.done():
+                return runner.result()
+            if stop.is_set():
+                halt.set()
+                return await runner
+            hup.clear()
+            assert reload is not None
+            try:
+                new = reload()
+            except ConfigError as e:
+                for line in str(e).splitlines():
+                    log.error("reload refused, the configuration in use stays: %s", line)
+                continue
+            if new == settings:
+                log.info("reload: the configuration has not changed")
+                continue
+            log.info("reload: restarting with the new configuration")
+            daemon.notifier.reloading()
+            halt.set()
+            await runner
+            settings = new
+            setup_logging(settings.log.level, secrets=[settings.api_key.get_secret_value()] if settings.api_key else ())
+            break
 
 
 __all__ = ["Daemon", "Parts", "run_daemon"]

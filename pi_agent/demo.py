@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -137,11 +138,12 @@ async def _one_exchange(daemon: Daemon, timeout: float, say: str | None = None) 
                 await runner
                 return 1, responses
             try:
-                event = await asyncio.wait_for(events.get(), min(remaining, 0.1))
+                text = await asyncio.wait_for(events.queue.get(), min(remaining, 0.1))
             except TimeoutError:
                 continue
-            if event is None:
+            if text is None:
                 break
+            event = json.loads(text)
             kind = event["type"]
             if kind == "connection" and event["connected"] and opened_at is None:
                 opened_at = time.monotonic()
@@ -240,8 +242,9 @@ async def run_demo(out: Path | None = None) -> int:
 
 async def run_say(settings: Settings, text: str, *, timeout: float = 30.0) -> int:
     """Send ``text`` as a user message to the configured agent and play the reply."""
-    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": 0})})
-    daemon = Daemon(settings, Parts(audio_in=_Silence(), audio_out=_SpeakerOrNothing(make_audio_output(settings))))
+    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": 0, "socket": "off"})})
+    speaker = _SpeakerOrNothing(make_audio_output(settings.audio))
+    daemon = Daemon(settings, Parts(audio_in=_Silence(), audio_out=speaker))
     code, responses = await _one_exchange(daemon, timeout, say=text)
     for response in responses:
         print(response)

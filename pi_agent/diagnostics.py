@@ -16,7 +16,7 @@ import numpy as np
 from . import __version__
 from .audio import FRAME_BYTES, MIC_RATE
 from .audio.formats import dbfs
-from .config import Settings
+from .config import AudioSettings, ButtonSettings, CaptureSettings, LedSettings, Settings
 from .errors import ConnectError, DeviceError
 
 OK, FAIL, SKIP = " ok ", "FAIL", "skip"
@@ -49,7 +49,7 @@ async def check(settings: Settings, config_source: str) -> int:
             _line(FAIL, what, str(e))
 
     async def mic() -> str:
-        audio_in = make_audio_input(settings)
+        audio_in = make_audio_input(settings.audio)
         frames: list[bytes] = []
         got = asyncio.Event()
 
@@ -71,7 +71,7 @@ async def check(settings: Settings, config_source: str) -> int:
         return f"{_what(audio_in)} delivers 16 kHz frames (level {dbfs(b''.join(frames)):.0f} dBFS)"
 
     async def speaker() -> str:
-        audio_out = make_audio_output(settings)
+        audio_out = make_audio_output(settings.audio)
         errors: list[DeviceError] = []
         await audio_out.open(errors.append)
         await audio_out.close()
@@ -172,10 +172,9 @@ async def reach_agent(settings: Settings) -> str:
 # --- test-leds, test-button ------------------------------------------------------------------
 
 
-async def test_leds(settings: Settings, seconds: float) -> int:
+async def test_leds(leds: LedSettings, seconds: float) -> int:
     from .gpio.leds import DEMO_SEQUENCE, LedDriver, describe, picture
 
-    leds = settings.leds
     if leds.connection_pin is None and leds.activity_pin is None and leds.rgb_pins is None:
         print("pi-agent test-leds: no LED pins configured (leds.connection_pin, leds.activity_pin, leds.rgb_pins)")
         return 1
@@ -195,10 +194,9 @@ async def test_leds(settings: Settings, seconds: float) -> int:
     return 0
 
 
-async def test_button(settings: Settings, seconds: float) -> int:
+async def test_button(b: ButtonSettings, seconds: float) -> int:
     from .gpio.button import ButtonInput
 
-    b = settings.button
     if b.pin is None:
         print("pi-agent test-button: no button pin configured (button.pin)")
         return 1
@@ -221,10 +219,10 @@ async def test_button(settings: Settings, seconds: float) -> int:
 # --- test-speaker, test-mic ------------------------------------------------------------------
 
 
-async def test_speaker(settings: Settings, seconds: float = 1.0, freq: float = 440.0) -> int:
+async def test_speaker(audio: AudioSettings, seconds: float = 1.0, freq: float = 440.0) -> int:
     from .daemon import make_audio_output
 
-    audio_out = make_audio_output(settings)
+    audio_out = make_audio_output(audio)
     errors: list[DeviceError] = []
     try:
         await audio_out.open(errors.append)
@@ -248,10 +246,11 @@ async def test_speaker(settings: Settings, seconds: float = 1.0, freq: float = 4
     return 0
 
 
-async def test_mic(settings: Settings, seconds: float = 3.0, play_back: bool = False) -> int:
+async def test_mic(audio: AudioSettings, capture: CaptureSettings, seconds: float = 3.0,
+                   play_back: bool = False) -> int:
     from .daemon import make_audio_input, make_audio_output, make_vad
 
-    audio_in = make_audio_input(settings)
+    audio_in = make_audio_input(audio)
     frames: list[bytes] = []
     errors: list[DeviceError] = []
     try:
@@ -267,18 +266,18 @@ async def test_mic(settings: Settings, seconds: float = 3.0, play_back: bool = F
     if errors or not frames:
         print(f"pi-agent test-mic: {errors[0] if errors else 'no audio arrived'}")
         return 1
-    vad = make_vad(settings.capture.vad_aggressiveness)
+    vad = make_vad(capture.vad_aggressiveness)
     voiced = sum(vad(f) for f in frames if len(f) == FRAME_BYTES)
-    audio = b"".join(frames)
-    samples = np.frombuffer(audio, dtype="<i2")
+    recorded = b"".join(frames)
+    samples = np.frombuffer(recorded, dtype="<i2")
     peak = 20 * np.log10(max(1, int(np.abs(samples.astype(np.int32)).max())) / 32768)
-    print(f"level {dbfs(audio):.1f} dBFS (peak {peak:.1f} dBFS); VAD heard speech in "
+    print(f"level {dbfs(recorded):.1f} dBFS (peak {peak:.1f} dBFS); VAD heard speech in "
           f"{voiced * 20} ms of {len(frames) * 20} ms: {'speech detected' if voiced >= 10 else 'no speech'}")
     if play_back:
-        audio_out = make_audio_output(settings)
+        audio_out = make_audio_output(audio)
         await audio_out.open(errors.append)
         try:
-            audio_out.play(audio, MIC_RATE)
+            audio_out.play(recorded, MIC_RATE)
             while audio_out.audible_until() > time.monotonic():
                 await asyncio.sleep(0.05)
         finally:

@@ -146,7 +146,8 @@ write_config_template() {
 # example: remove the leading "# " to set it. The environment overrides this file:
 # PI_AGENT_<KEY> or PI_AGENT_<SECTION>__<KEY> (set them with: sudo systemctl edit pi-agent).
 # The API key does NOT go here: it lives in /etc/pi-agent/api_key (root only), which
-# systemd hands to the service. After a change: sudo systemctl restart pi-agent
+# systemd hands to the service. After a change: sudo systemctl reload pi-agent (a mistake is
+# one line in journalctl -u pi-agent, and the settings in use stay).
 
 # agent_id = "agent_0123456789abcdefghij"  # your ElevenLabs agent id (required)
 # server_url = "https://api.elevenlabs.io"  # API base URL; "http://127.0.0.1:8765" for pi-agent fake-agent
@@ -166,7 +167,10 @@ write_config_template() {
 # echo = "half_duplex"  # half_duplex: the mic is muted while the agent speaks; full_duplex: headset or echo-cancelling mic
 
 [api]
-# port = 8766  # local event WebSocket, /healthz and /metrics on 127.0.0.1; 0 turns it off
+# port = 8766  # /healthz, /metrics and a view of the events on 127.0.0.1 (no transcripts, no commands); 0 turns it off
+# socket = "auto"  # commands and transcripts: /run/pi-agent/api.sock, for the pi-agent group (sudo adduser $USER pi-agent)
+# max_clients = 32  # event API clients at once; more are refused
+# tool_timeout = 10.0  # seconds a client that handles a client tool has to answer it
 
 [leds]
 # connection_pin = 17  # BCM pin of the connection LED (off: offline, blinking: connecting, on: connected)
@@ -271,6 +275,10 @@ Next steps:
        sudo -u $NAME /opt/$NAME/venv/bin/pi-agent devices
   4. Start it and follow its log:
        sudo systemctl restart $NAME && journalctl -u $NAME -f
+  5. To use pi-agent status and pi-agent say (the event API's socket is for the $NAME group),
+     join the group, then log in again:
+       sudo adduser \$USER $NAME
+Apply a changed config.toml with: sudo systemctl reload $NAME
 Remove it with: sudo $0 --uninstall
 EOF
 }

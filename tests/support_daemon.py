@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import AsyncIterator
 
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import connect, unix_connect
 
 ASSETS = Path(__file__).resolve().parents[1] / "pi_agent" / "assets"
 QUESTION_WAV = ASSETS / "question.wav"
@@ -34,8 +34,10 @@ class DaemonProcess:
 
     def __init__(self, env: dict[str, str], tmp: Path, args: tuple[str, ...] = ("run",)) -> None:
         self.api_port = int(env.get("PI_AGENT_API__PORT") or free_port())
+        self.api_socket = Path(env.get("PI_AGENT_API__SOCKET") or tmp / f"api-{self.api_port}.sock")
         base = {k: v for k, v in os.environ.items() if not k.startswith("PI_AGENT_")}
-        self.env = {**base, "PI_AGENT_API__PORT": str(self.api_port), "PYTHONUNBUFFERED": "1", **env}
+        self.env = {**base, "PI_AGENT_API__PORT": str(self.api_port), "PI_AGENT_API__SOCKET": str(self.api_socket),
+                    "PYTHONUNBUFFERED": "1", **env}
         self.log_path = tmp / f"daemon-{self.api_port}.log"
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
@@ -92,10 +94,14 @@ class DaemonProcess:
 
 
 class EventClient:
-    """The daemon's event API: snapshot, then events; waits for a matching event."""
+    """The daemon's event API: snapshot, then events; waits for a matching event.
 
-    def __init__(self, port: int) -> None:
-        self.url = f"ws://127.0.0.1:{port}/events"
+    ``where``: the Unix socket's path (everything: commands, transcripts), or a TCP port
+    (the view anyone local gets).
+    """
+
+    def __init__(self, where: Path | int) -> None:
+        self.where = where
         self.events: list[dict[str, Any]] = []
         self.received_at: list[float] = []  # time.monotonic() at which each event arrived
         self.snapshot: dict[str, Any] | None = None
@@ -104,7 +110,10 @@ class EventClient:
         self._changed = asyncio.Event()
 
     async def __aenter__(self) -> EventClient:
-        self._ws = await connect(self.url, open_timeout=5)
+        if isinstance(self.where, Path):
+            self._ws = await unix_connect(str(self.where), uri="ws://localhost/events", open_timeout=5)
+        else:
+            self._ws = await connect(f"ws://127.0.0.1:{self.where}/events", open_timeout=5)
         self.snapshot = json.loads(await self._ws.recv())
         self._reader = asyncio.create_task(self._read())
         return self

@@ -306,7 +306,7 @@ async def fault_daemon(env: dict[str, str], tmp: Path, *, secrets: Callable[[], 
     scan = SecretScan()
     try:
         await daemon.wait_api(30)  # generous: a loaded 2-core CI machine
-        async with EventClient(daemon.api_port) as events:
+        async with EventClient(daemon.api_socket) as events:
             run = FaultRun(daemon, events, scan)
             yield run
             with contextlib.suppress(Exception):

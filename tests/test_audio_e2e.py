@@ -126,7 +126,7 @@ async def audio_daemon(env: dict[str, str], tmp: Path) -> AsyncIterator[tuple[Da
         mic, spk = env["PI_AGENT_AUDIO__INPUT_DEVICE"], env["PI_AGENT_AUDIO__OUTPUT_DEVICE"]
         await wait_log(d, rf"microphone '{mic}' open")
         await wait_log(d, rf"speaker '{spk}' open")
-        async with EventClient(d.api_port) as events:
+        async with EventClient(d.api_socket) as events:
             yield d, events
     finally:
         d.stop()
@@ -157,7 +157,7 @@ def play_into_mic(va: VirtualAudio, samples: np.ndarray, tmp: Path) -> subproces
 
 
 async def snapshot_counters(d: DaemonProcess) -> dict[str, int]:
-    async with EventClient(d.api_port) as fresh:
+    async with EventClient(d.api_socket) as fresh:
         assert fresh.snapshot is not None
         return fresh.snapshot["counters"]
 

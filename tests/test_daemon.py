@@ -35,7 +35,7 @@ async def test_spoken_question_gets_a_spoken_answer(tmp_path: Path) -> None:
     async with FakeAgent(opts) as agent:
         env = base_env(agent, tmp_path, PI_AGENT_API_KEY=CANARY, PI_AGENT_AUDIO__OUTPUT_RATE="48000")
         async with daemon_running(env, tmp_path) as d:
-            async with EventClient(d.api_port) as events:
+            async with EventClient(d.api_socket) as events:
                 assert events.snapshot["type"] == "snapshot"
                 assert {"state", "connected", "conversation_id", "mode", "leds", "counters"} <= set(events.snapshot)
                 await events.wait_for(lambda e: e["type"] == "user_transcript", 20, "user transcript")
@@ -91,7 +91,7 @@ async def test_bad_api_key_goes_to_error_is_not_hammered_and_never_logged(tmp_pa
         env = base_env(agent, tmp_path, PI_AGENT_API_KEY=CANARY, PI_AGENT_SESSION__POLICY="persistent",
                        PI_AGENT_SESSION__BACKOFF_MAX="3")
         async with daemon_running(env, tmp_path) as d:
-            async with EventClient(d.api_port) as events:
+            async with EventClient(d.api_socket) as events:
                 await events.wait_state("error", 10)
                 status, body = d.http("/healthz")
                 assert status == 503 and "401" in json.loads(body)["reason"]
@@ -249,7 +249,7 @@ async def test_voice_barge_in_full_duplex_flushes_the_speaker(tmp_path: Path) ->
     async with FakeAgent(FakeAgentOptions(port=0, send_speed=1.5)) as agent:
         env = base_env(agent, tmp_path, PI_AGENT_AUDIO__ECHO="full_duplex",
                        PI_AGENT_AUDIO__INPUT_WAV=str(_two_questions(tmp_path, 1.0)))
-        async with daemon_running(env, tmp_path) as d, EventClient(d.api_port) as events:
+        async with daemon_running(env, tmp_path) as d, EventClient(d.api_socket) as events:
             await events.wait_state("speaking", 20)
             await events.wait_for(lambda e: e["type"] == "interruption", 15, "interruption")
             await events.wait_for(lambda e: e["type"] == "state" and e["previous"] == "speaking"
@@ -265,7 +265,7 @@ async def test_event_api_commands(tmp_path: Path) -> None:
                        PI_AGENT_AUDIO__INPUT_WAV=str(tmp_path / "silence.wav"))
         with wave.open(env["PI_AGENT_AUDIO__INPUT_WAV"], "wb") as w:
             w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(bytes(3200))
-        async with daemon_running(env, tmp_path) as d, EventClient(d.api_port) as events:
+        async with daemon_running(env, tmp_path) as d, EventClient(d.api_socket) as events:
             if not events.snapshot["connected"]:
                 await events.wait_for(lambda e: e["type"] == "connection" and e["connected"], 10)
             await events.send({"type": "mute"})

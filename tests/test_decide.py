@@ -16,7 +16,7 @@ from pi_agent.audio.gate import GateCommand as G
 from pi_agent.decide import effects as fx
 from pi_agent.decide import inputs as i
 from pi_agent.decide.decide import decide
-from pi_agent.decide.model import THINKING_TIMEOUT, TOOL_RESULT_TIMEOUT, Config, Model, PendingTool, deadline, health
+from pi_agent.decide.model import THINKING_TIMEOUT, Config, Model, PendingTool, deadline, health
 from pi_agent.decide.states import TRANSITIONS, State, Trigger
 from pi_agent.engine import events as ev
 from pi_agent.engine.backoff import Outcome
@@ -165,9 +165,15 @@ CASES: dict[str, Case] = {
         m(S.THINKING, **CONNECTED), ev.ToolCall("weather", "t1", {"city": "Lisbon"}), S.THINKING,
         do=[fx.Send("client_tool_result", '{"type":"client_tool_result","tool_call_id":"t1","result":"client tool '
                     '\'weather\' is not available on this device","is_error":true}')]),
-    "a tool call for a subscriber": Case(
-        m(S.THINKING, subscribers=1, **CONNECTED), ev.ToolCall("weather", "t1", {}), S.THINKING,
-        dont=[fx.Send], model_has={"tools": (PendingTool("t1", "weather", NOW + TOOL_RESULT_TIMEOUT),)}),
+    "a tool call a client handles": Case(
+        m(S.THINKING, tool_handlers=frozenset({"weather"}), **CONNECTED), ev.ToolCall("weather", "t1", {}),
+        S.THINKING, dont=[fx.Send], model_has={"tools": (PendingTool("t1", "weather", NOW + 10.0),)}),
+    "a tool call a client handles with *": Case(
+        m(S.THINKING, tool_handlers=frozenset({"*"}), **CONNECTED), ev.ToolCall("weather", "t1", {}),
+        S.THINKING, dont=[fx.Send]),
+    "a tool call only other tools are handled for": Case(
+        m(S.THINKING, tool_handlers=frozenset({"lights"}), **CONNECTED), ev.ToolCall("weather", "t1", {}),
+        S.THINKING, do=[fx.Send]),
     "its answer": Case(m(S.THINKING, tools=(PendingTool("t1", "weather", NOW + 5),), **CONNECTED),
                        i.ToolResult("t1", "sunny", False), S.THINKING, model_has={"tools": ()},
                        do=[fx.Send("client_tool_result", '{"type":"client_tool_result","tool_call_id":"t1",'

@@ -241,7 +241,7 @@ class FlakySpeaker(WavFileOutput):
 async def _daemon_in_process(agent: FakeAgent, tmp_path: Path, mic: Any, speaker: Any):
     settings = load_settings(None, agent_id="agent_faults", server_url=agent.http_url, api_key=CANARY,
                              session={"policy": "persistent", "backoff_initial": 0.2, "backoff_max": 1.0},
-                             api={"port": free_port()})
+                             api={"port": free_port(), "socket": str(tmp_path / "api.sock")})
     daemon = Daemon(settings, Parts(audio_in=mic, audio_out=speaker))
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
@@ -250,7 +250,7 @@ async def _daemon_in_process(agent: FakeAgent, tmp_path: Path, mic: Any, speaker
             if task.done():
                 raise AssertionError(f"the daemon ended early: {task.result()!r}")
             await asyncio.sleep(0.05)
-        async with EventClient(settings.api.port) as events:
+        async with EventClient(tmp_path / "api.sock") as events:
             yield daemon, events
     finally:
         stop.set()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import unix_connect
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
 from .support_faults import (CANARY, TcpProxy, agent_signatures, fault_daemon, fault_env, make_wav, metric,
@@ -145,7 +145,7 @@ async def test_messages_queued_while_offline_are_bounded(tmp_path: Path, command
             await run.wait_state("offline", 10)
             pid = run.daemon.proc.pid  # type: ignore[union-attr]
             before = await _rss_mb(pid)
-            async with connect(f"ws://127.0.0.1:{run.daemon.api_port}/events", max_size=None) as ws:
+            async with unix_connect(str(run.daemon.api_socket), uri="ws://localhost/events", max_size=None) as ws:
                 await ws.recv()  # the snapshot
 
                 async def acks() -> int:

@@ -121,3 +121,13 @@ def test_hardening_keeps_audio_gpio_and_sd_notify_working() -> None:
     # A filtered system call fails with EPERM instead of killing the daemon mid-sentence.
     assert _one("Service", "SystemCallErrorNumber") == "EPERM"
     assert "ProcSubset" not in {k for _, k, _ in _directives()}  # alsa-lib reads /proc/asound
+
+
+def test_reload_socket_and_file_limit() -> None:
+    """systemctl reload sends SIGHUP (the daemon validates first); the event API's socket
+    lives in a runtime directory only the service's group may enter; room for connections."""
+    assert _one("Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert _one("Service", "RuntimeDirectory") == "pi-agent"
+    assert _one("Service", "RuntimeDirectoryMode") == "0750"
+    assert _one("Service", "Group") == "pi-agent"
+    assert int(_one("Service", "LimitNOFILE")) >= 4096

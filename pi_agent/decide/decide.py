@@ -20,7 +20,7 @@ from ..engine.backoff import Outcome
 from ..gpio.button import ButtonEvent, ButtonIntent
 from . import effects as fx
 from . import inputs as i
-from .model import MAX_REPORTED, THINKING_TIMEOUT, TOOL_RESULT_TIMEOUT, Model, PendingTool
+from .model import MAX_REPORTED, THINKING_TIMEOUT, Model, PendingTool
 from . import states
 from .states import State, Trigger
 
@@ -318,10 +318,12 @@ def _correction(s: _Step, event: ev.AgentCorrection) -> None:
 def _tool_call(s: _Step, event: ev.ToolCall) -> None:
     s.publish(type="client_tool_call", tool_name=event.tool_name, tool_call_id=event.tool_call_id,
               parameters=dict(event.parameters))
-    if s.m.subscribers == 0:
+    handlers = s.m.tool_handlers
+    if event.tool_name in handlers or "*" in handlers:
+        deadline = s.now + s.m.config.tool_timeout
+        s.set(tools=(*s.m.tools, PendingTool(event.tool_call_id, event.tool_name, deadline)))
+    else:  # nobody said they answer it: no point in keeping the agent waiting
         _answer_tool(s, event.tool_call_id, f"client tool {event.tool_name!r} is not available on this device", True)
-    else:
-        s.set(tools=(*s.m.tools, PendingTool(event.tool_call_id, event.tool_name, s.now + TOOL_RESULT_TIMEOUT)))
 
 
 def _tool_response(s: _Step, event: ev.AgentToolResponse) -> None:
@@ -429,7 +431,7 @@ _HANDLERS: dict[type, _Handler] = {
     i.ToolResult: _tool_result,
     i.DeviceFailed: _device_failed,
     i.DeviceRecovered: _device_recovered,
-    i.Subscribers: lambda s, e: s.set(subscribers=e.count),
+    i.ToolHandlers: lambda s, e: s.set(tool_handlers=e.tools),
     i.OpenConversation: lambda s, e: s.do(fx.Request()),
     i.ShuttingDown: lambda s, e: s.set(shutting_down=True),
     # the conversation

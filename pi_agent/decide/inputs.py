@@ -93,10 +93,10 @@ class DeviceRecovered:
 
 
 @dataclass(frozen=True, slots=True)
-class Subscribers:
-    """How many event-API clients are listening (who may answer a client tool call)."""
+class ToolHandlers:
+    """The client tools that event-API clients have said they answer (``"*"``: every tool)."""
 
-    count: int
+    tools: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +111,6 @@ class ShuttingDown:
 
 Input = (
     ev.Event | Ready | TurnStarted | TurnEnded | PlayedOut | Tick | Button | StartListening | StopListening
-    | Stop | SetMuted | Say | ContextualUpdate | ToolResult | DeviceFailed | DeviceRecovered | Subscribers
+    | Stop | SetMuted | Say | ContextualUpdate | ToolResult | DeviceFailed | DeviceRecovered | ToolHandlers
     | OpenConversation | ShuttingDown
 )

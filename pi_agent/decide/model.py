@@ -14,7 +14,6 @@ from ..gpio.button import ButtonPolicy
 from .states import State
 
 THINKING_TIMEOUT = 15.0  # s in "thinking" with no reply before going back to idle
-TOOL_RESULT_TIMEOUT = 10.0  # s an event-API client has to answer a client tool call
 MAX_REPORTED = 64  # distinct failure lines remembered for "log once" (forgotten on success)
 BUTTON_AT_REST = ButtonPolicy()  # no gesture under way; frozen, so every model can share this one
 
@@ -28,11 +27,12 @@ class Config:
     toggle: bool = False  # push_to_talk: a press starts the turn and the next ends it
     earcons: frozenset[str] = frozenset({"listening", "done", "error", "offline"})
     transcripts: bool = True  # log what was said
+    tool_timeout: float = 10.0  # s an event-API client has to answer a client tool it handles
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Config:
         return cls(settings.capture.mode, settings.audio.echo == "half_duplex", settings.capture.toggle,
-                   frozenset(settings.audio.earcons), settings.log.transcripts)
+                   frozenset(settings.audio.earcons), settings.log.transcripts, settings.api.tool_timeout)
 
     @property
     def push_to_talk(self) -> bool:
@@ -67,7 +67,7 @@ class Model:
     thinking_since: float | None = None
     tools: tuple[PendingTool, ...] = ()
     reported: frozenset[str] = frozenset()  # failure lines already logged at their level
-    subscribers: int = 0  # event-API clients listening
+    tool_handlers: frozenset[str] = frozenset()  # client tools event-API clients answer ("*": all)
     shutting_down: bool = False
 
     @property

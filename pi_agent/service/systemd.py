@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ class Notifier:
     def stopping(self) -> bool:
         """Shutdown has begun."""
         return self.send("STOPPING=1")
+
+    def reloading(self) -> bool:
+        """A reload has begun (SIGHUP); ``READY=1`` follows once it is done."""
+        return self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
     def watchdog(self) -> bool:
         """Keep-alive for ``WatchdogSec=``."""

@@ -1,0 +1,183 @@
+"""The CLI's side of the event API: ``pi-agent status`` and ``pi-agent say`` talking to a
+running daemon over its Unix socket (or, for ``status``, the TCP view)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect, unix_connect
+
+from ..config import ApiSettings
+from .api import HOST, client_socket_paths
+
+OPEN_TIMEOUT = 3.0
+
+
+class Unreachable(Exception):
+    """No daemon answers where we looked; the message says where that was."""
+
+
+@contextlib.asynccontextmanager
+async def open_daemon(api: ApiSettings, *, view: bool = True) -> AsyncIterator[tuple[ClientConnection, str]]:
+    """The first daemon that answers: on a Unix socket (full access), else (``view``) the TCP
+    view. Yields the connection and where it is."""
+    tried: list[str] = []
+    for path in client_socket_paths(api.socket):
+        if not path.exists():
+            continue
+        try:
+            ws = await unix_connect(str(path), uri="ws://localhost/events", open_timeout=OPEN_TIMEOUT,
+                                    compression=None, max_size=None)
+        except PermissionError:
+            tried.append(f"{path} (permission denied: join the daemon's group, e.g. sudo adduser $USER pi-agent, "
+                         "then log in again)")
+            continue
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as e:
+            tried.append(f"{path} ({_why(e)})")
+            continue
+        async with ws:
+            yield ws, str(path)
+        return
+    if view and api.port:
+        url = f"ws://{HOST}:{api.port}/events"
+        try:
+            ws = await connect(url, open_timeout=OPEN_TIMEOUT, compression=None)
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as e:
+            tried.append(f"{url} ({_why(e)})")
+        else:
+            async with ws:
+                yield ws, f"{url} (a view: no transcripts; the Unix socket gives everything)"
+            return
+    raise Unreachable("; ".join(tried) or "no socket or port is configured ([api] socket, [api] port)")
+
+
+def _why(e: BaseException) -> str:
+    return str(getattr(e, "strerror", None) or e)[:120]
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+async def status(api: ApiSettings, follow: bool) -> int:
+    """Print the snapshot; with ``follow``, JSON lines: the snapshot, then every event, until
+    the daemon goes or the reader does (``| head -1``). Exit 0; 1 if no daemon answers."""
+    try:
+        async with open_daemon(api) as (ws, where):
+            snapshot = json.loads(await ws.recv())
+            snapshot["api"] = where
+            if not follow:
+                _print(json.dumps(snapshot, indent=2))
+                return 0
+            _print(json.dumps(snapshot))
+            reader_gone = _reader_gone()
+            try:
+                while True:
+                    recv = asyncio.ensure_future(ws.recv())
+                    either: list[asyncio.Future[Any]] = [recv, reader_gone]
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                    if reader_gone.done():
+                        recv.cancel()
+                        _silence_stdout()
+                        return 0
+                    message = recv.result()
+                    _print(message if isinstance(message, str) else message.decode(errors="replace"))
+            except websockets.ConnectionClosed:
+                return 0
+            finally:
+                reader_gone.cancel()
+    except Unreachable as e:
+        print(f"pi-agent status: cannot reach the daemon: {e}; is pi-agent running?", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # status --follow | head -1: the reader has what it wanted
+        _silence_stdout()
+    except websockets.ConnectionClosed:
+        return 0 if follow else 1
+    return 0
+
+
+def _reader_gone() -> asyncio.Future[None]:
+    """Done when stdout is a pipe whose reader has closed it (a poll of the write end reports
+    an error then), so that ``--follow | head -1`` ends even when no event comes."""
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+    try:
+        fd = sys.stdout.fileno()
+        is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except (OSError, ValueError):
+        is_pipe = False
+    if is_pipe:
+        def closed() -> None:
+            loop.remove_reader(fd)
+            if not gone.done():
+                gone.set_result(None)
+        loop.add_reader(fd, closed)
+        gone.add_done_callback(lambda _: loop.remove_reader(fd))
+    return gone
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+
+
+async def say(api: ApiSettings, text: str, timeout: float) -> int | None:
+    """``say`` through a running daemon: it speaks the reply, we print it. None when no
+    daemon answers on a Unix socket (the caller then runs the exchange itself)."""
+    try:
+        async with open_daemon(api, view=False) as (ws, _):
+            return await _exchange(ws, text, timeout)
+    except Unreachable:
+        return None
+    except websockets.ConnectionClosed:
+        print("pi-agent say: the daemon closed the connection", file=sys.stderr)
+        return 1
+
+
+async def _exchange(ws: ClientConnection, text: str, timeout: float) -> int:
+    await ws.recv()  # the snapshot
+    await ws.send(json.dumps({"type": "say", "text": text}))
+    deadline = time.monotonic() + timeout
+    responses: list[str] = []
+    spoke = False
+    answered_at: float | None = None
+    while True:
+        now = time.monotonic()
+        if answered_at is not None and not spoke and now - answered_at > 2.0:
+            break  # the daemon plays nothing (no speaker, or muted): the text is the answer
+        wait = deadline - now if answered_at is None or spoke else min(deadline - now, 0.25)
+        if wait <= 0:
+            if answered_at is None:
+                print(f"pi-agent say: no reply within {timeout:g} s", file=sys.stderr)
+                return 1
+            break
+        try:
+            event: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), wait))
+        except TimeoutError:
+            continue
+        kind = event.get("type")
+        if kind == "error" and event.get("source") == "api":
+            print(f"pi-agent say: {event.get('message')}", file=sys.stderr)
+            return 1
+        if kind == "agent_response":
+            responses.append(str(event.get("text", "")))
+            answered_at = answered_at or time.monotonic()
+        elif kind == "state" and event.get("state") == "speaking":
+            spoke = True
+        elif kind == "state" and event.get("previous") == "speaking" and responses:
+            break
+    for response in responses:
+        _print(response)
+    return 0
+
+
+__all__ = ["Unreachable", "open_daemon", "say", "status"]
