@@ -143,6 +143,12 @@ class ApiSettings(_Section):
                              "are refused with 503")
     tool_timeout: float = Field(10.0, gt=0, le=600, description="seconds a client that handles a client tool "
                                 "(handle_tools) has to answer a call of it; unhandled tools are refused at once")
+    page: Literal["captions", "status", "off"] = Field(
+        "captions", description="the kiosk page at http://127.0.0.1:<port>/: captions shows the state and what "
+        "was said as it streams (to the page, and to any local program that connects as the page does: use "
+        "status where that is private); status: the state only; off: no page")
+    page_control: bool = Field(False, description="the page's Talk, Stop and Mute buttons work (default: the "
+                               "page only shows)")
 
 
 class LedSettings(_Section):

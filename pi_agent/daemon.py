@@ -157,16 +157,18 @@ class Daemon:
         return int(getattr(self.audio_out, "device_underflows", 0))
 
     def _snapshot_extra(self) -> dict[str, Any]:
-        from .gpio.leds import LedInputs, picture
         counters: dict[str, Any] = {**self.metrics.totals(), "capture_overflows": self.audio_in.overflows,
                                     "playback_underruns": self.audio_out.underruns}
-        pic = getattr(self.leds, "picture", None)
-        if pic is None:
-            s = self.controller.status
-            pic = picture(LedInputs(s.state, s.connected, s.muted, s.backing_off, s.error))
-        leds = {"top": pic.top.value, "connection": pic.connection.value, "activity": pic.activity.value,
-                "rgb": pic.rgb.value, "color": list(pic.color)}
-        return {"counters": counters, "leds": leds}
+        return {"counters": counters, "leds": _leds(self.controller.status), "problem": self._problem()}
+
+    def _problem(self) -> str | None:
+        ok, reason = self.controller.health()
+        return None if ok else reason
+
+    def _publish_status(self, status: Status) -> None:
+        """For screens (the kiosk page): the state as the LEDs show it, and what is wrong."""
+        self.hub.publish({"type": "status", "state": status.state.value, "connected": status.connected,
+                          "muted": status.muted, "problem": self._problem(), "leds": _leds(status)})
 
     # --- GPIO -----------------------------------------------------------------------------
 
@@ -271,6 +273,7 @@ class Daemon:
                  self.settings.agent_id, self.settings.server_url, self.settings.session.policy,
                  self.settings.capture.mode, self.settings.audio.echo)
         self.controller.observe(self._notify_status)
+        self.controller.observe(self._publish_status)
         died: BaseExceptionGroup[Exception] | None = None
         try:
             async with self:
@@ -345,6 +348,13 @@ class Daemon:
                         len(stuck), SHUTDOWN_BUDGET)
         self._close_gpio()
         self.notifier.close()
+
+
+def _leds(status: Status) -> dict[str, Any]:
+    from .gpio.leds import LedInputs, picture
+    pic = picture(LedInputs(status.state, status.connected, status.muted, status.backing_off, status.error))
+    return {"top": pic.top.value, "connection": pic.connection.value, "activity": pic.activity.value,
+            "rgb": pic.rgb.value, "color": list(pic.color)}
 
 
 def _raise_file_limit(wanted: int = 4096) -> None:

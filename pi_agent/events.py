@@ -2,30 +2,35 @@
 
 Each event is serialised once, whatever the number of subscribers. Every subscriber
 gets its own bounded queue; one that falls too far behind is cut off (its queue
-receives ``None``) instead of letting memory grow. A *view* subscriber (the TCP
-port: any local process, the daemon's own pages) gets only the events in
-:data:`VIEW_EVENTS`: what the daemon is doing, never what anybody said.
+receives ``None``) instead of letting memory grow. A subscriber sees the events of its
+level: ``full`` (the Unix socket) everything; ``captions`` (the kiosk page) what the
+daemon does and what was said, as a screen shows it; ``status`` (any local program on
+the TCP port) only what the daemon does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Literal
 
 Event = dict[str, Any]
+Level = Literal["full", "captions", "status"]
 
-VIEW_EVENTS = frozenset({"state", "connection", "mute", "interruption"})
+STATUS_EVENTS = frozenset({"state", "status", "connection", "mute", "interruption"})
+CAPTION_EVENTS = STATUS_EVENTS | {"user_transcript", "agent_response", "agent_response_part",
+                                  "agent_response_correction", "agent_response_complete"}
+_SHOWN: dict[Level, frozenset[str] | None] = {"full": None, "captions": CAPTION_EVENTS, "status": STATUS_EVENTS}
 
 
 class Subscription:
     """One subscriber's queue of JSON texts (None: cut off, too slow)."""
 
-    __slots__ = ("queue", "view_only")
+    __slots__ = ("level", "queue")
 
-    def __init__(self, maxsize: int, view_only: bool) -> None:
+    def __init__(self, maxsize: int, level: Level) -> None:
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize)
-        self.view_only = view_only
+        self.level = level
 
 
 class EventHub:
@@ -33,8 +38,8 @@ class EventHub:
         self._maxsize = maxsize
         self._subs: set[Subscription] = set()
 
-    def subscribe(self, *, view_only: bool = False) -> Subscription:
-        sub = Subscription(self._maxsize, view_only)
+    def subscribe(self, level: Level = "full") -> Subscription:
+        sub = Subscription(self._maxsize, level)
         self._subs.add(sub)
         return sub
 
@@ -45,9 +50,10 @@ class EventHub:
         if not self._subs:
             return
         text = json.dumps(event)
-        private = event.get("type") not in VIEW_EVENTS
+        kind = event.get("type")
         for sub in list(self._subs):
-            if private and sub.view_only:
+            shown = _SHOWN[sub.level]
+            if shown is not None and kind not in shown:
                 continue
             if sub.queue.qsize() >= self._maxsize - 1:
                 self._subs.discard(sub)  # too slow: cut it off, with an end marker

@@ -15,7 +15,9 @@ PROFILE="${PROFILE:-demo}"
 # Debian 12, libasound2t64 on Debian 13), so it is not named here.
 debs=(portaudio19-dev python3-venv python3-dev gcc)
 if [ "$PROFILE" = test ]; then
-    debs+=(alsa-utils pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox systemd iproute2 shellcheck)
+    # chromium: the kiosk page and the official JavaScript client are tested in a real browser.
+    debs+=(alsa-utils pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox systemd iproute2 shellcheck
+           chromium)
 fi
 
 missing=()

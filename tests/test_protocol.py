@@ -70,8 +70,46 @@ SERVER_EXAMPLES: list[tuple[dict, type]] = [
 ]
 
 
+# What servers send that the copied contract does not describe: each with where it is from.
+OUTSIDE_SPEC_EXAMPLES: list[tuple[dict, type, str]] = [
+    ({"type": "agent_chat_response_part", "text_response_part": {"text": "Hel", "type": "delta",
+                                                                 "event_id": "evt_123456"}},
+     p.AgentChatResponsePart, "the official docs show string ids; the contract types them as integers"),
+    ({"type": "agent_response_metadata", "agent_response_metadata_event": {"event_id": 3}},
+     p.AgentResponseMetadata, "newer servers; listed by the Python SDK 2.78 as a client event, no schema"),
+    ({"type": "agent_response_complete", "agent_response_complete_event": {"event_id": 3}},
+     p.AgentResponseComplete, "newer servers; listed by the Python SDK 2.78 as a client event, no schema"),
+]
+
+
 def test_examples_cover_every_server_type_of_the_spec() -> None:
-    assert {m["type"] for m, _ in SERVER_EXAMPLES} == set(p.SERVER_MESSAGE_TYPES)
+    spec_types = {m["type"] for m, _ in SERVER_EXAMPLES}
+    assert spec_types | {m["type"] for m, _, _ in OUTSIDE_SPEC_EXAMPLES} == set(p.SERVER_MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize(("message", "kind", "source"), OUTSIDE_SPEC_EXAMPLES,
+                         ids=[m["type"] for m, _, _ in OUTSIDE_SPEC_EXAMPLES])
+def test_messages_outside_the_contract_are_decoded_too(message: dict, kind: type, source: str) -> None:
+    event = p.decode(json.dumps(message))
+    assert isinstance(event, kind)
+    assert event.event_id == (message.get("text_response_part") or message[f"{message['type']}_event"])[
+        "event_id"]
+
+
+def test_text_part_ids_are_kept_as_they_came() -> None:
+    for event_id in (3, "evt_3"):
+        part = p.decode(json.dumps({"type": "agent_chat_response_part", "text_response_part": {
+            "text": "a", "type": "delta", "event_id": event_id}}))
+        assert part == p.AgentChatResponsePart("a", "delta", event_id)
+    with pytest.raises(ProtocolError):
+        p.decode('{"type":"agent_chat_response_part","text_response_part":{"text":"a","type":"delta","event_id":[1]}}')
+
+
+def test_contextual_update_with_a_context_id_validates() -> None:
+    msg = json.loads(p.encode_contextual_update("door open", context_id="door"))
+    assert msg == {"type": "contextual_update", "text": "door open", "context_id": "door"}
+    validate_client_message(msg)
+    assert "context_id" not in json.loads(p.encode_contextual_update("x"))
 
 
 @pytest.mark.parametrize(("message", "kind"), SERVER_EXAMPLES, ids=[m["type"] for m, _ in SERVER_EXAMPLES])

@@ -310,6 +310,10 @@ def _agent_response(s: _Step, event: ev.AgentResponse) -> None:
     s.publish(type="agent_response", text=event.text, event_id=event.event_id)
 
 
+def _text_part(s: _Step, event: ev.AgentTextPart) -> None:
+    s.publish(type="agent_response_part", part=event.part, text=event.text, event_id=event.event_id)
+
+
 def _correction(s: _Step, event: ev.AgentCorrection) -> None:
     s.publish(type="agent_response_correction", original=event.original, corrected=event.corrected,
               event_id=event.event_id)
@@ -427,7 +431,7 @@ _HANDLERS: dict[type, _Handler] = {
     i.Stop: lambda s, e: _stop(s),
     i.SetMuted: lambda s, e: _set_muted(s, e.muted),
     i.Say: lambda s, e: _send(s, "user_message", p.encode_user_message(e.text)),
-    i.ContextualUpdate: lambda s, e: _send(s, "contextual_update", p.encode_contextual_update(e.text)),
+    i.ContextualUpdate: lambda s, e: _send(s, "contextual_update", p.encode_contextual_update(e.text, e.context_id)),
     i.ToolResult: _tool_result,
     i.DeviceFailed: _device_failed,
     i.DeviceRecovered: _device_recovered,
@@ -442,6 +446,10 @@ _HANDLERS: dict[type, _Handler] = {
     ev.UserTranscript: _user_transcript,
     ev.AgentResponse: _agent_response,
     ev.AgentCorrection: _correction,
+    ev.AgentTextPart: _text_part,
+    ev.AgentResponseComplete: lambda s, e: s.publish(type="agent_response_complete", event_id=e.event_id),
+    ev.AgentResponseMetadata: lambda s, e: s.publish(type="agent_response_metadata", event_id=e.event_id,
+                                                     metadata=dict(e.data)),
     ev.ToolCall: _tool_call,
     ev.AgentToolResponse: _tool_response,
     ev.ServerError: _server_error,

@@ -72,6 +72,7 @@ class Say:
 @dataclass(frozen=True, slots=True)
 class ContextualUpdate:
     text: str
+    context_id: str | None = None  # only the latest update of an id stays in the agent's context
 
 
 @dataclass(frozen=True, slots=True)

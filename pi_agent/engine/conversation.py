@@ -522,6 +522,15 @@ class Engine:
     def _on_correction(self, conn: _Connection, event: p.AgentResponseCorrection, now: float) -> None:
         self._events.append(ev.AgentCorrection(event.original, event.corrected, event.event_id))
 
+    def _on_text_part(self, conn: _Connection, event: p.AgentChatResponsePart, now: float) -> None:
+        self._events.append(ev.AgentTextPart(event.part_type, event.text, event.event_id))
+
+    def _on_response_complete(self, conn: _Connection, event: p.AgentResponseComplete, now: float) -> None:
+        self._events.append(ev.AgentResponseComplete(event.event_id))
+
+    def _on_response_metadata(self, conn: _Connection, event: p.AgentResponseMetadata, now: float) -> None:
+        self._events.append(ev.AgentResponseMetadata(event.event_id, event.data))
+
     def _on_tool_call(self, conn: _Connection, event: p.ClientToolCall, now: float) -> None:
         self._events.append(ev.ToolCall(event.tool_name, event.tool_call_id, dict(event.parameters)))
 
@@ -547,6 +556,9 @@ _HANDLERS: dict[type, _Handler] = {  # the one dispatch over protocol events
     p.UserTranscript: Engine._on_user_transcript,
     p.AgentResponse: Engine._on_agent_response,
     p.AgentResponseCorrection: Engine._on_correction,
+    p.AgentChatResponsePart: Engine._on_text_part,
+    p.AgentResponseComplete: Engine._on_response_complete,
+    p.AgentResponseMetadata: Engine._on_response_metadata,
     p.ClientToolCall: Engine._on_tool_call,
     p.AgentToolResponse: Engine._on_tool_response,
     p.ErrorEvent: Engine._on_error,

@@ -61,6 +61,30 @@ class AgentResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentTextPart:
+    """The agent's text as it is generated: ``start``, then ``delta`` pieces, then ``stop``."""
+
+    part: str
+    text: str
+    event_id: int | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResponseComplete:
+    """Newer servers: the agent's response is complete."""
+
+    event_id: int | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResponseMetadata:
+    """Newer servers: metadata about an agent response, as it came."""
+
+    event_id: int | str | None
+    data: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class AgentCorrection:
     original: str
     corrected: str
@@ -111,8 +135,9 @@ class Closed:
     lasted: float = 0.0        # seconds the conversation was open
 
 
-Event = (Connecting | Opened | AgentAudio | Interrupted | UserTranscript | AgentResponse
-         | AgentCorrection | ToolCall | AgentToolResponse | ServerError | Notice | Closed)
+Event = (Connecting | Opened | AgentAudio | Interrupted | UserTranscript | AgentResponse | AgentTextPart
+         | AgentResponseComplete | AgentResponseMetadata | AgentCorrection | ToolCall | AgentToolResponse
+         | ServerError | Notice | Closed)
 
 
 # --- actions: what the I/O shell must do ---------------------------------------------------

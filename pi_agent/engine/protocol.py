@@ -69,9 +69,31 @@ class AgentResponseCorrection:
 
 @dataclass(frozen=True, slots=True)
 class AgentChatResponsePart:
+    """A piece of the agent's text as it is generated (``start``, ``delta``, ``stop``).
+
+    The contract types the id as an integer; the official docs show strings such as
+    ``"evt_123456"``: both are accepted and kept as they came (the id only groups parts)."""
+
     text: str
     part_type: str
-    event_id: int | None
+    event_id: int | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResponseMetadata:
+    """Sent by newer servers about an agent response; not in the copied contract, so
+    its payload is kept as it came (only an ``event_id`` in it is read)."""
+
+    event_id: int | str | None
+    data: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResponseComplete:
+    """Newer servers: the agent's response is complete (its text and audio all sent)."""
+
+    event_id: int | str | None
+    data: Mapping[str, Any] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +245,9 @@ ServerEvent = (
     | AgentToolResponseFullPayload | McpToolCall | McpConnectionStatus | VadScore | ContextUsage
     | AsrInitiationMetadata | GuardrailTriggered | InternalTurnProbability
     | InternalTentativeAgentResponse | AgentTyping | ExternalAgentConnected
-    | ExternalAgentDisconnected | ErrorEvent | Unknown
+    | ExternalAgentDisconnected | ErrorEvent | AgentResponseMetadata | AgentResponseComplete | Unknown
 )
+Decoder = Callable[[Mapping[str, Any]], ServerEvent]
 
 
 # --- decoding ----------------------------------------------------------------------------
@@ -276,6 +299,13 @@ class _Fields:
         if isinstance(v, float) and v.is_integer():
             return int(v)
         raise ProtocolError(f"{self._where}.{name} must be an integer, got {v!r:.40}")
+
+    def identifier(self, name: str, required: bool = True) -> Any:
+        """An id that may be an integer (the contract) or a string (``"evt_123"``, the docs)."""
+        v = self._get(name, required)
+        if v is None or isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)):
+            return v
+        raise ProtocolError(f"{self._where}.{name} must be an integer or a string, got {type(v).__name__}")
 
     def number(self, name: str, required: bool = True) -> Any:
         v = self._get(name, required)
@@ -354,7 +384,21 @@ def _correction(m: Mapping[str, Any]) -> ServerEvent:
 
 def _chat_part(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "text_response_part", "agent_chat_response_part")
-    return AgentChatResponsePart(f.text("text"), f.text("type"), f.integer("event_id", False))
+    return AgentChatResponsePart(f.text("text"), f.text("type"), f.identifier("event_id", False))
+
+
+def _response_event(mtype: str, cls: Callable[[Any, Mapping[str, Any]], ServerEvent]) -> Decoder:
+    """A decoder for a message outside the copied contract: its payload object (under
+    ``<type>_event`` or ``<type>``, else the message itself) is kept as it came."""
+    def decode(m: Mapping[str, Any]) -> ServerEvent:
+        for key in (f"{mtype}_event", mtype):
+            if key in m:
+                f = _Fields(m, key, mtype)
+                break
+        else:
+            f = _Fields(m, None, mtype)
+        return cls(f.identifier("event_id", False), f.raw())
+    return decode
 
 
 def _reasoning_part(m: Mapping[str, Any]) -> ServerEvent:
@@ -452,7 +496,7 @@ def _error(m: Mapping[str, Any]) -> ServerEvent:
                       f.text("reason", False))
 
 
-_DECODERS: dict[str, Callable[[Mapping[str, Any]], ServerEvent]] = {
+_DECODERS: dict[str, Decoder] = {
     "conversation_initiation_metadata": _metadata,
     "audio": _audio,
     "user_transcript": _user_transcript,
@@ -460,6 +504,8 @@ _DECODERS: dict[str, Callable[[Mapping[str, Any]], ServerEvent]] = {
     "agent_response": _agent_response,
     "agent_response_correction": _correction,
     "agent_chat_response_part": _chat_part,
+    "agent_response_metadata": _response_event("agent_response_metadata", AgentResponseMetadata),
+    "agent_response_complete": _response_event("agent_response_complete", AgentResponseComplete),
     "agent_reasoning_response_part": _reasoning_part,
     "interruption": _interruption,
     "ping": _ping,
@@ -544,8 +590,13 @@ def encode_tool_result(tool_call_id: str, result: str, *, is_error: bool = False
                    "result": str(result), "is_error": bool(is_error)})
 
 
-def encode_contextual_update(text: str) -> str:
-    return _dumps({"type": "contextual_update", "text": text})
+def encode_contextual_update(text: str, context_id: str | None = None) -> str:
+    """Background information for the agent; with ``context_id`` only the latest update
+    of that id stays in the agent's context."""
+    msg = {"type": "contextual_update", "text": text}
+    if context_id is not None:
+        msg["context_id"] = context_id
+    return _dumps(msg)
 
 
 def encode_user_message(text: str) -> str:

@@ -72,6 +72,18 @@ class FakeAgentOptions:
     """More open conversations than this get ``queue_status`` and close 3008."""
     strict_input: bool = True
     """Non-JSON text and binary frames get ``error`` (1008, ``invalid_message``) and close 1008."""
+    stream_text: bool = True
+    """Before each ``agent_response``, stream its text as ``agent_chat_response_part``
+    messages (``start``, a ``delta`` per word, ``stop``), as the server does when the agent
+    enables that client event."""
+    text_part_ids: str = "integer"
+    """``integer``: text parts carry the turn's event id, as the contract types it;
+    ``string``: ``"evt_<n>"``, as the official docs show (outside the contract)."""
+    text_part_ms: float = 40.0
+    """Milliseconds between two streamed words."""
+    response_events: bool = True
+    """Send ``agent_response_metadata`` before each turn and ``agent_response_complete``
+    after it, as newer servers do (outside the copied contract; recorded as such)."""
     record_audio: bool = True
     """Keep user PCM and audio payloads in the records (turn off for long soak runs)."""
 
@@ -96,8 +108,10 @@ class FakeAgentOptions:
             raise ConfigError(f"fake agent: end_call_after must be >= 1 (got {self.end_call_after})")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise ConfigError(f"fake agent: max_concurrent must be >= 1 (got {self.max_concurrent})")
-        if self.reply_delay < 0 or self.wait_for_init < 0:
-            raise ConfigError("fake agent: reply_delay and wait_for_init must be >= 0")
+        if self.text_part_ids not in ("integer", "string"):
+            raise ConfigError(f"fake agent: text_part_ids must be integer or string (got {self.text_part_ids!r})")
+        if self.reply_delay < 0 or self.wait_for_init < 0 or self.text_part_ms < 0:
+            raise ConfigError("fake agent: reply_delay, wait_for_init and text_part_ms must be >= 0")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reply-seconds", metavar="S", type=float, default=None, help="cut the reply clip (fast mode)")
     parser.add_argument("--send-speed", metavar="X", type=float, default=d.send_speed,
                         help="audio send speed vs real time")
+    parser.add_argument("--no-stream-text", dest="stream_text", action="store_false",
+                        help="send no agent_chat_response_part before each agent_response")
+    parser.add_argument("--text-part-ids", choices=("integer", "string"), default=d.text_part_ids,
+                        help="ids of the text parts: integers as the contract, or evt_<n> strings as the docs")
+    parser.add_argument("--no-response-events", dest="response_events", action="store_false",
+                        help="send no agent_response_metadata / agent_response_complete")
 
 
 def options_from_args(ns: argparse.Namespace) -> FakeAgentOptions:

@@ -38,6 +38,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from .audio import REPLY_WAV, AudioFormat, EnergyGate, SpeechEnded, SpeechStarted, audio_format, decode, reply_audio
 from .options import FakeAgentOptions
@@ -516,6 +517,11 @@ class _Session:
             await self.call_tool(tool, o.tool_parameters, event_id=eid, stop=stop)
         if stop.is_set():
             return
+        if o.response_events:  # newer servers; outside the copied contract
+            await self.send({"type": "agent_response_metadata", "agent_response_metadata_event": {
+                "event_id": eid, "conversation_id": rec.id}}, in_spec=False)
+        if o.stream_text and await self._stream_text(text, eid, stop):
+            return
         await self.send({"type": "agent_response", "agent_response_event": {"agent_response": text, "event_id": eid}})
         audio = self.agent._reply
         chunk = self.out_fmt.bytes_for(o.chunk_ms / 1000)
@@ -540,9 +546,30 @@ class _Session:
             return
         turn.completed = True
         self._completed_turns += 1
+        if o.response_events:
+            await self.send({"type": "agent_response_complete", "agent_response_complete_event": {"event_id": eid}},
+                            in_spec=False)
         self.agent._notify()
         if o.end_call_after is not None and self._completed_turns >= o.end_call_after:
             await self.end_call()
+
+    async def _stream_text(self, text: str, eid: int, stop: asyncio.Event) -> bool:
+        """The reply's text as it is "generated": start, a delta per word, stop. The contract
+        types the id as an integer; ``text_part_ids="string"`` sends ``"evt_<n>"`` as the
+        official docs show (then the parts are recorded as outside the contract).
+        Returns True if the turn was stopped meanwhile."""
+        o = self.options
+        part_id: int | str = eid if o.text_part_ids == "integer" else f"evt_{eid}"
+        in_spec = o.text_part_ids == "integer"
+        words = text.split(" ")
+        pieces = ["", *(w + (" " if n < len(words) - 1 else "") for n, w in enumerate(words)), ""]
+        for n, piece in enumerate(pieces):
+            kind = "start" if n == 0 else "stop" if n == len(pieces) - 1 else "delta"
+            await self.send({"type": "agent_chat_response_part", "text_response_part": {
+                "text": piece, "type": kind, "event_id": part_id}}, in_spec=in_spec)
+            if kind == "delta" and await self._pause(stop, o.text_part_ms / 1000):
+                return True
+        return False
 
     async def call_tool(
         self,
@@ -691,6 +718,9 @@ class FakeAgent:
             o.host,
             o.port,
             process_request=self._process_request,
+            # The official JavaScript client offers the `convai` subprotocol (a browser fails a
+            # connection whose offer is not selected); the Python SDK and pi-agent offer none.
+            select_subprotocol=lambda _connection, offered: Subprotocol("convai") if "convai" in offered else None,
             max_size=MAX_INCOMING,
             ping_interval=None,
             open_timeout=OPEN_TIMEOUT,

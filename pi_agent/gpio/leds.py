@@ -183,6 +183,13 @@ def picture(inputs: LedInputs) -> LedPicture:
                       rgb=rgb, color=color)
 
 
+def state_colors() -> dict[str, str]:
+    """Each top state's RGB colour as CSS (the kiosk page's light); off is a dim grey."""
+    def css(color: Color) -> str:
+        return "#2a2a2a" if color == BLACK else "#" + "".join(f"{round(c * 255):02x}" for c in color)
+    return {state.value: css(color) for state, (_, color, _) in _LOOKS.items()}
+
+
 def describe(pic: LedPicture) -> str:
     """One line for logs and ``pi-agent test-leds``."""
     rgb = "off" if pic.rgb is Pattern.OFF else f"{_color_name(pic.color)} {pic.rgb}"

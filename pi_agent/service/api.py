@@ -26,7 +26,10 @@ and a connection that sends no request is dropped after :data:`OPEN_TIMEOUT`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -37,17 +40,19 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve, unix_serve
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from ..config import ApiSettings
 from ..controller import Controller
 from ..decide import inputs as i
-from ..events import EventHub, Subscription
+from ..events import EventHub, Level, Subscription
 from ..metrics import Metrics
 
 log = logging.getLogger("pi_agent.api")
@@ -129,7 +134,7 @@ class _Field:
 _COMMANDS: dict[str, dict[str, _Field]] = {
     "start_listening": {}, "stop_listening": {}, "stop": {}, "mute": {}, "unmute": {},
     "say": {"text": _Field(str)},
-    "contextual_update": {"text": _Field(str)},
+    "contextual_update": {"text": _Field(str), "context_id": _Field(str, False)},
     "tool_result": {"tool_call_id": _Field(str), "result": _Field(str), "is_error": _Field(bool, False)},
     "handle_tools": {"tools": _Field(list)},
 }
@@ -167,6 +172,41 @@ def parse_command(message: str | bytes) -> dict[str, Any]:
     return cmd
 
 
+_ALL_COMMANDS = frozenset(_COMMANDS)
+_PAGE_COMMANDS = frozenset({"start_listening", "stop_listening", "stop", "mute", "unmute"})
+
+
+# --- the kiosk page --------------------------------------------------------------------------------
+
+
+@functools.cache
+def _page_html() -> bytes:
+    """page.html with each state's colour from the LED picture (one source for both)."""
+    from ..gpio.leds import state_colors
+
+    text = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+    return text.replace("/*LOOKS*/{}", json.dumps(state_colors())).encode()
+
+
+def _script_hash(html: bytes) -> str:
+    start = html.index(b"<script>") + len(b"<script>")
+    script = html[start:html.index(b"</script>", start)]
+    return "sha256-" + base64.b64encode(hashlib.sha256(script).digest()).decode()
+
+
+@functools.cache
+def _page_headers() -> dict[str, str]:
+    """The page runs nothing but its own script, talks to nothing but its own origin, and
+    no other site may frame it."""
+    return {
+        "Content-Type": "text/html; charset=utf-8",
+        "Cache-Control": "no-store",
+        "X-Frame-Options": "DENY",
+        "Content-Security-Policy": (f"default-src 'none'; script-src '{_script_hash(_page_html())}'; "
+                                    "style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'"),
+    }
+
+
 # --- the server ----------------------------------------------------------------------------------
 
 
@@ -177,6 +217,8 @@ class ApiServer:
                  extra_snapshot: Callable[[], dict[str, Any]], *, socket_path: Path | None) -> None:
         self.port = settings.port
         self.socket_path = socket_path
+        self._page = settings.page
+        self._page_control = settings.page_control
         self._max_clients = settings.max_clients
         self._controller = controller
         self._hub = hub
@@ -270,13 +312,18 @@ class ApiServer:
         origin = request.headers.get("Origin")
         if origin is not None and origin not in {f"http://{h}" for h in own}:
             return _json(connection, HTTPStatus.FORBIDDEN, {"error": "this API serves no other web origin"})
-        return self._http(connection, request)
+        return self._http(connection, request, page=True)
 
     def _http_unix(self, connection: ServerConnection, request: Request) -> Response | None:
         return self._http(connection, request)
 
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _http(self, connection: ServerConnection, request: Request, *, page: bool = False) -> Response | None:
         path = request.path.split("?", 1)[0]
+        if page and path in ("/", "/index.html") and self._page != "off":
+            page_html = _page_html()
+            headers = Headers(_page_headers())
+            headers["Content-Length"] = str(len(page_html))
+            return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, page_html)
         if path == "/events":
             return self._subscribers_full(connection)
         if path == "/healthz":
@@ -288,29 +335,31 @@ class ApiServer:
             response = connection.respond(HTTPStatus.OK, self._metrics.render().decode())
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return response
-        return _json(connection, HTTPStatus.NOT_FOUND, {"error": "not found",
-                                                        "paths": ["/events", "/healthz", "/metrics"]})
+        paths = ["/", "/events", "/healthz", "/metrics"] if page and self._page != "off" else [
+            "/events", "/healthz", "/metrics"]
+        return _json(connection, HTTPStatus.NOT_FOUND, {"error": "not found", "paths": paths})
 
     # --- WebSocket ---------------------------------------------------------------------------
 
     async def _handle_unix(self, ws: ServerConnection) -> None:
-        await self._serve(ws, view_only=False)
+        await self._serve(ws, "full", _ALL_COMMANDS)
 
     async def _handle_tcp(self, ws: ServerConnection) -> None:
-        await self._serve(ws, view_only=True)
+        """The page (a browser at the daemon's own origin) gets captions, and with
+        ``page_control`` its buttons; anything else on the port gets the status view."""
+        page = ws.request is not None and ws.request.headers.get("Origin") is not None  # _http_tcp checked it
+        if page and self._page == "captions":
+            await self._serve(ws, "captions", _PAGE_COMMANDS if self._page_control else frozenset())
+        else:
+            await self._serve(ws, "status", _PAGE_COMMANDS if page and self._page_control else frozenset())
 
-    async def _serve(self, ws: ServerConnection, *, view_only: bool) -> None:
-        sub = self._hub.subscribe(view_only=view_only)
+    async def _serve(self, ws: ServerConnection, level: Level, allowed: frozenset[str]) -> None:
+        sub = self._hub.subscribe(level)
         forward = asyncio.create_task(self._forward(ws, sub))
         try:
-            await ws.send(json.dumps(self.snapshot()))
+            await ws.send(json.dumps({**self.snapshot(), "page_control": bool(allowed) and level != "full"}))
             async for message in ws:
-                if view_only:
-                    reply = _api_error("this connection is a view: commands are taken on the Unix socket "
-                                       "(pi-agent status shows where)")
-                else:
-                    reply = self._command(ws, message)
-                await ws.send(json.dumps(reply))
+                await ws.send(json.dumps(self._command(ws, message, allowed)))
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -328,12 +377,17 @@ class ApiServer:
         except websockets.ConnectionClosed:
             pass
 
-    def _command(self, ws: ServerConnection, message: str | bytes) -> dict[str, Any]:
+    def _command(self, ws: ServerConnection, message: str | bytes, allowed: frozenset[str]) -> dict[str, Any]:
+        if not allowed:
+            return _api_error("this connection is a view: commands are taken on the Unix socket "
+                              "(pi-agent status shows where)")
         try:
             cmd = parse_command(message)
         except CommandError as e:
             return _api_error(str(e))
         name: str = cmd["type"]
+        if name not in allowed:
+            return _api_error(f"the page may send only {', '.join(sorted(allowed))}")
         c = self._controller
         simple: dict[str, i.Input] = {
             "start_listening": i.StartListening(), "stop_listening": i.StopListening(),
@@ -344,7 +398,7 @@ class ApiServer:
         elif name == "say":
             c.dispatch(i.Say(cmd["text"]))
         elif name == "contextual_update":
-            c.dispatch(i.ContextualUpdate(cmd["text"]))
+            c.dispatch(i.ContextualUpdate(cmd["text"], cmd.get("context_id")))
         elif name == "tool_result":
             if not c.tool_result(cmd["tool_call_id"], cmd["result"], cmd.get("is_error", False)):
                 return _api_error(f"no pending tool call {cmd['tool_call_id'][:80]!r}")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import stat
 import sys
 import time
@@ -78,7 +79,8 @@ async def status(api: ApiSettings, follow: bool) -> int:
             if not follow:
                 _print(json.dumps(snapshot, indent=2))
                 return 0
-            _print(json.dumps(snapshot))
+            show = _Terminal() if sys.stdout.isatty() else None
+            _print(show.snapshot(snapshot) if show else json.dumps(snapshot))
             reader_gone = _reader_gone()
             try:
                 while True:
@@ -90,7 +92,11 @@ async def status(api: ApiSettings, follow: bool) -> int:
                         _silence_stdout()
                         return 0
                     message = recv.result()
-                    _print(message if isinstance(message, str) else message.decode(errors="replace"))
+                    text = message if isinstance(message, str) else message.decode(errors="replace")
+                    if show is None:
+                        _print(text)
+                    else:
+                        show.event(json.loads(text))
             except websockets.ConnectionClosed:
                 return 0
             finally:
@@ -103,6 +109,53 @@ async def status(api: ApiSettings, follow: bool) -> int:
     except websockets.ConnectionClosed:
         return 0 if follow else 1
     return 0
+
+
+class _Terminal:
+    """``status --follow`` on a terminal: one line per thing said, the agent's line
+    rewritten in place as its text streams (JSON lines go to pipes instead)."""
+
+    def __init__(self) -> None:
+        self._streaming = ""  # the agent's words so far, on the current (unfinished) line
+
+    def snapshot(self, s: dict[str, Any]) -> str:
+        conn = f"conversation {s.get('conversation_id')}" if s.get("connected") else "no conversation"
+        extra = f"; {s['problem']}" if s.get("problem") else ""
+        return f"pi-agent: {s.get('state')} ({conn}, {s.get('mode')} capture){extra} [{s.get('api')}]"
+
+    def event(self, e: dict[str, Any]) -> None:
+        kind = e.get("type")
+        if kind == "agent_response_part":
+            if e.get("part") == "start":
+                self._finish()
+            self._streaming += str(e.get("text", ""))
+            width = shutil.get_terminal_size().columns - 8
+            sys.stdout.write("\r\x1b[Kagent: " + self._streaming[-width:])
+            sys.stdout.flush()
+        elif kind == "agent_response":
+            self._streaming = ""
+            self._line(f"agent: {e.get('text', '')}")
+        elif kind == "interruption":
+            if self._streaming:
+                self._streaming += " \u2014"
+                self._finish()
+            self._line("(interrupted)")
+        elif kind == "user_transcript":
+            self._line(f"you:   {e.get('text', '')}")
+        elif kind == "state":
+            self._line(f"  {e.get('previous')} -> {e.get('state')}")
+        elif kind not in ("status", "agent_response_complete", "ack"):
+            self._line(f"  {kind}: {json.dumps({k: v for k, v in e.items() if k != 'type'})[:200]}")
+
+    def _finish(self) -> None:
+        if self._streaming:
+            sys.stdout.write("\r\x1b[Kagent: " + self._streaming + "\n")
+            self._streaming = ""
+
+    def _line(self, text: str) -> None:
+        if self._streaming:  # the agent's line is left as it stands; the full text follows
+            sys.stdout.write("\r\x1b[K")
+        _print(text)
 
 
 def _reader_gone() -> asyncio.Future[None]:
