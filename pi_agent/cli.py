@@ -60,8 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     speaker.add_argument("--seconds", type=float, default=1.0)
     speaker.add_argument("--freq", type=float, default=440.0)
     mic = sub.add_parser("test-mic", help="record a few seconds; print the level and whether VAD hears speech")
-    mic.add_argument("--seconds", type=float, default=3.0)
+    mic.add_argument("--seconds", type=float, default=None, help="how long (default: 3, or 30 with --wake-word)")
     mic.add_argument("--play", action="store_true", help="play the recording back")
+    mic.add_argument("--wake-word", action="store_true", help="print each detection of capture.wake_word with "
+                     "its probability, and the near misses, to tune capture.wake_word_threshold")
     return parser
 
 
@@ -128,7 +130,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "test-mic":
         audio, capture = _section(args, "audio", AudioSettings), _section(args, "capture", CaptureSettings)
         _logging(_log_level(args))
-        return asyncio.run(diag.test_mic(audio, capture, args.seconds, args.play))
+        seconds = args.seconds if args.seconds is not None else 30.0 if args.wake_word else 3.0
+        return asyncio.run(diag.test_mic(audio, capture, seconds, args.play, args.wake_word))
     if cmd == "status":
         from .service import client
         api = _section(args, "api", ApiSettings)

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from .audio.wakeword import BUILTIN as WAKE_WORDS
 from .errors import ConfigError
 
 ENV_PREFIX = "PI_AGENT_"
@@ -89,9 +90,10 @@ class SessionSettings(_Section):
 class CaptureSettings(_Section):
     """When the microphone's audio is sent to the agent."""
 
-    mode: Literal["push_to_talk", "vad", "always"] = Field(
+    mode: Literal["push_to_talk", "vad", "wake_word", "always"] = Field(
         "vad", description="push_to_talk: while the button is held (or toggled); vad: when voice "
-        "activity is detected; always: continuously (echo-cancelling hardware, kiosks)")
+        "activity is detected; wake_word: nothing until the wake word is heard, then as vad (and the "
+        "button still works); always: continuously (echo-cancelling hardware, kiosks)")
     toggle: bool = Field(False, description="push_to_talk: a press starts listening and the next press stops")
     vad_aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode, 0 (lenient) to 3 (strict)")
     preroll: float = Field(0.3, ge=0, le=2.0, description="seconds of audio before VAD triggered "
@@ -99,7 +101,24 @@ class CaptureSettings(_Section):
     hangover: float = Field(0.8, gt=0, le=5.0, description="seconds of non-speech before VAD "
                             "decides the user stopped speaking")
     privacy: bool = Field(False, description="send zero-filled chunks instead of audio whenever "
-                          "the user is not speaking (vad mode)")
+                          "the user is not speaking (vad mode; wake_word always does)")
+    wake_word: str = Field("okay_nabu", min_length=1, description="wake_word mode: a shipped model "
+                           f"({', '.join(WAKE_WORDS)}) or the path of a custom microWakeWord model's JSON "
+                           "manifest (its .tflite beside it)")
+    wake_word_threshold: float | None = Field(None, gt=0, lt=1, description="wake_word mode: the "
+                                              "probability a detection needs; lower hears the wake word more "
+                                              "readily and is fooled more often (default: the model's own, "
+                                              "0.85 for okay_nabu; pi-agent test-mic --wake-word shows it)")
+    follow_up: float = Field(5.0, ge=0, le=60, description="wake_word mode: seconds after the agent's reply "
+                             "in which the user may answer without the wake word (0: never)")
+
+    @field_validator("wake_word")
+    @classmethod
+    def _model_or_manifest(cls, v: str) -> str:
+        if v not in WAKE_WORDS and not v.endswith(".json"):
+            raise ValueError(f"not a shipped model ({', '.join(WAKE_WORDS)}) nor the path of a model's "
+                             ".json manifest")
+        return v
 
 
 class AudioSettings(_Section):

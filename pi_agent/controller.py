@@ -112,15 +112,18 @@ class Controller:
             return
         now = self._clock()
         echo_until = self.output.audible_until() + self._echo_tail if model.config.half_duplex else 0.0
-        out = self.gate.process(frame, now, echo_mute_until=echo_until, muted=model.muted)
+        out = self.gate.process(frame, now, echo_mute_until=echo_until, muted=model.muted,
+                                open_until=model.follow_up_until or 0.0)
         engine = self.engine
+        if out.wake is not None:
+            self.dispatch(i.WakeWord(out.wake))
         if out.started:
             self.dispatch(i.TurnStarted())
             engine.send_preroll(out.preroll, out.preroll_was_sent, now)
         for f in out.frames:
             engine.send_audio(f, out.speech, now)
         if out.ended:
-            self.dispatch(i.TurnEnded())
+            self.dispatch(i.TurnEnded(out.nothing_said))
         if self.session is not None:
             self.session.pump()
 

@@ -23,8 +23,8 @@ from . import __version__
 from .alarms import GrowthAlarm
 from .audio import AudioInput, AudioOutput
 from .audio.formats import MicEncoder, decode_pcm
-from .audio.gate import CaptureGate
-from .config import AudioSettings, Settings
+from .audio.gate import CaptureGate, WakeWord
+from .config import AudioSettings, CaptureSettings, Settings
 from .controller import Controller
 from .decide import inputs as i
 from .decide.model import Status
@@ -42,6 +42,8 @@ from .service.systemd import Notifier, watchdog_loop
 
 if TYPE_CHECKING:
     from gpiozero import Factory as PinFactory
+
+    from .audio.wakeword import WakeWordDetector
 else:
     PinFactory = Any
 
@@ -64,6 +66,7 @@ class Parts:
     pin_factory: PinFactory | None = None
     notifier: Notifier | None = None
     vad: Vad | None = None
+    wake_word: WakeWord | None = None  # wake_word mode's detector (default: the configured model)
     connect: Connector | None = None  # opens the WebSocket (default: pi_agent.net.link.open_link)
     fetch_url: SignedUrlFetcher | None = None  # fetches a signed URL (default: HTTPS to the server)
     backoff: Backoff | None = None
@@ -95,6 +98,14 @@ def make_vad(aggressiveness: int) -> Vad:
     return lambda frame: bool(vad.is_speech(frame, MIC_RATE))
 
 
+def make_wake_word(c: CaptureSettings) -> WakeWordDetector | None:
+    """The wake_word mode's detector (None in the other modes); :class:`ConfigError` if it cannot run."""
+    if c.mode != "wake_word":
+        return None
+    from .audio.wakeword import WakeWordDetector
+    return WakeWordDetector(c.wake_word, c.wake_word_threshold)
+
+
 def encoder_for(fmt: str) -> Callable[[bytes], bytes]:
     return MicEncoder(fmt).encode
 
@@ -114,8 +125,11 @@ class Daemon:
         preroll = c.preroll
         if c.mode == "push_to_talk":  # streaming starts at the hold: keep what came before it
             preroll = max(preroll, min(2.0, settings.button.hold_time + 0.1))
-        self.gate = CaptureGate(c.mode, parts.vad or make_vad(c.vad_aggressiveness), preroll=preroll,
-                                hangover=c.hangover, privacy=c.privacy)
+        self.wake_word = parts.wake_word or make_wake_word(c)
+        self.gate = CaptureGate(c.mode, parts.vad or make_vad(c.vad_aggressiveness), wake_word=self.wake_word,
+                                preroll=preroll, hangover=c.hangover, privacy=c.privacy)
+        if self.wake_word is not None:
+            self.metrics.watch_wake_word(lambda: self.gate.wake_words)
         self.engine = Engine(s, encoder_factory=encoder_for, decode_audio=decode_pcm, backoff=parts.backoff)
         self.controller = Controller(settings, gate=self.gate, output=self.audio_out, engine=self.engine,
                                      metrics=self.metrics, hub=self.hub, clock=parts.clock)
@@ -184,7 +198,7 @@ class Daemon:
             else:
                 driver = self.leds
                 self.controller.observe(lambda s: driver.apply(
-                    picture(LedInputs(s.state, s.connected, s.muted, s.backing_off, s.error))))
+                    picture(LedInputs.of(s))))
         if button.pin is not None:
             from .gpio.button import ButtonInput
             try:
@@ -272,6 +286,9 @@ class Daemon:
         log.info("pi-agent %s starting: agent %s at %s, %s policy, %s capture, %s", __version__,
                  self.settings.agent_id, self.settings.server_url, self.settings.session.policy,
                  self.settings.capture.mode, self.settings.audio.echo)
+        if self.wake_word is not None:
+            log.info("listening for the %s; follow-ups without it for %g s after a reply",
+                     getattr(self.wake_word, "description", "wake word"), self.settings.capture.follow_up)
         self.controller.observe(self._notify_status)
         self.controller.observe(self._publish_status)
         died: BaseExceptionGroup[Exception] | None = None
@@ -352,7 +369,7 @@ class Daemon:
 
 def _leds(status: Status) -> dict[str, Any]:
     from .gpio.leds import LedInputs, picture
-    pic = picture(LedInputs(status.state, status.connected, status.muted, status.backing_off, status.error))
+    pic = picture(LedInputs.of(status))
     return {"top": pic.top.value, "connection": pic.connection.value, "activity": pic.activity.value,
             "rgb": pic.rgb.value, "color": list(pic.color)}
 
@@ -403,6 +420,7 @@ async def run_daemon(settings: Settings, parts: Parts | None = None, stop: async
             assert reload is not None
             try:
                 new = reload()
+                make_wake_word(new.capture)  # a model that does not load is refused like a bad setting
             except ConfigError as e:
                 for line in str(e).splitlines():
                     log.error("reload refused, the configuration in use stays: %s", line)

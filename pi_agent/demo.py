@@ -222,7 +222,7 @@ async def run_demo(out: Path | None = None) -> int:
         last: list[str] = []
 
         def show_leds(s: Any) -> None:
-            text = describe(picture(LedInputs(s.state, s.connected, s.muted, s.backing_off, s.error)))
+            text = describe(picture(LedInputs.of(s)))
             if [text] != last:
                 last[:] = [text]
                 log.info("leds: %s", text)

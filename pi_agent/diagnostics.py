@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .audio import FRAME_BYTES, MIC_RATE
+from .audio import FRAME_BYTES, FRAME_MS, MIC_RATE
 from .audio.formats import dbfs
 from .config import AudioSettings, ButtonSettings, CaptureSettings, LedSettings, Settings
-from .errors import ConnectError, DeviceError
+from .errors import ConfigError, ConnectError, DeviceError
 
 OK, FAIL, SKIP = " ok ", "FAIL", "skip"
 
@@ -79,6 +79,7 @@ async def check(settings: Settings, config_source: str) -> int:
             raise errors[0]
         return f"{_what(audio_out)} opens"
 
+    failed += _check_capture(settings.capture)
     await device("microphone", mic)
     await device("speaker", speaker)
     gpio = _gpio_summary(settings)
@@ -98,6 +99,28 @@ async def check(settings: Settings, config_source: str) -> int:
         _line(FAIL, "agent", str(e))
     print(f"pi-agent {__version__}: {'all checks passed' if not failed else f'{failed} check(s) failed'}")
     return 1 if failed else 0
+
+
+def _check_capture(c: CaptureSettings) -> int:
+    """The capture mode, and which modes this machine can run; 1 if the configured one cannot."""
+    from .audio.gate import MODES
+    from .audio.wakeword import unavailable
+    from .daemon import make_wake_word
+
+    reason = unavailable()
+    modes = ", ".join(m for m in MODES if m != "wake_word" or reason is None)
+    here = f"modes available here: {modes}" + (f" (not wake_word: {reason})" if reason else "")
+    if c.mode != "wake_word":
+        _line(OK, "capture", f"{c.mode}; {here}")
+        return 0
+    try:
+        detector = make_wake_word(c)
+    except ConfigError as e:
+        _line(FAIL, "capture", f"{e}\n{here}")
+        return 1
+    assert detector is not None
+    _line(OK, "capture", f"wake_word: the {detector.description} loads; follow-ups for {c.follow_up:g} s; {here}")
+    return 0
 
 
 def _what(part: Any) -> str:
@@ -247,18 +270,29 @@ async def test_speaker(audio: AudioSettings, seconds: float = 1.0, freq: float =
 
 
 async def test_mic(audio: AudioSettings, capture: CaptureSettings, seconds: float = 3.0,
-                   play_back: bool = False) -> int:
+                   play_back: bool = False, wake_word: bool = False) -> int:
     from .daemon import make_audio_input, make_audio_output, make_vad
 
+    listener = _WakeWordListener(capture) if wake_word else None  # a model that does not load: exit 78
     audio_in = make_audio_input(audio)
     frames: list[bytes] = []
     errors: list[DeviceError] = []
+
+    def on_frame(frame: bytes) -> None:
+        frames.append(frame)
+        if listener is not None:
+            listener.feed(frame, len(frames) * FRAME_MS / 1000)
+
     try:
-        await audio_in.open(frames.append, errors.append)
+        await audio_in.open(on_frame, errors.append)
     except DeviceError as e:
         print(f"pi-agent test-mic: {e}")
         return 1
-    print(f"recording {seconds:g} s from {_what(audio_in)}: speak now", flush=True)
+    if listener is not None:
+        print(f"listening {seconds:g} s on {_what(audio_in)} for the {listener.detector.description}: say it "
+              "a few times, near and far, and talk as people will near it", flush=True)
+    else:
+        print(f"recording {seconds:g} s from {_what(audio_in)}: speak now", flush=True)
     try:
         await asyncio.sleep(seconds)
     finally:
@@ -273,6 +307,8 @@ async def test_mic(audio: AudioSettings, capture: CaptureSettings, seconds: floa
     peak = 20 * np.log10(max(1, int(np.abs(samples.astype(np.int32)).max())) / 32768)
     print(f"level {dbfs(recorded):.1f} dBFS (peak {peak:.1f} dBFS); VAD heard speech in "
           f"{voiced * 20} ms of {len(frames) * 20} ms: {'speech detected' if voiced >= 10 else 'no speech'}")
+    if listener is not None:
+        listener.summary()
     if play_back:
         audio_out = make_audio_output(audio)
         await audio_out.open(errors.append)
@@ -283,3 +319,48 @@ async def test_mic(audio: AudioSettings, capture: CaptureSettings, seconds: floa
         finally:
             await audio_out.close()
     return 0
+
+
+class _WakeWordListener:
+    """``test-mic --wake-word``: each detection as it happens, and the near misses, so that the
+    admin can choose ``capture.wake_word_threshold`` for the room."""
+
+    NEAR_MISS = 0.5  # of the threshold: a probability this high without a detection is shown
+
+    def __init__(self, capture: CaptureSettings) -> None:
+        from .audio.wakeword import WakeWordDetector
+        self.detector = WakeWordDetector(capture.wake_word, capture.wake_word_threshold)
+        self.detections: list[float] = []
+        self._miss: tuple[float, float] | None = None  # the highest probability below the threshold, when
+        self._best_miss = 0.0
+
+    def feed(self, frame: bytes, at: float) -> None:
+        d = self.detector
+        p = d.probability(frame)
+        if p >= d.threshold:
+            d.reset()
+            self._miss = None  # the rise to this detection, not a miss
+            self.detections.append(p)
+            print(f"{at:7.2f} s  wake word heard: probability {p:.3f} (threshold {d.threshold:g})", flush=True)
+            return
+        if p > 0 and (self._miss is None or p > self._miss[0]):
+            self._miss = (p, at)
+        if self._miss is not None and at - self._miss[1] > 0.5:  # no detection followed it
+            self._flush_miss()
+
+    def _flush_miss(self) -> None:
+        if self._miss is None:
+            return
+        p, at = self._miss
+        self._miss = None
+        self._best_miss = max(self._best_miss, p)
+        if p >= self.NEAR_MISS * self.detector.threshold:
+            print(f"{at:7.2f} s  near miss: probability {p:.3f} (threshold {self.detector.threshold:g})", flush=True)
+
+    def summary(self) -> None:
+        self._flush_miss()
+        d = self.detector
+        heard = ", ".join(f"{p:.2f}" for p in self.detections) or "none"
+        print(f"wake word {d.phrase!r}: {len(self.detections)} detection(s) ({heard}); highest probability "
+              f"without one: {self._best_miss:.2f}. Missed it? Lower capture.wake_word_threshold (now {d.threshold:g}) "
+              "towards the near misses; woken by other talk? Raise it.")

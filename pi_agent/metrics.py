@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from .engine.conversation import Engine
 
+
 class Metrics:
     """Every figure ``/metrics`` shows."""
 
@@ -31,12 +32,17 @@ class Metrics:
         self._device_counts: dict[str, Callable[[], int]] = {}
         self._engine: Engine | None = None
         self._playback_dropped: Callable[[], int] = lambda: 0
+        self._wake_words: Callable[[], int] | None = None
         r.register(_Collector(self))
 
     def watch_engine(self, engine: Engine, playback_dropped: Callable[[], int]) -> None:
         """Expose the engine's counters, and the agent audio the speaker had no room for."""
         self._engine = engine
         self._playback_dropped = playback_dropped
+
+    def watch_wake_word(self, detections: Callable[[], int]) -> None:
+        """Expose the wake-word detector's count of detections (wake_word mode)."""
+        self._wake_words = detections
 
     def watch_device_counter(self, name: str, read: Callable[[], int]) -> None:
         """Expose a device's own counter (overflows, underruns) read at scrape time."""
@@ -84,6 +90,9 @@ class Metrics:
             ping = GaugeMetricFamily("pi_agent_server_ping_ms", "Round trip the server last reported (ping_ms)")
             ping.add_metric([], float(stats.ping_ms or 0))
             yield ping
+        if self._wake_words is not None:
+            yield _counter("pi_agent_wake_word_detections", "Times the wake word was heard",
+                           self._safe(self._wake_words) or 0)
         devices = GaugeMetricFamily("pi_agent_audio_device_events", "Capture overflows and playback underruns",
                                     labels=["event"])
         for name, read in list(self._device_counts.items()):

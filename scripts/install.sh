@@ -159,7 +159,10 @@ write_config_template() {
 # backoff_max = 60.0  # reconnect delay cap in seconds (also how often a refused key is retried)
 
 [capture]
-# mode = "vad"  # vad: send speech when voice is detected; push_to_talk: while the button is held; always: all the time
+# mode = "vad"  # vad: send speech when voice is detected; push_to_talk: while the button is held; wake_word: nothing until the wake word; always: all the time
+# wake_word = "okay_nabu"  # wake_word mode: okay_nabu, hey_jarvis, hey_mycroft, alexa, or a custom model's .json manifest
+# wake_word_threshold = 0.85  # wake_word mode: lower hears it more readily (and is fooled more often); tune with pi-agent test-mic --wake-word
+# follow_up = 5.0  # wake_word mode: seconds after a reply in which an answer needs no wake word
 
 [audio]
 # input_device = "default"  # microphone: device name or a unique part of it (list them: pi-agent devices); as a service "default" is card 0, so name a USB device

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 import numpy as np
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from pi_agent.audio.files import WavFileInput, WavFileOutput
+from pi_agent.audio.gate import SPEECH_WAIT
 from pi_agent.daemon import Daemon, Parts
 from pi_agent.demo import DemoSettings
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
@@ -125,9 +127,12 @@ async def test_long_hold_toggles_mute_and_press_starts_listening_in_vad_mode(tmp
         await wait_state(daemon, "idle", 3)
         pin.drive_high()
         assert not daemon.controller.model.muted
-        # A short press starts listening (the VAD hangover then ends the silent turn).
+        # A short press starts listening; the user has SPEECH_WAIT to begin, and when nothing
+        # is said the turn ends without asking the agent anything.
         pin.drive_low()
         await asyncio.sleep(0.05)
+        pressed = time.monotonic()
         pin.drive_high()
         await wait_state(daemon, "listening", 2)
-        await wait_state(daemon, "thinking", 3)
+        await wait_state(daemon, "idle", SPEECH_WAIT + 2)
+        assert time.monotonic() - pressed >= SPEECH_WAIT - 0.1

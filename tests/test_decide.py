@@ -16,7 +16,7 @@ from pi_agent.audio.gate import GateCommand as G
 from pi_agent.decide import effects as fx
 from pi_agent.decide import inputs as i
 from pi_agent.decide.decide import decide
-from pi_agent.decide.model import THINKING_TIMEOUT, Config, Model, PendingTool, deadline, health
+from pi_agent.decide.model import THINKING_TIMEOUT, Config, Model, PendingTool, deadline, health, status
 from pi_agent.decide.states import TRANSITIONS, State, Trigger
 from pi_agent.engine import events as ev
 from pi_agent.engine.backoff import Outcome
@@ -269,6 +269,41 @@ CASES: dict[str, Case] = {
                                              dont=[fx.Gate(G.START_TURN)]),
     "a click while connecting does nothing": Case(m(S.CONNECTING), i.Button(B.PRESS), S.CONNECTING),
     "a click when offline tries at once": Case(m(S.OFFLINE), i.Button(B.PRESS), S.CONNECTING, do=[fx.Request()]),
+    # --- the wake word (the gate starts the turn itself: TurnStarted follows) ---
+    "the wake word says it heard": Case(m(S.IDLE, "wake_word"), i.WakeWord(0.97), S.IDLE,
+                                        do=[fx.Publish({"type": "wake_word", "probability": 0.97}),
+                                            fx.Earcon("listening")]),
+    "the wake word over the reply stops it (full duplex)": Case(
+        m(S.SPEAKING, "wake_word", half_duplex=False, **CONNECTED), i.WakeWord(0.9), S.IDLE,
+        do=[fx.Flush(), fx.Earcon("listening")]),
+    "... and listens at once if the user's turn is on": Case(
+        m(S.SPEAKING, "wake_word", half_duplex=False, in_turn=True, **CONNECTED), i.WakeWord(0.9), S.LISTENING,
+        do=[fx.Flush()]),
+    "the wake word within the user's turn is only noted": Case(
+        m(S.LISTENING, "wake_word", in_turn=True, **CONNECTED), i.WakeWord(0.9), S.LISTENING,
+        dont=[fx.Flush, fx.Earcon]),
+    "the turn after the wake word opens a conversation": Case(m(S.IDLE, "wake_word"), i.TurnStarted(), S.CONNECTING,
+                                                             do=[fx.Request()], model_has={"in_turn": True}),
+    "a wake word and then silence: back to waiting": Case(
+        m(S.LISTENING, "wake_word", in_turn=True, **CONNECTED), i.TurnEnded(nothing_said=True), S.IDLE,
+        dont=[fx.Earcon], model_has={"in_turn": False, "speech_ended_at": None}),
+    "a press and then silence while connecting": Case(
+        m(S.CONNECTING, in_turn=True), i.TurnEnded(nothing_said=True), S.CONNECTING, model_has={"in_turn": False}),
+    "the reply played out opens the follow-up window": Case(
+        m(S.SPEAKING, "wake_word", **CONNECTED), i.PlayedOut(), S.IDLE, model_has={"follow_up_until": NOW + 5.0}),
+    "... with follow_up = 0 it does not": Case(
+        Model(config=Config("wake_word", follow_up=0.0), state=S.SPEAKING, **CONNECTED), i.PlayedOut(), S.IDLE,
+        model_has={"follow_up_until": None}),
+    "... nor in vad mode": Case(m(S.SPEAKING, **CONNECTED), i.PlayedOut(), S.IDLE, model_has={"follow_up_until": None}),
+    "an answer in the window is a turn, and closes it": Case(
+        m(S.IDLE, "wake_word", follow_up_until=NOW + 3, **CONNECTED), i.TurnStarted(), S.LISTENING,
+        model_has={"follow_up_until": None}),
+    "the window closes at its deadline": Case(m(S.IDLE, "wake_word", follow_up_until=NOW, **CONNECTED), i.Tick(),
+                                              S.IDLE, model_has={"follow_up_until": None}),
+    "... not before": Case(m(S.IDLE, "wake_word", follow_up_until=NOW + 1, **CONNECTED), i.Tick(), S.IDLE,
+                           model_has={"follow_up_until": NOW + 1}),
+    "stop closes the window": Case(m(S.IDLE, "wake_word", follow_up_until=NOW + 3, **CONNECTED), i.Stop(), S.IDLE,
+                                   model_has={"follow_up_until": None}),
 }
 
 
@@ -327,6 +362,10 @@ def test_deadlines_and_health_are_derived_from_the_model() -> None:
     assert deadline(m(S.IDLE)) is None
     assert deadline(m(S.THINKING, thinking_since=10.0)) == 10.0 + THINKING_TIMEOUT
     assert deadline(m(S.THINKING, thinking_since=10.0, tools=(PendingTool("t", "x", 12.0),))) == 12.0
+    assert deadline(m(S.IDLE, "wake_word", follow_up_until=7.0)) == 7.0
+    assert status(m(S.IDLE, "wake_word", follow_up_until=7.0)).follow_up
+    assert status(m(S.IDLE, "wake_word")).wake_word and not status(m(S.IDLE, "wake_word")).follow_up
+    assert not status(m(S.IDLE)).wake_word
     assert health(m(S.IDLE)) == (True, "idle")
     assert health(m(S.OFFLINE, session_error="connection lost")) == (False, "offline: connection lost")
     assert health(m(S.ERROR, device_errors=(("speaker", "speaker: gone"),))) == (False, "speaker: gone")

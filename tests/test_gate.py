@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pi_agent.audio import FRAME_BYTES
-from pi_agent.audio.gate import SILENCE, CaptureGate, GateCommand
+from pi_agent.audio.gate import SILENCE, SPEECH_WAIT, CaptureGate, GateCommand
 
 LOUD = b"\x10\x20" * (FRAME_BYTES // 2)
 
@@ -89,3 +89,119 @@ def test_always_streams_and_respects_echo_and_mute() -> None:
     assert g.process(LOUD, 0.0, echo_mute_until=1.0).frames == [SILENCE]
     muted = g.process(LOUD, 0.0, muted=True)
     assert muted.frames == [SILENCE] and muted.ended
+
+
+# --------------------------------------------------------------------------- wake_word
+
+
+class Detector:
+    """A wake-word detector by table: fires on the frames in ``fires``; counts its resets."""
+
+    def __init__(self, fires: set[bytes]) -> None:
+        self.fires = fires
+        self.fed: list[bytes] = []
+        self.resets = 0
+
+    def __call__(self, frame: bytes) -> float | None:
+        self.fed.append(frame)
+        return 0.97 if frame in self.fires else None
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+def wake_gate(voiced: set[bytes], fires: set[bytes], **kw) -> tuple[CaptureGate, Detector]:
+    detector = Detector(fires)
+    return CaptureGate("wake_word", lambda f: f in voiced, wake_word=detector, **kw), detector
+
+
+def run(g: CaptureGate, fs: list[bytes], t0: float = 0.0, **kw) -> list:
+    return [g.process(f, t0 + n * 0.02, **kw) for n, f in enumerate(fs)]
+
+
+def test_wake_word_sends_nothing_and_starts_no_turn_until_it_is_heard() -> None:
+    talk = frames(200, 1)  # four seconds of speech that is not the wake word
+    g, detector = wake_gate(set(talk), set())
+    outs = run(g, talk)
+    assert all(o.frames == [SILENCE] and not o.started and not o.speech for o in outs)
+    assert detector.fed == talk  # the detector heard all of it
+    assert g.wake_words == 0
+
+
+def test_the_turn_starts_after_the_wake_word_without_it_and_ends_after_the_question() -> None:
+    word, pause, question, after = frames(15, 1), frames(10, 2), frames(40, 3), frames(60, 4)
+    g, _ = wake_gate(set(word) | set(question), {word[-1]}, hangover=0.4)
+    outs = run(g, word + pause + question + after)
+    sent = [f for o in outs for f in o.frames]
+    start = outs[len(word) - 1]
+    assert start.wake == 0.97 and start.started and start.speech and start.preroll == []
+    assert sent[: len(word)] == [SILENCE] * len(word)  # not a sample of the wake word goes out
+    assert sent[len(word):len(word) + 10 + 40] == pause + question  # all that follows does, from its start
+    ends = [n for n, o in enumerate(outs) if o.ended]
+    assert ends == [len(word) + 10 + 40 + 20 - 1] and not outs[ends[0]].nothing_said  # 400 ms hangover
+    assert all(o.frames == [SILENCE] for o in outs[ends[0] + 1:])  # back to waiting
+    assert g.wake_words == 1
+
+
+def test_a_wake_word_with_nothing_after_it_ends_the_turn_as_nothing_said() -> None:
+    word, silence = frames(5, 1), frames(250, 2)
+    g, _ = wake_gate(set(word), {word[-1]})
+    outs = run(g, word + silence)
+    ends = [n for n, o in enumerate(outs) if o.ended]
+    wait = round(SPEECH_WAIT / 0.02)
+    assert ends == [len(word) - 1 + wait] and outs[ends[0]].nothing_said  # the user had SPEECH_WAIT to begin
+
+
+def test_a_press_gives_the_user_time_to_begin_in_vad_and_wake_word_modes() -> None:
+    silence, question = frames(100, 1), frames(20, 2)  # 2 s of silence after the press, then speech
+    voiced = set(question)
+    for mode in ("vad", "wake_word"):
+        g = CaptureGate(mode, voiced.__contains__, wake_word=Detector(set()), hangover=0.4)
+        g.apply(GateCommand.START_TURN)
+        outs = run(g, silence + question + frames(25, 3))
+        assert not any(o.ended for o in outs[:120]), mode  # not ended by the silence before the question
+        assert [f for o in outs[:120] for f in o.frames] == silence + question, mode
+        assert outs[120 + 19].ended and not outs[120 + 19].nothing_said, mode
+
+
+def test_the_earcon_after_a_press_does_not_end_the_turn_or_mute_the_first_syllable() -> None:
+    """half_duplex: the "listening" earcon plays right after the press; the user may talk over its tail."""
+    question = frames(20, 2)
+    g = vad_gate(set(question), hangover=0.4)
+    g.apply(GateCommand.START_TURN)
+    outs = run(g, question, echo_mute_until=0.2)  # the earcon and the echo tail: the first 200 ms
+    assert [f for o in outs for f in o.frames] == question and not any(o.ended for o in outs)
+
+
+def test_follow_up_window_starts_a_turn_on_speech_without_the_wake_word() -> None:
+    quiet, answer = frames(20, 1), frames(20, 2)
+    g, _ = wake_gate(set(answer), set(), preroll=0.1)
+    outs = run(g, quiet + answer, open_until=5.0)
+    start = next(n for n, o in enumerate(outs) if o.started)
+    assert start == 20 + 2 and outs[start].wake is None
+    assert outs[start].preroll == quiet[-3:] + answer[:2] and not outs[start].preroll_was_sent
+    assert all(o.frames == [SILENCE] for o in outs[:start])  # privacy: nothing before the speech
+    # The same answer after the window closed opens nothing.
+    g, _ = wake_gate(set(answer), set())
+    outs = run(g, quiet + answer, t0=6.0, open_until=5.0)
+    assert not any(o.started for o in outs) and all(o.frames == [SILENCE] for o in outs)
+
+
+def test_the_wake_word_is_not_listened_for_while_the_speaker_is_echoed_or_muted() -> None:
+    word = frames(5, 1)
+    g, detector = wake_gate(set(word), set(word))
+    outs = run(g, word, echo_mute_until=1.0)
+    assert not any(o.wake for o in outs) and detector.fed == []
+    run(g, word[:1], t0=2.0, echo_mute_until=1.0)
+    assert detector.fed == word[:1]
+    out = g.process(word[1], 2.1, muted=True)
+    assert out.wake is None and detector.resets == 1  # afresh once it hears the room again
+
+
+def test_the_wake_word_during_a_turn_is_reported_and_the_turn_goes_on() -> None:
+    """Full duplex, the stop word: the gate reports it; the decisions flush the speaker."""
+    speech = frames(30, 1)
+    g, _ = wake_gate(set(speech), {speech[20]})
+    g.apply(GateCommand.START_TURN)
+    outs = run(g, speech)
+    assert outs[20].wake == 0.97 and not outs[20].started and g.in_turn

@@ -18,6 +18,7 @@ from pi_agent.gpio.leds import (
     BLUE,
     CYAN,
     DEMO_SEQUENCE,
+    DIM_WHITE,
     GREEN,
     MAGENTA,
     PRIORITY,
@@ -26,6 +27,7 @@ from pi_agent.gpio.leds import (
     LedDriver,
     LedInputs,
     LedPicture,
+    Look,
     Pattern,
     Timing,
     describe,
@@ -37,13 +39,14 @@ from pi_agent.decide.states import State
 
 P = Pattern
 S = State
+L = Look
 
 # --------------------------------------------------------------------------- the picture
 
 
 def test_priority_order_is_the_documented_one() -> None:
     assert PRIORITY == (S.ERROR, S.OFFLINE, S.MUTED, S.SPEAKING, S.THINKING, S.LISTENING,
-                        S.CONNECTING, S.IDLE)
+                        S.CONNECTING, L.FOLLOW_UP, L.WAKE_WORD, S.IDLE)
 
 
 # inputs -> (top, connection, activity, rgb pattern, colour)
@@ -83,6 +86,16 @@ PICTURES = [
     (LedInputs(S.OFFLINE, connected=True), (S.OFFLINE, P.OFF, P.OFF, P.ON, AMBER)),
     (LedInputs(S.CONNECTING, connected=True), (S.CONNECTING, P.BLINK, P.OFF, P.BLINK, WHITE)),
     (LedInputs(S.SPEAKING, connected=False), (S.SPEAKING, P.OFF, P.BLINK, P.BLINK, BLUE)),
+    # the wake_word mode: its idle waits for the wake word, or for an answer to the reply
+    (LedInputs(S.IDLE, connected=True, wake_word=True), (L.WAKE_WORD, P.ON, P.OFF, P.ON, DIM_WHITE)),
+    (LedInputs(S.IDLE, connected=False, wake_word=True), (L.WAKE_WORD, P.OFF, P.OFF, P.ON, DIM_WHITE)),
+    (LedInputs(S.IDLE, connected=True, wake_word=True, follow_up=True),
+     (L.FOLLOW_UP, P.ON, P.ON, P.PULSE, GREEN)),
+    (LedInputs(S.LISTENING, connected=True, wake_word=True), (S.LISTENING, P.ON, P.ON, P.ON, GREEN)),
+    (LedInputs(S.SPEAKING, connected=True, wake_word=True, follow_up=True),
+     (S.SPEAKING, P.ON, P.BLINK, P.BLINK, BLUE)),
+    (LedInputs(S.IDLE, connected=False, wake_word=True, backing_off=True),
+     (S.OFFLINE, P.BLINK, P.OFF, P.ON, AMBER)),
 ]
 
 
@@ -99,7 +112,9 @@ def test_every_state_has_a_picture_and_every_look_is_distinct() -> None:
             assert picture(LedInputs(state, connected=connected)).top in PRIORITY
     looks = {}
     for top in PRIORITY:
-        pic = picture(LedInputs(top, connected=True, muted=top is S.MUTED))
+        state = S.IDLE if top in (L.FOLLOW_UP, L.WAKE_WORD) else S(top.value)
+        pic = picture(LedInputs(state, connected=True, muted=top is L.MUTED, wake_word=top is L.WAKE_WORD,
+                                follow_up=top is L.FOLLOW_UP))
         assert pic.top is top
         looks[top] = (pic.activity, pic.rgb, pic.color)
     assert len(set(looks.values())) == len(PRIORITY)
@@ -109,10 +124,12 @@ def test_every_state_has_a_picture_and_every_look_is_distinct() -> None:
 
 
 @given(state=st.sampled_from(State), connected=st.booleans(), muted=st.booleans(),
-       backing_off=st.booleans(), error=st.booleans())
+       backing_off=st.booleans(), error=st.booleans(), wake_word=st.booleans(), follow_up=st.booleans())
 def test_picture_invariants(state: State, connected: bool, muted: bool, backing_off: bool,
-                            error: bool) -> None:
-    inputs = LedInputs(state, connected, muted=muted, backing_off=backing_off, error=error)
+                            error: bool, wake_word: bool, follow_up: bool) -> None:
+    follow_up = follow_up and wake_word
+    inputs = LedInputs(state, connected, muted=muted, backing_off=backing_off, error=error,
+                       wake_word=wake_word, follow_up=follow_up)
     pic = picture(inputs)
     # the top state is the highest-priority one that applies
     applies = {
@@ -123,11 +140,13 @@ def test_picture_invariants(state: State, connected: bool, muted: bool, backing_
         S.THINKING: state is S.THINKING,
         S.LISTENING: state is S.LISTENING,
         S.CONNECTING: state in (S.CONNECTING, S.STARTING),
+        L.FOLLOW_UP: follow_up,
+        L.WAKE_WORD: wake_word,
         S.IDLE: True,
     }
     assert pic.top == next(s for s in PRIORITY if applies[s]) == top_state(inputs)
-    # the activity LED is steadily on only while really listening
-    assert (pic.activity is P.ON) == (pic.top is S.LISTENING)
+    # the activity LED is steadily on only while what the user says goes to the agent
+    assert (pic.activity is P.ON) == (pic.top in (L.LISTENING, L.FOLLOW_UP))
     # the connection LED tells the connection's truth
     trying = backing_off or state is S.CONNECTING
     assert (pic.connection is P.BLINK) == trying
@@ -282,7 +301,7 @@ def test_a_session_that_ends_mid_speech_leaves_nothing_lit(factory: MockFactory,
         seen = watch(factory, ALL_PINS, active_high, seconds=0.1)
         assert seen[ACT] == "off"
         assert seen[CONN] == kind(pic.connection, pwm=False)
-        colour = pic.color if pwm_of(factory) else tuple(float(c >= 0.5) for c in pic.color)
+        colour = pic.color if pwm_of(factory) else tuple(float(c > 0) for c in pic.color)
         for pin, component in zip(RGB, colour, strict=True):
             assert seen[pin] == ("on" if component else "off")
             assert level(factory.pin(pin), active_high) == component

@@ -1,30 +1,42 @@
 """The capture gate: which mic audio goes to the agent, and when a user turn starts and ends.
 
 Pure: it is fed one 20 ms frame at a time with the current time and the facts it needs
-(echo mute deadline, user mute), and takes commands from the decisions
-(:meth:`CaptureGate.apply`: button pressed or released, turn started or ended); voice
-activity comes from an injected ``is_speech(frame) -> bool`` (webrtcvad in the daemon, a
-table in tests).
+(echo mute deadline, user mute, the follow-up window), and takes commands from the
+decisions (:meth:`CaptureGate.apply`: button pressed or released, turn started or
+ended); voice activity comes from an injected ``is_speech(frame) -> bool`` (webrtcvad
+in the daemon, a table in tests), the wake word from an injected detector
+(:class:`WakeWord`).
 
 Modes:
 
 ``push_to_talk``
     Real audio while the button is held (or toggled on), with ``preroll`` seconds of the
     audio before the press; zero-filled frames otherwise, so the server ends the turn.
-
-When a turn starts, :attr:`GateOutput.preroll` holds the audio just before it; the owner
-sends it unless it already went out live (``preroll_was_sent``) — and keeps it with the
-turn's other frames while a conversation is still being opened.
 ``vad``
     A turn starts when most of the last 100 ms is voiced, and ends after ``hangover``
     seconds of non-speech. The ``preroll`` before the trigger belongs to the turn, so the
     first syllable is sent. Non-speech audio is sent as is, or as zeros with ``privacy``.
+``wake_word``
+    Zeros until the wake word is heard (only the detector hears the room; VAD does not
+    even run); then a turn as in ``vad``, without the wake word. While a follow-up
+    window is open (``open_until``: after the agent's reply), speech starts a turn as in
+    ``vad`` with ``privacy``, no wake word needed.
 ``always``
     Real audio all the time; every frame counts as part of the user's turn.
 
+When a turn starts, :attr:`GateOutput.preroll` holds the audio just before it; the owner
+sends it unless it already went out live (``preroll_was_sent``) — and keeps it with the
+turn's other frames while a conversation is still being opened.
+
+A turn begun by a command (a press, the API) or by the wake word gives the user
+:data:`SPEECH_WAIT` seconds to begin before the hangover counts; a turn in which nothing
+was said ends with :attr:`GateOutput.nothing_said`.
+
 Echo (``half_duplex``): until ``echo_mute_until`` (the speaker's real play-out time plus
-a tail) frames are zeros and VAD does not run, so the agent never hears itself. A held
-push-to-talk button overrides it: the controller has flushed the speaker by then.
+a tail) frames are zeros and neither VAD nor the wake word runs, so the agent never
+hears itself. A held push-to-talk button, or a turn begun for the user that is still
+waiting for them to speak, overrides it: the controller has flushed the speaker by then,
+and all that plays is the earcon that asked them to speak.
 """
 
 from __future__ import annotations
@@ -33,12 +45,25 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import FRAME_BYTES, FRAME_MS
 
 SILENCE = bytes(FRAME_BYTES)
 TRIGGER_WINDOW = 5  # frames (100 ms) looked at to decide that speech started
 TRIGGER_VOICED = 3  # of which this many must be voiced
+SPEECH_WAIT = 4.0  # s a turn begun by a press or the wake word waits for the user to begin
+MODES = ("push_to_talk", "vad", "wake_word", "always")
+
+
+class WakeWord(Protocol):
+    """A wake-word detector (:class:`~pi_agent.audio.wakeword.WakeWordDetector`)."""
+
+    def __call__(self, frame: bytes) -> float | None:
+        """Feed one frame: the detection's probability if the wake word ended here, else None."""
+
+    def reset(self) -> None:
+        """Forget what was heard (the mic was muted in between)."""
 
 
 class GateCommand(enum.StrEnum):
@@ -46,7 +71,7 @@ class GateCommand(enum.StrEnum):
 
     PRESS = "press"            # push_to_talk: the button is held (or toggled on)
     RELEASE = "release"        # push_to_talk: released (the turn ends on the next frame)
-    START_TURN = "start_turn"  # vad/always: a turn starts now (button, API)
+    START_TURN = "start_turn"  # vad/wake_word/always: a turn starts now (button, API)
     END_TURN = "end_turn"      # the turn is over (server transcript, stop, mute, closed)
 
     def __str__(self) -> str:
@@ -63,6 +88,8 @@ class GateOutput:
     speech: bool = False   # these frames belong to a user turn (kept while connecting)
     started: bool = False  # a user turn started here
     ended: bool = False    # the user turn ended here
+    nothing_said: bool = False  # ... before the user said anything (a press or wake word, then silence)
+    wake: float | None = None  # the wake word was heard here, with this probability
 
 
 class CaptureGate:
@@ -71,22 +98,30 @@ class CaptureGate:
         mode: str,
         is_speech: Callable[[bytes], bool],
         *,
+        wake_word: WakeWord | None = None,
         preroll: float = 0.3,
         hangover: float = 0.8,
         privacy: bool = False,
     ) -> None:
-        if mode not in ("push_to_talk", "vad", "always"):
+        if mode not in MODES:
             raise ValueError(f"unknown capture mode {mode!r}")
+        if mode == "wake_word" and wake_word is None:
+            raise ValueError("the wake_word mode needs a wake-word detector")
         self.mode = mode
         self._is_speech = is_speech
-        self._privacy = privacy
+        self._wake = wake_word
+        self._wake_heard_room = False  # the detector has been fed since it was last reset
+        self._privacy = privacy or mode == "wake_word"
         self._hangover_frames = max(1, round(hangover * 1000 / FRAME_MS))
+        self._wait_frames = round(SPEECH_WAIT * 1000 / FRAME_MS)
         self._preroll: deque[bytes] = deque(maxlen=max(1, round(preroll * 1000 / FRAME_MS)))
         self._window: deque[bool] = deque(maxlen=TRIGGER_WINDOW)
         self._silent_run = 0
+        self._waiting = 0  # frames left for the user to begin a turn begun for them (0: they have)
         self.in_turn = False
         self.button = False  # push_to_talk: held or toggled on
         self.heard_speech = False  # push_to_talk: the VAD heard the user during this hold
+        self.wake_words = 0  # wake_word: detections so far
 
     def apply(self, command: GateCommand) -> None:
         """Carry out a command of the decisions."""
@@ -95,21 +130,24 @@ class CaptureGate:
         elif command is GateCommand.RELEASE:
             self.button = False  # push_to_talk: the turn ends on the next frame
         elif command is GateCommand.START_TURN:
-            self.in_turn = True  # vad/always: the hangover (or an END_TURN) ends it
+            if not self.in_turn:
+                self._begin(waiting=True)  # the hangover (or an END_TURN) ends it
         else:
             self.reset()
 
     def reset(self) -> None:
         """Forget the current turn (user stop, mute, conversation closed)."""
         self.in_turn = False
-        self._silent_run = 0
+        self._silent_run = self._waiting = 0
         self._window.clear()
         self._preroll.clear()
 
     def process(self, frame: bytes, now: float, *, echo_mute_until: float = 0.0,
-                muted: bool = False) -> GateOutput:
+                muted: bool = False, open_until: float = 0.0) -> GateOutput:
+        """One frame at ``now``; ``open_until``: the wake_word mode's follow-up window ends then."""
         out = GateOutput()
         if muted:
+            self._deafen_wake_word()
             if self.in_turn:
                 self.reset()
                 out.ended = True
@@ -127,7 +165,13 @@ class CaptureGate:
             out.started = not self.in_turn
             self.in_turn = True
             return out
-        return self._vad(frame, out, echo)
+        if echo:
+            return self._echo(frame, out)
+        if self.mode == "wake_word":
+            return self._wake_word(frame, out, now < open_until)
+        return self._vad(frame, out)
+
+    # --- the modes --------------------------------------------------------------------------
 
     def _push_to_talk(self, frame: bytes, out: GateOutput) -> GateOutput:
         if self.button:
@@ -148,37 +192,101 @@ class CaptureGate:
         out.frames.append(SILENCE)
         return out
 
-    def _vad(self, frame: bytes, out: GateOutput, echo: bool) -> GateOutput:
-        if echo:
-            # The speaker is (or was just) playing: nothing the mic hears now is the user.
-            if self.in_turn:
-                self.reset()
-                out.ended = True
-            else:
-                self._window.clear()
-                self._preroll.clear()
+    def _echo(self, frame: bytes, out: GateOutput) -> GateOutput:
+        """The speaker is (or was just) playing: nothing the mic hears now is the user."""
+        self._deafen_wake_word()
+        if self.in_turn and self._waiting:
+            # A turn begun for the user, and what plays is the "listening" earcon that said
+            # so (agent audio was flushed first): the user may already be talking over its
+            # tail, so the audio goes out as it is; VAD waits for the speaker to be quiet.
+            out.speech = True
+            out.frames.append(frame)
+            return out
+        if self.in_turn:
+            self.reset()
+            out.ended = True
+        else:
+            self._window.clear()
+            self._preroll.clear()
+        out.frames.append(SILENCE)
+        return out
+
+    def _vad(self, frame: bytes, out: GateOutput) -> GateOutput:
+        voiced = self._is_speech(frame)
+        if self.in_turn:
+            return self._turn(frame, voiced, out)
+        if self._triggered(voiced):
+            return self._vad_start(frame, out)
+        self._preroll.append(frame)
+        out.frames.append(SILENCE if self._privacy else frame)
+        return out
+
+    def _wake_word(self, frame: bytes, out: GateOutput, follow_up: bool) -> GateOutput:
+        assert self._wake is not None
+        out.wake = self._wake(frame)  # fed every frame the room is heard, so it misses no onset
+        self._wake_heard_room = True
+        if out.wake is not None:
+            self.wake_words += 1
+        if self.in_turn:
+            return self._turn(frame, self._is_speech(frame), out)
+        if out.wake is not None:
+            # The wake word is over (it is detected at its end): the turn starts after it,
+            # with no pre-roll, so none of it is sent.
+            self._begin(waiting=True)
+            self._preroll.clear()
+            out.started = out.speech = True
             out.frames.append(SILENCE)
             return out
-        voiced = self._is_speech(frame)
-        if not self.in_turn:
-            self._window.append(voiced)
-            if voiced and sum(self._window) >= TRIGGER_VOICED:
-                self.in_turn = out.started = out.speech = True
-                self._silent_run = 0
-                self._window.clear()
-                out.preroll.extend(self._preroll)
-                out.preroll_was_sent = not self._privacy
-                self._preroll.clear()
-                out.frames.append(frame)
-                return out
-            self._preroll.append(frame)
-            out.frames.append(SILENCE if self._privacy else frame)
-            return out
+        if follow_up:
+            if self._triggered(self._is_speech(frame)):
+                return self._vad_start(frame, out)
+        else:
+            self._window.clear()  # VAD only runs in the follow-up window
+        self._preroll.append(frame)
+        out.frames.append(SILENCE)
+        return out
+
+    # --- turns ------------------------------------------------------------------------------
+
+    def _triggered(self, voiced: bool) -> bool:
+        self._window.append(voiced)
+        return voiced and sum(self._window) >= TRIGGER_VOICED
+
+    def _begin(self, *, waiting: bool) -> None:
+        self.in_turn = True
+        self._silent_run = 0
+        self._waiting = self._wait_frames if waiting else 0
+        self._window.clear()
+
+    def _vad_start(self, frame: bytes, out: GateOutput) -> GateOutput:
+        """Speech started: the turn begins with the pre-roll before the trigger."""
+        self._begin(waiting=False)
+        out.started = out.speech = True
+        out.preroll.extend(self._preroll)
+        out.preroll_was_sent = not self._privacy
+        self._preroll.clear()
+        out.frames.append(frame)
+        return out
+
+    def _turn(self, frame: bytes, voiced: bool, out: GateOutput) -> GateOutput:
         out.speech = True
         out.frames.append(frame)
+        if self._waiting:
+            # A turn begun for the user: the hangover counts from their first voiced frame.
+            self._waiting = 0 if voiced else self._waiting - 1
+            if not voiced and not self._waiting:
+                self.reset()
+                out.ended = out.nothing_said = True
+            return out
         self._silent_run = 0 if voiced else self._silent_run + 1
         if self._silent_run >= self._hangover_frames:
             self.in_turn = False
             self._silent_run = 0
             out.ended = True
         return out
+
+    def _deafen_wake_word(self) -> None:
+        """The mic is muted: when it hears the room again the detector starts afresh."""
+        if self._wake is not None and self._wake_heard_room:
+            self._wake.reset()
+            self._wake_heard_room = False

@@ -82,7 +82,7 @@ def _ready(s: _Step) -> None:
 def _turn_started(s: _Step, _: i.TurnStarted) -> None:
     if not s.m.connected:
         s.do(fx.Request())
-    s.set(in_turn=True)
+    s.set(in_turn=True, follow_up_until=None)
     if s.m.state is S.SPEAKING:
         # Talking over the agent (full duplex): the server decides whether that is a
         # barge-in (a cough is not) and says so with `interruption`; we flush then.
@@ -100,8 +100,33 @@ def _turn_over(s: _Step) -> None:
         s.earcon("done")
 
 
-def _turn_ended(s: _Step, _: i.TurnEnded) -> None:
-    _turn_over(s)
+def _turn_ended(s: _Step, event: i.TurnEnded) -> None:
+    if not event.nothing_said:
+        _turn_over(s)
+        return
+    # A press or the wake word, then silence: nothing for the agent to answer.
+    s.set(in_turn=False)
+    s.log("info", "nothing was said; " + ("waiting for the wake word again" if s.m.config.wake_word
+                                          else "no longer listening"))
+    if s.m.state is S.LISTENING:
+        s.fire(T.STOP)
+
+
+def _wake_word(s: _Step, event: i.WakeWord) -> None:
+    """The wake word: a new turn (the gate starts it), or the stop word over the agent."""
+    m = s.m
+    s.publish(type="wake_word", probability=round(event.probability, 3))
+    if m.state is S.SPEAKING:
+        s.log("info", f"wake word heard over the reply (probability {event.probability:.2f}): stopping it")
+        _stop_playback(s)
+        if m.in_turn and m.connected:
+            s.fire(T.LISTEN)
+    elif m.in_turn:
+        s.log("debug", f"wake word heard during the user's turn (probability {event.probability:.2f})")
+        return
+    else:
+        s.log("info", f"wake word heard (probability {event.probability:.2f})")
+    s.earcon("listening")
 
 
 def _end_turn(s: _Step) -> None:
@@ -145,6 +170,7 @@ def _stop_playback(s: _Step) -> None:
 
 def _stop(s: _Step) -> None:
     """Stop everything in progress: the agent's speech, the user's turn."""
+    s.set(follow_up_until=None)
     _stop_playback(s)
     s.do(fx.Gate(GateCommand.RELEASE))
     _end_turn(s)
@@ -154,7 +180,7 @@ def _stop(s: _Step) -> None:
 def _set_muted(s: _Step, muted: bool) -> None:
     if muted == s.m.muted:
         return
-    s.set(muted=muted, talk_from_down=False)
+    s.set(muted=muted, talk_from_down=False, follow_up_until=None)
     s.log("info", f"microphone {'muted' if muted else 'unmuted'}")
     s.publish(type="mute", muted=muted)
     if muted:
@@ -175,6 +201,9 @@ def _tick(s: _Step, _: i.Tick) -> None:
     for tool in s.m.tools:
         if tool.deadline <= s.now:
             _answer_tool(s, tool.tool_call_id, f"client tool {tool.tool_name!r} did not answer in time", True)
+    if s.m.follow_up_until is not None and s.m.follow_up_until <= s.now:
+        s.set(follow_up_until=None)
+        s.log("debug", "no follow-up: waiting for the wake word again")
 
 
 def _played_out(s: _Step, _: i.PlayedOut) -> None:
@@ -190,6 +219,9 @@ def _played_out(s: _Step, _: i.PlayedOut) -> None:
         s.fire(T.CONNECT)
     elif m.in_turn and m.connected:
         s.fire(T.LISTEN)
+    elif m.config.wake_word and m.config.follow_up > 0 and not m.in_turn:
+        # The user may answer without the wake word for a moment (the gate opens for speech).
+        s.set(follow_up_until=s.now + m.config.follow_up)
 
 
 # --- the button and the API ------------------------------------------------------------------
@@ -423,6 +455,7 @@ _HANDLERS: dict[type, _Handler] = {
     i.Ready: lambda s, e: _ready(s),
     i.TurnStarted: _turn_started,
     i.TurnEnded: _turn_ended,
+    i.WakeWord: _wake_word,
     i.PlayedOut: _played_out,
     i.Tick: _tick,
     i.Button: _button,

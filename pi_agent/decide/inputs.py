@@ -27,6 +27,15 @@ class TurnStarted:
 class TurnEnded:
     """The capture gate ended the user turn (VAD hangover, button released, mute)."""
 
+    nothing_said: bool = False  # a turn begun by a press or the wake word, and then silence
+
+
+@dataclass(frozen=True, slots=True)
+class WakeWord:
+    """The capture gate heard the wake word."""
+
+    probability: float
+
 
 @dataclass(frozen=True, slots=True)
 class PlayedOut:
@@ -111,7 +120,7 @@ class ShuttingDown:
 
 
 Input = (
-    ev.Event | Ready | TurnStarted | TurnEnded | PlayedOut | Tick | Button | StartListening | StopListening
+    ev.Event | Ready | TurnStarted | TurnEnded | WakeWord | PlayedOut | Tick | Button | StartListening | StopListening
     | Stop | SetMuted | Say | ContextualUpdate | ToolResult | DeviceFailed | DeviceRecovered | ToolHandlers
     | OpenConversation | ShuttingDown
 )

@@ -22,21 +22,27 @@ BUTTON_AT_REST = ButtonPolicy()  # no gesture under way; frozen, so every model 
 class Config:
     """What the decisions need from the settings; fixed at start-up."""
 
-    mode: str = "vad"  # capture mode: push_to_talk, vad, always
+    mode: str = "vad"  # capture mode: push_to_talk, vad, wake_word, always
     half_duplex: bool = True  # the mic is muted while the speaker plays
     toggle: bool = False  # push_to_talk: a press starts the turn and the next ends it
     earcons: frozenset[str] = frozenset({"listening", "done", "error", "offline"})
     transcripts: bool = True  # log what was said
     tool_timeout: float = 10.0  # s an event-API client has to answer a client tool it handles
+    follow_up: float = 5.0  # wake_word: s after a reply in which the user may answer without it
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Config:
         return cls(settings.capture.mode, settings.audio.echo == "half_duplex", settings.capture.toggle,
-                   frozenset(settings.audio.earcons), settings.log.transcripts, settings.api.tool_timeout)
+                   frozenset(settings.audio.earcons), settings.log.transcripts, settings.api.tool_timeout,
+                   settings.capture.follow_up)
 
     @property
     def push_to_talk(self) -> bool:
         return self.mode == "push_to_talk"
+
+    @property
+    def wake_word(self) -> bool:
+        return self.mode == "wake_word"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,7 @@ class Model:
     tools: tuple[PendingTool, ...] = ()
     reported: frozenset[str] = frozenset()  # failure lines already logged at their level
     tool_handlers: frozenset[str] = frozenset()  # client tools event-API clients answer ("*": all)
+    follow_up_until: float | None = None  # wake_word: speech starts a turn without it until then
     shutting_down: bool = False
 
     @property
@@ -88,11 +95,14 @@ class Status:
     backing_off: bool
     error: bool
     conversation_id: str | None
+    wake_word: bool = False  # the capture mode waits for the wake word between turns
+    follow_up: bool = False  # ... but not now: the user may answer the reply without it
 
 
 def status(model: Model) -> Status:
     return Status(model.state, model.connected, model.muted, model.backing_off,
-                  model.device_error is not None or model.fatal, model.conversation_id)
+                  model.device_error is not None or model.fatal, model.conversation_id,
+                  model.config.wake_word, model.follow_up_until is not None)
 
 
 def health(model: Model) -> tuple[bool, str]:
@@ -107,6 +117,8 @@ def health(model: Model) -> tuple[bool, str]:
 def deadline(model: Model) -> float | None:
     """When the model next needs a :class:`~pi_agent.decide.inputs.Tick` (None: never)."""
     due = [t.deadline for t in model.tools]
+    if model.follow_up_until is not None:
+        due.append(model.follow_up_until)
     if model.state is State.THINKING and model.thinking_since is not None:
         due.append(model.thinking_since + THINKING_TIMEOUT)
     return min(due, default=None)

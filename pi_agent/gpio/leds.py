@@ -5,7 +5,7 @@ Two layers, as the rest of pi-agent:
 * :func:`picture` is pure. It takes everything the LEDs depend on
   (:class:`LedInputs`) and returns the whole :class:`LedPicture` at once, from one
   priority list (:data:`PRIORITY`: error > offline > muted > speaking > thinking >
-  listening > connecting > idle). The controller calls it on *every* change and
+  listening > connecting > follow-up > wake word > idle). The controller calls it on *every* change and
   hands the result to the driver, so no LED can stay lit from an earlier state
   (the "stuck in listening" bug of other satellites).
 * :class:`LedDriver` owns the gpiozero devices and carries out a picture. It is the
@@ -23,8 +23,14 @@ speaking       connection truth    blink            blue, blink
 thinking       connection truth    pulse            cyan, pulse
 listening      connection truth    on               green, on
 connecting     connection truth    off              white, blink
+follow_up      connection truth    on               green, pulse
+wake_word      connection truth    off              dim white, on
 idle           connection truth    off              off
 =============  ==================  ===============  ======================
+
+``follow_up`` and ``wake_word`` are the ``wake_word`` capture mode's two kinds of idle:
+the user may answer the reply without the wake word (the activity LED says "speak",
+as when listening), or nothing is sent until the wake word is heard.
 
 "Connection truth": blink while a connection is being opened or a retry is
 scheduled (``state`` connecting or ``backing_off``), on while connected, off
@@ -40,10 +46,13 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import DeviceError
 from ..decide.states import State
+from ..errors import DeviceError
+
+if TYPE_CHECKING:
+    from ..decide.model import Status
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +70,7 @@ BLUE: Color = (0.0, 0.0, 1.0)
 CYAN: Color = (0.0, 1.0, 1.0)
 GREEN: Color = (0.0, 1.0, 0.0)
 WHITE: Color = (1.0, 1.0, 1.0)
+DIM_WHITE: Color = (0.15, 0.15, 0.15)
 
 
 # --------------------------------------------------------------------------- pure part
@@ -83,6 +93,24 @@ class Pattern(enum.StrEnum):
     def timing(self) -> Timing:
         """The default timing of this pattern."""
         return TIMINGS[self]
+
+
+class Look(enum.StrEnum):
+    """What the LEDs show: a state (the same value), or a kind of idle of the wake_word mode."""
+
+    ERROR = "error"
+    OFFLINE = "offline"
+    MUTED = "muted"
+    SPEAKING = "speaking"
+    THINKING = "thinking"
+    LISTENING = "listening"
+    CONNECTING = "connecting"
+    FOLLOW_UP = "follow_up"  # the user may answer the reply without the wake word
+    WAKE_WORD = "wake_word"  # nothing is sent until the wake word is heard
+    IDLE = "idle"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,13 +148,21 @@ class LedInputs:
     muted: bool = False        # the microphone is muted (whatever the state)
     backing_off: bool = False  # a reconnect is scheduled (waiting out the backoff delay)
     error: bool = False        # a failure is being shown (device trouble, auth refused)
+    wake_word: bool = False    # the capture mode waits for the wake word when idle
+    follow_up: bool = False    # ... but the user may answer the reply without it now
+
+    @classmethod
+    def of(cls, status: Status) -> LedInputs:
+        """The LED inputs of the daemon's :class:`~pi_agent.decide.model.Status`."""
+        return cls(status.state, status.connected, status.muted, status.backing_off, status.error,
+                   status.wake_word, status.follow_up)
 
 
 @dataclass(frozen=True, slots=True)
 class LedPicture:
     """What every LED shows. ``top`` is the state that won the priority list."""
 
-    top: State
+    top: Look
     connection: Pattern
     activity: Pattern
     rgb: Pattern
@@ -134,36 +170,41 @@ class LedPicture:
 
 
 # The priority list: the first entry whose test holds decides the activity and RGB LEDs.
-_CONDITIONS: tuple[tuple[State, Callable[[LedInputs], bool]], ...] = (
-    (State.ERROR, lambda i: i.error or i.state is State.ERROR),
-    (State.OFFLINE, lambda i: i.backing_off or i.state is State.OFFLINE),
-    (State.MUTED, lambda i: i.muted or i.state is State.MUTED),
-    (State.SPEAKING, lambda i: i.state is State.SPEAKING),
-    (State.THINKING, lambda i: i.state is State.THINKING),
-    (State.LISTENING, lambda i: i.state is State.LISTENING),
-    (State.CONNECTING, lambda i: i.state in (State.CONNECTING, State.STARTING)),
-    (State.IDLE, lambda i: True),
+_CONDITIONS: tuple[tuple[Look, Callable[[LedInputs], bool]], ...] = (
+    (Look.ERROR, lambda i: i.error or i.state is State.ERROR),
+    (Look.OFFLINE, lambda i: i.backing_off or i.state is State.OFFLINE),
+    (Look.MUTED, lambda i: i.muted or i.state is State.MUTED),
+    (Look.SPEAKING, lambda i: i.state is State.SPEAKING),
+    (Look.THINKING, lambda i: i.state is State.THINKING),
+    (Look.LISTENING, lambda i: i.state is State.LISTENING),
+    (Look.CONNECTING, lambda i: i.state in (State.CONNECTING, State.STARTING)),
+    (Look.FOLLOW_UP, lambda i: i.follow_up),
+    (Look.WAKE_WORD, lambda i: i.wake_word),
+    (Look.IDLE, lambda i: True),
 )
 
-PRIORITY: tuple[State, ...] = tuple(state for state, _ in _CONDITIONS)
-"""Highest first: error > offline > muted > speaking > thinking > listening > connecting > idle."""
+PRIORITY: tuple[Look, ...] = tuple(look for look, _ in _CONDITIONS)
+"""Highest first: error > offline > muted > speaking > thinking > listening > connecting >
+follow-up > wake word > idle."""
 
-# top state -> (activity LED, RGB colour, RGB pattern)
-_LOOKS: Mapping[State, tuple[Pattern, Color, Pattern]] = MappingProxyType({
-    State.ERROR: (Pattern.FAST_BLINK, RED, Pattern.FAST_BLINK),
-    State.OFFLINE: (Pattern.OFF, AMBER, Pattern.ON),
-    State.MUTED: (Pattern.SLOW_BLINK, MAGENTA, Pattern.ON),
-    State.SPEAKING: (Pattern.BLINK, BLUE, Pattern.BLINK),
-    State.THINKING: (Pattern.PULSE, CYAN, Pattern.PULSE),
-    State.LISTENING: (Pattern.ON, GREEN, Pattern.ON),
-    State.CONNECTING: (Pattern.OFF, WHITE, Pattern.BLINK),
-    State.IDLE: (Pattern.OFF, BLACK, Pattern.OFF),
+# top look -> (activity LED, RGB colour, RGB pattern)
+_LOOKS: Mapping[Look, tuple[Pattern, Color, Pattern]] = MappingProxyType({
+    Look.ERROR: (Pattern.FAST_BLINK, RED, Pattern.FAST_BLINK),
+    Look.OFFLINE: (Pattern.OFF, AMBER, Pattern.ON),
+    Look.MUTED: (Pattern.SLOW_BLINK, MAGENTA, Pattern.ON),
+    Look.SPEAKING: (Pattern.BLINK, BLUE, Pattern.BLINK),
+    Look.THINKING: (Pattern.PULSE, CYAN, Pattern.PULSE),
+    Look.LISTENING: (Pattern.ON, GREEN, Pattern.ON),
+    Look.CONNECTING: (Pattern.OFF, WHITE, Pattern.BLINK),
+    Look.FOLLOW_UP: (Pattern.ON, GREEN, Pattern.PULSE),
+    Look.WAKE_WORD: (Pattern.OFF, DIM_WHITE, Pattern.ON),
+    Look.IDLE: (Pattern.OFF, BLACK, Pattern.OFF),
 })
 
 
-def top_state(inputs: LedInputs) -> State:
-    """The state that wins the priority list for ``inputs`` (``STARTING`` shows as connecting)."""
-    return next(state for state, holds in _CONDITIONS if holds(inputs))
+def top_state(inputs: LedInputs) -> Look:
+    """What wins the priority list for ``inputs`` (``STARTING`` shows as connecting)."""
+    return next(look for look, holds in _CONDITIONS if holds(inputs))
 
 
 def connection_pattern(inputs: LedInputs) -> Pattern:
@@ -187,7 +228,7 @@ def state_colors() -> dict[str, str]:
     """Each top state's RGB colour as CSS (the kiosk page's light); off is a dim grey."""
     def css(color: Color) -> str:
         return "#2a2a2a" if color == BLACK else "#" + "".join(f"{round(c * 255):02x}" for c in color)
-    return {state.value: css(color) for state, (_, color, _) in _LOOKS.items()}
+    return {look.value: css(color) for look, (_, color, _) in _LOOKS.items()}
 
 
 def describe(pic: LedPicture) -> str:
@@ -197,7 +238,7 @@ def describe(pic: LedPicture) -> str:
 
 
 _NAMES = {BLACK: "black", RED: "red", AMBER: "amber", MAGENTA: "magenta", BLUE: "blue",
-          CYAN: "cyan", GREEN: "green", WHITE: "white"}
+          CYAN: "cyan", GREEN: "green", WHITE: "white", DIM_WHITE: "dim white"}
 
 
 def _color_name(color: Color) -> str:
@@ -215,6 +256,8 @@ DEMO_SEQUENCE: tuple[LedInputs, ...] = (
     LedInputs(State.MUTED, connected=True, muted=True),
     LedInputs(State.OFFLINE, connected=False, backing_off=True),
     LedInputs(State.OFFLINE, connected=False),
+    LedInputs(State.IDLE, connected=True, wake_word=True),
+    LedInputs(State.IDLE, connected=True, wake_word=True, follow_up=True),
     LedInputs(State.IDLE, connected=True, error=True),
     LedInputs(State.ERROR, connected=False),
     LedInputs(State.IDLE, connected=False),
@@ -271,7 +314,7 @@ class LedDriver:
     (red, green, blue) LED; any of them may be ``None``. ``active_high=False`` is for
     LEDs wired to 3.3 V (lit when the pin is low): "off" is then the high level.
     PWM is used where the pin factory supports it (the activity LED and the RGB LED);
-    otherwise a pulse becomes a slow blink and RGB colours are rounded to full on/off.
+    otherwise a pulse becomes a slow blink and each lit RGB component is fully on.
 
     Call :meth:`apply` and :meth:`close` from one thread (the event loop's). gpiozero
     runs blinking in its own background threads, one per blinking LED.
@@ -440,6 +483,7 @@ class LedDriver:
 
 
 def _full(color: Color) -> Color:
-    """Round a colour for an RGB LED without PWM: each component fully on or off."""
-    r, g, b = (1.0 if c >= 0.5 else 0.0 for c in color)
+    """A colour for an RGB LED without PWM: each component that is lit at all, fully on
+    (a dim colour must not vanish: amber becomes yellow, dim white white)."""
+    r, g, b = (1.0 if c > 0 else 0.0 for c in color)
     return (r, g, b)
