@@ -18,6 +18,9 @@ if [ "$PROFILE" = test ]; then
     # chromium: the kiosk page and the official JavaScript client are tested in a real browser.
     debs+=(alsa-utils pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox systemd iproute2 shellcheck
            chromium)
+    # procps: /bin/kill, which the unit's ExecReload names and `systemd-analyze verify`
+    # looks for. Every standard install has it; a minimal one (debootstrap minbase) does not.
+    debs+=(procps)
 fi
 
 missing=()
