@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     mic.add_argument("--play", action="store_true", help="play the recording back")
     mic.add_argument("--wake-word", action="store_true", help="print each detection of capture.wake_word with "
                      "its probability, and the near misses, to tune capture.wake_word_threshold")
+    mic.add_argument("--echo", action="store_true", help="play a test signal and record it: the echo's level "
+                     "and delay, how far cancellation brings it down, and whether audio.echo = aec will work")
     return parser
 
 
@@ -130,6 +132,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "test-mic":
         audio, capture = _section(args, "audio", AudioSettings), _section(args, "capture", CaptureSettings)
         _logging(_log_level(args))
+        if args.echo:
+            return asyncio.run(diag.test_echo(audio, args.seconds or 6.0))
         seconds = args.seconds if args.seconds is not None else 30.0 if args.wake_word else 3.0
         return asyncio.run(diag.test_mic(audio, capture, seconds, args.play, args.wake_word))
     if cmd == "status":

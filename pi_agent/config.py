@@ -135,9 +135,13 @@ class AudioSettings(_Section):
     period_ms: int = Field(10, ge=5, le=100, description="speaker buffer period in milliseconds: "
                            "PortAudio holds two, so an interruption silences the speaker within about "
                            "three; 20 halves the speaker's wake-ups (less CPU) for twice the delay")
-    echo: Literal["half_duplex", "full_duplex"] = Field(
+    echo: Literal["half_duplex", "aec", "full_duplex"] = Field(
         "half_duplex", description="half_duplex: the mic is muted while the agent speaks "
-        "(speaker next to mic; barge-in by button); full_duplex: headsets and echo-cancelling mics")
+        "(speaker next to mic; barge-in by button); aec: the mic stays live and the speaker's echo is "
+        "cancelled in software, so a voice can interrupt (check it with pi-agent test-mic --echo); "
+        "full_duplex: headsets and echo-cancelling mics")
+    noise_suppression: bool = Field(False, description="aec: also suppress steady background noise (fans, "
+                                    "hum) in what is sent")
     echo_tail: float = Field(0.3, ge=0, le=3.0, description="half_duplex: seconds the mic stays "
                              "muted after the speaker has actually played the last sample")
     earcons: list[Earcon] = Field(default_factory=_all_earcons,

@@ -111,8 +111,10 @@ class Controller:
         if model.shutting_down:
             return
         now = self._clock()
-        echo_until = self.output.audible_until() + self._echo_tail if model.config.half_duplex else 0.0
-        out = self.gate.process(frame, now, echo_mute_until=echo_until, muted=model.muted,
+        config = model.config
+        speaker = self.output.audible_until() + self._echo_tail if config.half_duplex or config.aec else 0.0
+        out = self.gate.process(frame, now, echo_mute_until=speaker if config.half_duplex else 0.0,
+                                speaker_until=speaker if config.aec else 0.0, muted=model.muted,
                                 open_until=model.follow_up_until or 0.0)
         engine = self.engine
         if out.wake is not None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .alarms import GrowthAlarm
 from .audio import AudioInput, AudioOutput
+from .audio.echo import FrameClock
 from .audio.formats import MicEncoder, decode_pcm
 from .audio.gate import CaptureGate, WakeWord
 from .config import AudioSettings, CaptureSettings, Settings
@@ -43,6 +44,7 @@ from .service.systemd import Notifier, watchdog_loop
 if TYPE_CHECKING:
     from gpiozero import Factory as PinFactory
 
+    from .audio.echo import EchoCanceller
     from .audio.wakeword import WakeWordDetector
 else:
     PinFactory = Any
@@ -98,6 +100,20 @@ def make_vad(aggressiveness: int) -> Vad:
     return lambda frame: bool(vad.is_speech(frame, MIC_RATE))
 
 
+def make_echo_canceller(a: AudioSettings, speaker: AudioOutput) -> EchoCanceller | None:
+    """``audio.echo = aec``: the canceller, fed by ``speaker``; :class:`ConfigError` if it cannot run."""
+    if a.echo != "aec":
+        return None
+    from .audio.echo import EchoCanceller, FarEnd
+    if not hasattr(speaker, "far_end"):
+        raise ConfigError(f"audio.echo = aec needs a sound card's speaker to hear what it plays, not "
+                          f"{type(speaker).__name__}: use half_duplex or full_duplex with audio.output_wav")
+    far = FarEnd()
+    echo = EchoCanceller(far, noise_suppression=a.noise_suppression)
+    speaker.far_end = far
+    return echo
+
+
 def make_wake_word(c: CaptureSettings) -> WakeWordDetector | None:
     """The wake_word mode's detector (None in the other modes); :class:`ConfigError` if it cannot run."""
     if c.mode != "wake_word":
@@ -120,6 +136,7 @@ class Daemon:
         self.hub = EventHub()
         self.audio_in = parts.audio_in or make_audio_input(settings.audio)
         self.audio_out = parts.audio_out or make_audio_output(settings.audio)
+        self.echo = make_echo_canceller(settings.audio, self.audio_out)
         self.notifier = parts.notifier or Notifier.from_env()
         c, s = settings.capture, settings.session
         preroll = c.preroll
@@ -130,6 +147,8 @@ class Daemon:
                                 preroll=preroll, hangover=c.hangover, privacy=c.privacy)
         if self.wake_word is not None:
             self.metrics.watch_wake_word(lambda: self.gate.wake_words)
+        if self.echo is not None:
+            self.metrics.watch_echo(lambda: self.echo.attenuation_db if self.echo else None)
         self.engine = Engine(s, encoder_factory=encoder_for, decode_audio=decode_pcm, backoff=parts.backoff)
         self.controller = Controller(settings, gate=self.gate, output=self.audio_out, engine=self.engine,
                                      metrics=self.metrics, hub=self.hub, clock=parts.clock)
@@ -319,7 +338,7 @@ class Daemon:
         spawn(self._keep_device("speaker", lambda: out.open(self._device_error("speaker", self._spk_failed)),
                                 out.close, self._spk_failed), "speaker")
         spawn(self._keep_device("microphone", lambda: mic.open(
-            self.controller.on_mic_frame, self._device_error("microphone", self._mic_failed)),
+            self._on_mic_frame(), self._device_error("microphone", self._mic_failed)),
             mic.close, self._mic_failed), "microphone")
         await asyncio.sleep(0)  # let the devices open before READY when they can
         self.controller.dispatch(i.Ready())
@@ -331,6 +350,18 @@ class Daemon:
         await self._close_conversation()
         for task in self._tasks:
             task.cancel()
+
+    def _on_mic_frame(self) -> Callable[[bytes], None]:
+        """Where the microphone's frames go: the controller, through the echo canceller with aec."""
+        echo, on_frame = self.echo, self.controller.on_mic_frame
+        if echo is None:
+            return on_frame
+        clock = FrameClock()
+
+        def cancel(frame: bytes) -> None:
+            for cleaned in echo.push(frame, clock.stamp(time.monotonic())):
+                on_frame(cleaned)
+        return cancel
 
     def _notify_status(self, status: Status) -> None:
         text = f"state: {status.state.value}" + (" (connected)" if status.connected else "")

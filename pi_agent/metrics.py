@@ -33,6 +33,7 @@ class Metrics:
         self._engine: Engine | None = None
         self._playback_dropped: Callable[[], int] = lambda: 0
         self._wake_words: Callable[[], int] | None = None
+        self._echo: Callable[[], float | None] | None = None
         r.register(_Collector(self))
 
     def watch_engine(self, engine: Engine, playback_dropped: Callable[[], int]) -> None:
@@ -43,6 +44,10 @@ class Metrics:
     def watch_wake_word(self, detections: Callable[[], int]) -> None:
         """Expose the wake-word detector's count of detections (wake_word mode)."""
         self._wake_words = detections
+
+    def watch_echo(self, attenuation_db: Callable[[], float | None]) -> None:
+        """Expose the echo canceller's running echo attenuation (``audio.echo = aec``)."""
+        self._echo = attenuation_db
 
     def watch_device_counter(self, name: str, read: Callable[[], int]) -> None:
         """Expose a device's own counter (overflows, underruns) read at scrape time."""
@@ -93,6 +98,13 @@ class Metrics:
         if self._wake_words is not None:
             yield _counter("pi_agent_wake_word_detections", "Times the wake word was heard",
                            self._safe(self._wake_words) or 0)
+        if self._echo is not None:
+            value = self._echo()
+            if value is not None:
+                echo = GaugeMetricFamily("pi_agent_echo_attenuation_db",
+                                         "How far the echo canceller brought the speaker's echo down lately (dB)")
+                echo.add_metric([], round(value, 1))
+                yield echo
         devices = GaugeMetricFamily("pi_agent_audio_device_events", "Capture overflows and playback underruns",
                                     labels=["event"])
         for name, read in list(self._device_counts.items()):

@@ -16,6 +16,11 @@ Two kinds of device, both defined in a private ALSA configuration
   (A file device over the ``null`` PCM would be unpaced: PortAudio then spins
   through tens of thousands of callbacks a second.)
 
+``vemic`` / ``vespk`` are a microphone that hears the speaker: sinks ``emic`` (16 kHz
+mono) and ``espk`` (48 kHz stereo) joined by PulseAudio's ``module-loopback`` from
+``espk.monitor`` into ``emic``, with a device-like latency and an attenuation, set up per
+test by :meth:`VirtualAudio.echo_room` (the echo-cancellation tests).
+
 ``vgone_mic`` / ``vgone_spk`` point at a second server, started and killed or
 frozen by the device-failure tests (:meth:`VirtualAudio.gone_server`);
 ``vgone2_mic`` / ``vgone2_spk`` at a third (:meth:`VirtualAudio.second_gone_server`),
@@ -36,6 +41,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -279,6 +285,8 @@ class VirtualAudio:
         out = [
             f'pcm.vmic {{ type pulse; server "{main}"; device "mic.monitor" }}',
             f'pcm.vspk {{ type pulse; server "{main}"; device "spk" }}',
+            f'pcm.vemic {{ type pulse; server "{main}"; device "emic.monitor" }}',
+            f'pcm.vespk {{ type pulse; server "{main}"; device "espk" }}',
             f'pcm.vgone_mic {{ type pulse; server "{gone}"; device "gone.monitor" }}',
             f'pcm.vgone_spk {{ type pulse; server "{gone}"; device "gone" }}',
             f'pcm.vgone2_mic {{ type pulse; server "{gone2}"; device "gone.monitor" }}',
@@ -349,6 +357,17 @@ class VirtualAudio:
         os.close(fd)
         return Recorder(self.server, f"{name}.monitor", Path(path), SPK_RATE, SPK_CHANNELS)
 
+    @contextlib.contextmanager
+    def echo_room(self, latency_ms: int = 60, volume: float = 0.5) -> Iterator[EchoRoom]:
+        """A speaker (``vespk``) whose sound reaches a microphone (``vemic``) ``latency_ms`` later,
+        scaled by ``volume`` (linear amplitude), while the block runs."""
+        room = EchoRoom(self.server, latency_ms, volume, self.root)
+        room.start()
+        try:
+            yield room
+        finally:
+            room.stop()
+
     def gone_server(self) -> PulseServer:
         """A second server behind ``vgone_mic`` / ``vgone_spk`` (caller starts and stops it)."""
         return PulseServer(self.gone_dir, [("gone", 48_000, 2)])
@@ -356,6 +375,55 @@ class VirtualAudio:
     def second_gone_server(self) -> PulseServer:
         """A third server behind ``vgone2_mic`` / ``vgone2_spk`` (caller starts and stops it)."""
         return PulseServer(self.gone2_dir, [("gone", 48_000, 2)])
+
+
+class EchoRoom:
+    """Sinks ``emic`` and ``espk`` on the session's server, and a loopback from the speaker's
+    monitor into the microphone: the echo path of a box with a plain speaker."""
+
+    MIC, SPEAKER = "vemic", "vespk"
+
+    def __init__(self, server: PulseServer, latency_ms: int, volume: float, root: Path) -> None:
+        self.server, self.latency_ms, self.volume, self.root = server, latency_ms, volume, root
+        self._modules: list[str] = []
+
+    def start(self) -> None:
+        load = ("load-module",)
+        self._modules = [
+            self.server.pactl(*load, "module-null-sink", "sink_name=emic", "rate=16000", "channels=1").stdout.strip(),
+            self.server.pactl(*load, "module-null-sink", "sink_name=espk", f"rate={SPK_RATE}",
+                              f"channels={SPK_CHANNELS}").stdout.strip(),
+        ]
+        self._modules.append(self.server.pactl(
+            *load, "module-loopback", "source=espk.monitor", "sink=emic", f"latency_msec={self.latency_ms}",
+            "source_dont_move=true", "sink_dont_move=true").stdout.strip())
+        # The loopback's stream into emic: its volume is the echo's level (PulseAudio volumes are
+        # cubic: the percentage of a linear amplitude a is a ** (1/3)).
+        inputs = self.server.pactl("list", "short", "sink-inputs").stdout.splitlines()
+        loop = next(line.split()[0] for line in inputs if "module-loopback" in line)
+        self.server.pactl("set-sink-input-volume", loop, f"{round(100 * self.volume ** (1 / 3))}%")
+        time.sleep(2.2)  # the new sinks' first long sleep
+
+    def stop(self) -> None:
+        for module in reversed(self._modules):
+            if module:
+                self.server.pactl("unload-module", module, check=False)
+        self._modules = []
+
+    def play_into_mic(self, samples: np.ndarray) -> subprocess.Popen[bytes]:
+        """The user speaks: 16 kHz mono ``samples`` into the microphone, on top of the echo."""
+        path = self.root / f"user-{time.monotonic_ns()}.raw"
+        np.asarray(samples, dtype="<i2").tofile(path)
+        return subprocess.Popen(
+            ["pacat", "-p", "-d", "emic", "--raw", "--format=s16le", "--rate=16000", "--channels=1",
+             "--latency-msec=200", str(path)],
+            env=self.server.env, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def record_mic(self) -> Recorder:
+        """What the microphone hears (echo and user), 16 kHz mono."""
+        fd, path = tempfile.mkstemp(prefix="emic-", suffix=".raw", dir=self.root)
+        os.close(fd)
+        return Recorder(self.server, "emic.monitor", Path(path), 16_000, 1)
 
 
 # ---------------------------------------------------------------------- signal helpers

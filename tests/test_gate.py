@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from pi_agent.audio import FRAME_BYTES
 from pi_agent.audio.gate import SILENCE, SPEECH_WAIT, CaptureGate, GateCommand
 
@@ -205,3 +207,15 @@ def test_the_wake_word_during_a_turn_is_reported_and_the_turn_goes_on() -> None:
     g.apply(GateCommand.START_TURN)
     outs = run(g, speech)
     assert outs[20].wake == 0.97 and not outs[20].started and g.in_turn
+
+
+def test_over_the_speaker_with_aec_only_a_voice_louder_than_the_residue_is_the_user() -> None:
+    """aec: what is left of the echo may sound like speech to VAD; while the speaker plays, a
+    frame counts as the user's only at BARGE_IN_DBFS or louder."""
+    residue = [(np.full(FRAME_BYTES // 2, 200, dtype="<i2")).tobytes()] * 20  # about -44 dBFS
+    voice = [(np.full(FRAME_BYTES // 2, 2000, dtype="<i2")).tobytes()] * 20  # about -24 dBFS
+    g = vad_gate(set(residue) | set(voice))
+    assert not any(o.started for o in run(g, residue, speaker_until=99.0))
+    assert any(o.started for o in run(g, voice, speaker_until=99.0))
+    g = vad_gate(set(residue))
+    assert any(o.started for o in run(g, residue, t0=100.0, speaker_until=99.0))  # the speaker is quiet again

@@ -32,6 +32,10 @@ A turn begun by a command (a press, the API) or by the wake word gives the user
 :data:`SPEECH_WAIT` seconds to begin before the hangover counts; a turn in which nothing
 was said ends with :attr:`GateOutput.nothing_said`.
 
+Echo cancellation (``aec``): while the speaker plays (``speaker_until``), what is left
+of its echo is no user: speech counts only at :data:`BARGE_IN_DBFS` or louder, so a
+user who talks over the reply is heard and a residue of the reply is not.
+
 Echo (``half_duplex``): until ``echo_mute_until`` (the speaker's real play-out time plus
 a tail) frames are zeros and neither VAD nor the wake word runs, so the agent never
 hears itself. A held push-to-talk button, or a turn begun for the user that is still
@@ -48,11 +52,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import FRAME_BYTES, FRAME_MS
+from .formats import dbfs
 
 SILENCE = bytes(FRAME_BYTES)
 TRIGGER_WINDOW = 5  # frames (100 ms) looked at to decide that speech started
 TRIGGER_VOICED = 3  # of which this many must be voiced
 SPEECH_WAIT = 4.0  # s a turn begun by a press or the wake word waits for the user to begin
+BARGE_IN_DBFS = -42.0  # aec: how loud a voiced frame must be to count while the speaker plays
 MODES = ("push_to_talk", "vad", "wake_word", "always")
 
 
@@ -114,6 +120,7 @@ class CaptureGate:
         self._privacy = privacy or mode == "wake_word"
         self._hangover_frames = max(1, round(hangover * 1000 / FRAME_MS))
         self._wait_frames = round(SPEECH_WAIT * 1000 / FRAME_MS)
+        self._over_speaker = False  # aec: the speaker plays now
         self._preroll: deque[bytes] = deque(maxlen=max(1, round(preroll * 1000 / FRAME_MS)))
         self._window: deque[bool] = deque(maxlen=TRIGGER_WINDOW)
         self._silent_run = 0
@@ -142,10 +149,12 @@ class CaptureGate:
         self._window.clear()
         self._preroll.clear()
 
-    def process(self, frame: bytes, now: float, *, echo_mute_until: float = 0.0,
+    def process(self, frame: bytes, now: float, *, echo_mute_until: float = 0.0, speaker_until: float = 0.0,
                 muted: bool = False, open_until: float = 0.0) -> GateOutput:
-        """One frame at ``now``; ``open_until``: the wake_word mode's follow-up window ends then."""
+        """One frame at ``now``. ``echo_mute_until``: half_duplex mutes until then; ``speaker_until``:
+        aec, the speaker plays until then; ``open_until``: the wake_word mode's follow-up window."""
         out = GateOutput()
+        self._over_speaker = now < speaker_until
         if muted:
             self._deafen_wake_word()
             if self.in_turn:
@@ -212,7 +221,7 @@ class CaptureGate:
         return out
 
     def _vad(self, frame: bytes, out: GateOutput) -> GateOutput:
-        voiced = self._is_speech(frame)
+        voiced = self._voiced(frame)
         if self.in_turn:
             return self._turn(frame, voiced, out)
         if self._triggered(voiced):
@@ -228,7 +237,7 @@ class CaptureGate:
         if out.wake is not None:
             self.wake_words += 1
         if self.in_turn:
-            return self._turn(frame, self._is_speech(frame), out)
+            return self._turn(frame, self._voiced(frame), out)
         if out.wake is not None:
             # The wake word is over (it is detected at its end): the turn starts after it,
             # with no pre-roll, so none of it is sent.
@@ -238,7 +247,7 @@ class CaptureGate:
             out.frames.append(SILENCE)
             return out
         if follow_up:
-            if self._triggered(self._is_speech(frame)):
+            if self._triggered(self._voiced(frame)):
                 return self._vad_start(frame, out)
         else:
             self._window.clear()  # VAD only runs in the follow-up window
@@ -247,6 +256,12 @@ class CaptureGate:
         return out
 
     # --- turns ------------------------------------------------------------------------------
+
+    def _voiced(self, frame: bytes) -> bool:
+        """VAD's verdict; over the speaker (aec) only for a frame loud enough to be the user."""
+        if not self._is_speech(frame):
+            return False
+        return not self._over_speaker or dbfs(frame) >= BARGE_IN_DBFS
 
     def _triggered(self, voiced: bool) -> bool:
         self._window.append(voiced)

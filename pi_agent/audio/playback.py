@@ -30,6 +30,7 @@ from ..errors import DeviceError
 from . import ErrorCallback
 from .devices import CallbackDevice, negotiate, open_stream, resolve, unique
 from .earcons import EARCON_NAMES, make_earcons
+from .echo import FarEnd
 from .formats import Resampler
 
 log = logging.getLogger(__name__)
@@ -449,6 +450,8 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         and not counted."""
         self.latency: float | None = None
         """PortAudio's output latency for the open stream, seconds."""
+        self.far_end: FarEnd | None = None
+        """Where every period handed to the device is also kept, on the output clock (``audio.echo = aec``)."""
         self._cb_buffer: PlaybackBuffer | None = None
         self._silence = b""
 
@@ -525,7 +528,12 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
             delay = time_info["output_buffer_dac_time"] - time_info["current_time"]
             if not 0.0 <= delay < 2.0:  # some host APIs report no times
                 delay = buf.latency
-            return buf.fill(frame_count, time.monotonic() + delay).tobytes(), pyaudio.paContinue
+            start = time.monotonic() + delay
+            out = buf.fill(frame_count, start)
+            far = self.far_end
+            if far is not None:
+                far.played(out, buf.rate, start)
+            return out.tobytes(), pyaudio.paContinue
         except Exception as exc:  # never let the audio thread die silently
             self._broken = True
             if guard is not None:

@@ -29,12 +29,13 @@ class Config:
     transcripts: bool = True  # log what was said
     tool_timeout: float = 10.0  # s an event-API client has to answer a client tool it handles
     follow_up: float = 5.0  # wake_word: s after a reply in which the user may answer without it
+    aec: bool = False  # the speaker's echo is cancelled in software (the mic stays live)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Config:
         return cls(settings.capture.mode, settings.audio.echo == "half_duplex", settings.capture.toggle,
                    frozenset(settings.audio.earcons), settings.log.transcripts, settings.api.tool_timeout,
-                   settings.capture.follow_up)
+                   settings.capture.follow_up, settings.audio.echo == "aec")
 
     @property
     def push_to_talk(self) -> bool:

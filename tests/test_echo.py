@@ -1,0 +1,199 @@
+"""Echo cancellation in-process: the far-end reference on the output clock, and AEC3 on a synthetic room.
+
+The far end is checked sample for sample (where is what the speaker played, on the
+monotonic clock); the canceller is fed a room made of a delay and a reverberant impulse
+response, frame by frame as the microphone's callback feeds it.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import wave
+
+import numpy as np
+import pytest
+
+from pi_agent.audio import FRAME_SAMPLES, MIC_RATE
+from pi_agent.audio.echo import MAX_WAIT, EchoCanceller, FarEnd, unavailable
+from pi_agent.audio.formats import resample
+
+needs_aec = pytest.mark.skipif(unavailable() is not None, reason=f"{unavailable()}")
+
+
+def noise(seconds: float, rate: int, seed: int, level: float = 6000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(0, level, int(seconds * rate)), -32767, 32767).astype(np.int16)
+
+
+def play(far: FarEnd, signal: np.ndarray, rate: int, start: float, period: int, channels: int = 2) -> None:
+    """Hand ``signal`` to ``far`` as a speaker callback would: period by period, heard from ``start``."""
+    for i in range(0, len(signal) - period + 1, period):
+        chunk = np.repeat(signal[i : i + period, None], channels, axis=1)
+        far.played(chunk, rate, start + i / rate)
+
+
+def test_the_far_end_is_what_played_at_the_time_it_was_heard() -> None:
+    far = FarEnd()
+    x48 = noise(2.0, 48_000, 1)
+    play(far, x48, 48_000, start=100.0, period=480)
+    x16 = resample(x48, 48_000, MIC_RATE)
+    got = far.read(100.5, MIC_RATE)  # the second from 100.5 s to 101.5 s
+    want = x16[MIC_RATE // 2 : MIC_RATE // 2 + MIC_RATE]
+    lags = np.arange(-5, 6)
+    corr = [np.corrcoef(got[10:-10], np.roll(want, lag)[10:-10])[0, 1] for lag in lags]
+    assert lags[int(np.argmax(corr))] == 0 and max(corr) > 0.99, corr  # aligned to the sample
+
+
+def test_the_far_end_is_silence_where_nothing_played_and_after_a_pause() -> None:
+    far = FarEnd()
+    assert not far.read(5.0, 320).any()  # nothing played yet
+    tone = noise(0.5, MIC_RATE, 2)
+    play(far, tone, MIC_RATE, start=10.0, period=160, channels=1)
+    play(far, tone, MIC_RATE, start=12.0, period=160, channels=1)  # the stream paused for 1.5 s
+    assert not far.read(10.6, MIC_RATE).any()  # the pause reads as silence
+    assert np.array_equal(far.read(12.0, 160), tone[:160])
+    assert np.array_equal(far.read(10.0, 160), tone[:160])
+    assert not far.read(12.5, 320).any()  # not played (yet): silence
+    assert not far.read(1.0, 320).any()  # older than anything kept
+
+
+def test_the_far_end_keeps_a_few_seconds() -> None:
+    far = FarEnd(seconds=1.0)
+    x = noise(3.0, MIC_RATE, 3)
+    play(far, x, MIC_RATE, start=0.0, period=160, channels=1)
+    assert not far.read(0.5, 160).any()  # forgotten
+    assert np.array_equal(far.read(2.5, 160), x[40_000:40_160])
+
+
+def room(far: np.ndarray, delay: float, seed: int) -> np.ndarray:
+    """The echo of ``far`` at the microphone: a delay, a reverberant tail (RT60 ~0.2 s), -6 dB."""
+    rng = np.random.default_rng(seed)
+    n = int(0.2 * MIC_RATE)
+    ir = rng.normal(0, 1, n) * np.exp(-6.9 * np.arange(n) / n) * 0.05
+    ir[0] = 0.5
+    echo = np.convolve(far.astype(np.float64), ir)[: len(far)]
+    d = int(delay * MIC_RATE)
+    return np.concatenate([np.zeros(d), echo[: len(far) - d]])
+
+
+def speech(text: str, voice: str) -> np.ndarray:
+    """espeak-ng at 16 kHz (skips the test where it is missing)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], check=True, capture_output=True,
+                         timeout=30).stdout
+    with wave.open(io.BytesIO(wav)) as w:
+        rate, x = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return resample(x, rate, MIC_RATE)
+
+
+def lagged_correlation(got: np.ndarray, want: np.ndarray, max_lag: int = 800) -> tuple[float, int]:
+    """The best normalised correlation of ``got`` with ``want`` over lags 0..max_lag (the canceller's delay)."""
+    n = len(want) - max_lag
+    scores = [(float(np.corrcoef(got[lag : lag + n], want[:n])[0, 1]), lag) for lag in range(0, max_lag, 8)]
+    return max(scores)
+
+
+@needs_aec
+@pytest.mark.parametrize("delay", [0.0, 0.03, 0.12])
+def test_the_canceller_removes_the_echo_and_keeps_the_voice(delay: float) -> None:
+    """The agent's reply from the speaker, its echo at the mic; later the user talks over it."""
+    reply = " ".join(["The museum opens at nine and closes at six, every day but Monday."] * 3)
+    speaker = np.tile(speech(reply, "en-us"), 2)[: 16 * MIC_RATE]
+    seconds = len(speaker) / MIC_RATE
+    user = np.zeros(len(speaker))
+    said = speech("Stop, I have another question about the tickets.", "en-gb-x-rp").astype(np.float64) * 0.7
+    talk_at = int((seconds - 4) * MIC_RATE)
+    user[talk_at : talk_at + len(said)] = said[: len(user) - talk_at]
+    mic = np.clip(room(speaker, delay, 7) + user + noise(seconds, MIC_RATE, 8, level=10), -32767, 32767)
+    mic = mic.astype(np.int16)
+    far = FarEnd()
+    aec = EchoCanceller(far)
+    t0, ahead = 50.0, 2 * FRAME_SAMPLES  # the speaker's callback runs 40 ms ahead of the speaker
+    play(far, speaker[:ahead], MIC_RATE, t0, FRAME_SAMPLES, channels=1)
+    out = []
+    for i in range(0, len(mic) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
+        at = t0 + i / MIC_RATE
+        far.played(speaker[i + ahead : i + ahead + FRAME_SAMPLES], MIC_RATE, at + ahead / MIC_RATE)
+        out.extend(np.frombuffer(f, dtype="<i2") for f in aec.push(mic[i : i + FRAME_SAMPLES].tobytes(), at))
+    cleaned = np.concatenate(out).astype(np.float64)
+
+    def power(x: np.ndarray, a: float, b: float) -> float:
+        return float(np.mean(x[int(a * MIC_RATE) : int(b * MIC_RATE)].astype(np.float64) ** 2))
+
+    attenuation = 10 * np.log10(power(mic, 3, seconds - 4) / power(cleaned, 3, seconds - 4))
+    kept, lag = lagged_correlation(cleaned[talk_at:], user[talk_at : len(cleaned)])  # the last frame may wait
+    print(f"\nMEASURED aec delay={delay}: attenuation={attenuation:.1f} dB, double-talk correlation={kept:.2f} "
+          f"at {lag / 16:.0f} ms, running estimate {aec.attenuation_db:.1f} dB")
+    assert attenuation >= 20, attenuation  # the speaker alone: the echo is 20 dB down or more
+    assert kept >= 0.6, kept  # double talk: the user's words come through
+    assert lag <= 0.02 * MIC_RATE  # ... with little added delay
+    assert aec.attenuation_db is not None and aec.attenuation_db > 10
+
+
+def test_the_frame_clock_finds_the_capture_times_and_holds_them_under_late_and_batched_arrivals() -> None:
+    from pi_agent.audio.echo import FrameClock
+
+    clock = FrameClock()
+    rng = np.random.default_rng(9)
+    start, latency = 100.0, 0.025  # the first sample at 100 s; each frame arrives >= 25 ms after its end
+    errors = []
+    for n in range(1000):
+        end = start + (n + 1) * 0.02
+        late = latency + (rng.exponential(0.01) if n % 10 else 0.0)  # jitter, and every tenth on time
+        if 200 <= n < 300:
+            late += 0.02 * (9 - n % 10)  # batches of ten frames, all arriving with the last
+        errors.append(clock.stamp(end + late) - (start + n * 0.02))
+    settled = np.array(errors[20:])
+    assert np.all(settled >= 0)  # never earlier than the truth: the echo's reference must not come late
+    assert np.all(settled <= latency + 0.001), settled.max()  # the device's own latency, and no more
+    assert clock.jumps == 0 and np.ptp(settled) < 1e-9  # and it never moved: the reference stays put
+    # Frames lost (100 ms): within two windows the clock follows, in one step.
+    follow = 1005 + round(2 * FrameClock.WINDOW / 0.02) + 1
+    for n in range(1005, follow):
+        clock.stamp(start + (n + 1) * 0.02 + latency)
+    assert abs(clock.stamp(start + (follow + 1) * 0.02 + latency) - (start + follow * 0.02)) <= latency + 0.001
+    assert clock.jumps == 1
+    assert abs(clock.stamp(500.0) - 499.98) < 1e-9  # a reopened stream starts afresh
+
+
+def test_one_early_estimate_of_the_output_clock_does_not_move_the_reference() -> None:
+    far = FarEnd()
+    x = noise(3.0, MIC_RATE, 10)
+    for i in range(0, len(x), 160):
+        jitter = -0.035 if i == 16_000 else 0.0  # one period whose time is estimated 35 ms early
+        far.played(x[i : i + 160], MIC_RATE, 20.0 + i / MIC_RATE + jitter)
+    assert far.resyncs == 0
+    assert np.array_equal(far.read(22.0, 320), x[32_000:32_320])
+    early = FarEnd()  # a clock that stays early for good: followed after EARLY_WINDOW
+    for i in range(0, len(x), 160):
+        early.played(x[i : i + 160], MIC_RATE, 20.0 + i / MIC_RATE - (0.035 if i >= 8000 else 0.0))
+    assert early.resyncs == 1
+    assert np.array_equal(early.read(22.0 - 0.035, 320), x[32_000:32_320])
+
+
+def test_a_frame_waits_for_a_late_speaker_and_not_for_a_stopped_one() -> None:
+    class Echo:  # AEC3's stand-in: records what it is given
+        def __init__(self) -> None:
+            self.far: list[np.ndarray] = []
+
+        def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+            self.far.append(far)
+            return near
+
+    far, engine = FarEnd(), Echo()
+    aec = EchoCanceller(far, engine=engine)
+    x = noise(1.0, MIC_RATE, 11)
+    far.played(x[:320], MIC_RATE, 30.0)  # the speaker has handed over 30.00-30.02 s
+    mic = noise(0.02, MIC_RATE, 12).tobytes()
+    assert aec.push(mic, 30.0) == []  # its reference runs to 30.03 s: wait for the speaker
+    far.played(x[320:640], MIC_RATE, 30.02)
+    assert aec.push(mic, 30.02) == [mic]  # the first is ready now; the second waits
+    assert np.abs(engine.far[0].astype(int) - x[160:480]).max() <= 1  # the whole reference, no hole
+    for k in range(2, 2 + MAX_WAIT + 1):  # the speaker stalls: no frame waits more than MAX_WAIT
+        out = aec.push(mic, 30.0 + k * 0.02)
+    assert len(out) >= 1
+    stopped = EchoCanceller(FarEnd(), engine=Echo())  # a speaker that never played: nothing to wait for
+    assert stopped.push(mic, 40.0) == [mic]
