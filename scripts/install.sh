@@ -25,7 +25,8 @@ NAME=pi-agent
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Debian packages: runtime libraries and what pip needs to build PyAudio and webrtcvad.
 # libopenblas0: numpy's wheels for 32-bit Raspberry Pi OS (piwheels) link against it.
-DEBS=(python3-venv python3-dev build-essential portaudio19-dev libasound2-plugins alsa-utils libopenblas0)
+# procps: /bin/kill, which the unit's ExecReload (systemctl reload) runs; a minimal Debian lacks it.
+DEBS=(python3-venv python3-dev build-essential portaudio19-dev libasound2-plugins alsa-utils libopenblas0 procps)
 # Only in Raspberry Pi OS's archive: gpiozero with the lgpio pin factory (needed on a Pi 5).
 PI_DEBS=(python3-gpiozero python3-lgpio)
 

@@ -275,7 +275,7 @@ def test_packages_and_pip_are_asked_for(lifecycle: Lifecycle) -> None:
     apt = [c for c in lifecycle.calls_first if c[0] == "apt-get"]
     assert apt[0][1:] == ["update", "-qq"]
     installed = {p for c in apt[1:] for p in c[1:] if not p.startswith("-") and p != "install"}
-    assert {"python3-venv", "python3-dev", "portaudio19-dev", "libasound2-plugins", "alsa-utils",
+    assert {"python3-venv", "python3-dev", "portaudio19-dev", "libasound2-plugins", "alsa-utils", "procps",
             "python3-gpiozero", "python3-lgpio"} <= installed
     pip = [c for c in lifecycle.calls_first if c[0] == "pip"]
     assert pip == [["pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", str(REPO)]]
