@@ -81,6 +81,7 @@ async def check(settings: Settings, config_source: str) -> int:
         return f"{_what(audio_out)} opens"
 
     failed += _check_capture(settings.capture)
+    failed += _check_echo(settings.audio)
     await device("microphone", mic)
     await device("speaker", speaker)
     gpio = _gpio_summary(settings)
@@ -121,6 +122,27 @@ def _check_capture(c: CaptureSettings) -> int:
         return 1
     assert detector is not None
     _line(OK, "capture", f"wake_word: the {detector.description} loads; follow-ups for {c.follow_up:g} s; {here}")
+    return 0
+
+
+def _check_echo(a: AudioSettings) -> int:
+    """The echo setting, and whether software echo cancellation can run here; 1 if ``aec`` cannot."""
+    from .audio.echo import unavailable
+
+    reason = unavailable()
+    if a.echo != "aec":
+        _line(OK, "echo", f"{a.echo}" + ("; aec available here (try pi-agent test-mic --echo)" if reason is None
+                                         else f"; not aec: {reason}"))
+        return 0
+    if reason is not None:
+        _line(FAIL, "echo", f"audio.echo = aec: {reason}")
+        return 1
+    if a.output_wav is not None:
+        _line(FAIL, "echo", "audio.echo = aec needs a sound card's speaker, not audio.output_wav")
+        return 1
+    _line(OK, "echo", "aec: WebRTC's echo canceller loads"
+          + (" (with noise suppression)" if a.noise_suppression else "")
+          + "; pi-agent test-mic --echo says whether it works with this speaker and microphone")
     return 0
 
 

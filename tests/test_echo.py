@@ -197,3 +197,25 @@ def test_a_frame_waits_for_a_late_speaker_and_not_for_a_stopped_one() -> None:
     assert len(out) >= 1
     stopped = EchoCanceller(FarEnd(), engine=Echo())  # a speaker that never played: nothing to wait for
     assert stopped.push(mic, 40.0) == [mic]
+
+
+def test_without_the_canceller_aec_is_a_clear_configuration_error(tmp_path) -> None:
+    """32-bit ARM has no wheel: as if pywebrtc-audio were not installed."""
+    import os
+    import sys
+
+    from pi_agent.audio.files import write_wav
+
+    hide = ("import sys; sys.modules['pywebrtc_audio'] = None; from pi_agent.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    mic = tmp_path / "mic.wav"
+    write_wav(mic, np.zeros((16_000, 1), np.int16), MIC_RATE)
+    env = {**os.environ, "PI_AGENT_AGENT_ID": "a", "PI_AGENT_SERVER_URL": "http://127.0.0.1:9",
+           "PI_AGENT_AUDIO__INPUT_WAV": str(mic), "PI_AGENT_API__PORT": "0", "PI_AGENT_API__SOCKET": "off"}
+    check = subprocess.run([sys.executable, "-c", hide, "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert "[ ok ] echo: half_duplex; not aec: the echo canceller (pywebrtc-audio) is not installed" in check.stdout
+    env["PI_AGENT_AUDIO__ECHO"] = "aec"
+    check = subprocess.run([sys.executable, "-c", hide, "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert "[FAIL] echo: audio.echo = aec: the echo canceller (pywebrtc-audio) is not installed" in check.stdout
+    run = subprocess.run([sys.executable, "-c", hide, "run"], env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 78 and "is not installed" in run.stderr and "Traceback" not in run.stderr, run.stderr
