@@ -23,6 +23,7 @@ from . import __version__
 from .alarms import GrowthAlarm
 from .audio import AudioInput, AudioOutput
 from .audio.echo import FrameClock
+from .audio.echo import require as require_echo_canceller
 from .audio.formats import MicEncoder, decode_pcm
 from .audio.gate import CaptureGate, WakeWord
 from .config import AudioSettings, CaptureSettings, Settings
@@ -452,6 +453,8 @@ async def run_daemon(settings: Settings, parts: Parts | None = None, stop: async
             try:
                 new = reload()
                 make_wake_word(new.capture)  # a model that does not load is refused like a bad setting
+                if new.audio.echo == "aec":
+                    require_echo_canceller()
             except ConfigError as e:
                 for line in str(e).splitlines():
                     log.error("reload refused, the configuration in use stays: %s", line)

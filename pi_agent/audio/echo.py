@@ -59,6 +59,13 @@ def unavailable() -> str | None:
     return None
 
 
+def require() -> None:
+    """:class:`ConfigError` if ``audio.echo = aec`` cannot run here."""
+    reason = unavailable()
+    if reason is not None:
+        raise ConfigError(f"audio.echo = aec: {reason}")
+
+
 class FarEnd:
     """What the speaker played, as 16 kHz mono on the monotonic clock: the echo reference.
 
@@ -217,9 +224,7 @@ class EchoCanceller:
 
     def __init__(self, far: FarEnd, *, noise_suppression: bool = False, engine: Any = None) -> None:
         if engine is None:
-            reason = unavailable()
-            if reason is not None:
-                raise ConfigError(f"audio.echo = aec: {reason}")
+            require()
             from pywebrtc_audio import AudioProcessor
             engine = AudioProcessor(MIC_RATE, 1, echo_cancellation=True, high_pass_filter=True,
                                     noise_suppression=noise_suppression)
