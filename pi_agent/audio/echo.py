@@ -6,13 +6,14 @@ Two halves, one on each audio thread:
   to the device is kept as 16 kHz mono, placed on the ``time.monotonic()`` axis at the
   moment it will be heard (the output clock the speaker already keeps, device latency
   included). A few seconds are kept; what was never played reads as silence.
-* :class:`EchoCanceller`, called by the microphone's PortAudio callback for every
-  20 ms frame with the moment its first sample was captured: it reads what the speaker
-  played at that moment (a little later, :data:`AHEAD`, so that the reference always
-  leads the echo in it, whatever the error of the two clocks) and lets AEC3 remove it.
-  AEC3 finds the remaining delay (the air, the converters) itself, up to about 450 ms (measured);
-  what it cannot do is cancel an echo whose reference comes after it. The speaker's
-  callback runs ahead of the speaker by its latency, so the reference is there in time.
+* :class:`EchoCanceller`, on the event loop, given every 20 ms microphone frame with the
+  moment its first sample was captured (:class:`FrameClock` finds it from when frames
+  arrive): it reads what the speaker played at that moment (a little later,
+  :data:`AHEAD`, so that the reference always leads the echo in it, whatever the error
+  of the two clocks) and lets AEC3 remove it. AEC3 finds the remaining delay (the air,
+  the converters) itself, up to about 450 ms (measured); what it cannot do is cancel an
+  echo whose reference comes after it, so a frame waits for a speaker that is late with
+  its reference.
 
 The microphone's frames then go on as always: the capture gate, VAD, the wake word and
 the agent all get the cancelled signal. The engine is ``pywebrtc-audio`` (Apache-2.0,
@@ -69,8 +70,8 @@ def require() -> None:
 class FarEnd:
     """What the speaker played, as 16 kHz mono on the monotonic clock: the echo reference.
 
-    :meth:`played` runs on the speaker's audio thread, :meth:`read` on the microphone's;
-    a lock guards the ring (both are short copies).
+    :meth:`played` runs on the speaker's audio thread, :meth:`read` on the event loop; a
+    lock guards the ring (both are short copies).
     """
 
     def __init__(self, seconds: float = RING_SECONDS) -> None:
