@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,8 +369,17 @@ def test_missing_root_directory(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not IS_ROOT or shutil.which("setpriv") is None, reason="needs root and setpriv")
 def test_refuses_to_touch_the_system_without_root() -> None:
-    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                             "bash", str(SCRIPT), "--no-apt"], capture_output=True, text=True, timeout=30)
+    # The checkout may sit in a directory only root can enter (CI clones into a mktemp -d):
+    # the unprivileged user runs a copy from a directory anybody can read.
+    with tempfile.TemporaryDirectory() as place:
+        scripts = Path(place) / "scripts"
+        scripts.mkdir()
+        copy = scripts / SCRIPT.name
+        shutil.copy(SCRIPT, copy)
+        for path in (Path(place), scripts, copy):
+            path.chmod(0o755)
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 "bash", str(copy), "--no-apt"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "run it as root" in result.stderr
 
 
