@@ -38,7 +38,13 @@ async def test_delay_jitter_and_stalls_do_not_break_the_conversation(tmp_path: P
         async with fault_daemon(env, tmp_path, secrets=lambda: [*agent_signatures(agent),
                                                                 *proxy.signatures]) as run:
             await run.events.wait_for(lambda e: e["type"] == "user_transcript", 20, "the transcript")
-            await run.events.wait_for(lambda e: e.get("previous") == "speaking", 20, "the reply played")
+            # The whole reply, not its first stretch: the agent sends in real time here, so a stall
+            # on the link may run the speaker dry (and end "speaking") before the reply is over.
+            deadline = time.monotonic() + 20
+            while not (agent.conversations and agent.latest.turns and agent.latest.turns[0].completed):
+                assert time.monotonic() < deadline, "the agent did not get to send its whole reply"
+                await asyncio.sleep(0.1)
+            await run.wait_state("idle", 10)  # and it played
             metrics = await run.metrics()
             closes = run.connections(False)
     assert not closes and len(agent.conversations) == 1, closes  # no reconnect
