@@ -135,6 +135,13 @@ class AudioSettings(_Section):
     period_ms: int = Field(10, ge=5, le=100, description="speaker buffer period in milliseconds: "
                            "PortAudio holds two, so an interruption silences the speaker within about "
                            "three; 20 halves the speaker's wake-ups (less CPU) for twice the delay")
+    standby_after: float = Field(1.0, ge=0, le=3600, description="seconds after the last sound at which the "
+                                 "speaker's stream stops, so that nothing wakes for it while nothing plays; the "
+                                 "next sound starts it again at once (a sink that pops when its stream starts "
+                                 "or stops: a large value keeps it running)")
+    lead_in: float = Field(0.0, ge=0, le=2.0, description="seconds of silence played before the first sound "
+                           "after the speaker's stream stopped, for sinks that clip the first sound after a "
+                           "pause (HDMI, some USB: try 0.3); that sound starts as much later")
     echo: Literal["half_duplex", "aec", "full_duplex"] = Field(
         "half_duplex", description="half_duplex: the mic is muted while the agent speaks "
         "(speaker next to mic; barge-in by button); aec: the mic stays live and the speaker's echo is "

@@ -89,7 +89,8 @@ def make_audio_output(a: AudioSettings) -> AudioOutput:
         from .audio.files import WavFileOutput
         return WavFileOutput(a.output_wav, rate=a.output_rate or 16000, period_ms=a.period_ms)
     from .audio.playback import PyAudioOutput
-    return PyAudioOutput(a.output_device, period_ms=a.period_ms, rate=a.output_rate, earcons=a.earcons)
+    return PyAudioOutput(a.output_device, period_ms=a.period_ms, rate=a.output_rate, earcons=a.earcons,
+                         standby_after=a.standby_after, lead_in=a.lead_in)
 
 
 def make_vad(aggressiveness: int) -> Vad:

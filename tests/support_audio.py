@@ -40,6 +40,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,6 +220,60 @@ class Recorder:
         data = np.fromfile(self.path, dtype="<i2")
         usable = len(data) - len(data) % self.channels
         return data[:usable].reshape(-1, self.channels)
+
+
+class TimedRecording:
+    """``parec`` of a sink's monitor whose samples can be placed on the ``time.monotonic()`` axis.
+
+    A thread notes when the file grows. Sample ``i`` was rendered no later than the
+    moment a file size covering it was seen, so ``min(t_k - (n_k - 1) / rate)`` over
+    the observations (``n_k`` frames seen at ``t_k``) plus ``i / rate`` is an upper
+    bound of when it played (assuming ``parec`` drops nothing), tight to the recorder's
+    smallest delivery delay.
+    """
+
+    def __init__(self, server: PulseServer, source: str, root: Path) -> None:
+        path = root / f"rec-{source}-{time.monotonic_ns()}.raw"
+        self.recorder = Recorder(server, source, path, SPK_RATE, SPK_CHANNELS)
+        self.path = path
+        self._seen: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="recording clock", daemon=True)
+        self._thread.start()
+        self.recorder.wait_started()
+
+    def _watch(self) -> None:
+        frame_bytes = 2 * SPK_CHANNELS
+        last = -1
+        while not self._stop.is_set():
+            size = self.path.stat().st_size
+            t = time.monotonic()  # taken after the size: the data was there by now
+            if size != last:
+                last = size
+                self._seen.append((t, size // frame_bytes))
+            time.sleep(0.001)
+
+    def stop(self) -> np.ndarray:
+        self._stop.set()
+        self._thread.join(5)
+        return self.recorder.stop()
+
+    @property
+    def origin(self) -> float:
+        """Upper bound of when sample 0 played."""
+        return min(t - (n - 1) / SPK_RATE for t, n in self._seen if n > 0)
+
+    @property
+    def typical_delay(self) -> float:
+        """Median delivery delay beyond the smallest one: how coarse the placement is."""
+        origin = self.origin
+        return float(np.median([t - (n - 1) / SPK_RATE - origin for t, n in self._seen if n > 0]))
+
+    def time_of(self, index: int | np.ndarray) -> float | np.ndarray:
+        return self.origin + np.asarray(index) / SPK_RATE
+
+    def index_at(self, t: float) -> int:
+        return int(np.floor((t - self.origin) * SPK_RATE))
 
 
 class VirtualAudio:

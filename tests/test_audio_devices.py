@@ -21,6 +21,7 @@ from pi_agent.audio.playback import PyAudioOutput
 from pi_agent.errors import DeviceError
 from .support_audio import (
     SPK_RATE,
+    TimedRecording,
     VirtualAudio,
     dominant_frequency,
     loud_segments,
@@ -346,8 +347,8 @@ async def test_vanished_speaker_is_reported_once_and_can_be_reopened(alsa_device
     out = PyAudioOutput("vgone_spk", stall_timeout=0.5)
     try:
         await out.open(errors.append)
+        out.play(tone(440, 4.0, 16000).tobytes(), 16000)  # the stream runs while something plays
         await wait_for(lambda: out.callbacks > 15, 5.0, "the output to run")
-        out.play(tone(440, 2.0, 16000).tobytes(), 16000)
         server.kill()  # the USB speaker is pulled out
         await wait_for(lambda: bool(errors), 3.0, "the failure report")
         await asyncio.sleep(0.6)
@@ -359,6 +360,7 @@ async def test_vanished_speaker_is_reported_once_and_can_be_reopened(alsa_device
             await out.open(errors.append)  # the device is gone from the list now
         server.start()  # plugged in again
         await out.open(errors.append)
+        out.play(tone(440, 4.0, 16000).tobytes(), 16000)
         await wait_for(lambda: out.callbacks > 5, 5.0, "the reopened output to run")
         assert len(errors) == 1
     finally:
@@ -402,3 +404,179 @@ async def test_microphone_and_speaker_open_and_close_concurrently(alsa_devices: 
         await asyncio.gather(mic.close(), out.close())
     assert not errors
     await asyncio.gather(mic.close(), out.close())  # idempotent
+
+
+# --------------------------------------------------------------------------- standby, restart, lead-in, idle reads
+
+
+def first_loud(recording: TimedRecording, samples: np.ndarray, after: float, threshold: int = 300) -> float:
+    """When the first sample louder than ``threshold`` after ``after`` (monotonic) was played."""
+    start = max(0, recording.index_at(after) - SPK_RATE // 100)
+    loud = np.nonzero(np.abs(samples[start:].astype(np.int32)) > threshold)[0]
+    assert len(loud), "nothing loud was played"
+    return float(recording.time_of(start + int(loud[0])))
+
+
+def last_loud(recording: TimedRecording, samples: np.ndarray, threshold: int = 100) -> float:
+    loud = np.nonzero(np.abs(samples.astype(np.int32)) > threshold)[0]
+    assert len(loud), "nothing loud was played"
+    return float(recording.time_of(int(loud[-1])))
+
+
+async def test_a_stopped_speaker_makes_no_callbacks_and_its_first_sound_starts_it_at_once(
+    alsa_devices: VirtualAudio, tmp_path
+) -> None:
+    """Nothing plays: the stream stops and nothing wakes for it. A sound starts it again,
+    and its first sample reaches the sink at once (it waits behind no queue), every time."""
+    recording = TimedRecording(alsa_devices.server, "spk.monitor", tmp_path)
+    out = PyAudioOutput("vspk", rate=SPK_RATE, period_ms=20, standby_after=0.3)
+    errors: list[DeviceError] = []
+    onsets, lengths = [], []
+    try:
+        await out.open(errors.append)
+        for _ in range(2):
+            await wait_for(lambda: not out.running, 3.0, "the stream to stop")
+            before = out.callbacks
+            await asyncio.sleep(1.0)
+            assert out.callbacks == before  # stopped: not a single callback
+            played_at = time.monotonic()
+            out.play(tone(440, 0.3, 16000).tobytes(), 16000)
+            assert out.running
+            await wait_until_heard(out, extra=0.1)
+            onsets.append(played_at)
+    finally:
+        await out.close()
+        recorded = recording.stop()[:, 0]
+    assert not errors
+    segments = loud_segments(recorded, SPK_RATE)
+    assert len(segments) == 2, segments
+    for (start, end), played_at in zip(segments, onsets, strict=True):
+        lengths.append((end - start) / SPK_RATE)
+        onset = float(recording.time_of(start)) - played_at
+        print(f"ONSET after a stop: {1000 * onset:.1f} ms")
+        assert onset < 0.012, onset  # a running stream's queue (2 periods = 40 ms here) is not waited for
+    assert all(abs(length - 0.3) <= 0.012 for length in lengths), lengths  # the start is not clipped
+    assert out.starts == 2
+
+
+async def test_a_sound_does_not_wait_behind_the_silence_a_running_stream_holds(
+    alsa_devices: VirtualAudio, tmp_path
+) -> None:
+    """Within the standby time the stream runs on silence: a new sound restarts it instead
+    of queueing behind what the device holds (four 40 ms periods would be 80-160 ms)."""
+    recording = TimedRecording(alsa_devices.server, "spk.monitor", tmp_path)
+    out = PyAudioOutput("vspk", rate=SPK_RATE, period_ms=40, standby_after=30.0)
+    try:
+        await out.open(lambda error: None)
+        await wait_for(lambda: out.callbacks > 10, 5.0, "the output to run")
+        assert out.running
+        played_at = time.monotonic()
+        out.play(tone(440, 0.2, 16000).tobytes(), 16000)
+        await wait_until_heard(out, extra=0.1)
+    finally:
+        await out.close()
+        recorded = recording.stop()[:, 0]
+    onset = first_loud(recording, recorded, played_at) - played_at
+    print(f"ONSET on a running stream: {1000 * onset:.1f} ms")
+    assert onset < 0.012, onset
+
+
+@pytest.mark.parametrize("period_ms", [10, 40])
+async def test_flush_drops_what_the_device_holds_whatever_the_period(
+    alsa_devices: VirtualAudio, tmp_path, period_ms: int
+) -> None:
+    """An interruption aborts the stream: the speaker is silent at once, not a period or
+    two later; the next sound starts it again."""
+    recording = TimedRecording(alsa_devices.server, "spk.monitor", tmp_path)
+    out = PyAudioOutput("vspk", rate=SPK_RATE, period_ms=period_ms)
+    try:
+        await out.open(lambda error: None)
+        out.play(tone(440, 3.0, 16000).tobytes(), 16000)
+        await asyncio.sleep(0.6)
+        flushed_at = time.monotonic()
+        out.flush()
+        assert out.audible_until() <= flushed_at + 0.002
+        assert not out.running
+        await asyncio.sleep(0.4)
+        recorded = recording.stop()[:, 0]
+        again_at = time.monotonic()
+        out.play(tone(660, 0.2, 16000).tobytes(), 16000)  # and it plays again
+        await wait_until_heard(out, extra=0.05)
+    finally:
+        await out.close()
+    silent_after = last_loud(recording, recorded) - flushed_at
+    print(f"FLUSH with {period_ms} ms periods: last sound {1000 * silent_after:.1f} ms after the flush")
+    assert silent_after < 0.012, silent_after
+    assert out.starts >= 1 and time.monotonic() > again_at
+
+
+async def test_the_lead_in_plays_silence_first_after_a_stop_and_only_then(alsa_devices: VirtualAudio,
+                                                                            tmp_path) -> None:
+    """audio.lead_in: after a stop, the sink gets that much silence before the sound (a sink
+    that wakes slowly swallows it instead of the first syllable); the sound is whole, and
+    audible_until() counts the lead-in. A sound while the stream runs gets none."""
+    recording = TimedRecording(alsa_devices.server, "spk.monitor", tmp_path)
+    out = PyAudioOutput("vspk", rate=SPK_RATE, standby_after=0.3, lead_in=0.25)
+    try:
+        await out.open(lambda error: None)
+        await wait_for(lambda: not out.running, 3.0, "the stream to stop")
+        first_at = time.monotonic()
+        out.play(tone(440, 0.3, 16000).tobytes(), 16000)
+        until = out.audible_until()
+        await asyncio.sleep(0.7)  # heard, and the stream still runs (standby 0.3 s after it)
+        assert out.running
+        second_at = time.monotonic()
+        out.play(tone(660, 0.3, 16000).tobytes(), 16000)
+        await wait_until_heard(out, extra=0.1)
+    finally:
+        await out.close()
+        recorded = recording.stop()[:, 0]
+    segments = loud_segments(recorded, SPK_RATE, min_gap_ms=100)
+    assert len(segments) == 2, segments
+    first = float(recording.time_of(segments[0][0])) - first_at
+    second = float(recording.time_of(segments[1][0])) - second_at
+    print(f"LEAD-IN: first sound {1000 * first:.1f} ms after play (lead-in 250), next {1000 * second:.1f} ms")
+    assert 0.23 <= first <= 0.27, first  # the null sink mixes up to 10 ms ahead of its clock
+    assert abs(until - (first_at + 0.25 + 0.3)) <= 0.03, until - first_at
+    assert second < 0.012, second  # the stream ran: no lead-in
+    for start, end in segments:
+        assert abs((end - start) / SPK_RATE - 0.3) <= 0.012  # whole
+
+
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+async def test_a_speaker_that_vanishes_while_stopped_is_reported(alsa_devices: VirtualAudio, how: str) -> None:
+    """Nothing plays, so no callback shows the speaker is gone: the start-and-stop it gets
+    every probe_every seconds fails (or never returns: a frozen sound server) and says so,
+    once; closing does not hang; it opens again when the device is back."""
+    server = alsa_devices.gone_server()
+    server.start()
+    errors: list[DeviceError] = []
+    out = PyAudioOutput("vgone_spk", standby_after=0.2, probe_every=0.5)
+    try:
+        await out.open(errors.append)
+        await wait_for(lambda: not out.running, 5.0, "the stream to stop")
+        await asyncio.sleep(1.2)  # a few probes while the device is there: no error
+        assert not errors
+        if how == "killed":
+            server.kill()
+        else:
+            server.freeze()
+        gone_at = time.monotonic()
+        await wait_for(lambda: bool(errors), 3.0, "the failure report")
+        reported_after = time.monotonic() - gone_at
+        await asyncio.sleep(0.6)
+        assert len(errors) == 1 and "vgone_spk" in str(errors[0]), errors
+        started = time.monotonic()
+        await out.close()
+        assert time.monotonic() - started < 2.5
+        print(f"VANISHED while stopped ({how}): reported after {reported_after:.2f} s")
+        server.kill()
+        server.start()  # plugged in again
+        await out.open(errors.append)
+        out.play(tone(440, 1.0, 16000).tobytes(), 16000)
+        await wait_for(lambda: out.callbacks > 5, 5.0, "the reopened output to run")
+        assert len(errors) == 1
+    finally:
+        await out.close()
+        server.kill()
+        server.stop()

@@ -8,7 +8,7 @@ PulseAudio path, through the capture gate, the session and the WebSocket, to the
 in-process fake agent, which records what it receives. Speech is played into the
 microphone with ``pacat``; what the speaker played is recorded from ``spk.monitor``.
 
-Clocks: the fake agent, the event-API client and :class:`TimedRecording` all run in
+Clocks: the fake agent, the event-API client and :class:`~.support_audio.TimedRecording` all run in
 this process and use ``time.monotonic()`` (system-wide, so also the daemon's clock).
 A recording's samples are placed on that axis from when they reached the file, which
 can only make a measured delay longer, never shorter.
@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import re
 import subprocess
-import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Iterator
@@ -32,10 +31,8 @@ import pytest
 from pi_agent.audio.files import read_wav
 from pi_agent.fake_agent import ConversationRecord, FakeAgent, FakeAgentOptions
 from .support_audio import (
-    SPK_CHANNELS,
     SPK_RATE,
-    PulseServer,
-    Recorder,
+    TimedRecording,
     VirtualAudio,
     dominant_frequency,
     exact_edges,
@@ -48,7 +45,7 @@ pytestmark = [pytest.mark.audio, pytest.mark.slow]
 
 MIC_RATE = 16_000
 FRAME = 320  # samples in one 20 ms mic frame
-PERIOD = 0.010  # the speaker's device period (audio.period_ms default)
+BARGE_IN_BOUND = 0.03  # s from interruption to silence (the README's target is 15 ms; slack for a busy machine)
 PULSE_VARS = ("PULSE_SERVER", "PULSE_RUNTIME_PATH", "HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME")
 
 
@@ -223,60 +220,6 @@ def runs(indices: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
-class TimedRecording:
-    """``parec`` of a sink's monitor whose samples can be placed on the ``time.monotonic()`` axis.
-
-    A thread notes when the file grows. Sample ``i`` was rendered no later than the
-    moment a file size covering it was seen, so ``min(t_k - (n_k - 1) / rate)`` over
-    the observations (``n_k`` frames seen at ``t_k``) plus ``i / rate`` is an upper
-    bound of when it played (assuming ``parec`` drops nothing), tight to the recorder's
-    smallest delivery delay.
-    """
-
-    def __init__(self, server: PulseServer, source: str, root: Path) -> None:
-        path = root / f"rec-{source}-{time.monotonic_ns()}.raw"
-        self.recorder = Recorder(server, source, path, SPK_RATE, SPK_CHANNELS)
-        self.path = path
-        self._seen: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="recording clock", daemon=True)
-        self._thread.start()
-        self.recorder.wait_started()
-
-    def _watch(self) -> None:
-        frame_bytes = 2 * SPK_CHANNELS
-        last = -1
-        while not self._stop.is_set():
-            size = self.path.stat().st_size
-            t = time.monotonic()  # taken after the size: the data was there by now
-            if size != last:
-                last = size
-                self._seen.append((t, size // frame_bytes))
-            time.sleep(0.001)
-
-    def stop(self) -> np.ndarray:
-        self._stop.set()
-        self._thread.join(5)
-        return self.recorder.stop()
-
-    @property
-    def origin(self) -> float:
-        """Upper bound of when sample 0 played."""
-        return min(t - (n - 1) / SPK_RATE for t, n in self._seen if n > 0)
-
-    @property
-    def typical_delay(self) -> float:
-        """Median delivery delay beyond the smallest one: how coarse the placement is."""
-        origin = self.origin
-        return float(np.median([t - (n - 1) / SPK_RATE - origin for t, n in self._seen if n > 0]))
-
-    def time_of(self, index: int | np.ndarray) -> float | np.ndarray:
-        return self.origin + np.asarray(index) / SPK_RATE
-
-    def index_at(self, t: float) -> int:
-        return int(np.floor((t - self.origin) * SPK_RATE))
-
-
 # ------------------------------------------------------------------------------ 1. vad onset
 
 
@@ -368,9 +311,10 @@ async def test_agent_audio_format_plays_at_the_right_pitch_and_length_on_48k(
 # ------------------------------------------------------------------------------ 3. barge-in
 
 
-async def test_barge_in_silences_the_speaker_within_one_period(virtual_audio: VirtualAudio, tmp_path: Path) -> None:
+async def test_barge_in_silences_the_speaker_at_once(virtual_audio: VirtualAudio, tmp_path: Path) -> None:
     """full_duplex: the user talks over a long reply; the fake agent sends ``interruption``;
-    what the speaker sink played stops within a device period plus the device latency."""
+    what the speaker sink played stops at once: the stream is aborted, so what the device
+    held is dropped, whatever its period and latency."""
     long_tone = write_wav(tmp_path / "long.wav", tone(600, 4.0, 16_000), 16_000)
     opts = FakeAgentOptions(port=0, reply_wav=str(long_tone), reply_delay=1.5)
     async with FakeAgent(opts) as agent:
@@ -407,7 +351,7 @@ async def test_barge_in_silences_the_speaker_within_one_period(virtual_audio: Vi
     after_event = last_heard - event_at
     # A check of the recording's clock: the tone cannot be heard before its first chunk was sent.
     start_delay = first_heard - record.sent_of("audio")[0].t
-    bound = PERIOD + latency + 0.1
+    bound = BARGE_IN_BOUND
     report("barge_in", speaker_latency_s=latency, silent_after_interruption_sent_s=round(after_sent, 4),
            silent_after_event_api_s=round(after_event, 4), tone_played_s=round(last_heard - first_heard, 3),
            heard_after_first_chunk_sent_s=round(start_delay, 4), bound_s=round(bound, 3),

@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
 import numpy as np
 import pyaudio
 
 from ..errors import DeviceError
+from ..threads import run_blocking
 from . import ErrorCallback
-from .devices import CallbackDevice, negotiate, open_stream, resolve, unique
+from .devices import CallbackDevice, abort_stream, close_quietly, negotiate, open_stream, resolve, unique
 from .earcons import EARCON_NAMES, make_earcons
 from .echo import FarEnd
 from .formats import Resampler
@@ -95,6 +97,8 @@ class PlaybackBuffer:
         self._starved_at: float | None = None
         self._last_end = 0.0  # device time at which the last pulled period ends
         self._audio_end = 0.0  # device time at which the last audible sample ends
+        self._lead = 0  # device frames of silence to hand out before anything else (lead-in)
+        self._held = False  # hand out silence and take nothing (the device is about to drop it)
         self._alloc(max_period)
 
     def _alloc(self, frames: int) -> None:
@@ -104,8 +108,11 @@ class PlaybackBuffer:
 
     # ------------------------------------------------------------------ loop side
 
-    def play(self, pcm: PcmLike, rate: int) -> None:
-        """Queue mono s16 PCM at ``rate``; resampled, streaming, to the device rate."""
+    def play(self, pcm: PcmLike, rate: int, now: float = 0.0) -> None:
+        """Queue mono s16 PCM at ``rate``; resampled, streaming, to the device rate.
+
+        ``now`` tells a stopped device's buffer the time (its own clock stopped with it),
+        for the underrun count."""
         samples = _as_samples(pcm)
         if rate <= 0:
             raise ValueError(f"sample rate must be positive, got {rate}")
@@ -115,7 +122,7 @@ class PlaybackBuffer:
             if self._resampler is not None:  # format change: end the old stream cleanly
                 self._append(self._resampler.flush())
             self._resampler = Resampler(rate, self.rate, quality=self.quality)
-        self._append(self._resampler.process(samples), expecting=True)
+        self._append(self._resampler.process(samples), expecting=True, now=now)
 
     def drain_tail(self) -> None:
         """Queue what the resampler still holds; the next chunk starts a new resampler stream.
@@ -135,7 +142,10 @@ class PlaybackBuffer:
             self._starved_at = None
 
     def flush(self) -> None:
-        """Drop all queued agent audio (earcons keep playing); silence from the next period."""
+        """Drop all queued agent audio (earcons keep playing); silence from the next period.
+
+        What the device already holds still plays, unless the device drops it too
+        (:meth:`device_dropped`)."""
         with self._lock:
             self._chunks.clear()
             self._offset = 0
@@ -147,6 +157,24 @@ class PlaybackBuffer:
             self._audio_end = min(self._audio_end, self._last_end)
         if self._resampler is not None:
             self._resampler.reset()
+
+    def device_dropped(self, now: float) -> None:
+        """The device was stopped at ``now`` and dropped what it held: nothing pulled is heard
+        after ``now``; the next period pulled (after a restart) says when sound resumes."""
+        with self._lock:
+            self._audio_end = min(self._audio_end, now)
+            self._last_end = min(self._last_end, now)
+
+    def hold(self, held: bool) -> None:
+        """While held, periods are silence and nothing queued is taken: a stream that is about
+        to be stopped, dropping what the device holds, drops no sound."""
+        with self._lock:
+            self._held = held
+
+    def lead_in(self, seconds: float) -> None:
+        """Hand out ``seconds`` of silence before anything else (a restarted sink's wake-up)."""
+        with self._lock:
+            self._lead = max(0, round(seconds * self.rate))
 
     def play_earcon(self, name: str) -> bool:
         """Start mixing an enabled earcon from the next period; False if it is disabled."""
@@ -165,12 +193,13 @@ class PlaybackBuffer:
             last_end = self._last_end
             until = self._audio_end
             earcon_left = max((len(e) - pos for e, pos in self._active), default=0)
+            lead = self._lead
         resampler = self._resampler
         if resampler is not None:
             queued += resampler.held
         pending = max(queued, earcon_left)
         if pending:
-            start = max(last_end, now + self.latency)
+            start = max(last_end, now + self.latency) + lead / self.rate
             until = max(until, start + pending / self.rate)
         return until
 
@@ -194,11 +223,11 @@ class PlaybackBuffer:
         """True when the resampler may hold the end of the current stream."""
         return self._resampler is not None and self._resampler.pending
 
-    def _append(self, samples: np.ndarray, *, expecting: bool | None = None) -> None:
+    def _append(self, samples: np.ndarray, *, expecting: bool | None = None, now: float = 0.0) -> None:
         n = len(samples)
         with self._lock:
             if self._starved_at is not None:
-                if self._last_end - self._starved_at < self.underrun_gap:
+                if max(self._last_end, now) - self._starved_at < self.underrun_gap:
                     self.underruns += 1
                 self._starved_at = None
             if n:
@@ -220,6 +249,21 @@ class PlaybackBuffer:
         pcm = self._pcm[:frames]
         out = self._out[:frames]
         with self._lock:
+            if self._held:
+                out[:] = 0
+                return out
+            lead = min(self._lead, frames)
+            if lead:  # a lead-in: silence first, then what is queued (earcons included) after it
+                self._lead -= lead
+                pcm[:lead] = 0
+                start += lead / self.rate
+                frames -= lead
+                pcm = pcm[lead:]
+                out[:lead] = 0
+                out = out[lead:]
+                self._last_end = start + frames / self.rate
+                if not frames:
+                    return self._out[:lead]
             taken = self._take(pcm)
             if taken and self._expecting:
                 self._started = True
@@ -250,7 +294,7 @@ class PlaybackBuffer:
             if audible:
                 self._audio_end = max(self._audio_end, start + audible / self.rate)
             self.played_frames += taken
-        return out
+        return self._out[: lead + frames]
 
     def _take(self, dest: np.ndarray) -> int:
         want = len(dest)
@@ -327,7 +371,9 @@ class BufferedOutput:
                 log.warning("the agent sent more audio than the speaker holds (%g s queued): the rest of this "
                             "reply is dropped", self.MAX_QUEUED)
             return
-        buf.play(pcm, rate)
+        now = self._now()
+        self._sound_coming(now)
+        buf.play(pcm, rate, now)
         self._arm_tail_timer()
 
     def end_stream(self) -> None:
@@ -338,9 +384,10 @@ class BufferedOutput:
         self._full_reported = False
 
     def flush(self) -> None:
-        """Drop everything queued: the speaker is silent within one device period."""
+        """Drop everything queued, and what the device holds: the speaker is silent at once."""
         if self._buffer is not None:
             self._buffer.flush()
+            self._flushed()
         self._cancel_tail_timer()
         self._full_reported = False
 
@@ -355,8 +402,15 @@ class BufferedOutput:
         """Mix a short feedback sound; a disabled one is silently skipped."""
         if name not in EARCON_NAMES:
             raise ValueError(f"unknown earcon {name!r} (known: {', '.join(EARCON_NAMES)})")
-        if self._buffer is not None:
+        if self._buffer is not None and name in self._buffer.earcons:
+            self._sound_coming(self._now())
             self._buffer.play_earcon(name)
+
+    def _sound_coming(self, now: float) -> None:
+        """Sound is about to be queued (a device that stopped while nothing played starts here)."""
+
+    def _flushed(self) -> None:
+        """Everything queued was dropped (a device drops what it holds here)."""
 
     def _make_buffer(
         self, rate: int, channels: int, *, latency: float, underrun_gap: float, quality: str
@@ -403,6 +457,19 @@ class BufferedOutput:
 class PyAudioOutput(CallbackDevice, BufferedOutput):
     """A PortAudio speaker fed from a :class:`PlaybackBuffer` by the output callback.
 
+    The stream runs only while there is something to hear. ``standby_after`` seconds
+    after the last sound it is stopped (no callback, nothing wakes for the speaker);
+    the next sound starts it again, and its first sample goes to the device at once
+    (a stopped stream holds nothing to wait behind). A sound that comes while the
+    running stream holds only silence restarts it, for the same reason. ``lead_in``
+    seconds of silence go first after a stop, for sinks that clip the first sound after
+    a pause. :meth:`flush` aborts the stream: what the device holds is dropped, so the
+    speaker is silent at once, whatever the period. Starting and stopping are PortAudio
+    calls that a stuck sound server can block, so they run in order on a thread of their
+    own (:class:`_Switch`); while the stream is stopped that thread starts and stops it
+    every ``probe_every`` seconds, so that a speaker that vanished while nothing played is
+    still reported within a few seconds.
+
     ``device``: a name, a unique part of one, or ``default``; resolved on every open.
     ``period_ms``: device buffer (callback) length. ``rate``: force the device rate
     (default: the device's default rate, else 48/44.1/16 kHz). ``channels``: force
@@ -412,6 +479,7 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
     """
 
     noun = "speaker"
+    SWITCH_JOIN = 1.0  # s closing waits for the switch thread before abandoning a stream it is stuck in
 
     def __init__(
         self,
@@ -428,6 +496,9 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         close_timeout: float = 3.0,
         underrun_gap: float = 1.0,
         quality: str = "HQ",
+        standby_after: float = 1.0,
+        lead_in: float = 0.0,
+        probe_every: float = 2.0,
     ):
         CallbackDevice.__init__(
             self,
@@ -454,11 +525,35 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         """Where every period handed to the device is also kept, on the output clock (``audio.echo = aec``)."""
         self._cb_buffer: PlaybackBuffer | None = None
         self._silence = b""
+        self.standby_after = standby_after
+        self.lead_in = lead_in
+        self.probe_every = probe_every
+        self.starts = 0
+        """Times the stream was started again after a stop (diagnostics, tests)."""
+        self._switch: _Switch | None = None
+        self._running = False  # what the switch was last asked for
+        self._standby_timer: asyncio.TimerHandle | None = None
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self._probes_asked = 0
+
+    @property
+    def running(self) -> bool:
+        """The stream runs (or has been asked to): callbacks are due."""
+        return self._running
 
     async def open(self, on_error: ErrorCallback) -> None:
-        """Resolve the device, open it and start the callback (silence until audio is queued)."""
+        """Resolve the device, open it and start the callback (silence until audio is queued).
+
+        The stream runs for ``standby_after`` seconds, then stops until the first sound."""
         await self._open_stream(on_error)
         self._buffer = self._cb_buffer
+        guard = self._guard
+        assert guard is not None and self._loop is not None
+        buffer = self._cb_buffer
+        assert buffer is not None
+        self._switch = _Switch(self._stream, self.what, guard.fail_threadsafe, lambda: buffer.hold(False))
+        self._running = True
+        self._arm_standby()
         log.info(
             "%s open: %r at %d Hz x%d, %d ms periods, latency %.0f ms",
             self.what,
@@ -508,9 +603,115 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         """Stop and release the device; queued audio is dropped. Idempotent, never raises."""
         if self._guard is not None:
             self._guard.stop()
+        self._cancel_switch_timers()
         self._drop_buffer()
+        switch, self._switch = self._switch, None
+        self._running = False
+        if switch is not None:
+            try:
+                finished = await run_blocking(lambda: switch.finish(self.SWITCH_JOIN), timeout=self.close_timeout,
+                                              what=f"stopping {self.what}", error=DeviceError)
+            except DeviceError:
+                finished = False
+            if not finished and switch.abandon(self._pa_owned):
+                # The switch is stuck in a PortAudio call on this stream (a sound server that hangs):
+                # closing the stream, or the PortAudio it belongs to, under it would crash the process.
+                log.warning("%s: a start or stop of its stream never returned; leaving the stream to the "
+                            "thread stuck in it, which closes it if the call ever returns", self.what)
+                self._stream = self._pa_owned = None
         await self._close_stream()
         self._cb_buffer = None
+
+    # ------------------------------------------------------------------ start and stop (loop thread)
+
+    def _sound_coming(self, now: float) -> None:
+        buf, switch, guard = self._buffer, self._switch, self._guard
+        if buf is None or switch is None or guard is None:
+            return
+        if not self._running:
+            if self.lead_in > 0:
+                buf.lead_in(self.lead_in)
+            self._set_running(True, "start")
+        elif buf.audible_until(now) <= now:
+            # The device holds nothing but silence: drop it, so that this sound does not wait behind it
+            # (held until the stream is stopped: what the callback hands out meanwhile is dropped too).
+            buf.device_dropped(now)
+            buf.hold(True)
+            guard.resume()
+            switch.request("restart")
+        self._arm_standby()
+
+    def _flushed(self) -> None:
+        buf, switch = self._buffer, self._switch
+        if buf is None or switch is None or not self._running:
+            return
+        buf.device_dropped(self._now())  # the abort drops what the device holds: silent at once
+        if buf.audible:  # an earcon goes on: the stream goes on, from it
+            switch.request("restart")
+        else:
+            self._set_running(False, "stop")
+
+    def _set_running(self, running: bool, command: str) -> None:
+        guard, switch = self._guard, self._switch
+        if guard is None or switch is None:
+            return
+        self._running = running
+        if running:
+            self._cancel_switch_timers()
+            guard.resume()
+            self.starts += 1
+        else:
+            guard.pause()
+            self._cancel_switch_timers()
+            self._arm_probe()
+        switch.request(command)
+        if running:
+            self._arm_standby()
+
+    def _arm_standby(self) -> None:
+        if self._standby_timer is not None or self._loop is None or not self._running:
+            return
+        buf = self._buffer
+        until = buf.audible_until(self._now()) if buf is not None else 0.0
+        self._standby_timer = self._loop.call_at(
+            self._loop.time() + max(0.0, until - self._now()) + self.standby_after, self._on_standby)
+
+    def _on_standby(self) -> None:
+        self._standby_timer = None
+        buf = self._buffer
+        if buf is None or not self._running:
+            return
+        now = self._now()
+        if buf.audible_until(now) + self.standby_after > now + 0.01:
+            self._arm_standby()  # sound came meanwhile (a reply whose next chunk is late is no reason to wait)
+            return
+        buf.device_dropped(now)
+        self._set_running(False, "stop")
+
+    def _arm_probe(self) -> None:
+        if self._loop is not None and self.probe_every > 0:
+            self._probe_timer = self._loop.call_later(self.probe_every, self._on_probe)
+
+    def _on_probe(self) -> None:
+        """While stopped, every ``probe_every``: the last start-and-stop must have finished
+        (a device gone from a sound server makes it hang); then ask for the next."""
+        self._probe_timer = None
+        switch, guard = self._switch, self._guard
+        if switch is None or guard is None or self._running:
+            return
+        if switch.probes_done < self._probes_asked:
+            guard.fail(DeviceError(f"{self.what} did not start within {self.probe_every:g} s "
+                                   "(device gone or sound server stuck?)"))
+            return
+        self._probes_asked += 1
+        switch.request("probe")
+        self._arm_probe()
+
+    def _cancel_switch_timers(self) -> None:
+        for timer in (self._standby_timer, self._probe_timer):
+            if timer is not None:
+                timer.cancel()
+        self._standby_timer = self._probe_timer = None
 
     # ------------------------------------------------------------------ audio thread
 
@@ -543,3 +744,82 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
     def _silent(self, frame_count: int) -> bytes:
         size = frame_count * (self.channels or 1) * 2
         return self._silence if len(self._silence) == size else bytes(size)
+
+
+class _Switch:
+    """Starts and stops a speaker's stream on a thread of its own, in the order asked.
+
+    A stuck sound server can block a PortAudio start or stop for good: the event loop
+    never waits for one. Commands: ``start``; ``stop`` (Pa_AbortStream: what the device
+    holds is dropped); ``restart`` (both); ``probe`` (a start and a stop of a stopped
+    stream, counted in :attr:`probes_done`: it hangs or fails when the device is gone);
+    ``exit``. ``stopped`` is called whenever the stream has just been stopped (the
+    callback does not run until the next start). A failure is reported once through
+    ``report`` (any thread) and ends the thread: the owner closes the device and opens
+    it again.
+    """
+
+    def __init__(self, stream: Any, what: str, report: Callable[[DeviceError], None],
+                 stopped: Callable[[], None]) -> None:
+        self._stream = stream
+        self._what = what
+        self._report = report
+        self._stopped = stopped
+        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.probes_done = 0
+        self._lock = threading.Lock()
+        self._done = False
+        self._abandoned: tuple[pyaudio.PyAudio | None] | None = None
+        self._thread = threading.Thread(target=self._run, name=f"pi-agent: {what} switch", daemon=True)
+        self._thread.start()
+
+    def request(self, command: str) -> None:
+        """Ask for ``command`` after those asked before (any thread; never waits)."""
+        self._queue.put(command)
+
+    def finish(self, timeout: float) -> bool:
+        """End the thread once what was asked before is done; False if it is stuck (blocking)."""
+        self._queue.put("exit")
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def abandon(self, pa: pyaudio.PyAudio | None) -> bool:
+        """The thread is stuck in a call (a frozen sound server): it closes the stream, and
+        terminates ``pa``, if the call returns. False if it has ended meanwhile (the caller
+        closes them)."""
+        with self._lock:
+            if self._done:
+                return False
+            self._abandoned = (pa,)
+            return True
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            with self._lock:
+                self._done = True
+                abandoned = self._abandoned
+            if abandoned is not None:
+                log.info("%s: the call that held up closing returned; closing the stream now", self._what)
+                close_quietly(self._stream, abandoned[0], self._what)
+
+    def _serve(self) -> None:
+        stream = self._stream
+        while True:
+            command = self._queue.get()
+            if command == "exit":
+                return
+            try:
+                if command in ("stop", "restart"):
+                    if not stream.is_stopped():
+                        abort_stream(stream)
+                    self._stopped()
+                if command in ("start", "restart", "probe") and stream.is_stopped():
+                    stream.start_stream()
+                if command == "probe":
+                    abort_stream(stream)
+                    self.probes_done += 1
+            except Exception as exc:  # a device gone: PortAudio says so here
+                self._report(DeviceError(f"{self._what}: cannot {command} the stream: {exc!r}"))
+                return
