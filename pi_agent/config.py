@@ -142,6 +142,10 @@ class AudioSettings(_Section):
     lead_in: float = Field(0.0, ge=0, le=2.0, description="seconds of silence played before the first sound "
                            "after the speaker's stream stopped, for sinks that clip the first sound after a "
                            "pause (HDMI, some USB: try 0.3); that sound starts as much later")
+    idle_read_ms: int = Field(200, ge=20, le=400, description="while nobody speaks the microphone is read "
+                              "every this many milliseconds, several 20 ms frames at a time (fewer wake-ups); "
+                              "from the first syllable on (or a press, a command, the agent speaking) every "
+                              "20 ms; 20 reads every frame always")
     echo: Literal["half_duplex", "aec", "full_duplex"] = Field(
         "half_duplex", description="half_duplex: the mic is muted while the agent speaks "
         "(speaker next to mic; barge-in by button); aec: the mic stays live and the speaker's echo is "

@@ -30,6 +30,7 @@ from .config import AudioSettings, CaptureSettings, Settings
 from .controller import Controller
 from .decide import inputs as i
 from .decide.model import Status
+from .decide.states import State
 from .engine.backoff import Backoff
 from .engine.conversation import Engine
 from .errors import ConfigError, DeviceError, DeviceNotFound
@@ -81,7 +82,7 @@ def make_audio_input(a: AudioSettings) -> AudioInput:
         from .audio.files import WavFileInput
         return WavFileInput(a.input_wav)
     from .audio.capture import PyAudioInput
-    return PyAudioInput(a.input_device, channel=a.input_channel)
+    return PyAudioInput(a.input_device, channel=a.input_channel, idle_read_ms=a.idle_read_ms)
 
 
 def make_audio_output(a: AudioSettings) -> AudioOutput:
@@ -312,6 +313,7 @@ class Daemon:
                      getattr(self.wake_word, "description", "wake word"), self.settings.capture.follow_up)
         self.controller.observe(self._notify_status)
         self.controller.observe(self._publish_status)
+        self.controller.observe(self._capture_latency)
         died: BaseExceptionGroup[Exception] | None = None
         try:
             async with self:
@@ -365,6 +367,13 @@ class Daemon:
                 on_frame(cleaned)
         return cancel
 
+    def _capture_latency(self, status: Status) -> None:
+        """The microphone is read every 20 ms while an exchange is under way, and a few times a
+        second otherwise (``audio.idle_read_ms``): see :func:`low_latency_capture`."""
+        set_low_latency = getattr(self.audio_in, "set_low_latency", None)
+        if set_low_latency is not None:
+            set_low_latency(low_latency_capture(status))
+
     def _notify_status(self, status: Status) -> None:
         text = f"state: {status.state.value}" + (" (connected)" if status.connected else "")
         self.notifier.status(text)
@@ -405,6 +414,19 @@ def _leds(status: Status) -> dict[str, Any]:
     pic = picture(LedInputs.of(status))
     return {"top": pic.top.value, "connection": pic.connection.value, "activity": pic.activity.value,
             "rgb": pic.rgb.value, "color": list(pic.color)}
+
+
+_PROMPT = frozenset({State.LISTENING, State.SPEAKING})
+
+
+def low_latency_capture(status: Status) -> bool:
+    """Whether the microphone's frames must reach the loop as soon as the device has them:
+    while the user speaks (the end of a turn must reach the agent at once: it waits for it
+    to answer) and while the agent speaks (a voice that interrupts it, in full duplex).
+    Otherwise frames may come several at a time: a turn that starts then has its first
+    syllable whole, only up to ``audio.idle_read_ms`` later at the agent, and is read at
+    once from then on."""
+    return status.state in _PROMPT
 
 
 def _raise_file_limit(wanted: int = 4096) -> None:

@@ -580,3 +580,42 @@ async def test_a_speaker_that_vanishes_while_stopped_is_reported(alsa_devices: V
         await out.close()
         server.kill()
         server.stop()
+
+
+async def test_idle_reads_bring_several_frames_at_once_and_lose_none(alsa_devices: VirtualAudio) -> None:
+    """Not at low latency the microphone is read every idle_read_ms, several frames at a
+    time; switched to low latency, what piled up comes at once, then a frame every 20 ms.
+    Every sample arrives, in order, across both switches."""
+    t = np.arange(4 * MIC_RATE) / MIC_RATE
+    signal = np.round(8000 * np.sin(2 * np.pi * (300 + 200 * t) * t)).astype(np.int16)
+    alsa_devices.set_mic_samples("pi_test_mic", signal)
+    mic = PyAudioInput("pi_test_mic", idle_read_ms=200)
+    mic.set_low_latency(False)
+    got: list[tuple[float, bytes]] = []
+    errors: list[DeviceError] = []
+    await mic.open(lambda frame: got.append((time.monotonic(), frame)), errors.append)
+    try:
+        assert mic.batched
+        await asyncio.sleep(1.5)
+        switched_at = time.monotonic()
+        mic.set_low_latency(True)
+        await asyncio.sleep(1.0)
+        mic.set_low_latency(False)
+        await wait_for(lambda: len(got) * 320 >= len(signal) + 1600, 6.0, "the whole signal")
+    finally:
+        await mic.close()
+    assert not errors and mic.overflows == 0
+    received = np.frombuffer(b"".join(frame for _, frame in got), dtype="<i2")
+    assert np.array_equal(received[: len(signal)], signal)  # nothing lost at either switch
+    times = np.array([at for at, _ in got])
+    idle = times[(times > times[0] + 0.3) & (times < switched_at)]
+    batches = np.split(idle, np.nonzero(np.diff(idle) > 0.005)[0] + 1)
+    print(f"IDLE: {len(idle)} frames in {len(batches)} deliveries")
+    assert np.median([len(b) for b in batches]) >= 8  # ~10 frames a read, not one
+    fast = times[(times > switched_at) & (times < switched_at + 1.0)]
+    assert fast[0] - switched_at < 0.03  # the frames that piled up, at once
+    steady = fast[fast > fast[0] + 0.1]
+    gaps = np.diff(steady)
+    print(f"LOW LATENCY: first delivery {1000 * (fast[0] - switched_at):.1f} ms after the switch, "
+          f"median gap {1000 * np.median(gaps):.1f} ms")
+    assert 0.015 <= float(np.median(gaps)) <= 0.025  # a frame every 20 ms

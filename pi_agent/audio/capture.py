@@ -1,32 +1,180 @@
-"""Microphone capture with PyAudio in callback mode.
+"""Microphone capture: a PortAudio input stream read by a thread of its own.
 
-The PortAudio thread converts each device buffer to 16 kHz mono (picking a
-channel or mixing all, resampling streaming with soxr when the device will not
-open at 16 kHz) and slices it into 20 ms frames. Frames go into a bounded deque;
-one ``loop.call_soon_threadsafe`` wake-up per batch lets the event loop drain it
-and call ``on_frame`` on its own thread. If the loop falls behind, the oldest
-frames are dropped and counted in :attr:`PyAudioInput.overflows`, together with
-PortAudio's own input-overflow flags; neither is fatal.
+The stream runs in blocking mode with 10 ms periods and about a second of buffer
+(:mod:`.portaudio`: PyAudio cannot ask for the buffer). A reader thread reads it in one
+of two ways, switched at once from the loop (:meth:`PyAudioInput.set_low_latency`; the
+daemon follows its state):
 
-A dead device (PortAudio stops the stream, or callbacks stop coming) is
-reported once through ``on_error`` by a :class:`~.devices.StreamGuard`; the owner
-closes and opens again, and ``open`` resolves the name afresh.
+- **low latency** (someone speaks, or is being answered): one blocking read per 20 ms
+  frame, so a frame reaches the loop as soon as the device has it whole;
+- **idle** (nobody speaks): a read every ``idle_read_ms``, of everything that came
+  meanwhile, handed to the loop in one go: a few wake-ups a second instead of fifty.
+  The device's buffer holds the frames in between, so no sample is lost by switching.
+
+The reader converts what it read to 16 kHz mono (picking a channel or mixing all,
+resampling streaming with soxr when the device will not open at 16 kHz) and slices it
+into 20 ms frames. Frames go into a bounded deque; one ``loop.call_soon_threadsafe``
+wake-up per read lets the event loop drain it and call ``on_frame`` on its own thread.
+If the loop falls behind, the oldest frames are dropped and counted in
+:attr:`PyAudioInput.overflows`, together with the device's own overruns (the reader
+came too late); neither is fatal.
+
+A dead device (a read fails, or reads stop coming) is reported once through
+``on_error`` by a :class:`~.devices.StreamGuard`; the owner closes and opens again, and
+``open`` resolves the name afresh. Without a shared ``libportaudio`` (a PyAudio built
+with PortAudio inside it) the reader reads PyAudio's own blocking stream, whose buffer
+is two periods: every period, idle or not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections import deque
 from typing import Any
 
 import pyaudio
 
 from ..errors import DeviceError, InternalError
+from ..threads import run_blocking
 from . import FRAME_MS, MIC_RATE, ErrorCallback, FrameCallback
-from .devices import CallbackDevice, negotiate, open_stream, resolve, unique
+from . import portaudio as pa_direct
+from .devices import PORTAUDIO_LOCK, CallbackDevice, close_quietly, negotiate, open_stream, resolve, unique
 from .formats import MicPipeline
 
 log = logging.getLogger(__name__)
+
+BUFFER_SECONDS = 1.0  # of audio the device holds for an idle reader
+READER_JOIN = 0.5  # s closing waits for the reader before leaving the stream to it
+
+
+class _DirectSource:
+    """The stream opened through :mod:`.portaudio`: a long buffer, so it may be read seldom."""
+
+    batches = True
+
+    def __init__(self, stream: pa_direct.BlockingInput, step: int) -> None:
+        self._stream = stream
+        self.period = step
+
+    def start(self) -> None:
+        self._stream.start()
+
+    def available(self) -> int:
+        return self._stream.available()
+
+    def read(self, frames: int) -> tuple[bytes | memoryview, bool]:
+        return self._stream.read(frames)
+
+    def is_active(self) -> bool:
+        return self._stream.is_active()
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _PyAudioSource:
+    """PyAudio's own blocking stream: two periods of buffer, so it is read every period."""
+
+    batches = False
+
+    def __init__(self, stream: Any, period: int) -> None:
+        self._stream = stream
+        self.period = period
+
+    def start(self) -> None:
+        self._stream.start_stream()
+
+    def available(self) -> int:
+        return int(self._stream.get_read_available())
+
+    def read(self, frames: int) -> tuple[bytes | memoryview, bool]:
+        return self._stream.read(frames, exception_on_overflow=False), False
+
+    def is_active(self) -> bool:
+        return bool(self._stream.is_active())
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _Capture:
+    """A microphone stream and the thread that reads it. The object the device base class
+    starts (``start_stream``), watches (``is_active``) and closes (``close``)."""
+
+    def __init__(self, source: _DirectSource | _PyAudioSource, owner: PyAudioInput) -> None:
+        self.source = source
+        self._owner = owner
+        self._halt = threading.Event()
+        self._wake = threading.Event()
+        self._abandoned = False
+        self._abandoned_pa: pyaudio.PyAudio | None = None
+        self._thread = threading.Thread(target=self._run, name=f"pi-agent: {owner.what} reader", daemon=True)
+
+    # any thread
+    def start_stream(self) -> None:
+        self.source.start()
+        self._thread.start()
+
+    def is_active(self) -> bool:
+        return self.source.is_active() and self._thread.is_alive()
+
+    def wake(self) -> None:
+        """Read now, and every period from now on if the owner asks for low latency."""
+        self._wake.set()
+
+    def stop_reader(self, timeout: float) -> bool:
+        """Ask the reader to stop and wait for it; False if it is still inside a read."""
+        self._halt.set()
+        self._wake.set()
+        if self._thread.ident is None:  # never started
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def abandon(self, pa: pyaudio.PyAudio | None) -> None:
+        """The reader is stuck in a read (a frozen sound server): it closes the stream, and
+        terminates ``pa``, when that read returns. Nobody else may touch them meanwhile."""
+        self._abandoned_pa = pa
+        self._abandoned = True
+
+    def close(self) -> None:
+        if self.stop_reader(READER_JOIN):
+            self.source.close()
+        else:  # pragma: no cover - the owner stops the reader first (see PyAudioInput._close_stream)
+            self.abandon(None)
+
+    # the reader thread
+    def _run(self) -> None:
+        source, owner = self.source, self._owner
+        period = source.period
+        try:
+            while not self._halt.is_set():
+                if owner.low_latency or not source.batches:
+                    # What completes the next frame, and no more: a frame goes out the moment its
+                    # last sample is read (a backlog comes a frame per read).
+                    frames = owner._to_next_frame(period)
+                else:
+                    self._wake.wait(owner.idle_read)
+                    self._wake.clear()
+                    if self._halt.is_set():
+                        break
+                    frames = source.available() // period * period  # whole frames: none left half read
+                    if frames <= 0:
+                        continue  # nothing came: the guard sees reads stop
+                data, lost = source.read(frames)
+                if self._halt.is_set():
+                    break
+                owner._deliver(data, lost)
+        except Exception as exc:  # a device gone: PortAudio says so here
+            owner._read_failed(exc)
+        finally:
+            if self._abandoned:
+                log.info("%s: the read that held up closing returned; closing the stream now", owner.what)
+                with PORTAUDIO_LOCK, contextlib.suppress(Exception):
+                    source.close()
+                close_quietly(None, self._abandoned_pa, owner.what)
 
 
 class PyAudioInput(CallbackDevice):
@@ -39,8 +187,10 @@ class PyAudioInput(CallbackDevice):
     instance is left: the daemon closes the other device briefly when one is not found).
     ``rate`` / ``channels``: force the device format instead of negotiating it
     (16 kHz when accepted, else the device's native rate resampled with soxr).
-    ``period_ms``: device buffer length. ``max_queue_frames``: frames held for a
-    busy loop before the oldest are dropped.
+    ``period_ms``: device period (the reader's step at low latency). ``idle_read_ms``:
+    how often the reader comes by while not at low latency (see the module docstring);
+    it starts at low latency. ``max_queue_frames``: frames held for a busy loop before
+    the oldest are dropped.
     """
 
     noun = "microphone"
@@ -54,6 +204,7 @@ class PyAudioInput(CallbackDevice):
         rate: int | None = None,
         channels: int | None = None,
         period_ms: int = FRAME_MS,
+        idle_read_ms: int = 200,
         max_queue_frames: int = 50,
         stall_timeout: float = 0.5,
         start_timeout: float = 3.0,
@@ -63,25 +214,36 @@ class PyAudioInput(CallbackDevice):
     ):
         if channel is not None and channel < 0:
             raise ValueError(f"channel must be >= 0, got {channel}")
+        idle_read = max(period_ms, idle_read_ms) / 1000
+        if idle_read >= BUFFER_SECONDS / 2:
+            raise ValueError(f"idle_read_ms must be below {BUFFER_SECONDS * 500:g}, got {idle_read_ms}")
         super().__init__(
             device,
             pa=pa,
             rate=rate,
             channels=channels,
             period_ms=period_ms,
-            stall_timeout=stall_timeout,
+            stall_timeout=max(stall_timeout, idle_read + 0.3),  # an idle reader comes by every idle_read
             start_timeout=start_timeout,
             open_timeout=open_timeout,
             close_timeout=close_timeout,
             quality=quality,
         )
         self.channel = channel
+        self.idle_read = idle_read
+        """Seconds between two reads while not at low latency."""
+        self.low_latency = True
+        """A read every period (True) or every :attr:`idle_read` (False); see :meth:`set_low_latency`."""
         self.overflows = 0
-        """PortAudio input-overflow flags plus frames dropped because the loop fell behind."""
+        """Samples lost before a read (the reader came too late) plus frames dropped because the
+        loop fell behind."""
         self.frames = 0
         """Frames delivered to ``on_frame`` since construction."""
+        self.batched = False
+        """Whether the open stream can be read seldom (False: PyAudio's own stream, read every period)."""
 
-        self._queue: deque[bytes] = deque(maxlen=max(1, max_queue_frames))
+        self._batch = max(1, round(idle_read * 1000 / FRAME_MS))
+        self._queue: deque[bytes] = deque(maxlen=max(max_queue_frames, 3 * self._batch))
         self._on_frame: FrameCallback | None = None
         self._pipeline: MicPipeline | None = None
         self._wake_pending = False
@@ -103,14 +265,27 @@ class PyAudioInput(CallbackDevice):
             self._running = False
             raise
         log.info(
-            "%s open: %r at %d Hz x%d (%s), %d ms buffers",
+            "%s open: %r at %d Hz x%d (%s), %d ms periods, %s",
             self.what,
             self.device.name if self.device else "?",
             self.rate or 0,
             self.channels or 0,
             "mix" if self.channel is None else f"channel {self.channel}",
             self.period_ms,
+            f"read every {self.idle_read * 1000:.0f} ms while idle" if self.batched
+            else "read every period (no shared libportaudio: PyAudio's own buffer is two periods)",
         )
+
+    def set_low_latency(self, on: bool) -> None:
+        """Read every period (``True``: someone speaks) or every ``idle_read_ms`` (``False``).
+        Switching to low latency delivers what piled up at once. Loop thread; never waits."""
+        if on == self.low_latency:
+            return
+        self.low_latency = on
+        log.debug("%s: read %s", self.what, "every frame" if on else f"every {self.idle_read * 1000:.0f} ms")
+        stream = self._stream
+        if on and isinstance(stream, _Capture):
+            stream.wake()
 
     def _make_stream(self, pa: pyaudio.PyAudio) -> Any:
         info = resolve(self.device_name, "input", pa=pa)
@@ -135,17 +310,25 @@ class PyAudioInput(CallbackDevice):
             raise DeviceError(f"{self.what}: channel {self.channel} does not exist at {channels} channels")
         self._pipeline = MicPipeline(rate, channels, channel=self.channel, quality=self.quality)
         self.device, self.rate, self.channels = info, rate, channels
-        return open_stream(
-            pa,
-            f"{self.what} ({info.name!r} at {rate} Hz x{channels})",
-            format=pyaudio.paInt16,
-            channels=channels,
-            rate=rate,
-            input=True,
-            input_device_index=info.index,
-            frames_per_buffer=max(1, rate * self.period_ms // 1000),
-            stream_callback=self._callback,
-        )
+        period = max(1, rate * self.period_ms // 1000)
+        what = f"{self.what} ({info.name!r} at {rate} Hz x{channels})"
+        source: _DirectSource | _PyAudioSource
+        lib = pa_direct.library()
+        if lib is not None and lib.device_name(info.index) == info.name:
+            try:
+                # Half-frame host periods: PulseAudio hands a stream with a long buffer its audio two
+                # periods at a time, and a frame must come as soon as it is whole.
+                stream = pa_direct.BlockingInput(lib, info.index, channels=channels, rate=rate,
+                                                 period=max(1, period // 2), buffer_seconds=BUFFER_SECONDS)
+                source = _DirectSource(stream, period)
+            except OSError as exc:
+                raise DeviceError(f"cannot open {what}: {exc.args[1] if len(exc.args) > 1 else exc}") from exc
+        else:
+            source = _PyAudioSource(open_stream(pa, what, format=pyaudio.paInt16, channels=channels, rate=rate,
+                                                input=True, input_device_index=info.index,
+                                                frames_per_buffer=period), period)
+        self.batched = source.batches
+        return _Capture(source, self)
 
     async def close(self) -> None:
         """Stop and release the device. Idempotent, safe after a failure, never raises."""
@@ -153,22 +336,39 @@ class PyAudioInput(CallbackDevice):
         self._queue.clear()
         await self._close_stream()
 
-    # ------------------------------------------------------------------ audio thread
+    async def _close_stream(self) -> None:
+        """Stop the reader first (off the loop): a read under way may not see its stream closed."""
+        stream = self._stream
+        if isinstance(stream, _Capture):
+            if self._guard is not None:
+                self._guard.stop()
+            try:
+                stopped = await run_blocking(lambda: stream.stop_reader(READER_JOIN), timeout=self.close_timeout,
+                                             what=f"stopping the {self.what} reader", error=DeviceError)
+            except DeviceError:
+                stopped = False
+            if not stopped:
+                log.warning("%s: a read never returned (sound server stuck?); leaving the stream to the reader, "
+                            "which closes it if the read ever returns", self.what)
+                stream.abandon(self._pa_owned)
+                self._stream = self._pa_owned = None
+        await super()._close_stream()
 
-    def _callback(self, in_data: bytes | None, frame_count: int, time_info: dict[str, float],
-                  status: int) -> tuple[None, int]:
+    # ------------------------------------------------------------------ reader thread
+
+    def _deliver(self, data: bytes | memoryview, lost: bool) -> None:
         guard = self._guard
         if guard is not None:
             guard.tick()
-        if not self._running or self._broken or in_data is None:
-            return None, pyaudio.paContinue
+        if not self._running or self._broken:
+            return
+        if lost:
+            self.overflows += 1
+        pipeline = self._pipeline
+        if pipeline is None:
+            return
         try:
-            if status & pyaudio.paInputOverflow:
-                self.overflows += 1
-            pipeline = self._pipeline
-            if pipeline is None:
-                return None, pyaudio.paContinue
-            frames = pipeline.feed(in_data)
+            frames = pipeline.feed(data)
             if frames:
                 queue = self._queue
                 for frame in frames:
@@ -180,11 +380,23 @@ class PyAudioInput(CallbackDevice):
                     self._loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the loop is closed: nobody to deliver to
             self._broken = True
-        except Exception as exc:  # never let the audio thread die silently
+        except Exception as exc:  # never let the reader die silently
             self._broken = True
             if guard is not None:
                 guard.fail_threadsafe(DeviceError(f"{self.what}: processing failed: {exc!r}"))
-        return None, pyaudio.paContinue
+
+    def _to_next_frame(self, period: int) -> int:
+        """Device frames that complete the frame being filled (``period`` when none is)."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return period
+        return pipeline.input_to_next_frame()
+
+    def _read_failed(self, exc: Exception) -> None:
+        guard = self._guard
+        if guard is not None and self._running:
+            detail = exc.args[1] if isinstance(exc, OSError) and len(exc.args) > 1 else repr(exc)
+            guard.fail_threadsafe(DeviceError(f"{self.what}: reading failed: {detail}"))
 
     # ------------------------------------------------------------------ loop thread
 

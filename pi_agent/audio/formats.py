@@ -224,7 +224,7 @@ def resample(samples: np.ndarray, in_rate: int, out_rate: int, *, quality: str =
 # --------------------------------------------------------------------------- channels
 
 
-def deinterleave(data: bytes | np.ndarray, channels: int) -> np.ndarray:
+def deinterleave(data: bytes | memoryview | np.ndarray, channels: int) -> np.ndarray:
     """Interleaved s16le -> ``[frame, channel]`` int16 view (a trailing partial frame is dropped)."""
     x = np.frombuffer(data, dtype="<i2") if not isinstance(data, np.ndarray) else data
     usable = len(x) - len(x) % channels
@@ -336,11 +336,18 @@ class MicPipeline:
         self._resampler = Resampler(rate, MIC_RATE, quality=quality)
         self._slicer = FrameSlicer(FRAME_SAMPLES)
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Convert one device buffer; return the complete frames (each :data:`FRAME_BYTES`)."""
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
+        """Convert one device buffer (read before it returns: it may be reused); return the
+        complete frames (each :data:`FRAME_BYTES`)."""
         frames = deinterleave(data, self.channels)
         mono = to_mono(frames, self.channel)
         return self._slicer.push(self._resampler.process(mono))
+
+    def input_to_next_frame(self) -> int:
+        """Device frames that complete the next frame (at most one frame's worth; with a
+        resampler, what it holds back is not counted, so a little more may be needed)."""
+        missing = FRAME_SAMPLES - self._slicer.pending
+        return max(1, math.ceil(missing * self.rate / MIC_RATE))
 
     def reset(self) -> None:
         """Start over (after a device restart)."""
