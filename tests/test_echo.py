@@ -174,6 +174,24 @@ def test_one_early_estimate_of_the_output_clock_does_not_move_the_reference() ->
     assert np.array_equal(early.read(22.0 - 0.035, 320), x[32_000:32_320])
 
 
+def test_a_stopped_stream_drops_what_it_held_and_the_next_one_is_followed_at_once() -> None:
+    """The speaker's stream is aborted (standby, an interruption) while it holds 180 ms it
+    handed over for later: those were never played; the next stream, whose clock is earlier
+    than what the old one handed over, is the reference at once (no early-clock window)."""
+    far = FarEnd()
+    x = noise(1.0, MIC_RATE, 11)
+    for i in range(0, 9600, 160):  # 0.6 s handed over, heard from 30.0 s on
+        far.played(x[i : i + 160], MIC_RATE, 30.0 + i / MIC_RATE)
+    far.stopped(30.42)  # the last 180 ms never reached the speaker
+    assert not far.read(30.42, 2880).any()
+    assert np.array_equal(far.read(30.3, 160), x[4800:4960])
+    y = noise(0.5, MIC_RATE, 12)
+    for i in range(0, len(y), 160):  # the next sound, 50 ms after the stop
+        far.played(y[i : i + 160], MIC_RATE, 30.47 + i / MIC_RATE)
+    assert np.array_equal(far.read(30.47, 320), y[:320])
+    assert not far.read(30.42, 800).any()
+
+
 def test_a_frame_waits_for_a_late_speaker_and_not_for_a_stopped_one() -> None:
     class Echo:  # AEC3's stand-in: records what it is given
         def __init__(self) -> None:

@@ -126,6 +126,19 @@ class FarEnd:
             end = self._end
         return end is not None and need - IDLE * MIC_RATE < end < need
 
+    def stopped(self, at: float) -> None:
+        """The speaker's stream was stopped at ``at``, dropping what the device held: what was
+        handed over for later was never played. The next stream starts a new reference (no
+        early-clock window to wait out, no resampler tail of the old one)."""
+        with self._lock:
+            end = self._end
+            cut = round(at * MIC_RATE)
+            if end is not None and cut < end:
+                self._zero(cut, end)
+                self._end = cut
+            self._early_since = None
+            self._resampler = None
+
     def read(self, start: float, n: int) -> np.ndarray:
         """The ``n`` samples the speaker played from ``start`` on (silence where it played nothing)."""
         out = np.zeros(n, dtype=np.int16)

@@ -551,7 +551,7 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         assert guard is not None and self._loop is not None
         buffer = self._cb_buffer
         assert buffer is not None
-        self._switch = _Switch(self._stream, self.what, guard.fail_threadsafe, lambda: buffer.hold(False))
+        self._switch = _Switch(self._stream, self.what, guard.fail_threadsafe, lambda: self._stopped(buffer))
         self._running = True
         self._arm_standby()
         log.info(
@@ -650,6 +650,13 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
             switch.request("restart")
         else:
             self._set_running(False, "stop")
+
+    def _stopped(self, buffer: PlaybackBuffer) -> None:
+        """The switch thread has just stopped the stream (the callback does not run)."""
+        buffer.hold(False)
+        far = self.far_end
+        if far is not None:
+            far.stopped(time.monotonic())
 
     def _set_running(self, running: bool, command: str) -> None:
         guard, switch = self._guard, self._switch
