@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from pi_agent.audio import FRAME_BYTES, MIC_RATE, devices
+from pi_agent.audio import portaudio as pa_direct
 from pi_agent.audio import formats as F
 from pi_agent.audio.capture import PyAudioInput
 from pi_agent.audio.playback import PyAudioOutput
@@ -619,3 +620,23 @@ async def test_idle_reads_bring_several_frames_at_once_and_lose_none(alsa_device
     print(f"LOW LATENCY: first delivery {1000 * (fast[0] - switched_at):.1f} ms after the switch, "
           f"median gap {1000 * np.median(gaps):.1f} ms")
     assert 0.015 <= float(np.median(gaps)) <= 0.025  # a frame every 20 ms
+
+
+async def test_a_microphone_that_refuses_a_long_buffer_is_read_every_period(
+    alsa_devices: VirtualAudio, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Some device will not open with a second of buffer: the microphone still works, read
+    every period through PyAudio's own stream, and the log says so."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise pa_direct.PortAudioError(-9986, "Pa_OpenStream: Invalid number of periods (stand-in)")
+
+    monkeypatch.setattr(pa_direct, "BlockingInput", refuse)
+    signal = tone(500, 1.0, MIC_RATE)
+    alsa_devices.set_mic_samples("pi_test_mic", signal)
+    mic = PyAudioInput("pi_test_mic", idle_read_ms=200)
+    mic.set_low_latency(False)
+    frames, errors = await capture(mic, 40)
+    assert not errors and not mic.batched
+    received = np.frombuffer(b"".join(frames), dtype="<i2")
+    assert np.array_equal(received[: len(signal)], signal[: len(received)])
+    assert "reading it every period instead" in caplog.text
