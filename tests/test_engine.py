@@ -147,16 +147,32 @@ def test_pings_are_answered_and_the_pong_validates() -> None:
 
 
 def test_interrupted_audio_is_dropped_and_later_turns_play() -> None:
+    """The service numbers an interruption newer than the reply it cuts off: chunks of that
+    reply still in flight (older ids) are dropped, the next reply plays."""
     e = opened(make())
     e.receive(audio(1), 1.0)
     e.receive(audio(1), 1.1)
     assert [a.new_turn for a in e.events() if isinstance(a, ev.AgentAudio)] == [True, False]
-    e.receive(msg("interruption", "interruption_event", event_id=1), 1.2)
+    e.receive(msg("interruption", "interruption_event", event_id=2), 1.2)
     e.receive(audio(1), 1.3)  # late audio of the interrupted turn
-    e.receive(audio(2), 1.4)
+    e.receive(audio(3), 1.4)
     events = e.events()
-    assert events[0] == ev.Interrupted(1)
+    assert events[0] == ev.Interrupted(2)
     assert [(a.new_turn, a.pcm) for a in events if isinstance(a, ev.AgentAudio)] == [(True, FRAME)]
+    assert e.stats.audio_dropped["interrupted"] == 1
+
+
+def test_audio_carrying_the_interruptions_own_id_plays() -> None:
+    """Text input: the service sends an interruption whose id the reply's audio then carries
+    (elevenlabs-python #829). The official JavaScript client plays it; so do we."""
+    e = opened(make())
+    e.receive(audio(3), 1.0)
+    e.receive(msg("interruption", "interruption_event", event_id=5), 1.1)
+    e.receive(audio(3), 1.2)  # stale
+    e.receive(audio(5), 1.3)
+    e.receive(audio(5), 1.4)
+    played = [a for a in e.events() if isinstance(a, ev.AgentAudio)]
+    assert [a.new_turn for a in played] == [True, True, False]
     assert e.stats.audio_dropped["interrupted"] == 1
 
 
@@ -165,8 +181,11 @@ def test_a_local_interrupt_drops_the_rest_of_the_current_turn() -> None:
     e.receive(audio(4), 1.0)
     e.interrupt_locally()
     e.receive(audio(4), 1.1)
+    e.receive(msg("interruption", "interruption_event", event_id=4), 1.15)  # the server agrees late
+    e.receive(audio(4), 1.18)
     e.receive(audio(5), 1.2)
     assert [a.new_turn for a in e.events() if isinstance(a, ev.AgentAudio)] == [True, True]
+    assert e.stats.audio_dropped["interrupted"] == 2
 
 
 def test_a_new_conversation_starts_a_new_interruption_filter() -> None:
@@ -502,3 +521,98 @@ def test_after_a_tick_at_its_deadline_the_next_deadline_is_later(steps: list[str
             e.connection_closed(now)
         else:
             assert after is None or after > now, (e.phase, due, after)
+
+
+# --- the service's queue, client_error, the newer contract's fields ------------------------------
+
+
+def queue(status: str) -> str:
+    return msg("queue_status", "queue_status_event", status=status)
+
+
+def test_while_queued_speech_and_messages_are_kept_and_sent_once_admitted() -> None:
+    """The server discards what a queued client sends: nothing said meanwhile goes out
+    (pongs still do), and all of it goes, in order, once the conversation is admitted."""
+    e = opened(make())
+    e.send_audio(b"\x02\x00" * 320, True, 0.5)  # live speech not yet written when the queue starts
+    e.receive(queue("waiting"), 1.0)
+    assert e.events() == [ev.Queued("waiting", True)]
+    assert not e.is_open
+    for n in range(3):
+        e.send_audio(FRAME, True, 1.1 + n * 0.02)
+    e.send_audio(b"\x00\x00" * 320, False, 1.2)  # silence between turns: not worth keeping
+    e.send_message("user_message", '{"type":"user_message","text":"hi"}', 1.2)
+    e.receive(msg("ping", "ping_event", event_id=7), 1.3)
+    assert sent(e, 1.3) == [{"type": "pong", "event_id": 7}]
+    assert e.next_deadline() is not None and e.next_deadline() > 1.3 + KEEPALIVE_AFTER  # no keepalive
+    for t in (6.0, 12.0, 18.0, 24.0, 30.0):  # long in the queue, pinged: no metadata timeout, no keepalive
+        e.tick(t)
+        e.receive(msg("ping", "ping_event", event_id=int(t)), t)
+        assert sent(e, t) == [{"type": "pong", "event_id": int(t)}]
+    assert e.actions() == []
+    e.receive(queue("admitted"), 31.0)
+    events = e.events()
+    assert ev.Queued("admitted", False) in events
+    assert any(isinstance(x, ev.Notice) and "captured while queued" in x.text for x in events)
+    assert e.is_open
+    out = sent(e, 31.0)
+    assert out[0] == {"type": "user_message", "text": "hi"}
+    assert [base64.b64decode(m["user_audio_chunk"]) for m in out[1:]] == [b"\x02\x00" * 320] + [FRAME] * 3
+
+
+def test_a_queue_before_the_metadata_holds_the_conversation_until_admitted() -> None:
+    e = make()
+    e.request(0.0)
+    e.tick(0.0)
+    e.connection_open(0.0)
+    e.data_to_send(0.0)
+    e.receive(queue("waiting"), 0.1)
+    e.receive(metadata("c9"), 0.2)
+    e.send_audio(FRAME, True, 0.3)
+    assert not e.is_open and sent(e, 0.3) == []
+    e.receive(queue("admitted"), 0.4)
+    assert e.is_open and audio_sent(e, 0.4) == [FRAME]
+
+
+def test_queue_timed_out_then_3008_is_retried_and_keeps_the_speech() -> None:
+    e = opened(make())
+    e.receive(queue("waiting"), 1.0)
+    e.send_audio(FRAME, True, 1.1)
+    e.receive(queue("timed_out"), 2.0)
+    e.connection_closed(2.1, code=3008, reason="too many concurrent connections")
+    closed = [x for x in e.events() if isinstance(x, ev.Closed)]
+    assert closed and closed[0].outcome is Outcome.RETRY and closed[0].retry_in is not None
+    assert e.outbox.early_seconds > 0  # kept for the next conversation
+
+
+def test_client_error_gives_the_close_its_reason() -> None:
+    e = opened(make())
+    e.receive(msg("client_error", "error_event", code=1008, error_name="invalid_api_key",
+                  message="Invalid API key"), 1.0)
+    assert e.events() == [ev.ServerError("invalid_api_key", 1008, "Invalid API key", kind="client_error")]
+    e.connection_closed(1.1, code=1008, reason="")
+    [closed] = [x for x in e.events() if isinstance(x, ev.Closed)]
+    assert closed.outcome is Outcome.FATAL
+    assert "invalid_api_key: Invalid API key" in closed.reason
+
+
+def test_the_final_chunk_and_tool_calls_that_expect_no_result_are_passed_on() -> None:
+    e = opened(make())
+    e.receive(json.dumps({"type": "audio", "audio_event": {"audio_base_64": base64.b64encode(FRAME).decode(),
+                                                           "event_id": 2, "is_final": True}}), 1.0)
+    e.receive(msg("client_tool_call", "client_tool_call", tool_name="lights", tool_call_id="t1",
+                  parameters={}, event_id=2, expects_response=False), 1.1)
+    events = e.events()
+    assert [a.final for a in events if isinstance(a, ev.AgentAudio)] == [True]
+    assert ev.ToolCall("lights", "t1", {}, False) in events
+
+
+def test_the_initiation_names_a_source_the_newer_contract_accepts() -> None:
+    e = make()
+    e.request(0.0)
+    e.tick(0.0)
+    e.connection_open(0.0)
+    [init] = sent(e, 0.0)
+    assert init["source_info"]["source"] == "unknown"
+    assert init["source_info"]["version"].startswith("pi-agent/")
+    validate_client_message(init)

@@ -23,6 +23,7 @@ SERVER_EXAMPLES: list[tuple[dict, type]] = [
         "conversation_id": "c1", "agent_output_audio_format": "pcm_44100",
         "user_input_audio_format": "pcm_16000"}}, p.ConversationMetadata),
     ({"type": "audio", "audio_event": {"audio_base_64": B64, "event_id": 3}}, p.Audio),
+    ({"type": "audio", "audio_event": {"audio_base_64": B64, "event_id": 3, "is_final": True}}, p.Audio),
     ({"type": "user_transcript", "user_transcription_event": {
         "user_transcript": "hi", "event_id": 2}}, p.UserTranscript),
     ({"type": "tentative_user_transcript", "tentative_user_transcription_event": {
@@ -35,13 +36,17 @@ SERVER_EXAMPLES: list[tuple[dict, type]] = [
     ({"type": "agent_reasoning_response_part", "reasoning_response_part": {
         "text": "x", "type": "start", "event_id": "r1"}}, p.AgentReasoningResponsePart),
     ({"type": "interruption", "interruption_event": {"event_id": 3}}, p.Interruption),
-    ({"type": "ping", "ping_event": {"event_id": 4, "ping_ms": None}}, p.Ping),
+    ({"type": "ping", "ping_event": {"event_id": 4}}, p.Ping),
+    ({"type": "ping", "ping_event": {"event_id": 4, "ping_ms": 35}}, p.Ping),
     ({"type": "client_tool_call", "client_tool_call": {
-        "tool_name": "t", "tool_call_id": "id", "parameters": {"a": 1}, "event_id": 5}}, p.ClientToolCall),
+        "tool_name": "t", "tool_call_id": "id", "parameters": {"a": 1}, "event_id": 5,
+        "expects_response": False}}, p.ClientToolCall),
     ({"type": "rich_content", "rich_content": {
         "rich_content_id": "r", "component": "item_card", "props": {}, "event_id": 5}}, p.RichContent),
     ({"type": "agent_tool_request", "agent_tool_request": {
-        "tool_name": "t", "tool_call_id": "i", "tool_type": "client", "event_id": 5}}, p.AgentToolRequest),
+        "tool_name": "t", "tool_call_id": "i", "tool_type": "client", "event_id": 5, "expects_response": True,
+        "disable_interruptions": False, "response_timeout_secs": 20, "execution_mode": "immediate"}},
+     p.AgentToolRequest),
     ({"type": "agent_tool_response", "agent_tool_response": {
         "tool_name": "end_call", "tool_call_id": "i", "tool_type": "system", "is_error": False, "is_called": True,
         "event_id": 5}}, p.AgentToolResponse),
@@ -51,6 +56,10 @@ SERVER_EXAMPLES: list[tuple[dict, type]] = [
     ({"type": "mcp_tool_call", "mcp_tool_call": {
         "service_id": "s", "tool_call_id": "i", "tool_name": "t", "parameters": {}, "timestamp": "2026-01-01T00:00:00Z",
         "state": "loading"}}, p.McpToolCall),
+    ({"type": "mcp_tool_call", "mcp_tool_call": {
+        "service_id": "s", "tool_call_id": "i", "tool_name": "t", "tool_description": "Books a room",
+        "parameters": {"room": 2}, "timestamp": "2026-01-01T00:00:00Z", "state": "awaiting_approval",
+        "approval_timeout_secs": 300}}, p.McpToolCall),
     ({"type": "mcp_connection_status", "mcp_connection_status": {
         "integrations": [{"integration_id": "i", "integration_type": "mcp_server", "is_connected": True,
                           "tool_count": 1}]}}, p.McpConnectionStatus),
@@ -58,7 +67,7 @@ SERVER_EXAMPLES: list[tuple[dict, type]] = [
     ({"type": "context_usage", "context_usage_event": {
         "event_id": 6, "model": "m", "context_tokens": 10, "context_limit_tokens": 100}}, p.ContextUsage),
     ({"type": "asr_initiation_metadata", "asr_initiation_metadata_event": {}}, p.AsrInitiationMetadata),
-    ({"type": "guardrail_triggered"}, p.GuardrailTriggered),
+    ({"type": "guardrail_triggered", "guardrail_triggered_event": {"guardrail_name": "g"}}, p.GuardrailTriggered),
     ({"type": "internal_turn_probability", "turn_probability_internal_event": {
         "turn_probability": 0.3}}, p.InternalTurnProbability),
     ({"type": "internal_tentative_agent_response", "tentative_agent_response_internal_event": {
@@ -67,6 +76,12 @@ SERVER_EXAMPLES: list[tuple[dict, type]] = [
     ({"type": "external_agent_connected", "external_agent_connected_event": {}}, p.ExternalAgentConnected),
     ({"type": "external_agent_disconnected"}, p.ExternalAgentDisconnected),
     ({"type": "error", "error_event": {"code": 1008, "message": "bad", "error_type": "invalid_message"}}, p.ErrorEvent),
+    ({"type": "client_error", "error_event": {"code": 1008, "error_name": "invalid_api_key",
+                                              "message": "Invalid API key"}}, p.ClientError),
+    ({"type": "agent_response_metadata", "agent_response_metadata_event": {"event_id": 3, "metadata": {"k": "v"}}},
+     p.AgentResponseMetadata),
+    ({"type": "agent_response_complete", "agent_response_complete_event": {"event_id": 3}},
+     p.AgentResponseComplete),
 ]
 
 
@@ -75,10 +90,8 @@ OUTSIDE_SPEC_EXAMPLES: list[tuple[dict, type, str]] = [
     ({"type": "agent_chat_response_part", "text_response_part": {"text": "Hel", "type": "delta",
                                                                  "event_id": "evt_123456"}},
      p.AgentChatResponsePart, "the official docs show string ids; the contract types them as integers"),
-    ({"type": "agent_response_metadata", "agent_response_metadata_event": {"event_id": 3}},
-     p.AgentResponseMetadata, "newer servers; listed by the Python SDK 2.78 as a client event, no schema"),
-    ({"type": "agent_response_complete", "agent_response_complete_event": {"event_id": 3}},
-     p.AgentResponseComplete, "newer servers; listed by the Python SDK 2.78 as a client event, no schema"),
+    ({"type": "queue_status", "queue_status_event": {"status": "waiting"}},
+     p.QueueStatus, "in neither contract; the official widget reads it (packages/convai-widget-core)"),
 ]
 
 
@@ -92,8 +105,10 @@ def test_examples_cover_every_server_type_of_the_spec() -> None:
 def test_messages_outside_the_contract_are_decoded_too(message: dict, kind: type, source: str) -> None:
     event = p.decode(json.dumps(message))
     assert isinstance(event, kind)
-    assert event.event_id == (message.get("text_response_part") or message[f"{message['type']}_event"])[
-        "event_id"]
+    if isinstance(event, p.QueueStatus):
+        assert event.status == message["queue_status_event"]["status"]
+    else:
+        assert event.event_id == message["text_response_part"]["event_id"]
 
 
 def test_text_part_ids_are_kept_as_they_came() -> None:
@@ -114,17 +129,34 @@ def test_contextual_update_with_a_context_id_validates() -> None:
 
 @pytest.mark.parametrize(("message", "kind"), SERVER_EXAMPLES, ids=[m["type"] for m, _ in SERVER_EXAMPLES])
 def test_decode_every_server_message(message: dict, kind: type) -> None:
-    if message["type"] != "mcp_tool_call":
-        # The spec's MCPToolCall* schemas combine two `additionalProperties: false` objects
-        # with allOf, so no message can satisfy them; every other example must.
-        validate_server_message(message)
+    validate_server_message(message)
     event = p.decode(json.dumps(message))
     assert isinstance(event, kind)
 
 
 def test_audio_decodes_base64_and_event_id() -> None:
     ev = p.decode(json.dumps(SERVER_EXAMPLES[1][0]))
-    assert isinstance(ev, p.Audio) and ev.audio == PCM and ev.event_id == 3
+    assert isinstance(ev, p.Audio) and ev.audio == PCM and ev.event_id == 3 and not ev.final
+    assert p.decode(json.dumps(SERVER_EXAMPLES[2][0])) == p.Audio(3, PCM, None, True)
+
+
+def test_newer_contract_fields_are_read() -> None:
+    """1.1.0: a tool call that expects no result, an MCP tool awaiting approval, client_error."""
+    call = p.decode(json.dumps(next(m for m, _ in SERVER_EXAMPLES if m["type"] == "client_tool_call")))
+    assert isinstance(call, p.ClientToolCall) and call.expects_response is False
+    legacy = p.decode('{"type":"client_tool_call","client_tool_call":{"tool_name":"t","tool_call_id":"i",'
+                      '"parameters":{},"event_id":1}}')
+    assert isinstance(legacy, p.ClientToolCall) and legacy.expects_response is True  # 1.0.0: always awaited
+    mcp = p.decode(json.dumps(next(m for m, _ in SERVER_EXAMPLES
+                                   if m.get("mcp_tool_call", {}).get("state") == "awaiting_approval")))
+    assert isinstance(mcp, p.McpToolCall)
+    assert (mcp.state, mcp.parameters, mcp.description, mcp.approval_timeout) == (
+        "awaiting_approval", {"room": 2}, "Books a room", 300)
+    err = p.decode(json.dumps(next(m for m, _ in SERVER_EXAMPLES if m["type"] == "client_error")))
+    assert err == p.ClientError(1008, "invalid_api_key", "Invalid API key")
+    approval = json.loads(p.encode_mcp_approval("i", False))
+    assert approval == {"type": "mcp_tool_approval_result", "tool_call_id": "i", "is_approved": False}
+    validate_client_message(approval)
 
 
 def test_numeric_string_event_ids_are_accepted_like_the_sdk() -> None:
@@ -133,8 +165,8 @@ def test_numeric_string_event_ids_are_accepted_like_the_sdk() -> None:
 
 
 def test_unknown_type_is_not_an_error() -> None:
-    ev = p.decode('{"type":"queue_status","queue_status_event":{"status":"timed_out"}}')
-    assert isinstance(ev, p.Unknown) and ev.type == "queue_status"
+    ev = p.decode('{"type":"future_status","future_status_event":{"status":"timed_out"}}')
+    assert isinstance(ev, p.Unknown) and ev.type == "future_status"
 
 
 @pytest.mark.parametrize("frame", [
@@ -186,7 +218,7 @@ CLIENT_MESSAGES = [
     p.encode_user_audio(PCM),
     p.encode_pong(12),
     p.encode_initiation(dynamic_variables={"name": "Ana", "n": 2}, overrides={"agent": {"first_message": "Hi"}},
-                        user_id="kiosk-1", source="pi_agent", version="0.1.0"),
+                        user_id="kiosk-1", version="pi-agent/0.1.0"),
     p.encode_initiation(),
     p.encode_tool_result("call-1", "22 degrees", is_error=False),
     p.encode_contextual_update("the door opened"),

@@ -47,7 +47,8 @@ from . import protocol as p
 from .backoff import CONFIG_ERROR_TYPES, Backoff, Outcome, classify_close
 from .outbox import Frame, Message, Outbox
 
-SOURCE = "pi_agent"
+SOURCE = "unknown"  # source_info.source is an enum of the official clients (1.1.0): we are none of them
+SOURCE_VERSION = f"pi-agent/{__version__}"[:50]  # ... and the version names us (at most 50 characters)
 MAX_FRAME = 16 * 1024 * 1024  # largest server frame accepted (agent audio frames of 1.25 MB are seen)
 KEEPALIVE_AFTER = 0.5  # s without anything sent -> 100 ms of silence (the server's input timeout is 60 s)
 KEEPALIVE_PCM = bytes(int(0.1 * 16000) * 2)
@@ -84,8 +85,9 @@ class _Connection:
     conversation_id: str | None = None
     output_format: str = DEFAULT_FORMAT
     encode: Encoder | None = None
-    last_interrupted_id: int = 0  # agent audio with event_id <= this is dropped
+    drop_below: int = 0  # agent audio with an event_id below this is dropped (interrupted)
     current_turn_id: int | None = None
+    queued: bool = False  # the server holds the conversation in its queue: it discards what we send
     ended_by_agent: bool = False  # end_call seen: the close that follows is a normal end
     last_error: p.ErrorEvent | None = None
     user_spoke: bool = False  # speech or a user message went out on this connection
@@ -146,11 +148,11 @@ class Engine:
             conn.init_pending = False
             s = self.settings
             out.append(p.encode_initiation(dynamic_variables=s.dynamic_variables, overrides=s.overrides,
-                                           user_id=s.user_id, source=SOURCE, version=__version__))
+                                           user_id=s.user_id, source=SOURCE, version=SOURCE_VERSION))
             self.stats.messages_out["conversation_initiation_client_data"] += 1
         outbox = self.outbox
-        while True:  # before the metadata only pongs go; everything else waits for the conversation
-            item = outbox.pop() if self.phase is ev.Phase.OPEN else (
+        while True:  # before the metadata (and while queued) only pongs go; the rest waits
+            item = outbox.pop() if self._admitted(conn) else (
                 outbox.control.popleft() if outbox.control else None)
             if item is None:
                 break
@@ -186,14 +188,18 @@ class Engine:
         waiting = bool(self.outbox.live or self.outbox.early)
         return (conn.last_received + s.dead_peer_timeout,
                 max(conn.last_received, conn.last_ping) + self._ping_after,
-                conn.started + s.connect_timeout if opening else None,
-                conn.last_sent + KEEPALIVE_AFTER if open_ and not waiting else None,
+                conn.started + s.connect_timeout if opening and not conn.queued else None,
+                conn.last_sent + KEEPALIVE_AFTER if open_ and not (waiting or conn.queued) else None,
                 self._last_activity + s.idle_timeout if open_ and not self.persistent else None)
 
     @property
     def is_open(self) -> bool:
-        """A conversation is open (metadata received, not closing)."""
-        return self.phase is ev.Phase.OPEN
+        """A conversation is open (metadata received, not closing, not held in the server's queue)."""
+        return self._conn is not None and self._admitted(self._conn)
+
+    def _admitted(self, conn: _Connection) -> bool:
+        """What is sent now reaches the agent: the conversation is open and not queued."""
+        return self.phase is ev.Phase.OPEN and not conn.queued
 
     @property
     def conversation_id(self) -> str | None:
@@ -237,7 +243,7 @@ class Engine:
         conversation is open they are kept (up to ``prebuffer``) and sent first once one opens."""
         if speech:
             self._last_activity = now
-        if self.phase is ev.Phase.OPEN:
+        if self.is_open:
             if not self.outbox.push_live(Frame(frame, speech)):
                 self._notice_once("late", "warning", "the network cannot keep up: live audio more than "
                                   "2 s behind is dropped, oldest first")
@@ -248,7 +254,7 @@ class Engine:
 
     def send_preroll(self, frames: list[bytes], already_sent: bool, now: float) -> None:
         """The audio just before a user turn started; skipped if it already went out live."""
-        if already_sent and self.phase is ev.Phase.OPEN:
+        if already_sent and self.is_open:
             return
         for frame in frames:
             self.send_audio(frame, True, now)
@@ -265,10 +271,11 @@ class Engine:
             self.request(now)
 
     def interrupt_locally(self) -> None:
-        """The user stopped the agent (button, API): drop the rest of the current turn."""
+        """The user stopped the agent (button, API, stop word): drop the rest of the reply
+        that was playing, whatever the server sends of it later."""
         conn = self._conn
         if conn is not None and conn.current_turn_id is not None:
-            conn.last_interrupted_id = max(conn.last_interrupted_id, conn.current_turn_id)
+            conn.drop_below = max(conn.drop_below, conn.current_turn_id + 1)
 
     # --- what the shell reports -------------------------------------------------------------
 
@@ -494,7 +501,7 @@ class Engine:
             self.stats.audio_dropped["before_metadata"] += 1
             self._events.append(ev.Notice("warning", "agent audio arrived before the conversation metadata; dropped"))
             return
-        if event.event_id <= conn.last_interrupted_id:
+        if event.event_id < conn.drop_below:
             self.stats.audio_dropped["interrupted"] += 1
             return
         try:
@@ -506,10 +513,14 @@ class Engine:
         conn.current_turn_id = event.event_id
         conn.exchanged = conn.exchanged or conn.user_spoke
         self._last_activity = now
-        self._events.append(ev.AgentAudio(pcm, rate, new_turn))
+        self._events.append(ev.AgentAudio(pcm, rate, new_turn, event.final))
 
     def _on_interruption(self, conn: _Connection, event: p.Interruption, now: float) -> None:
-        conn.last_interrupted_id = max(conn.last_interrupted_id, event.event_id)
+        # The service numbers an interruption newer than the audio it cuts off, and answers
+        # text input with an interruption whose id the reply's own audio then carries
+        # (elevenlabs-python #829): only strictly older audio is stale, as the official
+        # JavaScript client has it (docs/service-behaviour.md).
+        conn.drop_below = max(conn.drop_below, event.event_id)
         self._events.append(ev.Interrupted(event.event_id))
 
     def _on_user_transcript(self, conn: _Connection, event: p.UserTranscript, now: float) -> None:
@@ -532,7 +543,24 @@ class Engine:
         self._events.append(ev.AgentResponseMetadata(event.event_id, event.data))
 
     def _on_tool_call(self, conn: _Connection, event: p.ClientToolCall, now: float) -> None:
-        self._events.append(ev.ToolCall(event.tool_name, event.tool_call_id, dict(event.parameters)))
+        self._events.append(ev.ToolCall(event.tool_name, event.tool_call_id, dict(event.parameters),
+                                        event.expects_response))
+
+    def _on_mcp_tool_call(self, conn: _Connection, event: p.McpToolCall, now: float) -> None:
+        self._events.append(ev.McpToolCall(event.tool_name, event.tool_call_id, event.state,
+                                           dict(event.parameters), event.description, event.approval_timeout))
+
+    def _on_queue_status(self, conn: _Connection, event: p.QueueStatus, now: float) -> None:
+        """``waiting``: what we send would be discarded, so speech is kept (the pre-buffer) and
+        messages wait until ``admitted``; ``timed_out``: the server closes (3008) and we retry."""
+        queued = event.status == "waiting"
+        if queued and not conn.queued:
+            self.outbox.hold()
+        elif conn.queued and not queued and self.outbox.early and self.phase is ev.Phase.OPEN:
+            self._events.append(ev.Notice("info", f"sending {self.outbox.early_seconds:.1f} s of speech "
+                                          "captured while queued"))
+        conn.queued = queued
+        self._events.append(ev.Queued(event.status, queued))
 
     def _on_tool_response(self, conn: _Connection, event: p.AgentToolResponse, now: float) -> None:
         if event.tool_name == "end_call":
@@ -542,6 +570,11 @@ class Engine:
     def _on_error(self, conn: _Connection, event: p.ErrorEvent, now: float) -> None:
         conn.last_error = event
         self._events.append(ev.ServerError(event.error_type, event.code, event.message or event.reason))
+
+    def _on_client_error(self, conn: _Connection, event: p.ClientError, now: float) -> None:
+        if conn.last_error is None:  # the reason of the close that follows
+            conn.last_error = p.ErrorEvent(event.code, event.message, event.name, None)
+        self._events.append(ev.ServerError(event.name, event.code, event.message, kind="client_error"))
 
     def _on_unknown(self, conn: _Connection, event: p.Unknown, now: float) -> None:
         self._events.append(ev.Notice("debug", f"ignored server message of unknown type {event.type[:60]!r}"))
@@ -562,6 +595,9 @@ _HANDLERS: dict[type, _Handler] = {  # the one dispatch over protocol events
     p.ClientToolCall: Engine._on_tool_call,
     p.AgentToolResponse: Engine._on_tool_response,
     p.ErrorEvent: Engine._on_error,
+    p.ClientError: Engine._on_client_error,
+    p.QueueStatus: Engine._on_queue_status,
+    p.McpToolCall: Engine._on_mcp_tool_call,
     p.Unknown: Engine._on_unknown,
 }  # every other message (vad_score, chat parts, unknown types, ...) is counted and ignored
 

@@ -39,6 +39,7 @@ class AgentAudio:
     pcm: bytes = field(repr=False)
     rate: int
     new_turn: bool  # the first chunk of a new agent turn
+    final: bool = False  # the server says this is the reply's last chunk (1.1.0 is_final)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +94,35 @@ class AgentCorrection:
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    """The agent calls a client tool; it waits for a ``client_tool_result``."""
+    """The agent calls a client tool; it waits for a ``client_tool_result`` unless
+    ``expects_response`` is False."""
 
     tool_name: str
     tool_call_id: str
     parameters: Mapping[str, Any]
+    expects_response: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class McpToolCall:
+    """The agent calls an MCP tool; in state ``awaiting_approval`` it waits up to
+    ``approval_timeout`` seconds for our approval or denial."""
+
+    tool_name: str
+    tool_call_id: str
+    state: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    description: str | None = None
+    approval_timeout: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The server's queue: ``waiting`` (it discards what we send; speech is kept meanwhile),
+    ``admitted``, ``timed_out`` (a close follows), or a status this version does not know."""
+
+    status: str
+    waiting: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +133,12 @@ class AgentToolResponse:
 
 @dataclass(frozen=True, slots=True)
 class ServerError:
-    """An ``error`` message from the server (a close usually follows)."""
+    """An ``error`` (or 1.1.0 ``client_error``) message from the server (a close usually follows)."""
 
     error_type: str | None
     code: int | None
     message: str | None
+    kind: str = "error"  # the message type it came as
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +162,8 @@ class Closed:
 
 
 Event = (Connecting | Opened | AgentAudio | Interrupted | UserTranscript | AgentResponse | AgentTextPart
-         | AgentResponseComplete | AgentResponseMetadata | AgentCorrection | ToolCall | AgentToolResponse
-         | ServerError | Notice | Closed)
+         | AgentResponseComplete | AgentResponseMetadata | AgentCorrection | ToolCall | McpToolCall
+         | AgentToolResponse | Queued | ServerError | Notice | Closed)
 
 
 # --- actions: what the I/O shell must do ---------------------------------------------------

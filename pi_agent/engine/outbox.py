@@ -118,6 +118,12 @@ class Outbox:
         next conversation (ahead of what is said from now on), other live audio is dropped.
         Messages stay queued."""
         self.control.clear()
+        self.hold()
+
+    def hold(self) -> None:
+        """What is sent now would be lost (the server queues the conversation): speech not
+        yet sent goes back to the pre-buffer, ahead of what is said from now on; other live
+        audio is dropped."""
         kept = [frame for frame in self.live if frame.speech]
         self.live.clear()
         for frame in reversed(kept):

@@ -40,6 +40,7 @@ class Audio:
     event_id: int
     audio: bytes = field(repr=False)
     alignment: Mapping[str, Any] | None = field(default=None, repr=False)
+    final: bool = False  # 1.1.0 ``is_final``: the last chunk of this agent response
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ class ClientToolCall:
     tool_call_id: str
     parameters: Mapping[str, Any]
     event_id: int | None
+    expects_response: bool = True  # 1.1.0: False = the agent awaits no client_tool_result
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +162,17 @@ class AgentToolResponseFullPayload:
 
 @dataclass(frozen=True, slots=True)
 class McpToolCall:
+    """A call of an MCP tool by the agent, in one of its states (``loading``,
+    ``awaiting_approval``, ``success``, ``failure``). In ``awaiting_approval`` the agent
+    waits up to ``approval_timeout`` seconds for ``mcp_tool_approval_result``."""
+
     tool_name: str
     tool_call_id: str
     state: str
-    data: Mapping[str, Any] = field(repr=False)
+    parameters: Mapping[str, Any] = field(repr=False)
+    description: str | None = None
+    approval_timeout: int | None = None
+    data: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +240,24 @@ class ErrorEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientError:
+    """1.1.0 ``client_error``: the server's reason, sent before it closes for an error."""
+
+    code: int | None
+    name: str | None
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """The server holds the conversation in its queue (``waiting``), lets it in
+    (``admitted``) or gives up (``timed_out``, then close 3008). Outside both contracts: as
+    the official widget reads it; while ``waiting`` the server discards client messages."""
+
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown:
     """A message type this version does not know (new server features): ignored."""
 
@@ -245,7 +272,8 @@ ServerEvent = (
     | AgentToolResponseFullPayload | McpToolCall | McpConnectionStatus | VadScore | ContextUsage
     | AsrInitiationMetadata | GuardrailTriggered | InternalTurnProbability
     | InternalTentativeAgentResponse | AgentTyping | ExternalAgentConnected
-    | ExternalAgentDisconnected | ErrorEvent | AgentResponseMetadata | AgentResponseComplete | Unknown
+    | ExternalAgentDisconnected | ErrorEvent | AgentResponseMetadata | AgentResponseComplete | ClientError
+    | QueueStatus | Unknown
 )
 Decoder = Callable[[Mapping[str, Any]], ServerEvent]
 
@@ -358,7 +386,8 @@ def _metadata(m: Mapping[str, Any]) -> ServerEvent:
 def _audio(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "audio_event", "audio")
     event_id = f.integer("event_id")
-    return Audio(event_id, _b64(f, "audio_base_64"), f.obj("alignment", required=False))
+    return Audio(event_id, _b64(f, "audio_base_64"), f.obj("alignment", required=False),
+                 bool(f.flag("is_final", required=False)))
 
 
 def _user_transcript(m: Mapping[str, Any]) -> ServerEvent:
@@ -421,7 +450,8 @@ def _ping(m: Mapping[str, Any]) -> ServerEvent:
 def _client_tool_call(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "client_tool_call", "client_tool_call")
     return ClientToolCall(f.text("tool_name"), f.text("tool_call_id"),
-                          f.obj("parameters", False) or {}, f.integer("event_id", False))
+                          f.obj("parameters", False) or {}, f.integer("event_id", False),
+                          f.flag("expects_response", False) is not False)
 
 
 def _rich_content(m: Mapping[str, Any]) -> ServerEvent:
@@ -452,7 +482,9 @@ def _tool_response_full(m: Mapping[str, Any]) -> ServerEvent:
 
 def _mcp_tool_call(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "mcp_tool_call", "mcp_tool_call")
-    return McpToolCall(f.text("tool_name"), f.text("tool_call_id"), f.text("state", False) or "", f.raw())
+    return McpToolCall(f.text("tool_name"), f.text("tool_call_id"), f.text("state", False) or "",
+                       f.obj("parameters", False) or {}, f.text("tool_description", False),
+                       f.integer("approval_timeout_secs", False), f.raw())
 
 
 def _mcp_status(m: Mapping[str, Any]) -> ServerEvent:
@@ -496,6 +528,15 @@ def _error(m: Mapping[str, Any]) -> ServerEvent:
                       f.text("reason", False))
 
 
+def _client_error(m: Mapping[str, Any]) -> ServerEvent:
+    f = _Fields(m, "error_event", "client_error")
+    return ClientError(f.integer("code", False), f.text("error_name", False), f.text("message", False))
+
+
+def _queue_status(m: Mapping[str, Any]) -> ServerEvent:
+    return QueueStatus(_Fields(m, "queue_status_event", "queue_status").text("status"))
+
+
 _DECODERS: dict[str, Decoder] = {
     "conversation_initiation_metadata": _metadata,
     "audio": _audio,
@@ -526,6 +567,8 @@ _DECODERS: dict[str, Decoder] = {
     "external_agent_connected": lambda m: ExternalAgentConnected(),
     "external_agent_disconnected": lambda m: ExternalAgentDisconnected(),
     "error": _error,
+    "client_error": _client_error,
+    "queue_status": _queue_status,
 }
 
 SERVER_MESSAGE_TYPES = frozenset(_DECODERS)
@@ -571,7 +614,7 @@ def encode_initiation(
     dynamic_variables: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     user_id: str | None = None,
-    source: str = "pi_agent",
+    source: str = "unknown",
     version: str = "",
 ) -> str:
     msg: dict[str, Any] = {"type": "conversation_initiation_client_data"}
@@ -597,6 +640,10 @@ def encode_contextual_update(text: str, context_id: str | None = None) -> str:
     if context_id is not None:
         msg["context_id"] = context_id
     return _dumps(msg)
+
+
+def encode_mcp_approval(tool_call_id: str, approved: bool) -> str:
+    return _dumps({"type": "mcp_tool_approval_result", "tool_call_id": tool_call_id, "is_approved": bool(approved)})
 
 
 def encode_user_message(text: str) -> str:
