@@ -4,7 +4,8 @@ Sources, strongest first:
 
 1. environment variables, prefix ``PI_AGENT_``, ``__`` between nesting levels
    (``PI_AGENT_SESSION__POLICY=persistent``);
-2. the API key alone from ``$CREDENTIALS_DIRECTORY/api_key`` (systemd ``LoadCredential=``);
+2. the API key alone from ``$CREDENTIALS_DIRECTORY/api_key`` (systemd ``LoadCredential=``),
+   else from ``$ELEVENLABS_API_KEY`` (the official SDKs' variable);
 3. a TOML file: ``--config PATH``, else ``$PI_AGENT_CONFIG``, else
    ``/etc/pi-agent/config.toml`` when it exists (same nesting: ``[session] policy = ...``);
 4. the defaults below.
@@ -21,7 +22,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
@@ -31,6 +32,7 @@ from .audio.wakeword import BUILTIN as WAKE_WORDS
 from .errors import ConfigError
 
 ENV_PREFIX = "PI_AGENT_"
+SDK_KEY_VARIABLE = "ELEVENLABS_API_KEY"
 DEFAULT_CONFIG_PATH = Path("/etc/pi-agent/config.toml")
 EX_CONFIG = 78
 
@@ -77,6 +79,12 @@ class SessionSettings(_Section):
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="conversation_config_override sent at start "
         "(e.g. [session.overrides.agent] first_message = \"Hi\"); the agent must allow them")
+    mcp_approval: Literal["deny", "ask"] = Field(
+        "deny", description="an MCP tool of the agent that needs approval: deny (answered at once), or ask: "
+        "published on the event API (mcp_tool_approval_request) for a local program to approve, denied if "
+        "none answers within api.tool_timeout")
+    mcp_allow: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=256, description="MCP tools approved without asking (by tool name)")
 
     @field_validator("backoff_max")
     @classmethod
@@ -268,7 +276,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # init_settings carries the TOML file's contents (see load_settings): weakest but defaults.
-        return (env_settings, _CredentialsSource(settings_cls), init_settings)
+        return (env_settings, _CredentialsSource(settings_cls), _ElevenLabsKeySource(settings_cls), init_settings)
 
 
 class _CredentialsSource(PydanticBaseSettingsSource):
@@ -290,6 +298,18 @@ class _CredentialsSource(PydanticBaseSettingsSource):
             raise ConfigError(f"api_key: cannot read credential {path}: {e.strerror}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"api_key: credential {path} is not UTF-8 text (paste the key alone)") from None
+        return {"api_key": key} if key else {}
+
+
+class _ElevenLabsKeySource(PydanticBaseSettingsSource):
+    """The API key from ``$ELEVENLABS_API_KEY``, as the official SDKs read it; the
+    project's own ``PI_AGENT_API_KEY`` and the systemd credential come first."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        key = os.environ.get(SDK_KEY_VARIABLE, "").strip()
         return {"api_key": key} if key else {}
 
 

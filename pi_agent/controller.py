@@ -84,7 +84,8 @@ class Controller:
         s = self.status
         return {"type": "snapshot", "state": s.state.value, "connected": s.connected,
                 "conversation_id": s.conversation_id, "mode": self.model.config.mode,
-                "policy": "persistent" if self.engine.persistent else "on_demand", "muted": s.muted, **extra}
+                "policy": "persistent" if self.engine.persistent else "on_demand", "muted": s.muted,
+                "queued": s.queued, **extra}
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -113,6 +114,8 @@ class Controller:
         now = self._clock()
         config = model.config
         speaker = self.output.audible_until() + self._echo_tail if config.half_duplex or config.aec else 0.0
+        if model.dry_since is not None and config.half_duplex:  # a reply stalled on the link: not over yet
+            speaker = max(speaker, now + self._echo_tail)
         out = self.gate.process(frame, now, echo_mute_until=speaker if config.half_duplex else 0.0,
                                 speaker_until=speaker if config.aec else 0.0, muted=model.muted,
                                 open_until=model.follow_up_until or 0.0)
@@ -134,9 +137,18 @@ class Controller:
 
     def tool_result(self, tool_call_id: str, result: str, is_error: bool) -> bool:
         """Answer a pending client tool call; False if there is none by that id."""
-        if self.model.pending_tool(tool_call_id) is None:
+        tool = self.model.pending_tool(tool_call_id)
+        if tool is None or tool.mcp:
             return False
         self.dispatch(i.ToolResult(tool_call_id, result, is_error))
+        return True
+
+    def mcp_approval(self, tool_call_id: str, approved: bool) -> bool:
+        """Approve or deny an MCP tool call awaiting approval; False if none by that id waits."""
+        tool = self.model.pending_tool(tool_call_id)
+        if tool is None or not tool.mcp:
+            return False
+        self.dispatch(i.McpApproval(tool_call_id, approved))
         return True
 
     # --- timers -------------------------------------------------------------------------------
@@ -151,7 +163,8 @@ class Controller:
             self._deadline = due
             self._timer = (None if due is None else
                            loop.call_later(max(0.0, due - self._clock()) + TIMER_SLACK, self._on_deadline))
-        speaking = self.model.state is State.SPEAKING
+        # While the speaker is dry before the reply's last chunk, only new audio wakes the watch.
+        speaking = self.model.state is State.SPEAKING and self.model.dry_since is None
         if speaking and self._speaker_timer is None:
             self._speaker_timer = loop.call_soon(self._watch_speaker)
         elif not speaking and self._speaker_timer is not None:
@@ -186,7 +199,8 @@ class Controller:
     def _flush(self, effect: fx.Flush) -> None:
         started = time.perf_counter()
         self.output.flush()
-        self.engine.interrupt_locally()
+        if not effect.barge_in:  # a local stop: the rest of that reply is dropped whatever its ids
+            self.engine.interrupt_locally()
         if effect.barge_in:
             self.metrics.barge_in_seconds.observe(time.perf_counter() - started)
 

@@ -204,7 +204,8 @@ class Daemon:
     def _publish_status(self, status: Status) -> None:
         """For screens (the kiosk page): the state as the LEDs show it, and what is wrong."""
         self.hub.publish({"type": "status", "state": status.state.value, "connected": status.connected,
-                          "muted": status.muted, "problem": self._problem(), "leds": _leds(status)})
+                          "muted": status.muted, "queued": status.queued, "problem": self._problem(),
+                          "leds": _leds(status)})
 
     # --- GPIO -----------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ CANARY = "sk_canary_5f1e0c0ffee"
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
-        if key.startswith("PI_AGENT_") or key == "CREDENTIALS_DIRECTORY":
+        if key.startswith("PI_AGENT_") or key in ("CREDENTIALS_DIRECTORY", "ELEVENLABS_API_KEY"):
             monkeypatch.delenv(key)
 
 
@@ -44,6 +44,37 @@ def test_api_key_from_credentials_directory_is_secret(tmp_path: Path, monkeypatc
     s = load_settings()
     assert s.api_key is not None and s.api_key.get_secret_value() == CANARY
     assert CANARY not in repr(s) and CANARY not in str(s) and CANARY not in s.model_dump_json()
+
+
+def test_the_official_sdks_key_variable_is_honoured_below_the_projects_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PI_AGENT_AGENT_ID", "a")
+    monkeypatch.setenv("ELEVENLABS_API_KEY", CANARY + "\n")
+    s = load_settings()
+    assert s.api_key is not None and s.api_key.get_secret_value() == CANARY
+    assert CANARY not in repr(s) and CANARY not in s.model_dump_json()
+    (tmp_path / "api_key").write_text("sk_from_credential")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert load_settings().api_key.get_secret_value() == "sk_from_credential"  # type: ignore[union-attr]
+    monkeypatch.setenv("PI_AGENT_API_KEY", "sk_own")
+    assert load_settings().api_key.get_secret_value() == "sk_own"  # type: ignore[union-attr]
+    monkeypatch.setenv("ELEVENLABS_API_KEY", "  ")
+    monkeypatch.delenv("PI_AGENT_API_KEY")
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert load_settings().api_key is None  # blank: no key
+
+
+def test_mcp_approval_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PI_AGENT_AGENT_ID", "a")
+    s = load_settings()
+    assert s.session.mcp_approval == "deny" and s.session.mcp_allow == []
+    monkeypatch.setenv("PI_AGENT_SESSION__MCP_APPROVAL", "ask")
+    monkeypatch.setenv("PI_AGENT_SESSION__MCP_ALLOW", '["book_room"]')
+    s = load_settings()
+    assert s.session.mcp_approval == "ask" and s.session.mcp_allow == ["book_room"]
+    monkeypatch.setenv("PI_AGENT_SESSION__MCP_APPROVAL", "always")
+    with pytest.raises(ConfigError, match="mcp_approval"):
+        load_settings()
 
 
 BAD = [

@@ -20,7 +20,7 @@ from ..engine.backoff import Outcome
 from ..gpio.button import ButtonEvent, ButtonIntent
 from . import effects as fx
 from . import inputs as i
-from .model import MAX_REPORTED, THINKING_TIMEOUT, Model, PendingTool
+from .model import MAX_REPORTED, QUEUED_TEXT, REPLY_STALL, THINKING_TIMEOUT, Model, PendingTool
 from . import states
 from .states import State, Trigger
 
@@ -199,17 +199,40 @@ def _tick(s: _Step, _: i.Tick) -> None:
         s.log("info", f"no reply within {THINKING_TIMEOUT:g} s; back to idle")
         s.fire(T.STOP)
     for tool in s.m.tools:
-        if tool.deadline <= s.now:
+        if tool.deadline > s.now:
+            continue
+        if tool.mcp:
+            s.log("warning", f"MCP tool {tool.tool_name!r}: no event-API client approved it within "
+                  f"{s.m.config.tool_timeout:g} s (api.tool_timeout); denied")
+            _answer_mcp(s, tool.tool_call_id, tool.tool_name, False)
+        else:
             _answer_tool(s, tool.tool_call_id, f"client tool {tool.tool_name!r} did not answer in time", True)
     if s.m.follow_up_until is not None and s.m.follow_up_until <= s.now:
         s.set(follow_up_until=None)
         s.log("debug", "no follow-up: waiting for the wake word again")
+    if s.m.state is S.SPEAKING and s.m.dry_since is not None and s.now - s.m.dry_since >= REPLY_STALL:
+        s.log("info", f"the reply's last chunk did not come within {REPLY_STALL:g} s of the speaker running dry; "
+              "done speaking")
+        _reply_played(s)
 
 
 def _played_out(s: _Step, _: i.PlayedOut) -> None:
     m = s.m
     if m.state is not S.SPEAKING:
         return
+    if m.marks_final and not m.reply_complete:
+        # The server marks each reply's last chunk and this one's has not come: a slow link,
+        # not the end of the reply. Still speaking (the mic stays closed in half duplex).
+        if m.dry_since is None:
+            s.log("debug", "the speaker ran dry before the reply's last chunk: still speaking")
+            s.set(dry_since=s.now)
+        return
+    _reply_played(s)
+
+
+def _reply_played(s: _Step) -> None:
+    m = s.m
+    s.set(dry_since=None)
     if m.config.mode == "always" and m.connected:
         s.fire(T.LISTEN)
         return
@@ -272,9 +295,23 @@ def _answer_tool(s: _Step, tool_call_id: str, result: str, is_error: bool) -> No
     _send(s, "client_tool_result", p.encode_tool_result(tool_call_id, result, is_error=is_error))
 
 
+def _answer_mcp(s: _Step, tool_call_id: str, tool_name: str, approved: bool) -> None:
+    s.set(tools=tuple(t for t in s.m.tools if t.tool_call_id != tool_call_id))
+    _send(s, "mcp_tool_approval_result", p.encode_mcp_approval(tool_call_id, approved))
+    s.publish(type="mcp_tool_approval", tool_name=tool_name, tool_call_id=tool_call_id, approved=approved)
+
+
 def _tool_result(s: _Step, event: i.ToolResult) -> None:
-    if s.m.pending_tool(event.tool_call_id) is not None:
+    tool = s.m.pending_tool(event.tool_call_id)
+    if tool is not None and not tool.mcp:
         _answer_tool(s, event.tool_call_id, event.result, event.is_error)
+
+
+def _mcp_approval(s: _Step, event: i.McpApproval) -> None:
+    tool = s.m.pending_tool(event.tool_call_id)
+    if tool is not None and tool.mcp:
+        s.log("info", f"MCP tool {tool.tool_name!r} {'approved' if event.approved else 'denied'} by an event-API client")
+        _answer_mcp(s, tool.tool_call_id, tool.tool_name, event.approved)
 
 
 # --- the conversation (engine events) --------------------------------------------------------
@@ -291,13 +328,20 @@ def _connecting(s: _Step, event: ev.Connecting) -> None:
 
 
 def _opened(s: _Step, event: ev.Opened) -> None:
-    s.set(connected=True, connecting=False, session_error=None, fatal=False,
-          conversation_id=event.conversation_id, reported=frozenset())
+    s.set(session_error=None, fatal=False, conversation_id=event.conversation_id, reported=frozenset(),
+          marks_final=False)
     s.log("info", f"conversation {event.conversation_id} open (agent audio {event.agent_output_audio_format}, "
           f"mic audio {event.user_input_audio_format})")
     s.publish(type="connection", connected=True, conversation_id=event.conversation_id,
               agent_output_audio_format=event.agent_output_audio_format,
               user_input_audio_format=event.user_input_audio_format)
+    if not s.m.queued:
+        _admitted(s)
+
+
+def _admitted(s: _Step) -> None:
+    """The conversation is open and what is sent reaches the agent."""
+    s.set(connected=True, connecting=False)
     if s.m.state is S.ERROR and s.m.device_error is None:
         s.fire(T.RECOVER)
         s.fire(T.CONNECT)
@@ -308,6 +352,10 @@ def _opened(s: _Step, event: ev.Opened) -> None:
 
 def _agent_audio(s: _Step, event: ev.AgentAudio) -> None:
     s.do(fx.Play(event.pcm, event.rate, event.new_turn))
+    if event.final:
+        s.set(marks_final=True, reply_complete=True, dry_since=None)
+    elif event.new_turn or s.m.dry_since is not None:
+        s.set(reply_complete=False, dry_since=None)
     m = s.m
     if m.state in (S.SPEAKING, S.MUTED):
         return
@@ -321,10 +369,12 @@ def _agent_audio(s: _Step, event: ev.AgentAudio) -> None:
 
 def _interrupted(s: _Step, event: ev.Interrupted) -> None:
     s.do(fx.Flush(barge_in=True))
-    s.log("info", f"interrupted by the user (agent turn {event.event_id})")
     s.publish(type="interruption", event_id=event.event_id)
     if s.m.state is S.SPEAKING:
+        s.log("info", f"interrupted by the user (interruption {event.event_id})")
         s.fire(T.LISTEN)
+    else:  # the service also sends one before it answers text input: nothing was playing
+        s.log("debug", f"interruption {event.event_id} while the agent was not speaking")
 
 
 def _user_transcript(s: _Step, event: ev.UserTranscript) -> None:
@@ -353,13 +403,58 @@ def _correction(s: _Step, event: ev.AgentCorrection) -> None:
 
 def _tool_call(s: _Step, event: ev.ToolCall) -> None:
     s.publish(type="client_tool_call", tool_name=event.tool_name, tool_call_id=event.tool_call_id,
-              parameters=dict(event.parameters))
+              parameters=dict(event.parameters), expects_response=event.expects_response)
+    if not event.expects_response:  # the agent goes on at once: nothing to answer, nothing to wait for
+        s.log("debug", f"client tool call {event.tool_name!r} expects no response")
+        return
     handlers = s.m.tool_handlers
     if event.tool_name in handlers or "*" in handlers:
         deadline = s.now + s.m.config.tool_timeout
         s.set(tools=(*s.m.tools, PendingTool(event.tool_call_id, event.tool_name, deadline)))
     else:  # nobody said they answer it: no point in keeping the agent waiting
         _answer_tool(s, event.tool_call_id, f"client tool {event.tool_name!r} is not available on this device", True)
+
+
+def _mcp_tool_call(s: _Step, event: ev.McpToolCall) -> None:
+    s.publish(type="mcp_tool_call", tool_name=event.tool_name, tool_call_id=event.tool_call_id, state=event.state)
+    if event.state != "awaiting_approval" or s.m.pending_tool(event.tool_call_id) is not None:
+        return
+    config, name = s.m.config, event.tool_name
+    if name in config.mcp_allow:
+        s.log("info", f"MCP tool {name!r} approved ([session] mcp_allow)")
+        _answer_mcp(s, event.tool_call_id, name, True)
+    elif config.mcp_approval == "ask":
+        wait = config.tool_timeout
+        if event.approval_timeout is not None:  # answer before the agent gives up on its own
+            wait = max(0.0, min(wait, event.approval_timeout - 1.0))
+        s.log("info", f"MCP tool {name!r} awaits approval: asking event-API clients (mcp_tool_approval_request, "
+              f"{wait:g} s)")
+        s.set(tools=(*s.m.tools, PendingTool(event.tool_call_id, name, s.now + wait, mcp=True)))
+        s.publish(type="mcp_tool_approval_request", tool_name=name, tool_call_id=event.tool_call_id,
+                  description=event.description, parameters=dict(event.parameters), timeout=wait)
+    else:
+        s.log("info", f"MCP tool {name!r} denied: it needs approval ([session] mcp_approval = \"deny\"; "
+              f"mcp_allow = [\"{name}\"] approves it, mcp_approval = \"ask\" asks the event API)")
+        _answer_mcp(s, event.tool_call_id, name, False)
+
+
+def _queued(s: _Step, event: ev.Queued) -> None:
+    s.publish(type="queue_status", status=event.status)
+    was = s.m.queued
+    s.set(queued=event.waiting)
+    if event.waiting:
+        if not was:
+            s.log("warning", f"{QUEUED_TEXT}; speech and messages are kept until it admits this device")
+            s.set(connected=False, connecting=True)
+            if s.m.state is S.IDLE:
+                s.fire(T.CONNECT)
+        return
+    if event.status == "timed_out":
+        s.log("warning", "the agent's service kept this device queued until it gave up (all agents busy)")
+    elif was:
+        s.log("info", f"admitted by the agent's service ({event.status})")
+        if s.m.conversation_id is not None:  # its metadata came first
+            _admitted(s)
 
 
 def _tool_response(s: _Step, event: ev.AgentToolResponse) -> None:
@@ -369,9 +464,10 @@ def _tool_response(s: _Step, event: ev.AgentToolResponse) -> None:
 
 
 def _server_error(s: _Step, event: ev.ServerError) -> None:
-    s.log("warning", f"server error event: {event.error_type or 'error'} {(event.message or '')[:200]} "
-          f"(code {event.code})")
-    s.publish(type="error", source="server", error_type=event.error_type, code=event.code, message=event.message)
+    _log_once(s, "warning", f"server {event.kind.replace('_', ' ')}: {event.error_type or 'error'} "
+              f"{(event.message or '')[:200]} (code {event.code})")
+    s.publish(type="error", source="server", kind=event.kind, error_type=event.error_type, code=event.code,
+              message=event.message)
 
 
 def _notice(s: _Step, event: ev.Notice) -> None:
@@ -382,7 +478,7 @@ def _closed(s: _Step, event: ev.Closed) -> None:
     was_connected = s.m.connected
     if event.was_open:
         s.do(fx.Observe("conversation_seconds", event.lasted))
-    s.set(connected=False, connecting=False, conversation_id=None, tools=())
+    s.set(connected=False, connecting=False, conversation_id=None, tools=(), queued=False)
     s.publish(type="connection", connected=False, reason=event.reason, outcome=event.outcome.value,
               retry_in=event.retry_in, code=event.code)
     nxt = f"; retrying in {event.retry_in:.1f} s" if event.retry_in is not None else ""
@@ -466,6 +562,7 @@ _HANDLERS: dict[type, _Handler] = {
     i.Say: lambda s, e: _send(s, "user_message", p.encode_user_message(e.text)),
     i.ContextualUpdate: lambda s, e: _send(s, "contextual_update", p.encode_contextual_update(e.text, e.context_id)),
     i.ToolResult: _tool_result,
+    i.McpApproval: _mcp_approval,
     i.DeviceFailed: _device_failed,
     i.DeviceRecovered: _device_recovered,
     i.ToolHandlers: lambda s, e: s.set(tool_handlers=e.tools),
@@ -484,6 +581,8 @@ _HANDLERS: dict[type, _Handler] = {
     ev.AgentResponseMetadata: lambda s, e: s.publish(type="agent_response_metadata", event_id=e.event_id,
                                                      metadata=dict(e.data)),
     ev.ToolCall: _tool_call,
+    ev.McpToolCall: _mcp_tool_call,
+    ev.Queued: _queued,
     ev.AgentToolResponse: _tool_response,
     ev.ServerError: _server_error,
     ev.Notice: _notice,

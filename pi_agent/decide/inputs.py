@@ -92,6 +92,14 @@ class ToolResult:
 
 
 @dataclass(frozen=True, slots=True)
+class McpApproval:
+    """An event-API client approves (or denies) an MCP tool call awaiting approval."""
+
+    tool_call_id: str
+    approved: bool
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceFailed:
     which: str  # "microphone" or "speaker"
     message: str
@@ -121,6 +129,6 @@ class ShuttingDown:
 
 Input = (
     ev.Event | Ready | TurnStarted | TurnEnded | WakeWord | PlayedOut | Tick | Button | StartListening | StopListening
-    | Stop | SetMuted | Say | ContextualUpdate | ToolResult | DeviceFailed | DeviceRecovered | ToolHandlers
+    | Stop | SetMuted | Say | ContextualUpdate | ToolResult | McpApproval | DeviceFailed | DeviceRecovered | ToolHandlers
     | OpenConversation | ShuttingDown
 )

@@ -14,7 +14,9 @@ from ..gpio.button import ButtonPolicy
 from .states import State
 
 THINKING_TIMEOUT = 15.0  # s in "thinking" with no reply before going back to idle
+REPLY_STALL = 5.0  # s the speaker may run dry before a reply's last chunk (is_final) before "speaking" ends
 MAX_REPORTED = 64  # distinct failure lines remembered for "log once" (forgotten on success)
+QUEUED_TEXT = "waiting for the agent (the service's queue: all agents are busy)"
 BUTTON_AT_REST = ButtonPolicy()  # no gesture under way; frozen, so every model can share this one
 
 
@@ -30,12 +32,15 @@ class Config:
     tool_timeout: float = 10.0  # s an event-API client has to answer a client tool it handles
     follow_up: float = 5.0  # wake_word: s after a reply in which the user may answer without it
     aec: bool = False  # the speaker's echo is cancelled in software (the mic stays live)
+    mcp_approval: str = "deny"  # an MCP tool awaiting approval: deny, or ask the event API
+    mcp_allow: frozenset[str] = frozenset()  # MCP tools approved without asking
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Config:
         return cls(settings.capture.mode, settings.audio.echo == "half_duplex", settings.capture.toggle,
                    frozenset(settings.audio.earcons), settings.log.transcripts, settings.api.tool_timeout,
-                   settings.capture.follow_up, settings.audio.echo == "aec")
+                   settings.capture.follow_up, settings.audio.echo == "aec", settings.session.mcp_approval,
+                   frozenset(settings.session.mcp_allow))
 
     @property
     def push_to_talk(self) -> bool:
@@ -48,11 +53,13 @@ class Config:
 
 @dataclass(frozen=True, slots=True)
 class PendingTool:
-    """A client tool call waiting for an event-API client's answer until ``deadline``."""
+    """A client tool call (or an MCP tool's approval request, ``mcp``) waiting for an
+    event-API client's answer until ``deadline``."""
 
     tool_call_id: str
     tool_name: str
     deadline: float
+    mcp: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,10 @@ class Model:
     reported: frozenset[str] = frozenset()  # failure lines already logged at their level
     tool_handlers: frozenset[str] = frozenset()  # client tools event-API clients answer ("*": all)
     follow_up_until: float | None = None  # wake_word: speech starts a turn without it until then
+    queued: bool = False  # the server holds the conversation in its queue (all agents busy)
+    marks_final: bool = False  # this conversation's server marks each reply's last chunk (is_final)
+    reply_complete: bool = False  # ... and the last chunk of the reply now playing has come
+    dry_since: float | None = None  # speaking, the speaker ran dry before that last chunk came
     shutting_down: bool = False
 
     @property
@@ -98,12 +109,13 @@ class Status:
     conversation_id: str | None
     wake_word: bool = False  # the capture mode waits for the wake word between turns
     follow_up: bool = False  # ... but not now: the user may answer the reply without it
+    queued: bool = False  # waiting in the agent service's queue (all agents busy)
 
 
 def status(model: Model) -> Status:
     return Status(model.state, model.connected, model.muted, model.backing_off,
                   model.device_error is not None or model.fatal, model.conversation_id,
-                  model.config.wake_word, model.follow_up_until is not None)
+                  model.config.wake_word, model.follow_up_until is not None, model.queued)
 
 
 def health(model: Model) -> tuple[bool, str]:
@@ -112,6 +124,8 @@ def health(model: Model) -> tuple[bool, str]:
         return False, model.device_error or model.session_error or "error"
     if model.state is State.OFFLINE:
         return False, "offline: " + (model.session_error or "reconnecting")
+    if model.queued:
+        return True, QUEUED_TEXT
     return True, model.state.value
 
 
@@ -122,4 +136,6 @@ def deadline(model: Model) -> float | None:
         due.append(model.follow_up_until)
     if model.state is State.THINKING and model.thinking_since is not None:
         due.append(model.thinking_since + THINKING_TIMEOUT)
+    if model.state is State.SPEAKING and model.dry_since is not None:
+        due.append(model.dry_since + REPLY_STALL)
     return min(due, default=None)

@@ -137,6 +137,7 @@ _COMMANDS: dict[str, dict[str, _Field]] = {
     "contextual_update": {"text": _Field(str), "context_id": _Field(str, False)},
     "tool_result": {"tool_call_id": _Field(str), "result": _Field(str), "is_error": _Field(bool, False)},
     "handle_tools": {"tools": _Field(list)},
+    "mcp_tool_approval": {"tool_call_id": _Field(str), "approved": _Field(bool)},
 }
 
 
@@ -402,6 +403,9 @@ class ApiServer:
         elif name == "tool_result":
             if not c.tool_result(cmd["tool_call_id"], cmd["result"], cmd.get("is_error", False)):
                 return _api_error(f"no pending tool call {cmd['tool_call_id'][:80]!r}")
+        elif name == "mcp_tool_approval":
+            if not c.mcp_approval(cmd["tool_call_id"], cmd["approved"]):
+                return _api_error(f"no MCP tool call awaiting approval {cmd['tool_call_id'][:80]!r}")
         else:  # handle_tools
             self._tools[ws] = frozenset(cmd["tools"])
             self._tools_changed()
