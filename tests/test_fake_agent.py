@@ -300,6 +300,18 @@ def test_options_validation_and_cli_flags() -> None:
     assert (o.tool_call, o.end_call_after, o.max_duration, o.transcript) == ("get_weather", 2, 30.0, "hi")
     assert (o.ping_interval, o.first_message) == (0.5, True)
     assert options_from_args(parser.parse_args([])) == FakeAgentOptions()
+    ns = parser.parse_args(["--no-final-chunk", "--no-tool-expects-response", "--ping-ms-unmeasured", "null"])
+    o = options_from_args(ns)
+    assert o.final_chunk is False
+    assert o.tool_expects_response is False
+    assert o.ping_ms_unmeasured == "null"
+    d = FakeAgentOptions()  # the defaults are what the service does (docs/service-behaviour.md)
+    assert d.final_chunk is True
+    assert d.tool_expects_response is True
+    assert d.ping_ms_unmeasured == "omit"
+    for bad in ({"ping_ms_unmeasured": "zero"},):
+        with pytest.raises(ConfigError):
+            FakeAgentOptions(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="output_format"):
         FakeAgentOptions(output_format="pcm_11025")
     with pytest.raises(ConfigError, match="ping_interval"):
@@ -364,7 +376,7 @@ async def test_pings_have_increasing_ids_and_pongs_are_matched(make_agent: MakeA
 
     ids = [p["ping_event"]["event_id"] for p in client.of("ping")]
     assert ids == sorted(ids) and len(set(ids)) == len(ids) and ids[0] == 1
-    assert pings[0]["ping_event"]["ping_ms"] is None
+    assert "ping_ms" not in pings[0]["ping_event"]  # nothing measured yet: 1.1.0 types it an integer
     assert all(isinstance(p["ping_event"]["ping_ms"], int) for p in pings[4:6])  # measured from a pong
     assert record.pings_sent == len(ids)
     assert record.pongs_received == 3
@@ -502,6 +514,7 @@ async def test_client_tool_call_round_trip(make_agent: MakeAgent) -> None:
     body = call["client_tool_call"]
     [transcript] = client.of("user_transcript")
     assert body["tool_name"] == "get_weather" and body["parameters"] == {"city": "Lisbon"}
+    assert body["expects_response"] is True  # required by 1.1.0
     assert body["event_id"] == transcript["user_transcription_event"]["event_id"]
     assert client.of("agent_response") == []  # the agent waits for the result
     await client.send({"type": "client_tool_result", "tool_call_id": body["tool_call_id"], "result": "22 C, sunny",
@@ -519,6 +532,79 @@ async def test_client_tool_call_round_trip(make_agent: MakeAgent) -> None:
     [_, call2] = await client.wait_type("client_tool_call", 2)
     assert call2["client_tool_call"]["tool_name"] == "open_door"
     assert call2["client_tool_call"]["parameters"] == {"door": "front"}
+    await client.close()
+
+
+# --- what the service does (docs/service-behaviour.md) ---------------------------------------
+
+
+async def test_response_events_have_the_1_1_0_shape(make_agent: MakeAgent) -> None:
+    agent = await make_agent(send_speed=50.0, reply_seconds=1.0)
+    client = await Client.connect(f"{agent.ws_url}?agent_id=a")
+    await client.wait_type("conversation_initiation_metadata")
+    event_id = await agent.agent_speak()
+    [complete] = await client.wait_type("agent_response_complete")
+    record = agent.latest
+    [meta] = client.of("agent_response_metadata")
+    assert meta == {"type": "agent_response_metadata", "agent_response_metadata_event": {
+        "metadata": {"conversation_id": record.id}, "event_id": event_id}}
+    assert complete == {"type": "agent_response_complete", "agent_response_complete_event": {"event_id": event_id}}
+    kinds = [m["type"] for m in client.messages if m.get("type") != "ping"]
+    assert kinds.index("agent_response_metadata") < kinds.index("agent_response")
+    assert kinds.index("agent_response_complete") == len(kinds) - 1  # after the last audio chunk
+    assert all(s.in_spec for s in record.sent if s.kind.startswith("agent_response_"))  # 1.1.0 defines both
+    # sent once it is all generated (sent), not once it has all played
+    turn = record.turns[0]
+    assert turn.play_until is not None and record.sent_of("agent_response_complete")[0].t < turn.play_until
+    await agent.wait_for(lambda: turn.completed, 5, "the reply to play out")
+    assert len(client.of("agent_response_complete")) == 1
+    await client.close()
+
+
+@pytest.mark.parametrize("final", [True, False])
+async def test_the_last_audio_chunk_of_a_reply_is_final(make_agent: MakeAgent, final: bool) -> None:
+    agent = await make_agent(send_speed=50.0, reply_seconds=1.0, chunk_ms=200, final_chunk=final)
+    client = await Client.connect(f"{agent.ws_url}?agent_id=a")
+    await client.wait_type("conversation_initiation_metadata")
+    await agent.agent_speak()
+    await client.wait_for(lambda: len(audio_bytes(client.messages)) >= len(agent.reply_audio), what="the reply")
+    events = [m["audio_event"] for m in client.of("audio")]
+    assert len(events) == 5 and not any("is_final" in e for e in events[:-1])  # 1.1.0: absent means false
+    assert events[-1].get("is_final") is (True if final else None)
+    assert agent.latest.turns[0].final_chunk_sent
+    await client.close()
+
+
+async def test_tool_call_that_expects_no_response_goes_on_at_once(make_agent: MakeAgent) -> None:
+    agent = await make_agent(tool_call="log_visit", tool_expects_response=False, tool_timeout=30.0,
+                             send_speed=50.0)
+    client = await Client.connect(f"{agent.ws_url}?agent_id=a")
+    await client.wait_type("conversation_initiation_metadata")
+    await client.send_audio(speech())
+    [call] = await client.wait_type("client_tool_call")
+    body = call["client_tool_call"]
+    assert body["expects_response"] is False
+    await client.wait_type("agent_response", timeout=5)  # no result sent, no tool_timeout waited
+    record = agent.latest
+    assert record.tool_calls[0]["expects_response"] is False
+    await client.send({"type": "client_tool_result", "tool_call_id": body["tool_call_id"], "result": "logged",
+                       "is_error": False})  # a result anyway: recorded, not an anomaly
+    await agent.wait_for(lambda: record.tool_results, 5, "the result")
+    assert record.tool_results[0]["result"] == "logged" and record.anomalies == []
+
+    status, _ = await control(agent, action="tool_call", name="get_weather", expects_response="true")
+    assert status == 200
+    [_, call2] = await client.wait_type("client_tool_call", 2)
+    assert call2["client_tool_call"]["expects_response"] is True
+    await client.close()
+
+
+async def test_ping_ms_null_before_a_measurement_is_recorded_outside_the_contract(make_agent: MakeAgent) -> None:
+    agent = await make_agent(ping_interval=0.1, ping_ms_unmeasured="null")
+    client = await Client.connect(f"{agent.ws_url}?agent_id=a", auto_pong=False)
+    [ping] = await client.wait_type("ping")
+    assert ping["ping_event"]["ping_ms"] is None
+    assert agent.latest.sent_of("ping")[0].in_spec is False  # 1.0.0 allows null, 1.1.0 (which defines ping) not
     await client.close()
 
 
@@ -788,6 +874,7 @@ async def test_control_errors(make_agent: MakeAgent) -> None:
         {"action": "error", "error_type": "llm_error", "code": 3000},
         {"action": "garbage", "kind": "spaghetti"},
         {"action": "tool_call"},
+        {"action": "tool_call", "name": "x", "expects_response": "maybe"},
         {"action": "reject_handshake", "status": 200},
     ):
         status, body = await control(agent, **params)
@@ -818,7 +905,10 @@ async def test_control_garbage(make_agent: MakeAgent, kind: str) -> None:
     elif kind == "unannounced_format":
         data = base64.b64decode(got[0]["audio_event"]["audio_base_64"])
         assert data.startswith(b"RIFF")  # a WAV file where raw mu-law was announced
-    if kind not in ("non_json", "binary", "unannounced_format"):
+    if kind == "bad_base64":  # 1.1.0 types audio_base_64 as a plain string: check the payload itself
+        with pytest.raises(ValueError):
+            base64.b64decode(got[0]["audio_event"]["audio_base_64"], validate=True)
+    elif kind not in ("non_json", "binary", "unannounced_format"):
         failures = 0
         for message in got:
             try:

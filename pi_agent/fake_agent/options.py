@@ -83,7 +83,15 @@ class FakeAgentOptions:
     """Milliseconds between two streamed words."""
     response_events: bool = True
     """Send ``agent_response_metadata`` before each turn and ``agent_response_complete``
-    after it, as newer servers do (outside the copied contract; recorded as such)."""
+    once its last audio chunk is sent (both in the 1.1.0 contract's shape)."""
+    ping_ms_unmeasured: str = "omit"
+    """What a ping says before a pong measured the round trip: ``omit`` leaves ``ping_ms``
+    out (1.1.0 types it an integer), ``null`` sends ``"ping_ms": null`` (1.0.0 allows it;
+    such pings are recorded as outside the contract, since 1.1.0 defines ``ping``)."""
+    final_chunk: bool = True
+    """The last audio chunk of each reply carries ``is_final: true`` (1.1.0)."""
+    tool_expects_response: bool = True
+    """``client_tool_call.expects_response``; when False the agent goes on at once."""
     record_audio: bool = True
     """Keep user PCM and audio payloads in the records (turn off for long soak runs)."""
 
@@ -112,6 +120,8 @@ class FakeAgentOptions:
             raise ConfigError(f"fake agent: text_part_ids must be integer or string (got {self.text_part_ids!r})")
         if self.reply_delay < 0 or self.wait_for_init < 0 or self.text_part_ms < 0:
             raise ConfigError("fake agent: reply_delay, wait_for_init and text_part_ms must be >= 0")
+        if self.ping_ms_unmeasured not in ("omit", "null"):
+            raise ConfigError(f"fake agent: ping_ms_unmeasured must be omit or null (got {self.ping_ms_unmeasured!r})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,6 +152,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ids of the text parts: integers as the contract, or evt_<n> strings as the docs")
     parser.add_argument("--no-response-events", dest="response_events", action="store_false",
                         help="send no agent_response_metadata / agent_response_complete")
+    parser.add_argument("--ping-ms-unmeasured", choices=("omit", "null"), default=d.ping_ms_unmeasured,
+                        help="ping_ms before the first pong: left out (1.1.0) or null (1.0.0) (default %(default)s)")
+    parser.add_argument("--no-final-chunk", dest="final_chunk", action="store_false",
+                        help="mark no audio chunk is_final")
+    parser.add_argument("--no-tool-expects-response", dest="tool_expects_response", action="store_false",
+                        help="client tool calls expect no result: the agent goes on at once")
 
 
 def options_from_args(ns: argparse.Namespace) -> FakeAgentOptions:

@@ -70,6 +70,8 @@ class Turn:
     play_until: float | None = None  # when the client finishes playing what was sent
     interrupted: bool = False
     completed: bool = False
+    final_chunk_sent: bool = False
+    """Its last audio chunk went out (with ``is_final: true`` when ``final_chunk``)."""
 
 
 @dataclass
@@ -102,6 +104,8 @@ class ConversationRecord:
     interruptions: list[int] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     tool_results: list[dict[str, Any]] = field(default_factory=list)
+    """Every ``client_tool_result`` received, matched to a call or not (a result to a call
+    that expected none is recorded here, not as an anomaly)."""
     init: dict[str, Any] | None = None
     anomalies: list[str] = field(default_factory=list)
     """Bad input noticed (bad base64, odd PCM length, unknown types, ...)."""

@@ -311,8 +311,15 @@ class _Session:
         while True:
             await asyncio.sleep(self.options.ping_interval)
             event_id = self.next_event_id()
+            event: dict[str, Any] = {"event_id": event_id}
+            in_spec = True
+            if self._rtt_ms is not None:
+                event["ping_ms"] = self._rtt_ms
+            elif self.options.ping_ms_unmeasured == "null":  # 1.0.0 allows it, 1.1.0 does not
+                event["ping_ms"] = None
+                in_spec = False
             self.record.pings[event_id] = time.monotonic()  # before sending: the pong may beat us back
-            await self.send({"type": "ping", "ping_event": {"event_id": event_id, "ping_ms": self._rtt_ms}})
+            await self.send({"type": "ping", "ping_event": event}, in_spec=in_spec)
 
     async def _max_duration(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -391,7 +398,7 @@ class _Session:
             log.info("conversation %s: user message %r", rec.id, text)
             await self.start_turn("text")
         elif kind == "client_tool_result":
-            rec.tool_results.append(message)
+            rec.tool_results.append(message)  # a result to a call that expected none is kept too
             future = self._pending_tools.get(str(message.get("tool_call_id")))
             if future is not None and not future.done():
                 future.set_result(message)
@@ -446,6 +453,18 @@ class _Session:
         log.info("conversation %s: turn %d interrupted", self.record.id, turn.event_id)
         await self.send({"type": "interruption", "interruption_event": {"event_id": turn.event_id}})
 
+    def _chunk_bytes(self) -> int:
+        return self.out_fmt.bytes_for(self.options.chunk_ms / 1000)
+
+    def _audio_message(self, piece: bytes, turn: Turn, *, last: bool) -> dict[str, Any]:
+        """One ``audio`` message of ``turn``; its last chunk says ``is_final`` (1.1.0)."""
+        event: dict[str, Any] = {"audio_base_64": base64.b64encode(piece).decode("ascii"), "event_id": turn.event_id}
+        if last:
+            turn.final_chunk_sent = True
+            if self.options.final_chunk:
+                event["is_final"] = True
+        return {"type": "audio", "audio_event": event}
+
     async def start_turn(
         self, cause: str, *, heard: str | None = None, tool: str | None = None, text: str | None = None
     ) -> int:
@@ -474,7 +493,7 @@ class _Session:
         return turn.event_id
 
     async def _flood(self, turn: Turn, stop: asyncio.Event, seconds: float) -> None:
-        chunk = self.out_fmt.bytes_for(self.options.chunk_ms / 1000)
+        chunk = self._chunk_bytes()
         clip = self.agent._reply
         middle = (len(clip) - chunk) // 4 * 2  # from the middle of the clip: speech, not a pause
         piece = (clip * (chunk // max(1, len(clip)) + 1))[max(0, middle):][:chunk]
@@ -517,14 +536,14 @@ class _Session:
             await self.call_tool(tool, o.tool_parameters, event_id=eid, stop=stop)
         if stop.is_set():
             return
-        if o.response_events:  # newer servers; outside the copied contract
+        if o.response_events:  # 1.1.0's shape: {metadata, event_id}
             await self.send({"type": "agent_response_metadata", "agent_response_metadata_event": {
-                "event_id": eid, "conversation_id": rec.id}}, in_spec=False)
+                "metadata": {"conversation_id": rec.id}, "event_id": eid}})
         if o.stream_text and await self._stream_text(text, eid, stop):
             return
         await self.send({"type": "agent_response", "agent_response_event": {"agent_response": text, "event_id": eid}})
         audio = self.agent._reply
-        chunk = self.out_fmt.bytes_for(o.chunk_ms / 1000)
+        chunk = self._chunk_bytes()
         turn.audio_bytes = len(audio)
         log.info(
             "conversation %s: turn %d (%s)%s: %.1f s of audio",
@@ -537,18 +556,16 @@ class _Session:
             if await self._pause(stop, due - time.monotonic()):
                 return
             piece = audio[offset : offset + chunk]
-            await self.send({"type": "audio", "audio_event": {"audio_base_64": base64.b64encode(piece).decode("ascii"),
-                                                              "event_id": eid}})
+            await self.send(self._audio_message(piece, turn, last=offset + len(piece) >= len(audio)))
             turn.sent_bytes += len(piece)
             turn.chunks_sent += 1
             turn.play_until = start + self.out_fmt.seconds(turn.sent_bytes)
+        if o.response_events:  # "finished generating" (1.1.0): all of it sent, not yet all played
+            await self.send({"type": "agent_response_complete", "agent_response_complete_event": {"event_id": eid}})
         if await self._pause(stop, (turn.play_until or 0) - time.monotonic()):
             return
         turn.completed = True
         self._completed_turns += 1
-        if o.response_events:
-            await self.send({"type": "agent_response_complete", "agent_response_complete_event": {"event_id": eid}},
-                            in_spec=False)
         self.agent._notify()
         if o.end_call_after is not None and self._completed_turns >= o.end_call_after:
             await self.end_call()
@@ -578,19 +595,27 @@ class _Session:
         *,
         event_id: int | None = None,
         stop: asyncio.Event | None = None,
+        expects_response: bool | None = None,
     ) -> dict[str, Any] | None:
-        """Send ``client_tool_call`` and wait (bounded) for its ``client_tool_result``."""
+        """Send ``client_tool_call`` and wait (bounded) for its ``client_tool_result``; when
+        it ``expects_response`` False (default: ``tool_expects_response``), go on at once."""
+        expects = self.options.tool_expects_response if expects_response is None else expects_response
         call_id = _new_id("toolu")
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending_tools[call_id] = future
         call = {
             "tool_name": name,
             "tool_call_id": call_id,
             "parameters": dict(parameters),
             "event_id": event_id if event_id is not None else self.next_event_id(),
+            "expects_response": expects,
         }
         self.record.tool_calls.append(call)
-        log.info("conversation %s: client tool call %s (%s)", self.record.id, name, call_id)
+        log.info("conversation %s: client tool call %s (%s)%s", self.record.id, name, call_id,
+                 "" if expects else ", no result expected")
+        if not expects:
+            await self.send({"type": "client_tool_call", "client_tool_call": call})
+            return None
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending_tools[call_id] = future
         try:
             await self.send({"type": "client_tool_call", "client_tool_call": call})
             stopped: asyncio.Future[Any] = asyncio.ensure_future((stop or asyncio.Event()).wait())
@@ -906,12 +931,14 @@ class FakeAgent:
         return await self._session(conversation).start_turn("control", text=text)
 
     async def tool_call(
-        self, name: str, parameters: Mapping[str, object] | None = None, conversation: str | None = None
+        self, name: str, parameters: Mapping[str, object] | None = None, conversation: str | None = None,
+        expects_response: bool | None = None,
     ) -> str:
-        """Send ``client_tool_call`` now (the result is recorded when it comes); return the conversation id."""
+        """Send ``client_tool_call`` now (the result is recorded when it comes); return the conversation id.
+        ``expects_response`` defaults to the ``tool_expects_response`` option."""
         session = self._session(conversation)
         before = len(session.record.tool_calls)
-        session.spawn(session.call_tool(name, parameters or {}), f"tool {name}")
+        session.spawn(session.call_tool(name, parameters or {}, expects_response=expects_response), f"tool {name}")
         await self.wait_for(lambda: len(session.record.tool_calls) > before, 5.0, "the tool call")
         return session.record.id
 
@@ -999,7 +1026,11 @@ class FakeAgent:
                 raise ValueError("tool_call: 'parameters' must be a JSON object") from None
             if not isinstance(parameters, dict):
                 raise ValueError("tool_call: 'parameters' must be a JSON object")
-            return {"conversation": await self.tool_call(name, parameters, conv)}
+            expects = params.get("expects_response")
+            if expects not in (None, "true", "false"):
+                raise ValueError("tool_call: 'expects_response' must be true or false")
+            return {"conversation": await self.tool_call(name, parameters, conv,
+                                                         None if expects is None else expects == "true")}
         raise ValueError(f"unknown action {action!r}")
 
     # --- HTTP side ----------------------------------------------------------------------
