@@ -300,16 +300,21 @@ def test_options_validation_and_cli_flags() -> None:
     assert (o.tool_call, o.end_call_after, o.max_duration, o.transcript) == ("get_weather", 2, 30.0, "hi")
     assert (o.ping_interval, o.first_message) == (0.5, True)
     assert options_from_args(parser.parse_args([])) == FakeAgentOptions()
-    ns = parser.parse_args(["--no-final-chunk", "--no-tool-expects-response", "--ping-ms-unmeasured", "null"])
+    ns = parser.parse_args(
+        ["--interruption-ids", "same", "--stale-chunks", "3", "--no-text-interruption", "--no-final-chunk",
+         "--no-tool-expects-response",
+         "--ping-ms-unmeasured", "null"]
+    )
     o = options_from_args(ns)
-    assert o.final_chunk is False
+    assert (o.interruption_ids, o.stale_chunks, o.text_interruption, o.final_chunk) == ("same", 3, False, False)
     assert o.tool_expects_response is False
     assert o.ping_ms_unmeasured == "null"
     d = FakeAgentOptions()  # the defaults are what the service does (docs/service-behaviour.md)
-    assert d.final_chunk is True
+    assert (d.interruption_ids, d.stale_chunks, d.text_interruption, d.final_chunk) == ("newer", 0, True, True)
     assert d.tool_expects_response is True
     assert d.ping_ms_unmeasured == "omit"
-    for bad in ({"ping_ms_unmeasured": "zero"},):
+    for bad in ({"interruption_ids": "older"}, {"stale_chunks": -1},
+                {"ping_ms_unmeasured": "zero"}):
         with pytest.raises(ConfigError):
             FakeAgentOptions(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="output_format"):
@@ -436,7 +441,10 @@ async def test_user_audio_is_decoded_in_the_announced_input_format(make_agent: M
 @pytest.mark.parametrize("send_speed", [1.0, 50.0])
 async def test_barge_in_interrupts_the_playing_turn(make_agent: MakeAgent, send_speed: float) -> None:
     """User speech while the reply still plays at the client (still being sent, or all
-    sent but not yet heard) gets ``interruption``; then the speech is a new turn."""
+    sent but not yet heard) gets ``interruption``; then the speech is a new turn. The
+    interruption's id is newer than the reply it cuts off, as the service numbers it (the
+    official JS client plays audio with ``event_id >= interruption id``); older fakes sent
+    the cut reply's own id."""
     agent = await make_agent(send_speed=send_speed, chunk_ms=100)
     client = await Client.connect(f"{agent.ws_url}?agent_id=a")
     await client.wait_type("conversation_initiation_metadata")
@@ -444,17 +452,19 @@ async def test_barge_in_interrupts_the_playing_turn(make_agent: MakeAgent, send_
     await client.wait_type("audio")
     await client.send_audio(speech())
     [interruption] = await client.wait_type("interruption")
-    assert interruption["interruption_event"]["event_id"] == first
+    interruption_id = interruption["interruption_event"]["event_id"]
+    assert interruption_id > first
     [transcript] = await client.wait_type("user_transcript")
     second = transcript["user_transcription_event"]["event_id"]
-    assert second > first
+    assert second > interruption_id  # the next reply is not dropped by a client keeping "> N" only
     await client.wait_type("agent_response", 2)
 
     cut = client.messages.index(interruption)
     assert not [m for m in client.messages[cut:] if m.get("type") == "audio" and m["audio_event"]["event_id"] == first]
     turn = agent.latest.turns[0]
     assert turn.interrupted and not turn.completed
-    assert agent.latest.interruptions == [first]
+    assert agent.latest.interruptions == [first]  # the cut turn's id
+    assert turn.interruption_id == interruption_id  # the id on the wire
     if send_speed == 1.0:  # the rest of the turn was never sent
         assert len(audio_bytes(client.messages, first)) < len(agent.reply_audio) / 2
     await client.close()
@@ -536,6 +546,112 @@ async def test_client_tool_call_round_trip(make_agent: MakeAgent) -> None:
 
 
 # --- what the service does (docs/service-behaviour.md) ---------------------------------------
+
+
+def kept_audio(messages: list[dict[str, Any]], rule: str) -> list[int]:
+    """Event ids of the audio chunks a client keeps: ``js`` plays ``event_id >= last
+    interruption`` (the official JS client), ``python`` drops ``event_id <= last interruption``
+    (the official Python SDK, elevenlabs-python #829)."""
+    last, kept = 0, []
+    for m in messages:
+        if m.get("type") == "interruption":
+            last = m["interruption_event"]["event_id"]
+        elif m.get("type") == "audio":
+            event_id = m["audio_event"]["event_id"]
+            if (event_id >= last) if rule == "js" else (event_id > last):
+                kept.append(event_id)
+    return kept
+
+
+@pytest.mark.parametrize("ids", ["newer", "same"])
+async def test_stale_chunks_after_an_interruption_carry_the_cut_replys_id(make_agent: MakeAgent, ids: str) -> None:
+    """Audio of the cut reply that was in flight arrives after the interruption with its old
+    id; with the service's numbering (newer interruption ids) a client keeping
+    ``event_id >= interruption`` drops it, with the old fake's numbering it would play it."""
+    agent = await make_agent(send_speed=1.0, chunk_ms=100, stale_chunks=2, interruption_ids=ids)
+    client = await Client.connect(f"{agent.ws_url}?agent_id=a")
+    await client.wait_type("conversation_initiation_metadata")
+    first = await agent.agent_speak()
+    await client.wait_type("audio", 2)
+    status, body = await control(agent, action="interrupt")
+    assert status == 200 and body["event_id"] == first
+    [interruption] = await client.wait_type("interruption")
+    wire_id = interruption["interruption_event"]["event_id"]
+    assert body["interruption_id"] == wire_id
+    cut = client.messages.index(interruption)
+    await client.wait_for(lambda: len([m for m in client.messages[cut:] if m.get("type") == "audio"]) >= 2,
+                          what="the stale chunks")
+    stale = [m for m in client.messages[cut:] if m.get("type") == "audio"]
+    assert len(stale) == 2 and {m["audio_event"]["event_id"] for m in stale} == {first}
+
+    record = agent.latest
+    turn = record.turns[0]
+    assert turn.interrupted and turn.interruption_id == wire_id and record.interruptions == [first]
+    assert turn.stale_chunks_sent == 2 and [s.message for s in record.stale_audio] == stale
+    assert all(s.in_spec for s in record.stale_audio)
+    # they go on where the reply was cut: the client got one unbroken stretch of the clip
+    assert audio_bytes(client.messages, first) == agent.reply_audio[: turn.sent_bytes + turn.stale_bytes]
+    assert not any(m["audio_event"].get("is_final") for m in client.of("audio"))  # the reply never ended
+
+    second = await agent.agent_speak()
+    await client.wait_type("agent_response", 2)
+    await client.wait_for(lambda: second in kept_audio(client.messages, "python"), what="the next reply")
+    assert second > wire_id  # both official clients play the next reply
+    if ids == "newer":
+        assert wire_id > first
+        assert kept_audio(client.messages, "js").count(first) == turn.chunks_sent  # the stale chunks dropped
+    else:
+        assert wire_id == first
+        assert kept_audio(client.messages, "js").count(first) == turn.chunks_sent + 2  # they would play
+    await client.close()
+
+
+async def test_text_input_is_answered_with_an_interruption_carrying_the_replys_id(make_agent: MakeAgent) -> None:
+    """elevenlabs-python #829: text input gets an ``interruption`` whose id the reply then
+    carries (so the Python SDK's ``<=`` rule loses the reply, the JS client's ``>=`` plays it)."""
+    agent = await make_agent(send_speed=50.0, reply_seconds=1.0)
+    client = await Client.connect(f"{agent.ws_url}?agent_id=a")
+    await client.wait_type("conversation_initiation_metadata")
+    await client.send({"type": "user_message", "text": "What is the weather like?"})
+    [response] = await client.wait_type("agent_response")
+    reply_id = response["agent_response_event"]["event_id"]
+    await client.wait_for(lambda: len(audio_bytes(client.messages, reply_id)) >= len(agent.reply_audio),
+                          what="the reply")
+    [interruption] = client.of("interruption")
+    assert interruption["interruption_event"]["event_id"] == reply_id
+    assert client.messages.index(interruption) < client.messages.index(response)
+    assert client.of("user_transcript") == []
+    assert {m["audio_event"]["event_id"] for m in client.of("audio")} == {reply_id}
+    assert set(kept_audio(client.messages, "js")) == {reply_id}
+    assert kept_audio(client.messages, "python") == []
+
+    record = agent.latest
+    turn = record.turns[0]
+    assert (turn.cause, turn.opening_interruption_id, turn.interrupted) == ("text", reply_id, False)
+    assert record.interruptions == []  # nothing was cut
+
+    # while a reply plays, the one interruption both cuts it and announces the text's reply
+    await agent.wait_for(lambda: turn.completed, 5, "the first reply to play out")
+    playing = await agent.agent_speak()
+    await client.send({"type": "user_message", "text": "And tomorrow?"})
+    await agent.wait_for(lambda: len(record.turns) == 3, 5, "the answer")
+    await client.wait_for(lambda: record.turns[2].event_id in kept_audio(client.messages, "js"), what="the answer")
+    assert len(client.of("interruption")) == 2
+    cut, answer = record.turns[1], record.turns[2]
+    assert record.interruptions == [playing] and cut.interruption_id == answer.event_id
+    assert answer.opening_interruption_id == answer.event_id == client.of("interruption")[1]["interruption_event"][
+        "event_id"]
+    await client.close()
+
+    plain = await make_agent(send_speed=50.0, text_interruption=False)
+    client = await Client.connect(f"{plain.ws_url}?agent_id=a")
+    await client.wait_type("conversation_initiation_metadata")
+    await client.send({"type": "multimodal_message", "text": {"type": "user_message", "text": "What is this?"},
+                       "file": {"type": "file_input", "file_id": "file_1"}})
+    await client.wait_type("agent_response")
+    await client.wait_type("audio")
+    assert client.of("interruption") == [] and plain.latest.turns[0].opening_interruption_id is None
+    await client.close()
 
 
 async def test_response_events_have_the_1_1_0_shape(make_agent: MakeAgent) -> None:

@@ -112,6 +112,18 @@ class AsyncRecordingAudio(AsyncAudioInterface):
         self.interrupts += 1
 
 
+class AsyncSilentAudio(AsyncRecordingAudio):
+    """A microphone in a silent room: the user only types."""
+
+    async def start(self, input_callback: Callable[[bytes], Awaitable[None]]) -> None:
+        async def feed() -> None:
+            while not self.stopped.is_set():
+                await asyncio.sleep(CHUNK / QUESTION_RATE)
+                await input_callback(bytes(CHUNK * 2))
+
+        self._task = asyncio.create_task(feed())
+
+
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     """httpx and websockets honour proxy variables; loopback must never go through one."""
@@ -314,3 +326,42 @@ async def test_async_sdk_public_agent_full_conversation(agent_factory: Callable[
     [details] = disconnects
     assert (details.reason, details.close_code) == ("agent", 1000)
     check_conversation(agent, tool_calls, audio.output_chunks, 2.0)
+
+
+@pytest.mark.parametrize("text_interruption", [True, False])
+async def test_async_sdk_loses_the_audio_of_a_text_reply_as_issue_829_reports(
+        agent_factory: Callable[..., Awaitable[FakeAgent]], text_interruption: bool) -> None:
+    """The service answers text input with an ``interruption`` whose id the reply's audio
+    then carries; the SDK drops audio with ``event_id <= interruption`` and so plays none of
+    the reply (elevenlabs-python #829, fix proposed in PR #839). Without the interruption
+    (``text_interruption=False``, not the service) it plays the whole reply. When this test
+    fails for ``True`` the SDK has been fixed: docs/service-behaviour.md then needs updating."""
+    agent = await agent_factory(send_speed=20.0, reply_seconds=1.0, ping_interval=0.3,
+                                text_interruption=text_interruption)
+    responses: list[str] = []
+
+    async def on_response(text: str) -> None:
+        responses.append(text)
+
+    audio = AsyncSilentAudio()
+    conversation = AsyncConversation(
+        ElevenLabs(api_key="unused", base_url=agent.http_url), "agent_public", requires_auth=False,
+        audio_interface=audio, callback_agent_response=on_response,
+    )
+    try:
+        await conversation.start_session()
+        await agent.wait_for(lambda: agent.conversations[0].init, TIMEOUT, "the SDK's initiation data")
+        await conversation.send_user_message("What is the weather like?")
+        record = agent.conversations[0]
+        await agent.wait_for(lambda: record.turns and record.turns[0].completed, TIMEOUT, "the reply to play out")
+        await agent.wait_for(lambda: record.pongs_received >= 1, TIMEOUT, "a pong")  # the SDK read all before it
+    finally:
+        await conversation.end_session()
+    [turn] = record.turns
+    assert turn.cause == "text" and responses == [agent.options.reply_text]
+    assert record.transcripts == [] and record.anomalies == []
+    if text_interruption:
+        assert turn.opening_interruption_id == turn.event_id
+        assert audio.output_chunks == [] and audio.interrupts == 1  # the whole reply lost
+    else:
+        assert b"".join(audio.output_chunks) == agent.reply_audio and audio.interrupts == 0

@@ -88,6 +88,15 @@ class FakeAgentOptions:
     """What a ping says before a pong measured the round trip: ``omit`` leaves ``ping_ms``
     out (1.1.0 types it an integer), ``null`` sends ``"ping_ms": null`` (1.0.0 allows it;
     such pings are recorded as outside the contract, since 1.1.0 defines ``ping``)."""
+    interruption_ids: str = "newer"
+    """``newer``: a barge-in's ``interruption`` carries a fresh event id, newer than the reply
+    it cuts off, as the service numbers it; ``same``: the cut reply's own id (older fakes)."""
+    stale_chunks: int = 0
+    """After an interruption, this many more audio chunks of the cut reply, with its old
+    event id (audio that was in flight); fewer when less of the reply was left unsent."""
+    text_interruption: bool = True
+    """Text input (``user_message``, ``multimodal_message``) is answered with an
+    ``interruption`` carrying the reply's own event id, then the reply with that id."""
     final_chunk: bool = True
     """The last audio chunk of each reply carries ``is_final: true`` (1.1.0)."""
     tool_expects_response: bool = True
@@ -122,6 +131,10 @@ class FakeAgentOptions:
             raise ConfigError("fake agent: reply_delay, wait_for_init and text_part_ms must be >= 0")
         if self.ping_ms_unmeasured not in ("omit", "null"):
             raise ConfigError(f"fake agent: ping_ms_unmeasured must be omit or null (got {self.ping_ms_unmeasured!r})")
+        if self.interruption_ids not in ("newer", "same"):
+            raise ConfigError(f"fake agent: interruption_ids must be newer or same (got {self.interruption_ids!r})")
+        if self.stale_chunks < 0:
+            raise ConfigError(f"fake agent: stale_chunks must be >= 0 (got {self.stale_chunks})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +167,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="send no agent_response_metadata / agent_response_complete")
     parser.add_argument("--ping-ms-unmeasured", choices=("omit", "null"), default=d.ping_ms_unmeasured,
                         help="ping_ms before the first pong: left out (1.1.0) or null (1.0.0) (default %(default)s)")
+    parser.add_argument("--interruption-ids", choices=("newer", "same"), default=d.interruption_ids,
+                        help="a barge-in's interruption id: fresh, newer than the cut reply (the service), "
+                             "or the cut reply's own (default %(default)s)")
+    parser.add_argument("--stale-chunks", metavar="N", type=int, default=d.stale_chunks,
+                        help="audio chunks of a cut reply still sent after its interruption (default %(default)s)")
+    parser.add_argument("--no-text-interruption", dest="text_interruption", action="store_false",
+                        help="answer text input without an interruption first")
     parser.add_argument("--no-final-chunk", dest="final_chunk", action="store_false",
                         help="mark no audio chunk is_final")
     parser.add_argument("--no-tool-expects-response", dest="tool_expects_response", action="store_false",

@@ -53,6 +53,8 @@ class Sent:
     in_spec: bool = True
     """False for garbage and in-the-wild messages that the spec does not describe."""
     raw: str | None = None
+    stale: bool = False
+    """Audio of a reply sent after that reply's ``interruption`` (it was in flight)."""
 
 
 @dataclass
@@ -70,6 +72,14 @@ class Turn:
     play_until: float | None = None  # when the client finishes playing what was sent
     interrupted: bool = False
     completed: bool = False
+    interruption_id: int | None = None
+    """Event id of the ``interruption`` that cut this turn, as sent: newer than ``event_id``
+    unless ``interruption_ids="same"``; for text input, the id of the reply that cut it."""
+    opening_interruption_id: int | None = None
+    """Event id of the ``interruption`` sent just before this turn began (text input: its own id)."""
+    stale_chunks_sent: int = 0
+    """Audio chunks of this turn sent after its interruption, with its old id (``stale_chunks``)."""
+    stale_bytes: int = 0
     final_chunk_sent: bool = False
     """Its last audio chunk went out (with ``is_final: true`` when ``final_chunk``)."""
 
@@ -130,6 +140,11 @@ class ConversationRecord:
     def user_audio_seconds(self) -> float:
         return self.user_audio_samples / self.input_rate
 
+    @property
+    def stale_audio(self) -> list[Sent]:
+        """Audio chunks sent after their reply's interruption."""
+        return [s for s in self.sent if s.stale]
+
     def received_of(self, kind: str) -> list[Received]:
         return [r for r in self.received if r.kind == kind]
 
@@ -163,6 +178,8 @@ class ConversationRecord:
             "user_audio_seconds": self.user_audio_seconds,
             "transcripts": list(self.transcripts),
             "interruptions": list(self.interruptions),
+            "interruption_ids": [t.interruption_id for t in self.turns if t.interruption_id is not None],
+            "stale_chunks": len(self.stale_audio),
             "turns": len(self.turns),
             "tool_results": list(self.tool_results),
             "anomalies": list(self.anomalies),
@@ -184,6 +201,7 @@ class ConversationRecord:
         return {
             "id": self.id,
             "messages": [
-                {"t": s.t, "kind": s.kind, "message": s.message, "in_spec": s.in_spec, "raw": s.raw} for s in self.sent
+                {"t": s.t, "kind": s.kind, "message": s.message, "in_spec": s.in_spec, "raw": s.raw, "stale": s.stale}
+                for s in self.sent
             ],
         }

@@ -9,7 +9,9 @@ A conversation: metadata, pings every ``ping_interval`` with increasing event id
 energy gate on the user's audio; at the end of an utterance one agent turn with a fresh
 event id shared by its ``user_transcript``, ``agent_response`` and audio chunks (the
 shipped reply clip in the announced format). User speech while a turn is still playing
-at the client gets ``interruption`` and the rest of that turn is not sent.
+at the client gets ``interruption`` (with a fresh id, newer than the turn's) and the rest of
+that turn is not sent; text input gets an ``interruption`` carrying its reply's own id.
+``docs/service-behaviour.md`` says which service behaviour each option imitates.
 
 A conversation without ``agent_id`` is accepted, then gets ``error`` (1008,
 ``missing_fields``) and close 1008 "agent_id is required".
@@ -200,13 +202,14 @@ class _Session:
         if exc is not None and not isinstance(exc, ConnectionClosed):
             log.error("conversation %s: task %s failed", self.record.id, task.get_name(), exc_info=exc)
 
-    async def send(self, message: dict[str, Any], *, in_spec: bool = True) -> None:
+    async def send(self, message: dict[str, Any], *, in_spec: bool = True, stale: bool = False) -> None:
         """Send one JSON message and record it (audio payloads elided unless ``record_audio``)."""
         kept = message
         if (not self.options.record_audio and message.get("type") == "audio"
                 and isinstance(message.get("audio_event"), dict)):
             kept = {**message, "audio_event": {**message["audio_event"], "audio_base_64": ""}}
-        await self._send_recorded(json.dumps(message), Sent(time.monotonic(), message_kind(message), kept, in_spec))
+        item = Sent(time.monotonic(), message_kind(message), kept, in_spec, stale=stale)
+        await self._send_recorded(json.dumps(message), item)
 
     async def send_raw(self, frame: str | bytes, kind: str) -> None:
         """Send a frame that is not a JSON object (garbage); recorded as outside the spec."""
@@ -397,13 +400,15 @@ class _Session:
                 return
             log.info("conversation %s: user message %r", rec.id, text)
             await self.start_turn("text")
+        elif kind == "multimodal_message":  # text and a file: answered like text input
+            log.info("conversation %s: multimodal message", rec.id)
+            await self.start_turn("text")
         elif kind == "client_tool_result":
             rec.tool_results.append(message)  # a result to a call that expected none is kept too
             future = self._pending_tools.get(str(message.get("tool_call_id")))
             if future is not None and not future.done():
                 future.set_result(message)
-        elif kind in ("contextual_update", "user_activity", "feedback", "mcp_tool_approval_result",
-                      "multimodal_message"):
+        elif kind in ("contextual_update", "user_activity", "feedback", "mcp_tool_approval_result"):
             pass  # recorded above; the fake has no use for them
         else:
             rec.anomalies.append(f"unknown message type {kind!r}")
@@ -442,16 +447,40 @@ class _Session:
         """True while the current turn is thinking, sending or still playing at the client."""
         return self._turn_task is not None and not self._turn_task.done()
 
-    async def interrupt(self) -> None:
-        """Barge-in: stop the current turn and send ``interruption`` with its event id."""
+    async def interrupt(self, wire_id: int | None = None) -> bool:
+        """Barge-in: stop the current turn and send ``interruption``: with ``wire_id`` if
+        given, else a fresh id newer than the turn (``interruption_ids="newer"``, as the
+        service numbers it) or the turn's own id (``"same"``). Then ``stale_chunks`` more
+        chunks of the cut reply, with its old id. False when there was nothing to interrupt."""
         turn = self.turn
         if turn is None or not self.turn_active() or turn.interrupted:
-            return
+            return False
         turn.interrupted = True
         self._turn_stop.set()
+        if wire_id is None:
+            wire_id = self.next_event_id() if self.options.interruption_ids == "newer" else turn.event_id
+        turn.interruption_id = wire_id
         self.record.interruptions.append(turn.event_id)
-        log.info("conversation %s: turn %d interrupted", self.record.id, turn.event_id)
-        await self.send({"type": "interruption", "interruption_event": {"event_id": turn.event_id}})
+        log.info("conversation %s: turn %d interrupted (interruption %d)", self.record.id, turn.event_id, wire_id)
+        await self.send({"type": "interruption", "interruption_event": {"event_id": wire_id}})
+        await self._send_stale(turn)
+        return True
+
+    async def _send_stale(self, turn: Turn) -> None:
+        """Up to ``stale_chunks`` chunks of ``turn``'s unsent audio, with its old id: what was
+        already on its way when the interruption was decided. None before its audio began."""
+        count = self.options.stale_chunks
+        if count <= 0 or turn.audio_started_at is None or turn.cause == "flood":
+            return
+        audio, chunk = self.agent._reply, self._chunk_bytes()
+        offset = turn.sent_bytes + turn.stale_bytes
+        while count > 0 and offset < len(audio):
+            piece = audio[offset : offset + chunk]
+            offset += len(piece)
+            turn.stale_chunks_sent += 1
+            turn.stale_bytes += len(piece)
+            await self.send(self._audio_message(piece, turn, last=offset >= len(audio)), stale=True)
+            count -= 1
 
     def _chunk_bytes(self) -> int:
         return self.out_fmt.bytes_for(self.options.chunk_ms / 1000)
@@ -468,10 +497,22 @@ class _Session:
     async def start_turn(
         self, cause: str, *, heard: str | None = None, tool: str | None = None, text: str | None = None
     ) -> int:
-        """Start an agent turn (interrupting one still running); return its event id."""
-        if self.turn_active():
-            await self.interrupt()
-        turn = Turn(event_id=self.next_event_id(), cause=cause, started_at=time.monotonic(), heard=heard)
+        """Start an agent turn (interrupting one still running); return its event id.
+
+        Text input (``cause="text"``) with ``text_interruption``: one ``interruption`` carrying
+        the new turn's own id goes first, whether or not a turn was playing (elevenlabs-python #829).
+        """
+        opening: int | None = None
+        if cause == "text" and self.options.text_interruption:
+            event_id = opening = self.next_event_id()
+            if not await self.interrupt(wire_id=event_id):  # nothing playing: the interruption all the same
+                await self.send({"type": "interruption", "interruption_event": {"event_id": event_id}})
+        else:
+            if self.turn_active():
+                await self.interrupt()
+            event_id = self.next_event_id()
+        turn = Turn(event_id=event_id, cause=cause, started_at=time.monotonic(), heard=heard,
+                    opening_interruption_id=opening)
         self.turn = turn
         self.record.turns.append(turn)
         self._turn_stop = asyncio.Event()
@@ -556,10 +597,11 @@ class _Session:
             if await self._pause(stop, due - time.monotonic()):
                 return
             piece = audio[offset : offset + chunk]
-            await self.send(self._audio_message(piece, turn, last=offset + len(piece) >= len(audio)))
+            # counted before the send: an interruption while it drains must not send this piece again as stale
             turn.sent_bytes += len(piece)
             turn.chunks_sent += 1
             turn.play_until = start + self.out_fmt.seconds(turn.sent_bytes)
+            await self.send(self._audio_message(piece, turn, last=offset + len(piece) >= len(audio)))
         if o.response_events:  # "finished generating" (1.1.0): all of it sent, not yet all played
             await self.send({"type": "agent_response_complete", "agent_response_complete_event": {"event_id": eid}})
         if await self._pause(stop, (turn.play_until or 0) - time.monotonic()):
@@ -1015,7 +1057,8 @@ class FakeAgent:
             session = self._session(conv)
             turn = session.turn
             await session.interrupt()
-            return {"event_id": turn.event_id if turn is not None else None}
+            return {"event_id": turn.event_id if turn is not None else None,
+                    "interruption_id": turn.interruption_id if turn is not None else None}
         if action == "tool_call":
             name = params.get("name")
             if not name:
