@@ -302,16 +302,17 @@ def test_options_validation_and_cli_flags() -> None:
     assert options_from_args(parser.parse_args([])) == FakeAgentOptions()
     ns = parser.parse_args(
         ["--interruption-ids", "same", "--stale-chunks", "3", "--no-text-interruption", "--no-final-chunk",
-         "--no-tool-expects-response",
+         "--client-error", "--no-tool-expects-response",
          "--ping-ms-unmeasured", "null"]
     )
     o = options_from_args(ns)
     assert (o.interruption_ids, o.stale_chunks, o.text_interruption, o.final_chunk) == ("same", 3, False, False)
+    assert o.client_error is True
     assert o.tool_expects_response is False
     assert o.ping_ms_unmeasured == "null"
     d = FakeAgentOptions()  # the defaults are what the service does (docs/service-behaviour.md)
     assert (d.interruption_ids, d.stale_chunks, d.text_interruption, d.final_chunk) == ("newer", 0, True, True)
-    assert d.tool_expects_response is True
+    assert (d.client_error, d.tool_expects_response) == (False, True)
     assert d.ping_ms_unmeasured == "omit"
     for bad in ({"interruption_ids": "older"}, {"stale_chunks": -1},
                 {"ping_ms_unmeasured": "zero"}):
@@ -691,6 +692,47 @@ async def test_the_last_audio_chunk_of_a_reply_is_final(make_agent: MakeAgent, f
     await client.close()
 
 
+async def test_client_error_before_an_error_close(make_agent: MakeAgent) -> None:
+    agent = await make_agent(client_error=True, max_duration=0.5)
+    client = await Client.connect(f"{agent.ws_url}?agent_id=a")
+    await client.wait_closed()
+    assert [m["type"] for m in client.messages if "error" in m.get("type", "")] == ["error", "client_error"]
+    [error] = client.of("client_error")
+    assert error == {"type": "client_error", "error_event": {
+        "code": 1000, "error_name": "max_duration_exceeded", "message": "Maximum conversation duration exceeded"}}
+    assert client.ws.close_code == 1000
+    assert [s.in_spec for s in agent.latest.sent_of("client_error")] == [True]
+
+    # a close code outside the 1.0.0 error event's: client_error alone
+    agent = await make_agent(client_error=True)
+    client = await Client.connect(f"{agent.ws_url}?agent_id=a")
+    await client.wait_type("conversation_initiation_metadata")
+    assert (await control(agent, action="close", code=3000, error_type="http_exception", reason="Request error"))[
+        0] == 200
+    await client.wait_closed()
+    assert client.of("error") == []
+    assert client.of("client_error")[0]["error_event"] == {"code": 3000, "error_name": "http_exception",
+                                                           "message": "Request error"}
+
+    # the control action sends client_error alone, option or not; without the option, errors have none
+    plain = await make_agent()
+    client = await Client.connect(f"{plain.ws_url}?agent_id=a")
+    await client.wait_type("conversation_initiation_metadata")
+    status, body = await control(plain, action="client_error", code=1002, error_name="llm_timeout",
+                                 message="The LLM took too long")
+    assert status == 200 and body["conversation"] == plain.latest.id
+    await client.wait_closed()
+    assert client.of("error") == []
+    assert (client.ws.close_code, client.ws.close_reason) == (1002, "The LLM took too long")
+    assert client.of("client_error")[0]["error_event"] == {"code": 1002, "error_name": "llm_timeout",
+                                                           "message": "The LLM took too long"}
+    client = await Client.connect(f"{plain.ws_url}?agent_id=a")
+    await client.wait_type("conversation_initiation_metadata")
+    await plain.max_duration()
+    await client.wait_closed()
+    assert client.of("error") and client.of("client_error") == []
+
+
 async def test_tool_call_that_expects_no_response_goes_on_at_once(make_agent: MakeAgent) -> None:
     agent = await make_agent(tool_call="log_visit", tool_expects_response=False, tool_timeout=30.0,
                              send_speed=50.0)
@@ -991,6 +1033,8 @@ async def test_control_errors(make_agent: MakeAgent) -> None:
         {"action": "garbage", "kind": "spaghetti"},
         {"action": "tool_call"},
         {"action": "tool_call", "name": "x", "expects_response": "maybe"},
+        {"action": "client_error", "code": 1006},
+        {"action": "client_error", "code": "x"},
         {"action": "reject_handshake", "status": 200},
     ):
         status, body = await control(agent, **params)

@@ -99,6 +99,9 @@ class FakeAgentOptions:
     ``interruption`` carrying the reply's own event id, then the reply with that id."""
     final_chunk: bool = True
     """The last audio chunk of each reply carries ``is_final: true`` (1.1.0)."""
+    client_error: bool = False
+    """Error closes send 1.1.0's ``client_error`` (code = the close code, error_name = the
+    error_type) after the ``error`` event, before the close."""
     tool_expects_response: bool = True
     """``client_tool_call.expects_response``; when False the agent goes on at once."""
     record_audio: bool = True
@@ -176,6 +179,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="answer text input without an interruption first")
     parser.add_argument("--no-final-chunk", dest="final_chunk", action="store_false",
                         help="mark no audio chunk is_final")
+    parser.add_argument("--client-error", action="store_true",
+                        help="error closes also send 1.1.0's client_error before the close")
     parser.add_argument("--no-tool-expects-response", dest="tool_expects_response", action="store_false",
                         help="client tool calls expect no result: the agent goes on at once")
 

@@ -108,6 +108,16 @@ def _error_message(code: int, error_type: str | None, message: str) -> dict[str,
     return {"type": "error", "error_event": event}
 
 
+def _client_error_message(code: int, error_name: str, message: str) -> dict[str, Any]:
+    """1.1.0's ``client_error``: what the 1.0.0 contract's ``error`` says, named differently."""
+    return {"type": "client_error", "error_event": {"code": code, "error_name": error_name, "message": message}}
+
+
+def _close_code_ok(code: int) -> bool:
+    """Whether ``code`` may be sent in a close frame."""
+    return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 def _close_reason(text: str) -> str:
     """``text`` cut to the 123 bytes a close frame has room for."""
     return text.encode()[:123].decode(errors="ignore")
@@ -241,11 +251,21 @@ class _Session:
         await self.ws.close(code, _close_reason(reason))
 
     async def error_and_close(self, error_type: str | None, code: int, message: str) -> None:
-        """Send ``error`` (when ``code`` is one the spec allows in it), then close with ``code``."""
+        """Send ``error`` (when ``code`` is one the 1.0.0 contract allows in it), then, with
+        the ``client_error`` option, 1.1.0's ``client_error``; then close with ``code``."""
         if self._closing:
             return
         if code in SPEC_CLOSE_CODES:
             await self.send(_error_message(code, error_type, message))
+        if self.options.client_error:
+            await self.send(_client_error_message(code, error_type or "unknown", message))
+        await self.close(code, message)
+
+    async def client_error_and_close(self, code: int, error_name: str, message: str) -> None:
+        """Send ``client_error`` alone (whatever the option), then close with ``code``."""
+        if self._closing:
+            return
+        await self.send(_client_error_message(code, error_name, message))
         await self.close(code, message)
 
     # --- lifecycle ----------------------------------------------------------------
@@ -915,17 +935,31 @@ class FakeAgent:
     async def close_conversation(
         self, code: int = 1000, reason: str = "", error_type: str | None = None, conversation: str | None = None
     ) -> str:
-        """Close with ``code``; first an ``error`` event when ``error_type`` is given and the
-        spec allows ``code`` in it. Returns the conversation id."""
-        if not (code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        """Close with ``code``; when ``error_type`` is given, first an ``error`` event (if the
+        1.0.0 contract allows ``code`` in it) and, with the ``client_error`` option, a
+        ``client_error``. Returns the conversation id."""
+        if not _close_code_ok(code):
             raise ValueError(f"close code {code} cannot be sent in a close frame")
         if error_type is not None and error_type not in ERROR_CODES:
             raise ValueError(f"unknown error_type {error_type!r}")
         session = self._session(conversation)
-        if error_type is not None and code in SPEC_CLOSE_CODES:
+        if error_type is not None:
             await session.error_and_close(error_type, code, reason or error_type)
         else:
             await session.close(code, reason)
+        return session.record.id
+
+    async def client_error(
+        self, code: int = 1011, error_name: str = "unknown", message: str | None = None,
+        conversation: str | None = None,
+    ) -> str:
+        """Send 1.1.0's ``client_error`` (alone, whatever the option), then close with ``code``."""
+        if not _close_code_ok(code):
+            raise ValueError(f"close code {code} cannot be sent in a close frame")
+        if not error_name:
+            raise ValueError("error_name must not be empty")
+        session = self._session(conversation)
+        await session.client_error_and_close(code, error_name, message or f"fake client_error: {error_name}")
         return session.record.id
 
     async def end_call(self, conversation: str | None = None) -> str:
@@ -1059,6 +1093,10 @@ class FakeAgent:
             await session.interrupt()
             return {"event_id": turn.event_id if turn is not None else None,
                     "interruption_id": turn.interruption_id if turn is not None else None}
+        if action == "client_error":
+            cid = await self.client_error(num("code", 1011), params.get("error_name", "unknown"),
+                                          params.get("message"), conv)
+            return {"conversation": cid}
         if action == "tool_call":
             name = params.get("name")
             if not name:
