@@ -302,19 +302,19 @@ def test_options_validation_and_cli_flags() -> None:
     assert options_from_args(parser.parse_args([])) == FakeAgentOptions()
     ns = parser.parse_args(
         ["--interruption-ids", "same", "--stale-chunks", "3", "--no-text-interruption", "--no-final-chunk",
-         "--client-error", "--no-tool-expects-response",
+         "--client-error", "--queue-seconds", "2", "--queue-timeout", "5", "--no-tool-expects-response",
          "--ping-ms-unmeasured", "null"]
     )
     o = options_from_args(ns)
     assert (o.interruption_ids, o.stale_chunks, o.text_interruption, o.final_chunk) == ("same", 3, False, False)
-    assert o.client_error is True
+    assert (o.client_error, o.queue_seconds, o.queue_timeout) == (True, 2.0, 5.0)
     assert o.tool_expects_response is False
     assert o.ping_ms_unmeasured == "null"
     d = FakeAgentOptions()  # the defaults are what the service does (docs/service-behaviour.md)
     assert (d.interruption_ids, d.stale_chunks, d.text_interruption, d.final_chunk) == ("newer", 0, True, True)
-    assert (d.client_error, d.tool_expects_response) == (False, True)
+    assert (d.client_error, d.queue_seconds, d.queue_timeout, d.tool_expects_response) == (False, None, None, True)
     assert d.ping_ms_unmeasured == "omit"
-    for bad in ({"interruption_ids": "older"}, {"stale_chunks": -1},
+    for bad in ({"interruption_ids": "older"}, {"stale_chunks": -1}, {"queue_seconds": -1.0},
                 {"ping_ms_unmeasured": "zero"}):
         with pytest.raises(ConfigError):
             FakeAgentOptions(**bad)  # type: ignore[arg-type]
@@ -731,6 +731,56 @@ async def test_client_error_before_an_error_close(make_agent: MakeAgent) -> None
     await plain.max_duration()
     await client.wait_closed()
     assert client.of("error") and client.of("client_error") == []
+
+
+async def test_queue_admits_after_queue_seconds_and_discards_what_came_meanwhile(make_agent: MakeAgent) -> None:
+    agent = await make_agent(queue_seconds=0.6, send_speed=50.0, ping_interval=0.2)
+    # a client that sends at once, as the Python SDK does: its init and audio are lost
+    eager = await Client.connect(f"{agent.ws_url}?agent_id=a")
+    await eager.wait_type("queue_status")
+    second = speech()[:16000]
+    await eager.send_audio(second)
+    await eager.wait_type("conversation_initiation_metadata", timeout=5)
+    statuses = [m["queue_status_event"]["status"] for m in eager.of("queue_status")]
+    assert statuses == ["waiting", "admitted"]
+    kinds = [m["type"] for m in eager.messages]
+    assert kinds[:3] == ["queue_status", "queue_status", "conversation_initiation_metadata"]
+    record = agent.latest
+    assert record.queue_outcome == "admitted" and record.queued_at is not None and record.queue_left_at is not None
+    assert record.queue_left_at - record.queued_at >= 0.55
+    assert [r.kind for r in record.discarded] == ["conversation_initiation_client_data"] + ["user_audio_chunk"] * 50
+    assert record.discarded_audio_seconds == pytest.approx(1.0)
+    assert record.init is None and record.user_audio_samples == 0 and record.turns == []
+    assert record.received_of("user_audio_chunk", discarded=False) == []
+    assert [s.in_spec for s in record.sent_of("queue_status")] == [False, False]  # in neither contract
+    await eager.wait_type("ping")  # the conversation proper runs from the admission
+    await eager.close()
+
+    # a client that waits for the metadata loses nothing
+    careful = await Client.connect(f"{agent.ws_url}?agent_id=a", init=False)
+    await careful.wait_type("conversation_initiation_metadata", timeout=5)
+    await careful.send({"type": "conversation_initiation_client_data", "user_id": "u1"})
+    samples = speech()
+    await careful.send_audio(samples)
+    await careful.wait_type("user_transcript")
+    record = agent.latest
+    assert record.discarded == [] and record.discarded_audio_seconds == 0
+    assert record.init is not None and bytes(record.user_audio) == samples.astype("<i2").tobytes()
+    await careful.close()
+
+
+async def test_queue_timeout_gets_timed_out_and_3008(make_agent: MakeAgent) -> None:
+    agent = await make_agent(queue_seconds=5.0, queue_timeout=0.4)  # the timeout comes first
+    client = await Client.connect(f"{agent.ws_url}?agent_id=a")
+    await client.wait_closed()
+    assert [m["queue_status_event"]["status"] for m in client.of("queue_status")] == ["waiting", "timed_out"]
+    assert client.of("conversation_initiation_metadata") == []
+    assert (client.ws.close_code, client.ws.close_reason) == (3008, "too many concurrent connections")
+    record = await agent.wait_for_close(agent.latest)
+    assert record.queue_outcome == "timed_out" and record.pings_sent == 0
+    assert record.queue_left_at is not None and record.queued_at is not None
+    assert record.queue_left_at - record.queued_at >= 0.35
+    assert [r.kind for r in record.discarded] == ["conversation_initiation_client_data"]
 
 
 async def test_tool_call_that_expects_no_response_goes_on_at_once(make_agent: MakeAgent) -> None:

@@ -102,6 +102,12 @@ class FakeAgentOptions:
     client_error: bool = False
     """Error closes send 1.1.0's ``client_error`` (code = the close code, error_name = the
     error_type) after the ``error`` event, before the close."""
+    queue_seconds: float | None = None
+    """Every new conversation is queued first: ``queue_status`` ``waiting``, after this many
+    seconds ``admitted`` and then the metadata. Client messages meanwhile are discarded."""
+    queue_timeout: float | None = None
+    """Queued conversations get ``queue_status`` ``timed_out`` and close 3008 after this many
+    seconds (unless ``queue_seconds`` admits them first)."""
     tool_expects_response: bool = True
     """``client_tool_call.expects_response``; when False the agent goes on at once."""
     record_audio: bool = True
@@ -138,6 +144,10 @@ class FakeAgentOptions:
             raise ConfigError(f"fake agent: interruption_ids must be newer or same (got {self.interruption_ids!r})")
         if self.stale_chunks < 0:
             raise ConfigError(f"fake agent: stale_chunks must be >= 0 (got {self.stale_chunks})")
+        for name in ("queue_seconds", "queue_timeout"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"fake agent: {name} must be >= 0 when set (got {value})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -181,6 +191,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mark no audio chunk is_final")
     parser.add_argument("--client-error", action="store_true",
                         help="error closes also send 1.1.0's client_error before the close")
+    parser.add_argument("--queue-seconds", metavar="S", type=float, default=None,
+                        help="queue every conversation: waiting, then admitted after S seconds")
+    parser.add_argument("--queue-timeout", metavar="S", type=float, default=None,
+                        help="queued conversations time out (queue_status timed_out, close 3008) after S seconds")
     parser.add_argument("--no-tool-expects-response", dest="tool_expects_response", action="store_false",
                         help="client tool calls expect no result: the agent goes on at once")
 

@@ -40,6 +40,8 @@ class Received:
     """The parsed JSON object; None for non-JSON and binary frames."""
     raw: str | None = None
     """For non-JSON/binary frames: the text (cut to 200 chars) or ``<binary N bytes>``."""
+    discarded: bool = False
+    """It arrived while the conversation was queued: the fake dropped it unread, as the service does."""
 
 
 @dataclass
@@ -116,6 +118,13 @@ class ConversationRecord:
     tool_results: list[dict[str, Any]] = field(default_factory=list)
     """Every ``client_tool_result`` received, matched to a call or not (a result to a call
     that expected none is recorded here, not as an anomaly)."""
+    queued_at: float | None = None
+    """When the conversation was put in the queue (``queue_seconds`` / ``queue_timeout``)."""
+    queue_outcome: str | None = None
+    """``admitted`` or ``timed_out`` once the queue let it go; None if it never was queued."""
+    queue_left_at: float | None = None
+    discarded_audio_samples: int = 0
+    """User audio (samples at ``input_rate``) that arrived while queued and was dropped."""
     init: dict[str, Any] | None = None
     anomalies: list[str] = field(default_factory=list)
     """Bad input noticed (bad base64, odd PCM length, unknown types, ...)."""
@@ -141,12 +150,22 @@ class ConversationRecord:
         return self.user_audio_samples / self.input_rate
 
     @property
+    def discarded(self) -> list[Received]:
+        """Client messages that arrived while queued and were dropped unread."""
+        return [r for r in self.received if r.discarded]
+
+    @property
+    def discarded_audio_seconds(self) -> float:
+        return self.discarded_audio_samples / self.input_rate
+
+    @property
     def stale_audio(self) -> list[Sent]:
         """Audio chunks sent after their reply's interruption."""
         return [s for s in self.sent if s.stale]
 
-    def received_of(self, kind: str) -> list[Received]:
-        return [r for r in self.received if r.kind == kind]
+    def received_of(self, kind: str, *, discarded: bool | None = None) -> list[Received]:
+        """Messages of ``kind``; ``discarded=False`` only those the fake acted on, True only dropped ones."""
+        return [r for r in self.received if r.kind == kind and (discarded is None or r.discarded == discarded)]
 
     def sent_of(self, kind: str) -> list[Sent]:
         return [s for s in self.sent if s.kind == kind]
@@ -182,6 +201,9 @@ class ConversationRecord:
             "stale_chunks": len(self.stale_audio),
             "turns": len(self.turns),
             "tool_results": list(self.tool_results),
+            "queue_outcome": self.queue_outcome,
+            "discarded_messages": len(self.discarded),
+            "discarded_audio_seconds": self.discarded_audio_seconds,
             "anomalies": list(self.anomalies),
         }
 
@@ -189,7 +211,8 @@ class ConversationRecord:
         """Every received frame and the user audio (``GET /_fake/received``)."""
         return {
             "id": self.id,
-            "messages": [{"t": r.t, "kind": r.kind, "message": r.message, "raw": r.raw} for r in self.received],
+            "messages": [{"t": r.t, "kind": r.kind, "message": r.message, "raw": r.raw, "discarded": r.discarded}
+                         for r in self.received],
             "audio_rate": self.input_rate,
             "audio_base64": base64.b64encode(bytes(self.user_audio)).decode("ascii"),
             "audio_chunk_times": list(self.audio_chunk_times),

@@ -189,6 +189,7 @@ class _Session:
         self._last_input = time.monotonic()
         self._init = asyncio.Event()
         self._closing = False
+        self._queued = False
 
     # --- plumbing -----------------------------------------------------------------
 
@@ -291,13 +292,45 @@ class _Session:
         if o.max_concurrent is not None and self.agent._open_count() > o.max_concurrent:
             await self.queue_status()
             return
+        if o.queue_seconds is not None or o.queue_timeout is not None:
+            self._queued = True
+            self.spawn(self._queue(o.queue_seconds, o.queue_timeout), "queue")
+        else:
+            self._admit()
+        await self._read_loop()
+
+    def _admit(self) -> None:
+        """Start the conversation proper: pings, timers, the metadata."""
+        o = self.options
+        self._last_input = time.monotonic()
         self.spawn(self._ping_loop(), "pings")
         if o.max_duration is not None:
             self.spawn(self._max_duration(o.max_duration), "max-duration")
         if o.receive_timeout is not None:
             self.spawn(self._receive_watchdog(o.receive_timeout), "receive-timeout")
         self.spawn(self._open(), "open")
-        await self._read_loop()
+
+    async def _queue(self, admit_after: float | None, timeout: float | None) -> None:
+        """``waiting``; then ``admitted`` and the conversation, or ``timed_out`` and close 3008,
+        whichever comes first (a tie admits). Client messages meanwhile are discarded."""
+        rec = self.record
+        rec.queued_at = time.monotonic()
+        log.info("conversation %s: queued", rec.id)
+        await self.send({"type": "queue_status", "queue_status_event": {"status": "waiting"}}, in_spec=False)
+        if admit_after is not None and (timeout is None or admit_after <= timeout):
+            await asyncio.sleep(admit_after)
+            self._queued = False
+            rec.queue_outcome, rec.queue_left_at = "admitted", time.monotonic()
+            log.info("conversation %s: admitted after %.1f s in the queue (%d messages discarded)",
+                     rec.id, rec.queue_left_at - rec.queued_at, len(rec.discarded))
+            await self.send({"type": "queue_status", "queue_status_event": {"status": "admitted"}}, in_spec=False)
+            self._admit()
+            return
+        assert timeout is not None
+        await asyncio.sleep(timeout)
+        rec.queue_outcome, rec.queue_left_at = "timed_out", time.monotonic()
+        log.info("conversation %s: timed out in the queue after %.1f s", rec.id, timeout)
+        await self.queue_status()
 
     def _finish_record(self) -> None:
         rec, protocol = self.record, self.ws.protocol
@@ -365,6 +398,9 @@ class _Session:
             self._last_input = t
             if self._closing:
                 continue
+            if self._queued:
+                self._discard(frame, t)
+                continue
             if isinstance(frame, bytes):
                 self._receive(Received(t, BINARY, None, f"<binary {len(frame)} bytes>"))
                 await self._invalid("binary frame")
@@ -393,6 +429,29 @@ class _Session:
     def _receive(self, item: Received) -> None:
         self.record.received.append(item)
         self.agent._notify()
+
+    def _discard(self, frame: str | bytes, t: float) -> None:
+        """A frame that arrived while queued: recorded as discarded, never acted on (how much
+        user audio it held is counted, so a test can tell what a client lost)."""
+        if isinstance(frame, bytes):
+            self._receive(Received(t, BINARY, None, f"<binary {len(frame)} bytes>", discarded=True))
+            return
+        try:
+            message = json.loads(frame)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            self._receive(Received(t, NON_JSON, None, frame[:200], discarded=True))
+            return
+        kind = message_kind(message)
+        if kind == USER_AUDIO:
+            with contextlib.suppress(binascii.Error, ValueError, TypeError):
+                data = base64.b64decode(message["user_audio_chunk"], validate=True)
+                self.record.discarded_audio_samples += len(decode(data, self.in_fmt))
+            if not self.options.record_audio:
+                self._receive(Received(t, kind, None, "<audio not recorded>", discarded=True))
+                return
+        self._receive(Received(t, kind, message, discarded=True))
 
     async def _invalid(self, what: str) -> None:
         self.record.anomalies.append(what)
@@ -717,7 +776,10 @@ class _Session:
         await self.close(1000, "the agent ended the call")
 
     async def queue_status(self) -> None:
-        """What busy accounts see in the wild: ``queue_status`` timed out, then close 3008."""
+        """What busy accounts see in the wild: ``queue_status`` timed out, then close 3008
+        (the shape the official widget reads; in neither contract)."""
+        if self._closing:
+            return
         await self.send({"type": "queue_status", "queue_status_event": {"status": "timed_out"}}, in_spec=False)
         await self.close(3008, "too many concurrent connections")
 
