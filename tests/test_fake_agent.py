@@ -303,19 +303,19 @@ def test_options_validation_and_cli_flags() -> None:
     ns = parser.parse_args(
         ["--interruption-ids", "same", "--stale-chunks", "3", "--no-text-interruption", "--no-final-chunk",
          "--client-error", "--queue-seconds", "2", "--queue-timeout", "5", "--no-tool-expects-response",
-         "--ping-ms-unmeasured", "null"]
+         "--mcp-approval", "create_ticket", "--mcp-approval-timeout", "30", "--ping-ms-unmeasured", "null"]
     )
     o = options_from_args(ns)
     assert (o.interruption_ids, o.stale_chunks, o.text_interruption, o.final_chunk) == ("same", 3, False, False)
     assert (o.client_error, o.queue_seconds, o.queue_timeout) == (True, 2.0, 5.0)
-    assert o.tool_expects_response is False
+    assert (o.tool_expects_response, o.mcp_approval, o.mcp_approval_timeout) == (False, "create_ticket", 30.0)
     assert o.ping_ms_unmeasured == "null"
     d = FakeAgentOptions()  # the defaults are what the service does (docs/service-behaviour.md)
     assert (d.interruption_ids, d.stale_chunks, d.text_interruption, d.final_chunk) == ("newer", 0, True, True)
     assert (d.client_error, d.queue_seconds, d.queue_timeout, d.tool_expects_response) == (False, None, None, True)
-    assert d.ping_ms_unmeasured == "omit"
+    assert (d.mcp_approval, d.mcp_approval_timeout, d.ping_ms_unmeasured) == (None, 300.0, "omit")
     for bad in ({"interruption_ids": "older"}, {"stale_chunks": -1}, {"queue_seconds": -1.0},
-                {"ping_ms_unmeasured": "zero"}):
+                {"mcp_approval_timeout": 0}, {"ping_ms_unmeasured": "zero"}):
         with pytest.raises(ConfigError):
             FakeAgentOptions(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="output_format"):
@@ -807,6 +807,51 @@ async def test_tool_call_that_expects_no_response_goes_on_at_once(make_agent: Ma
     await client.close()
 
 
+@pytest.mark.parametrize("answer", ["approve", "deny", "none"])
+async def test_mcp_tool_call_awaits_approval(make_agent: MakeAgent, answer: str) -> None:
+    agent = await make_agent(mcp_approval="create_ticket", mcp_approval_timeout=0.5 if answer == "none" else 30.0,
+                             send_speed=50.0, tool_parameters={"title": "Broken lamp"})
+    client = await Client.connect(f"{agent.ws_url}?agent_id=a")
+    await client.wait_type("conversation_initiation_metadata")
+    await client.send_audio(speech())
+    [ask] = await client.wait_type("mcp_tool_call")
+    body = ask["mcp_tool_call"]
+    assert (body["state"], body["tool_name"], body["parameters"]) == ("awaiting_approval", "create_ticket",
+                                                                      {"title": "Broken lamp"})
+    assert body["approval_timeout_secs"] == (1 if answer == "none" else 30)  # whole seconds on the wire
+    assert body["service_id"] and body["tool_call_id"] and body["tool_description"] and body["timestamp"]
+    await asyncio.sleep(0.2)
+    assert client.of("agent_response") == []  # the reply waits for the approval
+    if answer != "none":
+        await client.send({"type": "mcp_tool_approval_result", "tool_call_id": body["tool_call_id"],
+                           "is_approved": answer == "approve"})
+    [_, done] = await client.wait_type("mcp_tool_call", 2)
+    outcome = done["mcp_tool_call"]
+    assert outcome["tool_call_id"] == body["tool_call_id"] and outcome["service_id"] == body["service_id"]
+    if answer == "approve":
+        assert outcome["state"] == "success" and isinstance(outcome["result"], list)
+    else:
+        assert outcome["state"] == "failure" and outcome["error_message"]
+    await client.wait_type("agent_response")  # then the reply goes on
+    record = agent.latest
+    [call] = record.mcp_calls
+    assert call.tool_call_id == body["tool_call_id"]
+    assert call.outcome == {"approve": "approved", "deny": "denied", "none": "timed_out"}[answer]
+    assert call.waited is not None and call.waited >= (0.5 if answer == "none" else 0.2)
+    assert record.anomalies == []
+    if answer == "approve":  # and one made by the control action
+        status, made = await control(agent, action="mcp_tool_call", name="open_door")
+        assert status == 200
+        [*_, asked] = await client.wait_type("mcp_tool_call", 3)
+        assert asked["mcp_tool_call"]["tool_call_id"] == made["tool_call_id"]
+        assert asked["mcp_tool_call"]["state"] == "awaiting_approval"
+        await client.send({"type": "mcp_tool_approval_result", "tool_call_id": made["tool_call_id"],
+                           "is_approved": True})
+        await agent.wait_for(lambda: record.mcp_calls[1].outcome == "approved", 5, "the approval")
+        assert len(record.mcp_approval_results) == 2
+    await client.close()
+
+
 async def test_ping_ms_null_before_a_measurement_is_recorded_outside_the_contract(make_agent: MakeAgent) -> None:
     agent = await make_agent(ping_interval=0.1, ping_ms_unmeasured="null")
     client = await Client.connect(f"{agent.ws_url}?agent_id=a", auto_pong=False)
@@ -1083,6 +1128,7 @@ async def test_control_errors(make_agent: MakeAgent) -> None:
         {"action": "garbage", "kind": "spaghetti"},
         {"action": "tool_call"},
         {"action": "tool_call", "name": "x", "expects_response": "maybe"},
+        {"action": "mcp_tool_call"},
         {"action": "client_error", "code": 1006},
         {"action": "client_error", "code": "x"},
         {"action": "reject_handshake", "status": 200},

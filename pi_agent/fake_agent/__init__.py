@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from .options import FakeAgentOptions, add_arguments, options_from_args
-from .records import ConversationRecord, Received, Sent, Turn
+from .records import ConversationRecord, McpCall, Received, Sent, Turn
 from .server import ERROR_CODES, GARBAGE_KINDS, FakeAgent, serve
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ConversationRecord",
     "FakeAgent",
     "FakeAgentOptions",
+    "McpCall",
     "Received",
     "Sent",
     "Turn",

@@ -110,6 +110,11 @@ class FakeAgentOptions:
     seconds (unless ``queue_seconds`` admits them first)."""
     tool_expects_response: bool = True
     """``client_tool_call.expects_response``; when False the agent goes on at once."""
+    mcp_approval: str | None = None
+    """MCP tool name: after the first user turn, send ``mcp_tool_call`` in state
+    ``awaiting_approval`` and wait for ``mcp_tool_approval_result`` before the reply."""
+    mcp_approval_timeout: float = 300.0
+    """Seconds an MCP approval is awaited (``approval_timeout_secs``, rounded up on the wire)."""
     record_audio: bool = True
     """Keep user PCM and audio payloads in the records (turn off for long soak runs)."""
 
@@ -148,6 +153,8 @@ class FakeAgentOptions:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"fake agent: {name} must be >= 0 when set (got {value})")
+        if self.mcp_approval_timeout <= 0:
+            raise ConfigError(f"fake agent: mcp_approval_timeout must be > 0 (got {self.mcp_approval_timeout})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,6 +204,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="queued conversations time out (queue_status timed_out, close 3008) after S seconds")
     parser.add_argument("--no-tool-expects-response", dest="tool_expects_response", action="store_false",
                         help="client tool calls expect no result: the agent goes on at once")
+    parser.add_argument("--mcp-approval", metavar="NAME", default=None,
+                        help="after the first user turn, ask approval for this MCP tool")
+    parser.add_argument("--mcp-approval-timeout", metavar="S", type=float, default=d.mcp_approval_timeout,
+                        help="seconds an MCP approval is awaited (default %(default)s)")
 
 
 def options_from_args(ns: argparse.Namespace) -> FakeAgentOptions:

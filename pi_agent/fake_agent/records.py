@@ -87,6 +87,22 @@ class Turn:
 
 
 @dataclass
+class McpCall:
+    """One MCP tool call that asked the user for approval."""
+
+    tool_call_id: str
+    tool_name: str
+    parameters: dict[str, Any]
+    asked_at: float
+    timeout: float
+    outcome: str | None = None
+    """``approved``, ``denied``, ``timed_out``, or ``interrupted`` (the turn was cut while
+    waiting); None while it waits."""
+    waited: float | None = None
+    """Seconds from the ``awaiting_approval`` message to the outcome."""
+
+
+@dataclass
 class ConversationRecord:
     """Everything the fake saw and did in one WebSocket conversation."""
 
@@ -118,6 +134,9 @@ class ConversationRecord:
     tool_results: list[dict[str, Any]] = field(default_factory=list)
     """Every ``client_tool_result`` received, matched to a call or not (a result to a call
     that expected none is recorded here, not as an anomaly)."""
+    mcp_calls: list[McpCall] = field(default_factory=list)
+    mcp_approval_results: list[dict[str, Any]] = field(default_factory=list)
+    """Every ``mcp_tool_approval_result`` received, late or unmatched ones included."""
     queued_at: float | None = None
     """When the conversation was put in the queue (``queue_seconds`` / ``queue_timeout``)."""
     queue_outcome: str | None = None
@@ -201,6 +220,8 @@ class ConversationRecord:
             "stale_chunks": len(self.stale_audio),
             "turns": len(self.turns),
             "tool_results": list(self.tool_results),
+            "mcp_calls": [{"tool_name": c.tool_name, "tool_call_id": c.tool_call_id, "outcome": c.outcome,
+                           "waited": c.waited} for c in self.mcp_calls],
             "queue_outcome": self.queue_outcome,
             "discarded_messages": len(self.discarded),
             "discarded_audio_seconds": self.discarded_audio_seconds,

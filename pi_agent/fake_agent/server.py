@@ -26,11 +26,13 @@ import contextlib
 import http
 import json
 import logging
+import math
 import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -44,7 +46,7 @@ from websockets.typing import Subprotocol
 
 from .audio import REPLY_WAV, AudioFormat, EnergyGate, SpeechEnded, SpeechStarted, audio_format, decode, reply_audio
 from .options import FakeAgentOptions
-from .records import BINARY, NON_JSON, USER_AUDIO, ConversationRecord, Received, Sent, Turn, message_kind
+from .records import BINARY, NON_JSON, USER_AUDIO, ConversationRecord, McpCall, Received, Sent, Turn, message_kind
 
 log = logging.getLogger("pi_agent.fake_agent")
 ws_log = logging.getLogger("pi_agent.fake_agent.websockets")
@@ -111,6 +113,11 @@ def _error_message(code: int, error_type: str | None, message: str) -> dict[str,
 def _client_error_message(code: int, error_name: str, message: str) -> dict[str, Any]:
     """1.1.0's ``client_error``: what the 1.0.0 contract's ``error`` says, named differently."""
     return {"type": "client_error", "error_event": {"code": code, "error_name": error_name, "message": message}}
+
+
+def _timestamp() -> str:
+    """Now as ISO 8601 in UTC (``mcp_tool_call.timestamp``)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _close_code_ok(code: int) -> bool:
@@ -183,6 +190,8 @@ class _Session:
         self._turn_stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending_tools: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._pending_mcp: dict[str, asyncio.Future[bool]] = {}
+        self._mcp_service_id = _new_id("mcp_server")
         self._user_turns = 0
         self._completed_turns = 0
         self._rtt_ms: int | None = None
@@ -343,6 +352,8 @@ class _Session:
             rec.closed_by, rec.close_code, rec.close_reason = "client", 1006, "connection lost"
         for fut in self._pending_tools.values():
             fut.cancel()
+        for approval in self._pending_mcp.values():
+            approval.cancel()
         rec.closed_at = time.monotonic()
 
     async def _open(self) -> None:
@@ -487,7 +498,16 @@ class _Session:
             future = self._pending_tools.get(str(message.get("tool_call_id")))
             if future is not None and not future.done():
                 future.set_result(message)
-        elif kind in ("contextual_update", "user_activity", "feedback", "mcp_tool_approval_result"):
+        elif kind == "mcp_tool_approval_result":
+            rec.mcp_approval_results.append(message)
+            approved = message.get("is_approved")
+            if not isinstance(approved, bool):
+                rec.anomalies.append("mcp_tool_approval_result is_approved is not a boolean")
+                return
+            approval = self._pending_mcp.get(str(message.get("tool_call_id")))
+            if approval is not None and not approval.done():
+                approval.set_result(approved)
+        elif kind in ("contextual_update", "user_activity", "feedback"):
             pass  # recorded above; the fake has no use for them
         else:
             rec.anomalies.append(f"unknown message type {kind!r}")
@@ -517,8 +537,9 @@ class _Session:
             elif isinstance(event, SpeechEnded):
                 self._user_turns += 1
                 heard = self.options.transcript or f"[{event.duration:.1f} s of speech]"
-                tool = self.options.tool_call if self._user_turns == 1 else None
-                await self.start_turn("speech", heard=heard, tool=tool)
+                first = self._user_turns == 1
+                await self.start_turn("speech", heard=heard, tool=self.options.tool_call if first else None,
+                                      mcp=self.options.mcp_approval if first else None)
 
     # --- agent turns ----------------------------------------------------------------
 
@@ -574,7 +595,8 @@ class _Session:
         return {"type": "audio", "audio_event": event}
 
     async def start_turn(
-        self, cause: str, *, heard: str | None = None, tool: str | None = None, text: str | None = None
+        self, cause: str, *, heard: str | None = None, tool: str | None = None, text: str | None = None,
+        mcp: str | None = None,
     ) -> int:
         """Start an agent turn (interrupting one still running); return its event id.
 
@@ -596,7 +618,7 @@ class _Session:
         self.record.turns.append(turn)
         self._turn_stop = asyncio.Event()
         self._turn_task = self.spawn(
-            self._run_turn(turn, self._turn_stop, tool, text or self.options.reply_text), f"turn {turn.event_id}"
+            self._run_turn(turn, self._turn_stop, tool, mcp, text or self.options.reply_text), f"turn {turn.event_id}"
         )
         return turn.event_id
 
@@ -644,7 +666,8 @@ class _Session:
             await asyncio.wait_for(stop.wait(), seconds)
         return stop.is_set()  # the timeout may win a race with a stop set meanwhile
 
-    async def _run_turn(self, turn: Turn, stop: asyncio.Event, tool: str | None, text: str) -> None:
+    async def _run_turn(self, turn: Turn, stop: asyncio.Event, tool: str | None, mcp: str | None,
+                        text: str) -> None:
         o, rec, eid = self.options, self.record, turn.event_id
         if await self._pause(stop, o.reply_delay):
             return
@@ -654,6 +677,8 @@ class _Session:
                              "user_transcription_event": {"user_transcript": turn.heard, "event_id": eid}})
         if tool is not None:
             await self.call_tool(tool, o.tool_parameters, event_id=eid, stop=stop)
+        if mcp is not None and not stop.is_set():
+            await self.ask_mcp_approval(mcp, o.tool_parameters, stop=stop)
         if stop.is_set():
             return
         if o.response_events:  # 1.1.0's shape: {metadata, event_id}
@@ -754,6 +779,59 @@ class _Session:
             return None
         finally:
             self._pending_tools.pop(call_id, None)
+
+    async def ask_mcp_approval(
+        self, name: str, parameters: Mapping[str, object], *, stop: asyncio.Event | None = None
+    ) -> McpCall:
+        """An MCP tool call that needs the user's approval: ``mcp_tool_call`` in state
+        ``awaiting_approval``, then wait for ``mcp_tool_approval_result`` (up to
+        ``mcp_approval_timeout``); ``success`` when approved, ``failure`` when denied, timed
+        out or cut short by an interruption. The outcome is recorded in ``record.mcp_calls``."""
+        timeout = self.options.mcp_approval_timeout
+        call_id = _new_id("toolu")
+        base = {
+            "service_id": self._mcp_service_id,
+            "tool_call_id": call_id,
+            "tool_name": name,
+            "tool_description": f"{name} (a tool of the fake agent's MCP server)",
+            "parameters": dict(parameters),
+        }
+        call = McpCall(call_id, name, dict(parameters), time.monotonic(), timeout)
+        approval: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending_mcp[call_id] = approval
+        self.record.mcp_calls.append(call)
+        log.info("conversation %s: MCP tool call %s (%s) awaits approval", self.record.id, name, call_id)
+        try:
+            await self.send({"type": "mcp_tool_call", "mcp_tool_call": {
+                **base, "timestamp": _timestamp(), "state": "awaiting_approval",
+                "approval_timeout_secs": max(1, math.ceil(timeout))}})
+            stopped: asyncio.Future[Any] = asyncio.ensure_future((stop or asyncio.Event()).wait())
+            try:
+                done, _ = await asyncio.wait([approval, stopped], timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+        finally:
+            self._pending_mcp.pop(call_id, None)
+        if approval in done:
+            call.outcome = "approved" if approval.result() else "denied"
+        else:
+            call.outcome = "interrupted" if done else "timed_out"
+        call.waited = time.monotonic() - call.asked_at
+        log.info("conversation %s: MCP tool call %s %s after %.1f s", self.record.id, call_id, call.outcome,
+                 call.waited)
+        if self._closing:  # the conversation is ending: nobody to tell
+            return call
+        if call.outcome == "approved":
+            final = {"state": "success", "result": [{"type": "text", "text": f"{name}: done"}]}
+        else:
+            final = {"state": "failure", "error_message": {
+                "denied": "The user denied the tool call",
+                "timed_out": f"No approval within {timeout:g} s",
+                "interrupted": "The tool call was cancelled by an interruption",
+            }[call.outcome]}
+        await self.send({"type": "mcp_tool_call", "mcp_tool_call": {**base, "timestamp": _timestamp(), **final}})
+        return call
 
     # --- endings and faults -----------------------------------------------------------
 
@@ -1080,6 +1158,17 @@ class FakeAgent:
         await self.wait_for(lambda: len(session.record.tool_calls) > before, 5.0, "the tool call")
         return session.record.id
 
+    async def mcp_tool_call(
+        self, name: str, parameters: Mapping[str, object] | None = None, conversation: str | None = None
+    ) -> str:
+        """Send ``mcp_tool_call`` awaiting approval now (the outcome is recorded in
+        ``record.mcp_calls``); return its ``tool_call_id``."""
+        session = self._session(conversation)
+        before = len(session.record.mcp_calls)
+        session.spawn(session.ask_mcp_approval(name, parameters or {}), f"mcp {name}")
+        await self.wait_for(lambda: len(session.record.mcp_calls) > before, 5.0, "the MCP tool call")
+        return session.record.mcp_calls[before].tool_call_id
+
     def signed_url_fault(
         self, status: int | None = None, kind: str | None = None, seconds: float = 5.0, count: int = 1
     ) -> None:
@@ -1159,16 +1248,18 @@ class FakeAgent:
             cid = await self.client_error(num("code", 1011), params.get("error_name", "unknown"),
                                           params.get("message"), conv)
             return {"conversation": cid}
-        if action == "tool_call":
+        if action in ("tool_call", "mcp_tool_call"):
             name = params.get("name")
             if not name:
-                raise ValueError("tool_call: parameter 'name' is required")
+                raise ValueError(f"{action}: parameter 'name' is required")
             try:
                 parameters = json.loads(params.get("parameters", "{}"))
             except ValueError:
-                raise ValueError("tool_call: 'parameters' must be a JSON object") from None
+                raise ValueError(f"{action}: 'parameters' must be a JSON object") from None
             if not isinstance(parameters, dict):
-                raise ValueError("tool_call: 'parameters' must be a JSON object")
+                raise ValueError(f"{action}: 'parameters' must be a JSON object")
+            if action == "mcp_tool_call":
+                return {"tool_call_id": await self.mcp_tool_call(name, parameters, conv)}
             expects = params.get("expects_response")
             if expects not in (None, "true", "false"):
                 raise ValueError("tool_call: 'expects_response' must be true or false")
