@@ -115,7 +115,7 @@ def numbered(count: int, start: int = 1) -> list[bytes]:
 
 def test_urls() -> None:
     assert conversation_url("https://api.elevenlabs.io", "a b").startswith(
-        "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=a+b&source=pi_agent&version=")
+        "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=a+b&source=unknown&version=pi-agent%2F")
     assert conversation_url("http://127.0.0.1:8765/", "x").startswith("ws://127.0.0.1:8765/v1/convai/conversation?")
     red = redact_url("wss://h/v1/convai/conversation?agent_id=a&conversation_signature=SECRET&token=T2")
     assert "SECRET" not in red and "T2" not in red and "agent_id=a" in red
@@ -142,7 +142,7 @@ async def test_conversation_and_every_message_sent_validates_against_the_spec() 
         record = agent.latest
         assert record.init["user_id"] == "kiosk-7"
         assert record.init["dynamic_variables"] == {"room": "hall"}
-        assert record.query["source"] == "pi_agent"
+        assert record.query["source"] == "unknown" and record.query["version"].startswith("pi-agent/")
         assert record.pings_sent >= 2 and record.unanswered_pings <= 1  # the last may be in flight
         assert record.user_audio_seconds > 4.0
         kinds = set()
@@ -422,7 +422,9 @@ async def test_half_open_connection_is_dropped_within_the_dead_peer_timeout(stre
 
 
 async def test_interrupted_turn_audio_is_not_delivered() -> None:
-    async with FakeAgent(FakeAgentOptions(port=0, send_speed=1.0)) as agent:
+    """The interruption is numbered newer than the turn it cuts (as the service does), and
+    chunks of that turn still in flight follow it with the turn's own, older id."""
+    async with FakeAgent(FakeAgentOptions(port=0, send_speed=1.0, stale_chunks=3)) as agent:
         h = Harness(agent.http_url)
         async with h.running():
             await h.until(lambda: h.opened)
@@ -434,11 +436,15 @@ async def test_interrupted_turn_audio_is_not_delivered() -> None:
             await h.until(lambda: h.of(ev.Interrupted))
             await asyncio.sleep(0.5)
         idx = next(n for n, e in enumerate(h.events) if isinstance(e, ev.Interrupted))
-        assert h.events[idx] == ev.Interrupted(turn_id)
+        turn = agent.latest.turns[0]
+        assert turn.interrupted and turn.event_id == turn_id
+        assert turn.interruption_id is not None and turn.interruption_id > turn_id
+        assert h.events[idx] == ev.Interrupted(turn.interruption_id)
+        assert len(agent.latest.stale_audio) == 3
         # Nothing more of the interrupted turn: audio after the interruption (if any) is a new turn.
         later = [e for e in h.events[idx:] if isinstance(e, ev.AgentAudio)]
         assert not later or later[0].new_turn, "audio of the interrupted turn was delivered"
-        assert agent.latest.turns[0].interrupted
+        assert h.engine.stats.audio_dropped["interrupted"] == 3
 
 
 async def test_garbage_from_the_server_is_skipped_and_the_conversation_continues() -> None:

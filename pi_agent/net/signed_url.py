@@ -20,7 +20,7 @@ from websockets.uri import parse_uri
 
 from .. import __version__
 from ..engine.backoff import Outcome, classify_http_status
-from ..engine.conversation import SOURCE
+from ..engine.conversation import SOURCE, SOURCE_VERSION
 from ..errors import AuthError, ConnectError
 from ..threads import run_blocking
 
@@ -33,7 +33,7 @@ def conversation_url(server_url: str, agent_id: str) -> str:
     """``https://host`` -> ``wss://host/v1/convai/conversation?agent_id=..&source=..&version=..``."""
     parts = urllib.parse.urlsplit(server_url)
     scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
-    query = urllib.parse.urlencode({"agent_id": agent_id, "source": SOURCE, "version": __version__})
+    query = urllib.parse.urlencode({"agent_id": agent_id, "source": SOURCE, "version": SOURCE_VERSION})
     path = parts.path.rstrip("/") + "/v1/convai/conversation"
     return urllib.parse.urlunsplit((scheme, parts.netloc, path, query, ""))
 
@@ -41,7 +41,7 @@ def conversation_url(server_url: str, agent_id: str) -> str:
 def with_source(signed_url: str) -> str:
     parts = urllib.parse.urlsplit(signed_url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    query += [("source", SOURCE), ("version", __version__)]
+    query += [("source", SOURCE), ("version", SOURCE_VERSION)]
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
