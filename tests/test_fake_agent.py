@@ -466,6 +466,8 @@ async def test_barge_in_interrupts_the_playing_turn(make_agent: MakeAgent, send_
     assert turn.interrupted and not turn.completed
     assert agent.latest.interruptions == [first]  # the cut turn's id
     assert turn.interruption_id == interruption_id  # the id on the wire
+    [sent] = agent.latest.sent_of("interruption")
+    assert turn.interrupted_at is not None and abs(turn.interrupted_at - sent.t) < 0.05
     if send_speed == 1.0:  # the rest of the turn was never sent
         assert len(audio_bytes(client.messages, first)) < len(agent.reply_audio) / 2
     await client.close()
@@ -640,6 +642,7 @@ async def test_text_input_is_answered_with_an_interruption_carrying_the_replys_i
     assert len(client.of("interruption")) == 2
     cut, answer = record.turns[1], record.turns[2]
     assert record.interruptions == [playing] and cut.interruption_id == answer.event_id
+    assert cut.interrupted_at is not None and cut.interrupted_at > record.sent_of("interruption")[0].t
     assert answer.opening_interruption_id == answer.event_id == client.of("interruption")[1]["interruption_event"][
         "event_id"]
     await client.close()

@@ -77,6 +77,9 @@ class Turn:
     interruption_id: int | None = None
     """Event id of the ``interruption`` that cut this turn, as sent: newer than ``event_id``
     unless ``interruption_ids="same"``; for text input, the id of the reply that cut it."""
+    interrupted_at: float | None = None
+    """When that ``interruption`` was sent (not the first ``interruption`` of the conversation:
+    text input is preceded by one of its own)."""
     opening_interruption_id: int | None = None
     """Event id of the ``interruption`` sent just before this turn began (text input: its own id)."""
     stale_chunks_sent: int = 0

@@ -562,6 +562,7 @@ class _Session:
         turn.interruption_id = wire_id
         self.record.interruptions.append(turn.event_id)
         log.info("conversation %s: turn %d interrupted (interruption %d)", self.record.id, turn.event_id, wire_id)
+        turn.interrupted_at = time.monotonic()
         await self.send({"type": "interruption", "interruption_event": {"event_id": wire_id}})
         await self._send_stale(turn)
         return True
