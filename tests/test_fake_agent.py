@@ -737,32 +737,35 @@ async def test_client_error_before_an_error_close(make_agent: MakeAgent) -> None
 
 
 async def test_queue_admits_after_queue_seconds_and_discards_what_came_meanwhile(make_agent: MakeAgent) -> None:
+    """As the official widget's mock of the service: the metadata (after the client's init),
+    then ``waiting``; what the client sends while waiting is discarded; ``admitted`` starts
+    the conversation proper."""
     agent = await make_agent(queue_seconds=0.6, send_speed=50.0, ping_interval=0.2)
-    # a client that sends at once, as the Python SDK does: its init and audio are lost
+    # a client that streams at once, as the Python SDK does: its audio is lost
     eager = await Client.connect(f"{agent.ws_url}?agent_id=a")
     await eager.wait_type("queue_status")
     second = speech()[:16000]
     await eager.send_audio(second)
-    await eager.wait_type("conversation_initiation_metadata", timeout=5)
+    await eager.wait_type("ping", timeout=5)  # the conversation proper runs from the admission
     statuses = [m["queue_status_event"]["status"] for m in eager.of("queue_status")]
     assert statuses == ["waiting", "admitted"]
     kinds = [m["type"] for m in eager.messages]
-    assert kinds[:3] == ["queue_status", "queue_status", "conversation_initiation_metadata"]
+    assert kinds[:3] == ["conversation_initiation_metadata", "queue_status", "queue_status"]
     record = agent.latest
     assert record.queue_outcome == "admitted" and record.queued_at is not None and record.queue_left_at is not None
     assert record.queue_left_at - record.queued_at >= 0.55
-    assert [r.kind for r in record.discarded] == ["conversation_initiation_client_data"] + ["user_audio_chunk"] * 50
+    assert [r.kind for r in record.discarded] == ["user_audio_chunk"] * 50
     assert record.discarded_audio_seconds == pytest.approx(1.0)
-    assert record.init is None and record.user_audio_samples == 0 and record.turns == []
+    assert record.init is not None  # the init came before the queue
+    assert record.user_audio_samples == 0 and record.turns == []
     assert record.received_of("user_audio_chunk", discarded=False) == []
     assert [s.in_spec for s in record.sent_of("queue_status")] == [False, False]  # in neither contract
-    await eager.wait_type("ping")  # the conversation proper runs from the admission
     await eager.close()
 
-    # a client that waits for the metadata loses nothing
-    careful = await Client.connect(f"{agent.ws_url}?agent_id=a", init=False)
-    await careful.wait_type("conversation_initiation_metadata", timeout=5)
-    await careful.send({"type": "conversation_initiation_client_data", "user_id": "u1"})
+    # a client that waits for the admission loses nothing
+    careful = await Client.connect(f"{agent.ws_url}?agent_id=a")
+    await careful.wait_for(lambda: [m["queue_status_event"]["status"] for m in careful.of("queue_status")]
+                           == ["waiting", "admitted"], timeout=5)
     samples = speech()
     await careful.send_audio(samples)
     await careful.wait_type("user_transcript")
@@ -777,13 +780,13 @@ async def test_queue_timeout_gets_timed_out_and_3008(make_agent: MakeAgent) -> N
     client = await Client.connect(f"{agent.ws_url}?agent_id=a")
     await client.wait_closed()
     assert [m["queue_status_event"]["status"] for m in client.of("queue_status")] == ["waiting", "timed_out"]
-    assert client.of("conversation_initiation_metadata") == []
+    assert client.messages[0]["type"] == "conversation_initiation_metadata"
     assert (client.ws.close_code, client.ws.close_reason) == (3008, "too many concurrent connections")
     record = await agent.wait_for_close(agent.latest)
     assert record.queue_outcome == "timed_out" and record.pings_sent == 0
     assert record.queue_left_at is not None and record.queued_at is not None
     assert record.queue_left_at - record.queued_at >= 0.35
-    assert [r.kind for r in record.discarded] == ["conversation_initiation_client_data"]
+    assert record.discarded == [] and record.init is not None
 
 
 async def test_tool_call_that_expects_no_response_goes_on_at_once(make_agent: MakeAgent) -> None:

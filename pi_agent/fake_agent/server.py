@@ -58,6 +58,7 @@ WS_PATH = "/v1/convai/conversation"
 SIGNED_URL_PATHS = ("/v1/convai/conversation/get-signed-url", "/v1/convai/conversation/get_signed_url")
 MAX_INCOMING = 16 * 1024 * 1024
 OPEN_TIMEOUT = 60.0  # also caps how long a signed-URL "timeout" fault can hold a request
+QUEUE_INIT_WAIT = 2.0  # s a queued conversation waits for the client's initiation before the metadata
 
 SPEC_CLOSE_CODES = (1000, 1002, 1008, 1011)
 """Close codes an ``error`` event may carry (the spec's WebSocketCloseCode)."""
@@ -302,14 +303,13 @@ class _Session:
             await self.queue_status()
             return
         if o.queue_seconds is not None or o.queue_timeout is not None:
-            self._queued = True
             self.spawn(self._queue(o.queue_seconds, o.queue_timeout), "queue")
         else:
             self._admit()
         await self._read_loop()
 
-    def _admit(self) -> None:
-        """Start the conversation proper: pings, timers, the metadata."""
+    def _admit(self, *, metadata: bool = True) -> None:
+        """Start the conversation proper: pings, timers, the metadata (unless already sent)."""
         o = self.options
         self._last_input = time.monotonic()
         self.spawn(self._ping_loop(), "pings")
@@ -317,12 +317,16 @@ class _Session:
             self.spawn(self._max_duration(o.max_duration), "max-duration")
         if o.receive_timeout is not None:
             self.spawn(self._receive_watchdog(o.receive_timeout), "receive-timeout")
-        self.spawn(self._open(), "open")
+        self.spawn(self._open(metadata=metadata), "open")
 
     async def _queue(self, admit_after: float | None, timeout: float | None) -> None:
-        """``waiting``; then ``admitted`` and the conversation, or ``timed_out`` and close 3008,
-        whichever comes first (a tie admits). Client messages meanwhile are discarded."""
+        """The metadata, then ``waiting`` (the order of the official widget's mock of the
+        service; the JS client wants the metadata first); then ``admitted`` and the
+        conversation, or ``timed_out`` and close 3008, whichever comes first (a tie admits).
+        Client messages meanwhile are discarded."""
         rec = self.record
+        await self._metadata(max(self.options.wait_for_init, QUEUE_INIT_WAIT))  # the init is not discarded
+        self._queued = True
         rec.queued_at = time.monotonic()
         log.info("conversation %s: queued", rec.id)
         await self.send({"type": "queue_status", "queue_status_event": {"status": "waiting"}}, in_spec=False)
@@ -333,7 +337,7 @@ class _Session:
             log.info("conversation %s: admitted after %.1f s in the queue (%d messages discarded)",
                      rec.id, rec.queue_left_at - rec.queued_at, len(rec.discarded))
             await self.send({"type": "queue_status", "queue_status_event": {"status": "admitted"}}, in_spec=False)
-            self._admit()
+            self._admit(metadata=False)
             return
         assert timeout is not None
         await asyncio.sleep(timeout)
@@ -356,8 +360,15 @@ class _Session:
             approval.cancel()
         rec.closed_at = time.monotonic()
 
-    async def _open(self) -> None:
-        wait = self.options.wait_for_init
+    async def _open(self, *, metadata: bool = True) -> None:
+        if metadata:
+            await self._metadata()
+        if self.options.first_message:
+            await self.start_turn("first_message", text=self.options.first_message_text)
+
+    async def _metadata(self, wait: float | None = None) -> None:
+        """The metadata, after the client's initiation (up to ``wait``, else ``wait_for_init``, seconds)."""
+        wait = self.options.wait_for_init if wait is None else wait
         if wait > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._init.wait(), wait)
@@ -371,8 +382,6 @@ class _Session:
                 },
             }
         )
-        if self.options.first_message:
-            await self.start_turn("first_message", text=self.options.first_message_text)
 
     async def _ping_loop(self) -> None:
         while True:
