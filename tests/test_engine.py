@@ -616,3 +616,35 @@ def test_the_initiation_names_a_source_the_newer_contract_accepts() -> None:
     assert init["source_info"]["source"] == "unknown"
     assert init["source_info"]["version"].startswith("pi-agent/")
     validate_client_message(init)
+
+
+def test_what_went_out_between_the_metadata_and_the_queue_is_sent_again() -> None:
+    """The service queues right after the metadata and discards what reaches it meanwhile:
+    speech and a message written in that moment go out again once admitted."""
+    e = make()
+    e.request(0.0)
+    e.tick(0.0)
+    e.connection_open(0.0)
+    e.send_message("user_message", '{"type":"user_message","text":"hi"}', 0.0)
+    e.data_to_send(0.0)
+    e.receive(metadata(), 0.1)
+    e.send_audio(FRAME, True, 0.11)
+    assert len(sent(e, 0.12)) == 2  # the message and the speech, into the void
+    e.receive(msg("ping", "ping_event", event_id=1), 0.13)
+    e.receive(queue("waiting"), 0.15)
+    assert sent(e, 0.16) == [{"type": "pong", "event_id": 1}]
+    e.receive(queue("admitted"), 3.0)
+    out = sent(e, 3.0)
+    assert out[0] == {"type": "user_message", "text": "hi"}
+    assert [base64.b64decode(m["user_audio_chunk"]) for m in out[1:]] == [FRAME]
+
+
+def test_without_a_queue_nothing_is_sent_twice() -> None:
+    e = opened(make())
+    e.send_audio(FRAME, True, 0.5)
+    assert audio_sent(e, 0.5) == [FRAME]
+    e.send_audio(FRAME, True, 2.5)
+    assert audio_sent(e, 2.5) == [FRAME]  # the window has passed: nothing kept
+    e.receive(queue("waiting"), 3.0)  # a queue much later (a server that queues mid-way)
+    e.receive(queue("admitted"), 4.0)
+    assert audio_sent(e, 4.0) == []

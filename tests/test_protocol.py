@@ -152,6 +152,8 @@ def test_newer_contract_fields_are_read() -> None:
     assert isinstance(mcp, p.McpToolCall)
     assert (mcp.state, mcp.parameters, mcp.description, mcp.approval_timeout) == (
         "awaiting_approval", {"room": 2}, "Books a room", 300)
+    meta = p.decode(json.dumps(next(m for m, _ in SERVER_EXAMPLES if m["type"] == "agent_response_metadata")))
+    assert meta == p.AgentResponseMetadata(3, {"k": "v"})
     err = p.decode(json.dumps(next(m for m, _ in SERVER_EXAMPLES if m["type"] == "client_error")))
     assert err == p.ClientError(1008, "invalid_api_key", "Invalid API key")
     approval = json.loads(p.encode_mcp_approval("i", False))

@@ -52,6 +52,7 @@ SOURCE_VERSION = f"pi-agent/{__version__}"[:50]  # ... and the version names us 
 MAX_FRAME = 16 * 1024 * 1024  # largest server frame accepted (agent audio frames of 1.25 MB are seen)
 KEEPALIVE_AFTER = 0.5  # s without anything sent -> 100 ms of silence (the server's input timeout is 60 s)
 KEEPALIVE_PCM = bytes(int(0.1 * 16000) * 2)
+QUEUE_REPLAY_S = 2.0  # s after the metadata in which what we write is kept, in case the server queues us
 DEFAULT_FORMAT = "pcm_16000"  # what the SDKs stream before the metadata names the format
 
 Encoder = Callable[[bytes], bytes]
@@ -88,6 +89,7 @@ class _Connection:
     drop_below: int = 0  # agent audio with an event_id below this is dropped (interrupted)
     current_turn_id: int | None = None
     queued: bool = False  # the server holds the conversation in its queue: it discards what we send
+    sent_since_open: list[Message | Frame] | None = None  # written just after the metadata, not yet known heard
     ended_by_agent: bool = False  # end_call seen: the close that follows is a normal end
     last_error: p.ErrorEvent | None = None
     user_spoke: bool = False  # speech or a user message went out on this connection
@@ -156,6 +158,8 @@ class Engine:
                 outbox.control.popleft() if outbox.control else None)
             if item is None:
                 break
+            if conn.sent_since_open is not None:
+                self._keep_for_replay(conn, item, now)
             if isinstance(item, Message):
                 out.append(item.text)
                 self.stats.messages_out[item.kind] += 1
@@ -170,6 +174,15 @@ class Engine:
         if not outbox.messages:
             self._messages_noticed = False
         return out
+
+    def _keep_for_replay(self, conn: _Connection, item: Message | Frame, now: float) -> None:
+        """The service sends ``queue_status`` ``waiting`` right after the metadata and discards
+        what arrives meanwhile: what the user said in that moment is kept, to be sent again."""
+        assert conn.sent_since_open is not None and conn.opened_at is not None
+        if now - conn.opened_at > QUEUE_REPLAY_S:
+            conn.sent_since_open = None  # not queued: all of it reached the agent
+        elif (isinstance(item, Frame) and item.speech) or (isinstance(item, Message) and item.kind != "pong"):
+            conn.sent_since_open.append(item)
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has something to do; None when nothing is due."""
@@ -484,6 +497,7 @@ class Engine:
         if self.phase is not ev.Phase.OPENING:
             return  # we are closing it already
         conn.opened_at = now
+        conn.sent_since_open = []
         conn.conversation_id = event.conversation_id
         conn.output_format = event.agent_output_audio_format
         conn.encode = self._encoder_factory(event.user_input_audio_format)
@@ -556,10 +570,13 @@ class Engine:
         queued = event.status == "waiting"
         if queued and not conn.queued:
             self.outbox.hold()
+            if conn.opened_at is not None and now - conn.opened_at <= QUEUE_REPLAY_S:
+                self.outbox.requeue(conn.sent_since_open or [])
         elif conn.queued and not queued and self.outbox.early and self.phase is ev.Phase.OPEN:
             self._events.append(ev.Notice("info", f"sending {self.outbox.early_seconds:.1f} s of speech "
                                           "captured while queued"))
         conn.queued = queued
+        conn.sent_since_open = None
         self._events.append(ev.Queued(event.status, queued))
 
     def _on_tool_response(self, conn: _Connection, event: p.AgentToolResponse, now: float) -> None:

@@ -131,6 +131,16 @@ class Outbox:
                 break  # the pre-buffer is full of newer speech already
             self.early.appendleft(frame)
 
+    def requeue(self, items: list[Item]) -> None:
+        """Put back what was written but never reached the agent (the server queued the
+        conversation meanwhile): messages ahead of those waiting, speech ahead of the pre-buffer."""
+        for item in reversed(items):
+            if isinstance(item, Message):
+                self.messages.appendleft(item)
+                self._message_bytes += len(item.text)
+            elif len(self.early) < (self.early.maxlen or 0):
+                self.early.appendleft(item)
+
     def clear_audio(self) -> int:
         """Drop the kept speech (nobody waits for it any more); returns how many frames."""
         n = len(self.early) + len(self.live)

@@ -82,8 +82,8 @@ class AgentChatResponsePart:
 
 @dataclass(frozen=True, slots=True)
 class AgentResponseMetadata:
-    """Sent by newer servers about an agent response; not in the copied contract, so
-    its payload is kept as it came (only an ``event_id`` in it is read)."""
+    """1.1.0: metadata about an agent response, ``{metadata: object, event_id}``; the
+    ``metadata`` object is kept as it came (from a server without it: the rest of the event)."""
 
     event_id: int | str | None
     data: Mapping[str, Any] = field(repr=False)
@@ -430,6 +430,15 @@ def _response_event(mtype: str, cls: Callable[[Any, Mapping[str, Any]], ServerEv
     return decode
 
 
+def _response_metadata(m: Mapping[str, Any]) -> ServerEvent:
+    event = _response_event("agent_response_metadata", AgentResponseMetadata)(m)
+    assert isinstance(event, AgentResponseMetadata)
+    inner = event.data.get("metadata")
+    if isinstance(inner, dict):
+        return AgentResponseMetadata(event.event_id, inner)
+    return AgentResponseMetadata(event.event_id, {k: v for k, v in event.data.items() if k != "event_id"})
+
+
 def _reasoning_part(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "reasoning_response_part", "agent_reasoning_response_part")
     event_id = f._get("event_id", False)
@@ -545,7 +554,7 @@ _DECODERS: dict[str, Decoder] = {
     "agent_response": _agent_response,
     "agent_response_correction": _correction,
     "agent_chat_response_part": _chat_part,
-    "agent_response_metadata": _response_event("agent_response_metadata", AgentResponseMetadata),
+    "agent_response_metadata": _response_metadata,
     "agent_response_complete": _response_event("agent_response_complete", AgentResponseComplete),
     "agent_reasoning_response_part": _reasoning_part,
     "interruption": _interruption,
