@@ -376,7 +376,7 @@ def test_a_whole_exchange_through_the_table() -> None:
     model, seen, now = m(S.STARTING), [], 0.0
     for event in [i.Ready(), i.TurnStarted(), ev.Connecting(1), ev.Opened("c1", "pcm_16000", "pcm_16000"),
                   i.TurnEnded(), ev.UserTranscript("what time is it", 1), ev.AgentResponse("noon", 2),
-                  ev.AgentAudio(b"\0\0", 16000, True), ev.AgentAudio(b"\0\0", 16000, False), i.PlayedOut(),
+                  ev.AgentAudio(b"\0\0", 16000, True), ev.AgentAudio(b"\0\0", 16000, False, final=True), i.PlayedOut(),
                   closed(Outcome.CLOSED, None)]:
         now += 0.5
         model, effects = decide(model, event, now)

@@ -68,24 +68,28 @@ def test_speaking_ends_when_the_final_chunk_has_played_not_when_a_slow_link_drai
 
 
 def test_a_reply_whose_final_chunk_never_comes_ends_after_the_stall_limit() -> None:
-    m = model(S.SPEAKING, marks_final=True, reply_complete=False)
+    m, _ = decide(model(S.IDLE), ev.AgentAudio(PCM, 16000, True), NOW)
     m, _ = decide(m, i.PlayedOut(), NOW)
     m, _ = decide(m, i.Tick(), NOW + REPLY_STALL - 0.5)
     assert m.state is S.SPEAKING
     m, effects = decide(m, i.Tick(), NOW + REPLY_STALL)
     assert m.state is S.IDLE and m.dry_since is None
-    assert any("last chunk did not come" in text for _, text in logs(effects))
+    assert any("no chunk marked as its last" in text for _, text in logs(effects))
 
 
-def test_without_final_marks_a_drained_speaker_ends_speaking_as_before() -> None:
+def test_a_server_that_marks_no_final_chunk_is_learnt_once() -> None:
+    """The first reply without a final mark ends at the stall limit; from then on a drained
+    speaker ends a reply, as before, until the server marks a last chunk again."""
     m, _ = decide(model(S.IDLE), ev.AgentAudio(PCM, 16000, True), NOW)
     m, _ = decide(m, i.PlayedOut(), NOW + 1)
+    m, _ = decide(m, i.Tick(), NOW + 1 + REPLY_STALL)
+    assert m.state is S.IDLE and not m.marks_final
+    m, _ = decide(m, ev.Opened("c2", "pcm_16000", "pcm_16000"), NOW + 10)  # kept across conversations
+    m, _ = decide(m, ev.AgentAudio(PCM, 16000, True), NOW + 11)
+    m, _ = decide(m, i.PlayedOut(), NOW + 12)
     assert m.state is S.IDLE
-
-
-def test_a_new_conversation_forgets_whether_the_server_marked_final_chunks() -> None:
-    m, _ = decide(model(S.IDLE, marks_final=True), ev.Opened("c2", "pcm_16000", "pcm_16000"), NOW)
-    assert not m.marks_final
+    m, _ = decide(m, ev.AgentAudio(PCM, 16000, True, final=True), NOW + 13)
+    assert m.marks_final
 
 
 def test_a_tool_call_that_expects_no_response_is_published_and_not_answered() -> None:

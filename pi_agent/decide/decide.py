@@ -211,8 +211,10 @@ def _tick(s: _Step, _: i.Tick) -> None:
         s.set(follow_up_until=None)
         s.log("debug", "no follow-up: waiting for the wake word again")
     if s.m.state is S.SPEAKING and s.m.dry_since is not None and s.now - s.m.dry_since >= REPLY_STALL:
-        s.log("info", f"the reply's last chunk did not come within {REPLY_STALL:g} s of the speaker running dry; "
-              "done speaking")
+        s.log("info", f"no more of the reply within {REPLY_STALL:g} s of the speaker running dry, and no chunk "
+              "marked as its last (is_final): done speaking; from now on a reply ends when the speaker runs dry "
+              "until the server marks a last chunk again")
+        s.set(marks_final=False)
         _reply_played(s)
 
 
@@ -310,7 +312,8 @@ def _tool_result(s: _Step, event: i.ToolResult) -> None:
 def _mcp_approval(s: _Step, event: i.McpApproval) -> None:
     tool = s.m.pending_tool(event.tool_call_id)
     if tool is not None and tool.mcp:
-        s.log("info", f"MCP tool {tool.tool_name!r} {'approved' if event.approved else 'denied'} by an event-API client")
+        verdict = "approved" if event.approved else "denied"
+        s.log("info", f"MCP tool {tool.tool_name!r} {verdict} by an event-API client")
         _answer_mcp(s, tool.tool_call_id, tool.tool_name, event.approved)
 
 
@@ -328,8 +331,7 @@ def _connecting(s: _Step, event: ev.Connecting) -> None:
 
 
 def _opened(s: _Step, event: ev.Opened) -> None:
-    s.set(session_error=None, fatal=False, conversation_id=event.conversation_id, reported=frozenset(),
-          marks_final=False)
+    s.set(session_error=None, fatal=False, conversation_id=event.conversation_id, reported=frozenset())
     s.log("info", f"conversation {event.conversation_id} open (agent audio {event.agent_output_audio_format}, "
           f"mic audio {event.user_input_audio_format})")
     s.publish(type="connection", connected=True, conversation_id=event.conversation_id,

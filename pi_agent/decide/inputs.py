@@ -129,6 +129,6 @@ class ShuttingDown:
 
 Input = (
     ev.Event | Ready | TurnStarted | TurnEnded | WakeWord | PlayedOut | Tick | Button | StartListening | StopListening
-    | Stop | SetMuted | Say | ContextualUpdate | ToolResult | McpApproval | DeviceFailed | DeviceRecovered | ToolHandlers
-    | OpenConversation | ShuttingDown
+    | Stop | SetMuted | Say | ContextualUpdate | ToolResult | McpApproval | DeviceFailed | DeviceRecovered
+    | ToolHandlers | OpenConversation | ShuttingDown
 )

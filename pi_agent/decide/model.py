@@ -84,8 +84,8 @@ class Model:
     tool_handlers: frozenset[str] = frozenset()  # client tools event-API clients answer ("*": all)
     follow_up_until: float | None = None  # wake_word: speech starts a turn without it until then
     queued: bool = False  # the server holds the conversation in its queue (all agents busy)
-    marks_final: bool = False  # this conversation's server marks each reply's last chunk (is_final)
-    reply_complete: bool = False  # ... and the last chunk of the reply now playing has come
+    marks_final: bool = True  # the server marks each reply's last chunk (is_final), until a reply ends without
+    reply_complete: bool = True  # the reply now playing has had its last chunk (or none is under way)
     dry_since: float | None = None  # speaking, the speaker ran dry before that last chunk came
     shutting_down: bool = False
 
