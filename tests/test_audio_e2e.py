@@ -311,12 +311,16 @@ async def test_agent_audio_format_plays_at_the_right_pitch_and_length_on_48k(
 # ------------------------------------------------------------------------------ 3. barge-in
 
 
-async def test_barge_in_silences_the_speaker_at_once(virtual_audio: VirtualAudio, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stale_chunks", [0, 4])
+async def test_barge_in_silences_the_speaker_at_once(
+        virtual_audio: VirtualAudio, tmp_path: Path, stale_chunks: int) -> None:
     """full_duplex: the user talks over a long reply; the fake agent sends ``interruption``;
     what the speaker sink played stops at once: the stream is aborted, so what the device
-    held is dropped, whatever its period and latency."""
+    held is dropped, whatever its period and latency. As the service does, the interruption
+    is numbered newer than the reply it cuts, and chunks of that reply still in flight
+    (``stale_chunks``, with the reply's older id) follow it: they are not played either."""
     long_tone = write_wav(tmp_path / "long.wav", tone(600, 4.0, 16_000), 16_000)
-    opts = FakeAgentOptions(port=0, reply_wav=str(long_tone), reply_delay=1.5)
+    opts = FakeAgentOptions(port=0, reply_wav=str(long_tone), reply_delay=1.5, stale_chunks=stale_chunks)
     async with FakeAgent(opts) as agent:
         env = daemon_env(virtual_audio, agent, PI_AGENT_AUDIO__ECHO="full_duplex")
         async with audio_daemon(env, tmp_path) as (d, events):
@@ -327,8 +331,10 @@ async def test_barge_in_silences_the_speaker_at_once(virtual_audio: VirtualAudio
                 await events.send({"type": "say", "text": "tell me a long story"})
                 await events.wait_state("speaking", 10)
                 await asyncio.sleep(1.0)
+                before = len(events.events)  # the text reply's own interruption came before its audio
                 player = play_into_mic(virtual_audio, question(), tmp_path)
-                event = await events.wait_for(lambda e: e.get("type") == "interruption", 10, "the interruption")
+                event = await events.wait_for(lambda e: e.get("type") == "interruption"
+                                              and events.events.index(e) >= before, 10, "the interruption")
                 event_at = events.received_at[events.events.index(event)]
                 await events.wait_for(lambda e: e.get("type") == "state" and e["previous"] == "speaking"
                                       and e["state"] == "listening", 5, "speaking -> listening")
@@ -338,9 +344,14 @@ async def test_barge_in_silences_the_speaker_at_once(virtual_audio: VirtualAudio
                 if player is not None:
                     await asyncio.to_thread(player.wait, 10)
             latency = speaker_latency(d)
-    sent_at = record.sent_of("interruption")[0].t
     turn = record.turns[0]
+    [barge_in] = [s for s in record.sent_of("interruption")
+                  if s.message["interruption_event"]["event_id"] == turn.interruption_id]
+    sent_at = barge_in.t
+    assert event["event_id"] == turn.interruption_id
     assert turn.interrupted and record.interruptions == [turn.event_id]
+    assert turn.interruption_id is not None and turn.interruption_id > turn.event_id
+    assert len(record.stale_audio) == stale_chunks
     x = recorded[:, 0]
     window_end = recording.index_at(sent_at + 1.0)  # the next reply is >= 2 s later (reply_delay)
     loud = np.nonzero(np.abs(x[:window_end].astype(np.int32)) > 100)[0]
