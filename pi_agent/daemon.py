@@ -376,7 +376,8 @@ class Daemon:
             set_low_latency(low_latency_capture(status))
 
     def _notify_status(self, status: Status) -> None:
-        text = f"state: {status.state.value}" + (" (connected)" if status.connected else "")
+        text = f"state: {status.state.value}" + (" (connected)" if status.connected else
+                                                  " (waiting for the agent: queued)" if status.queued else "")
         self.notifier.status(text)
 
     async def _close_conversation(self) -> None:

@@ -101,6 +101,23 @@ async def test_the_page_is_view_only_unless_its_buttons_are_allowed(tmp_path: Pa
             await page.wait_for("!document.body.classList.contains('muted')", 5, "unmuted")
 
 
+async def test_the_page_says_when_the_agent_is_busy_and_what_the_server_objected_to(tmp_path: Path) -> None:
+    """The service's queue (all agents busy) and its client_error, as a kiosk's screen shows them."""
+    chromium_or_skip()
+    async with FakeAgent(FakeAgentOptions(port=0, queue_seconds=6.0)) as agent, browser() as page:
+        env = env_for(agent, tmp_path, PI_AGENT_AUDIO__INPUT_WAV=str(make_wav(tmp_path / "quiet.wav", 0.2)))
+        async with daemon_running(env, tmp_path) as d:
+            await page.goto(f"http://127.0.0.1:{d.api_port}/")
+            await page.wait_for(f"{TEXT.format(id='state')} === 'waiting for the agent'", 10, "waiting for the agent")
+            assert "busy" in await page.evaluate(TEXT.format(id="problem"))
+            await page.wait_for(f"{TEXT.format(id='state')} === 'idle'", 15, "admitted")
+            assert await page.evaluate(TEXT.format(id="problem")) == ""
+            await agent.control("client_error", {"code": "1008", "error_name": "invalid_api_key",
+                                                 "message": "Invalid API key"})
+            await page.wait_for(f"{TEXT.format(id='problem')}.includes('Invalid API key')", 10, "the server's words")
+        assert not [c for c in page.console if c.startswith("exception")], page.console
+
+
 def test_the_page_can_be_turned_off(tmp_path: Path) -> None:
     env = {"PI_AGENT_AGENT_ID": "agent_page", "PI_AGENT_SERVER_URL": f"http://127.0.0.1:{free_port()}",
            "PI_AGENT_AUDIO__INPUT_WAV": str(make_wav(tmp_path / "quiet.wav", 0.2)),
