@@ -24,12 +24,12 @@ from .audio.gate import CaptureGate
 from .config import Settings
 from .decide import effects as fx
 from .decide import inputs as i
+from .decide.button import ButtonEvent
 from .decide.decide import decide
 from .decide.model import Config, Model, Status, deadline, health, status
 from .decide.states import State
 from .engine.conversation import Engine
 from .events import EventHub
-from .gpio.button import ButtonEvent
 from .metrics import Metrics
 from .net.session import Session
 

@@ -10,13 +10,13 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from pi_agent.errors import ConfigError, DeviceError, InternalError
-from pi_agent.gpio.button import (
+from pi_agent.decide.button import (
     ButtonClassifier,
     ButtonEvent,
-    ButtonInput,
     ButtonIntent,
     ButtonPolicy,
 )
+from pi_agent.gpio.button import ButtonInput
 from pi_agent.decide.states import State
 
 E = ButtonEvent

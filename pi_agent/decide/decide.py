@@ -17,9 +17,9 @@ from ..audio.gate import GateCommand
 from ..engine import events as ev
 from ..engine import protocol as p
 from ..engine.backoff import Outcome
-from ..gpio.button import ButtonEvent, ButtonIntent
 from . import effects as fx
 from . import inputs as i
+from .button import ButtonEvent, ButtonIntent
 from .model import MAX_REPORTED, QUEUED_TEXT, REPLY_STALL, THINKING_TIMEOUT, Model, PendingTool
 from . import states
 from .states import State, Trigger

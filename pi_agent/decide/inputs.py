@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..engine import events as ev
-from ..gpio.button import ButtonEvent
+from .button import ButtonEvent
 
 
 @dataclass(frozen=True, slots=True)

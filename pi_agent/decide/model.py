@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import Settings
-from ..gpio.button import ButtonPolicy
+from .button import ButtonPolicy
 from .states import State
 
 THINKING_TIMEOUT = 15.0  # s in "thinking" with no reply before going back to idle
