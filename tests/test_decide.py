@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from pi_agent.audio.gate import GateCommand as G
 from pi_agent.decide import effects as fx
 from pi_agent.decide.button import ButtonEvent as B
 from pi_agent.decide.button import ButtonPolicy
 from pi_agent.decide import inputs as i
 from pi_agent.decide.decide import decide
+from pi_agent.decide.effects import GateCommand as G
 from pi_agent.decide.model import THINKING_TIMEOUT, Config, Model, PendingTool, deadline, health, status
 from pi_agent.decide.states import TRANSITIONS, State, Trigger
 from pi_agent.engine import events as ev

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from pi_agent.audio import FRAME_BYTES
-from pi_agent.audio.gate import SILENCE, SPEECH_WAIT, CaptureGate, GateCommand
+from pi_agent.audio.gate import SILENCE, SPEECH_WAIT, CaptureGate
+from pi_agent.decide.effects import GateCommand
 
 LOUD = b"\x10\x20" * (FRAME_BYTES // 2)
 

@@ -45,12 +45,12 @@ and all that plays is the earcon that asked them to speak.
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..decide.effects import GateCommand
 from . import FRAME_BYTES, FRAME_MS
 from .formats import dbfs
 
@@ -70,18 +70,6 @@ class WakeWord(Protocol):
 
     def reset(self) -> None:
         """Forget what was heard (the mic was muted in between)."""
-
-
-class GateCommand(enum.StrEnum):
-    """What the decisions tell the gate (:meth:`CaptureGate.apply`)."""
-
-    PRESS = "press"            # push_to_talk: the button is held (or toggled on)
-    RELEASE = "release"        # push_to_talk: released (the turn ends on the next frame)
-    START_TURN = "start_turn"  # vad/wake_word/always: a turn starts now (button, API)
-    END_TURN = "end_turn"      # the turn is over (server transcript, stop, mute, closed)
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(slots=True)

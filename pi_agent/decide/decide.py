@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ..audio.gate import GateCommand
 from ..engine import events as ev
 from ..engine import protocol as p
 from ..engine.backoff import Outcome
 from . import effects as fx
 from . import inputs as i
 from .button import ButtonEvent, ButtonIntent
+from .effects import GateCommand
 from .model import MAX_REPORTED, QUEUED_TEXT, REPLY_STALL, THINKING_TIMEOUT, Model, PendingTool
 from . import states
 from .states import State, Trigger

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..audio.gate import GateCommand
 from .states import Transition
 
 Level = Literal["debug", "info", "warning", "error"]
+
+
+class GateCommand(enum.StrEnum):
+    """What the decisions tell the capture gate (:meth:`pi_agent.audio.gate.CaptureGate.apply`)."""
+
+    PRESS = "press"            # push_to_talk: the button is held (or toggled on)
+    RELEASE = "release"        # push_to_talk: released (the turn ends on the next frame)
+    START_TURN = "start_turn"  # vad/wake_word/always: a turn starts now (button, API)
+    END_TURN = "end_turn"      # the turn is over (server transcript, stop, mute, closed)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True, slots=True)
