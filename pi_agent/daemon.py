@@ -29,6 +29,7 @@ from .audio.gate import CaptureGate, WakeWord
 from .config import AudioSettings, CaptureSettings, Settings
 from .controller import Controller
 from .decide import inputs as i
+from .decide.leds import LedInputs, picture
 from .decide.model import Status
 from .decide.states import State
 from .engine.backoff import Backoff
@@ -212,7 +213,7 @@ class Daemon:
     def _open_gpio(self, loop: asyncio.AbstractEventLoop) -> None:
         leds, button = self.settings.leds, self.settings.button
         if leds.connection_pin is not None or leds.activity_pin is not None or leds.rgb_pins is not None:
-            from .gpio.leds import LedDriver, LedInputs, picture
+            from .gpio.leds import LedDriver
             try:
                 self.leds = LedDriver(leds.connection_pin, leds.activity_pin, leds.rgb_pins,
                                       leds.active_high, self._pin_factory)
@@ -412,7 +413,6 @@ class Daemon:
 
 
 def _leds(status: Status) -> dict[str, Any]:
-    from .gpio.leds import LedInputs, picture
     pic = picture(LedInputs.of(status))
     return {"top": pic.top.value, "connection": pic.connection.value, "activity": pic.activity.value,
             "rgb": pic.rgb.value, "color": list(pic.color)}

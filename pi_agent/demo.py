@@ -196,7 +196,7 @@ async def run_demo(out: Path | None = None) -> int:
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
     from .fake_agent import FakeAgent, FakeAgentOptions
-    from .gpio.leds import LedInputs, describe, picture
+    from .decide.leds import LedInputs, describe, picture
 
     out = out or default_reply_path()
     try:  # say so now, not after the exchange

@@ -219,7 +219,8 @@ async def reach_agent(settings: Settings) -> str:
 
 
 async def test_leds(leds: LedSettings, seconds: float) -> int:
-    from .gpio.leds import DEMO_SEQUENCE, LedDriver, describe, picture
+    from .decide.leds import DEMO_SEQUENCE, describe, picture
+    from .gpio.leds import LedDriver
 
     if leds.connection_pin is None and leds.activity_pin is None and leds.rgb_pins is None:
         print("pi-agent test-leds: no LED pins configured (leds.connection_pin, leds.activity_pin, leds.rgb_pins)")

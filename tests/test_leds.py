@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pi_agent.errors import DeviceError
-from pi_agent.gpio.leds import (
+from pi_agent.decide.leds import (
     AMBER,
     BLACK,
     BLUE,
@@ -24,17 +24,16 @@ from pi_agent.gpio.leds import (
     PRIORITY,
     RED,
     WHITE,
-    LedDriver,
     LedInputs,
     LedPicture,
     Look,
     Pattern,
     Timing,
     describe,
-    open_error,
     picture,
     top_state,
 )
+from pi_agent.gpio.leds import LedDriver, open_error
 from pi_agent.decide.states import State
 
 P = Pattern

@@ -17,7 +17,7 @@ import pytest
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
 from pi_agent.fake_agent.options import FakeAgentOptions as _Options
-from pi_agent.gpio.leds import state_colors
+from pi_agent.decide.leds import state_colors
 
 from .support_browser import browser, chromium_or_skip
 from .support_daemon import DaemonProcess, daemon_running, free_port

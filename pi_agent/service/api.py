@@ -183,7 +183,7 @@ _PAGE_COMMANDS = frozenset({"start_listening", "stop_listening", "stop", "mute",
 @functools.cache
 def _page_html() -> bytes:
     """page.html with each state's colour from the LED picture (one source for both)."""
-    from ..gpio.leds import state_colors
+    from ..decide.leds import state_colors
 
     text = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
     return text.replace("/*LOOKS*/{}", json.dumps(state_colors())).encode()
