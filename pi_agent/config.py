@@ -29,6 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, c
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .audio.wakeword import BUILTIN as WAKE_WORDS
+from .decide.model import Config as DecideConfig
+from .engine.settings import EngineSettings
 from .errors import ConfigError
 
 ENV_PREFIX = "PI_AGENT_"
@@ -93,6 +95,15 @@ class SessionSettings(_Section):
         if initial is not None and v < initial:
             raise ValueError(f"must be >= backoff_initial ({initial})")
         return v
+
+    def engine_settings(self) -> EngineSettings:
+        """What the conversation engine reads of these settings, as a plain frozen value."""
+        return EngineSettings(
+            policy=self.policy, idle_timeout=self.idle_timeout, backoff_initial=self.backoff_initial,
+            backoff_max=self.backoff_max, backoff_reset_after=self.backoff_reset_after,
+            dead_peer_timeout=self.dead_peer_timeout, connect_timeout=self.connect_timeout,
+            prebuffer=self.prebuffer, user_id=self.user_id, dynamic_variables=dict(self.dynamic_variables),
+            overrides=dict(self.overrides))
 
 
 class CaptureSettings(_Section):
@@ -265,6 +276,14 @@ class Settings(BaseSettings):
         if not key.isprintable() or any(c.isspace() for c in key):
             raise ValueError("must be the key alone, without spaces, line breaks or control characters")
         return SecretStr(key)
+
+    def decide_config(self) -> DecideConfig:
+        """What the decisions need of these settings (:class:`pi_agent.decide.model.Config`)."""
+        return DecideConfig(
+            mode=self.capture.mode, half_duplex=self.audio.echo == "half_duplex", toggle=self.capture.toggle,
+            earcons=frozenset(self.audio.earcons), transcripts=self.log.transcripts,
+            tool_timeout=self.api.tool_timeout, follow_up=self.capture.follow_up, aec=self.audio.echo == "aec",
+            mcp_approval=self.session.mcp_approval, mcp_allow=frozenset(self.session.mcp_allow))
 
     @classmethod
     def settings_customise_sources(

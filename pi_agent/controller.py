@@ -26,7 +26,7 @@ from .decide import effects as fx
 from .decide import inputs as i
 from .decide.button import ButtonEvent
 from .decide.decide import decide
-from .decide.model import Config, Model, Status, deadline, health, status
+from .decide.model import Model, Status, deadline, health, status
 from .decide.states import State
 from .engine.conversation import Engine
 from .events import EventHub
@@ -47,7 +47,7 @@ class Controller:
 
     def __init__(self, settings: Settings, *, gate: CaptureGate, output: AudioOutput, engine: Engine,
                  metrics: Metrics, hub: EventHub, clock: Callable[[], float] = time.monotonic) -> None:
-        self.model = Model(config=Config.from_settings(settings))
+        self.model = Model(config=settings.decide_config())
         self.gate = gate
         self.output = output
         self.engine = engine

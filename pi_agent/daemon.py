@@ -153,7 +153,8 @@ class Daemon:
             self.metrics.watch_wake_word(lambda: self.gate.wake_words)
         if self.echo is not None:
             self.metrics.watch_echo(lambda: self.echo.attenuation_db if self.echo else None)
-        self.engine = Engine(s, encoder_factory=encoder_for, decode_audio=decode_pcm, backoff=parts.backoff)
+        self.engine = Engine(s.engine_settings(), encoder_factory=encoder_for, decode_audio=decode_pcm,
+                             backoff=parts.backoff)
         self.controller = Controller(settings, gate=self.gate, output=self.audio_out, engine=self.engine,
                                      metrics=self.metrics, hub=self.hub, clock=parts.clock)
         api_key = settings.api_key.get_secret_value() if settings.api_key else None

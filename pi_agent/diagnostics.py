@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -183,7 +183,7 @@ async def reach_agent(settings: Settings) -> str:
 
     s = settings.session
     key = settings.api_key.get_secret_value() if settings.api_key else None
-    engine = Engine(s.model_copy(update={"policy": "on_demand"}), encoder_factory=lambda fmt: lambda pcm: pcm,
+    engine = Engine(replace(s.engine_settings(), policy="on_demand"), encoder_factory=lambda fmt: lambda pcm: pcm,
                     decode_audio=decode_pcm)
     loop = asyncio.get_running_loop()
     result: asyncio.Future[ev.Opened] = loop.create_future()

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pi_agent.audio.formats import decode_pcm
-from pi_agent.config import SessionSettings
+from pi_agent.engine.settings import EngineSettings
 from pi_agent.engine import events as ev
 from pi_agent.engine.backoff import Backoff, Outcome
 from pi_agent.engine.conversation import KEEPALIVE_AFTER, Engine
@@ -27,7 +27,7 @@ FRAME = b"\x01\x00" * 320
 
 
 def make(**settings: Any) -> Engine:
-    s = SessionSettings(**{"policy": "persistent", "backoff_initial": 1.0, "backoff_max": 8.0,
+    s = EngineSettings(**{"policy": "persistent", "backoff_initial": 1.0, "backoff_max": 8.0,
                            "backoff_reset_after": 30.0, "dead_peer_timeout": 20.0, "connect_timeout": 10.0,
                            "idle_timeout": 30.0, **settings})
     return Engine(s, encoder_factory=lambda fmt: lambda pcm: pcm, decode_audio=decode_pcm,

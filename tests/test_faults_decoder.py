@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from pi_agent.engine import protocol as p
 from pi_agent.audio.formats import decode_pcm
-from pi_agent.config import SessionSettings
+from pi_agent.engine.settings import EngineSettings
 from pi_agent.daemon import encoder_for
 from pi_agent.decide.decide import decide
 from pi_agent.decide.model import Model
@@ -76,7 +76,7 @@ def mutated_messages(draw: st.DrawFn) -> str | bytes:
 
 def _receive_path(fmt: str) -> tuple[Engine, list[Model]]:
     """The engine with a conversation open in ``fmt``, and the model the decisions keep."""
-    engine = Engine(SessionSettings(policy="persistent"), encoder_factory=encoder_for, decode_audio=decode_pcm)
+    engine = Engine(EngineSettings(policy="persistent"), encoder_factory=encoder_for, decode_audio=decode_pcm)
     engine.tick(0.0)
     engine.connection_open(0.0)
     opening = {"type": "conversation_initiation_metadata", "conversation_initiation_metadata_event": {

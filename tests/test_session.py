@@ -17,7 +17,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from pi_agent.audio import FRAME_BYTES
 from pi_agent.audio.formats import decode_pcm
-from pi_agent.config import SessionSettings
+from pi_agent.engine.settings import EngineSettings
 from pi_agent.engine import events as ev
 from pi_agent.engine import protocol as p
 from pi_agent.engine.backoff import Backoff, Outcome
@@ -38,7 +38,7 @@ class Harness:
 
     def __init__(self, server_url: str, *, api_key: str | None = None, rng: Callable[[], float] = lambda: 1.0,
                  on_event: Callable[[Harness, ev.Event], None] | None = None, **settings: Any) -> None:
-        s = SessionSettings(**{"policy": "persistent", "backoff_initial": 1.0, "backoff_max": 8.0,
+        s = EngineSettings(**{"policy": "persistent", "backoff_initial": 1.0, "backoff_max": 8.0,
                                "backoff_reset_after": 30.0, "connect_timeout": 3.0, **settings})
         self.engine = Engine(s, encoder_factory=lambda fmt: lambda pcm: pcm, decode_audio=decode_pcm,
                              backoff=Backoff(s.backoff_initial, s.backoff_max, s.backoff_reset_after, rng))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import Settings
 from .button import ButtonPolicy
 from .states import State
 
@@ -22,7 +21,8 @@ BUTTON_AT_REST = ButtonPolicy()  # no gesture under way; frozen, so every model 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """What the decisions need from the settings; fixed at start-up."""
+    """What the decisions need from the settings; fixed at start-up (built by
+    :meth:`pi_agent.config.Settings.decide_config`)."""
 
     mode: str = "vad"  # capture mode: push_to_talk, vad, wake_word, always
     half_duplex: bool = True  # the mic is muted while the speaker plays
@@ -34,13 +34,6 @@ class Config:
     aec: bool = False  # the speaker's echo is cancelled in software (the mic stays live)
     mcp_approval: str = "deny"  # an MCP tool awaiting approval: deny, or ask the event API
     mcp_allow: frozenset[str] = frozenset()  # MCP tools approved without asking
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Config:
-        return cls(settings.capture.mode, settings.audio.echo == "half_duplex", settings.capture.toggle,
-                   frozenset(settings.audio.earcons), settings.log.transcripts, settings.api.tool_timeout,
-                   settings.capture.follow_up, settings.audio.echo == "aec", settings.session.mcp_approval,
-                   frozenset(settings.session.mcp_allow))
 
     @property
     def push_to_talk(self) -> bool:

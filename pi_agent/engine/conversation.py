@@ -40,12 +40,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
-from ..config import SessionSettings
 from ..errors import ProtocolError
 from . import events as ev
 from . import protocol as p
 from .backoff import CONFIG_ERROR_TYPES, Backoff, Outcome, classify_close
 from .outbox import Frame, Message, Outbox
+from .settings import EngineSettings
 
 SOURCE = "unknown"  # source_info.source is an enum of the official clients (1.1.0): we are none of them
 SOURCE_VERSION = f"pi-agent/{__version__}"[:50]  # ... and the version names us (at most 50 characters)
@@ -103,7 +103,7 @@ class _Connection:
 class Engine:
     """The sans-I/O conversation engine. See the module docstring for the contract."""
 
-    def __init__(self, settings: SessionSettings, *, encoder_factory: EncoderFactory,
+    def __init__(self, settings: EngineSettings, *, encoder_factory: EncoderFactory,
                  decode_audio: AudioDecoder, backoff: Backoff | None = None) -> None:
         self.settings = settings
         self.persistent = settings.policy == "persistent"
