@@ -454,7 +454,8 @@ def _queued(s: _Step, event: ev.Queued) -> None:
     if event.status == "timed_out":
         s.log("warning", "the agent's service kept this device queued until it gave up (all agents busy)")
     elif was:
-        s.log("info", f"admitted by the agent's service ({event.status})")
+        s.log("info", "admitted by the agent's service" if event.status == "admitted"
+              else f"out of the agent's queue ({event.status[:40]!r})")
         if s.m.conversation_id is not None:  # its metadata came first
             _admitted(s)
 

@@ -567,17 +567,17 @@ class Engine:
     def _on_queue_status(self, conn: _Connection, event: p.QueueStatus, now: float) -> None:
         """``waiting``: what we send would be discarded, so speech is kept (the pre-buffer) and
         messages wait until ``admitted``; ``timed_out``: the server closes (3008) and we retry."""
-        queued = event.status == "waiting"
-        if queued and not conn.queued:
+        queued, was = event.status == "waiting", conn.queued
+        if queued and not was:
             self.outbox.hold()
             if conn.opened_at is not None and now - conn.opened_at <= QUEUE_REPLAY_S:
                 self.outbox.requeue(conn.sent_since_open or [])
-        elif conn.queued and not queued and self.outbox.early and self.phase is ev.Phase.OPEN:
-            self._events.append(ev.Notice("info", f"sending {self.outbox.early_seconds:.1f} s of speech "
-                                          "captured while queued"))
         conn.queued = queued
         conn.sent_since_open = None
         self._events.append(ev.Queued(event.status, queued))
+        if was and not queued and self.outbox.early and self.phase is ev.Phase.OPEN:
+            self._events.append(ev.Notice("info", f"sending {self.outbox.early_seconds:.1f} s of speech "
+                                          "captured while queued"))
 
     def _on_tool_response(self, conn: _Connection, event: p.AgentToolResponse, now: float) -> None:
         if event.tool_name == "end_call":
