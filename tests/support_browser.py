@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from .support_wait import wait_until
+
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-default-apps", "--mute-audio", "--hide-scrollbars", "--window-size=1280,800")
@@ -84,15 +86,8 @@ class Page:
 
     async def wait_for(self, expression: str, timeout: float = 15.0, what: str | None = None) -> Any:
         """Poll ``expression`` in the page until it is truthy; return its value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the page never showed {what or expression!r} within {timeout} s; "
-                                     f"console: {self.console[-10:]}")
-            await asyncio.sleep(0.05)
+        return await wait_until(lambda: self.evaluate(expression), timeout, f"the page to show {what or expression!r}",
+                                poll=0.05, seen=lambda: f"console {self.console[-10:]}")
 
     async def screenshot(self, path: Path) -> None:
         shot = await self.call("Page.captureScreenshot", format="png")

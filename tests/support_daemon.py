@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 
 from websockets.asyncio.client import connect, unix_connect
 
+from .support_wait import wait_until
+
 ASSETS = Path(__file__).resolve().parents[1] / "pi_agent" / "assets"
 QUESTION_WAV = ASSETS / "question.wav"
 
@@ -138,19 +140,19 @@ class EventClient:
         return [e["state"] for e in self.events if e.get("type") == "state"]
 
     async def wait_for(self, predicate: Any, timeout: float = 15.0, what: str = "event") -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for event in self.events[seen:]:
+        """The first event (since connecting) for which ``predicate(event)`` holds."""
+        checked = 0
+
+        def match() -> dict[str, Any] | None:
+            nonlocal checked
+            for event in self.events[checked:]:
                 if predicate(event):
                     return event
-            seen = len(self.events)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {what} within {timeout} s; events: {self.events[-20:]}")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.2))
+            checked = len(self.events)
+            return None
+
+        return await wait_until(match, timeout, what, changed=self._changed, poll=0.2,
+                                seen=lambda: f"events {self.events[-20:]}")
 
     async def wait_state(self, state: str, timeout: float = 15.0) -> dict[str, Any]:
         return await self.wait_for(lambda e: e.get("type") == "state" and e["state"] == state, timeout,

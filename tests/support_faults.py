@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from .support_daemon import QUESTION_WAV, DaemonProcess, EventClient, free_port
+from .support_wait import wait_until
 
 CANARY = "sk_canary_faults_7c1d9e2f4a6b8c0d"
 """The API key every fault case runs with; it must never be seen outside the daemon."""
@@ -651,14 +652,16 @@ class FakeAgentProcess:
     async def wait_for(self, predicate: Callable[[list[dict[str, Any]]], object], timeout: float = 15.0,
                        what: str = "condition") -> list[dict[str, Any]]:
         """Poll ``/_fake/conversations`` until ``predicate(conversations)`` holds."""
-        deadline = time.monotonic() + timeout
-        while True:
+        convs: list[dict[str, Any]] = []
+
+        async def holds() -> tuple[list[dict[str, Any]]] | None:  # a tuple: truthy even if the list is empty
+            nonlocal convs
             convs = await asyncio.to_thread(self.conversations)
-            if predicate(convs):
-                return convs
-            if time.monotonic() > deadline:
-                raise AssertionError(f"fake agent: no {what} within {timeout} s: {convs[-3:]}")
-            await asyncio.sleep(0.2)
+            return (convs,) if predicate(convs) else None
+
+        (held,) = await wait_until(holds, timeout, f"the fake agent's {what}", poll=0.2,
+                                   seen=lambda: f"conversations {convs[-3:]}")
+        return held
 
     def __enter__(self) -> FakeAgentProcess:
         return self.start()

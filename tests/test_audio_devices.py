@@ -29,6 +29,7 @@ from .support_audio import (
     speech,
     tone,
 )
+from .support_wait import wait_until
 
 pytestmark = pytest.mark.audio
 
@@ -37,11 +38,7 @@ ALL_NAMES = ["vmic", "vspk", "pi_test_mic", "pi_test_mic48", "pi_test_mic_stereo
 
 async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``condition`` on the loop until true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
+    await wait_until(condition, timeout, what, poll=0.01)
 
 
 async def capture(mic: PyAudioInput, frames: int, timeout: float = 10.0) -> tuple[list[bytes], list[DeviceError]]:

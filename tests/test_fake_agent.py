@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import gc
 import json
 import logging
@@ -46,6 +45,7 @@ from pi_agent.fake_agent.audio import (
     ulaw_encode,
 )
 from .support_spec import validate_client_message, validate_server_message
+from .support_wait import wait_until
 
 QUESTION_WAV = Path(__file__).resolve().parents[1] / "pi_agent" / "assets" / "question.wav"
 QUESTION, QUESTION_RATE = read_wav(QUESTION_WAV)
@@ -107,13 +107,8 @@ class Client:
         return [m for m in self.messages if m.get("type") == kind]
 
     async def wait_for(self, predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                kinds = [m.get("type", "<raw>") for m in self.messages][-20:]
-                raise AssertionError(f"client: timed out waiting for {what}; last received: {kinds}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), 0.2)
+        await wait_until(predicate, timeout, f"the client to see {what}", changed=lambda: self._changed, poll=0.2,
+                         seen=lambda: f"last received {[m.get('type', '<raw>') for m in self.messages][-20:]}")
 
     async def wait_type(self, kind: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
         await self.wait_for(lambda: len(self.of(kind)) >= count, timeout, f"{count} x {kind}")

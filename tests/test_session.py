@@ -28,6 +28,7 @@ from pi_agent.net.signed_url import conversation_url, redact_url, url_for
 from .support_daemon import QUESTION_WAV, free_port
 from .support_faults import Link, TcpProxy
 from .support_spec import validate_client_message
+from .support_wait import wait_until
 
 KEY = "sk_canary_session_0123456789"
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.4}  # delays 0.05, 0.1, 0.2, 0.4, 0.4, ... with rng=1
@@ -78,14 +79,8 @@ class Harness:
         self.session.pump()
 
     async def until(self, predicate: Callable[[], object], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"timed out; events: {[type(e).__name__ for e in self.events][-30:]}")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.2))
+        await wait_until(predicate, timeout, "the condition", changed=self._changed, poll=0.2,
+                         seen=lambda: f"events {[type(e).__name__ for e in self.events][-30:]}")
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Harness]:
