@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import socket
 import stat
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +195,30 @@ async def test_client_tools_are_answered_by_the_client_that_handles_them_and_ref
 # --- floods ---------------------------------------------------------------------------------------
 
 
+IDLE_CONNECTIONS = 1100
+SUBSCRIBERS = 60
+# The flood's sockets, plus what the test process and the daemon (which inherits the
+# limit) hold anyway: the interpreter, the fake agent, logs, the event API's own sockets.
+FLOOD_FILES = IDLE_CONNECTIONS + SUBSCRIBERS + 400
+
+
+@pytest.fixture
+def enough_open_files() -> Iterator[None]:
+    """Raise this process's soft RLIMIT_NOFILE up to its hard limit for one test (a
+    normal user's soft limit is often 1024); skip if even the hard limit is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < FLOOD_FILES:
+        if hard != resource.RLIM_INFINITY and hard < FLOOD_FILES:
+            pytest.skip(f"needs {FLOOD_FILES} open files; the hard limit (ulimit -Hn) is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else FLOOD_FILES, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("enough_open_files")
 async def test_1100_connections_leave_the_conversation_and_healthz_working(tmp_path: Path) -> None:
     question = make_wav(tmp_path / "q.wav", 6.0, "question", 2.0)
     async with FakeAgent(FakeAgentOptions(port=0)) as agent:
@@ -204,12 +229,12 @@ async def test_1100_connections_leave_the_conversation_and_healthz_working(tmp_p
             subscribers: list[Any] = []
             refused = 0
             try:
-                for _ in range(1100):  # raw TCP connections that never send a request
+                for _ in range(IDLE_CONNECTIONS):  # raw TCP connections that never send a request
                     s = socket.socket()
                     s.setblocking(False)
                     s.connect_ex(("127.0.0.1", d.api_port))
                     idle.append(s)
-                for _ in range(60):  # more event subscribers than allowed
+                for _ in range(SUBSCRIBERS):  # more event subscribers than allowed
                     try:
                         subscribers.append(await unix_connect(str(d.api_socket), uri="ws://localhost/events",
                                                               open_timeout=5))
@@ -232,7 +257,7 @@ async def test_1100_connections_leave_the_conversation_and_healthz_working(tmp_p
                     await ws.close()
             status, metrics = d.http("/metrics")
             log = d.log
-    assert refused >= 60 - 32 + 1 - 1, refused  # the test's EventClient holds one place
+    assert refused >= SUBSCRIBERS - 32 + 1 - 1, refused  # the test's EventClient holds one place
     assert slowest < 1.0, slowest
     assert transcript and agent.latest.user_audio_seconds > 3.0
     assert 'pi_agent_audio_device_events{event="capture_overflows"} 0.0' in metrics
