@@ -118,6 +118,7 @@ CLI_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "env", "needle"), CLI_CASES)
 def test_cli_config_error_is_one_line_and_exit_78(args: list[str], env: dict, needle: str) -> None:
     r = _cli([*args, "run"], {**env, "PI_AGENT_API_KEY": CANARY})
@@ -128,6 +129,7 @@ def test_cli_config_error_is_one_line_and_exit_78(args: list[str], env: dict, ne
     assert CANARY not in r.stderr + r.stdout
 
 
+@pytest.mark.slow
 def test_cli_unreadable_and_invalid_toml(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("agent_id = [unclosed\n")

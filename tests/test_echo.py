@@ -96,6 +96,7 @@ def lagged_correlation(got: np.ndarray, want: np.ndarray, max_lag: int = 800) ->
     return max(scores)
 
 
+@pytest.mark.slow
 @needs_aec
 @pytest.mark.parametrize("delay", [0.0, 0.03, 0.12])
 def test_the_canceller_removes_the_echo_and_keeps_the_voice(delay: float) -> None:
@@ -217,6 +218,7 @@ def test_a_frame_waits_for_a_late_speaker_and_not_for_a_stopped_one() -> None:
     assert stopped.push(mic, 40.0) == [mic]
 
 
+@pytest.mark.slow
 def test_without_the_canceller_aec_is_a_clear_configuration_error(tmp_path) -> None:
     """32-bit ARM has no wheel: as if pywebrtc-audio were not installed."""
     import os

@@ -1331,6 +1331,7 @@ async def test_record_audio_off_keeps_counts_only(make_agent: MakeAgent) -> None
     await client.close()
 
 
+@pytest.mark.slow
 async def test_serve_runs_until_cancelled(capsys: pytest.CaptureFixture[str]) -> None:
     ready: asyncio.Future[FakeAgent] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(FakeAgentOptions(port=0), ready=ready.set_result))
@@ -1346,6 +1347,7 @@ async def test_serve_runs_until_cancelled(capsys: pytest.CaptureFixture[str]) ->
     assert (agent.latest.close_code, agent.latest.closed_by) == (1001, "server")
 
 
+@pytest.mark.slow
 def test_module_entry_point_prints_ready_line_and_stops_on_sigterm() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(

@@ -96,6 +96,7 @@ def _feed(engine: Engine, models: list[Model], frame: str | bytes, now: float) -
         models.append(model)
 
 
+@pytest.mark.slow
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(mutated_messages(), min_size=1, max_size=6), st.sampled_from(["pcm_16000", "pcm_44100", "ulaw_8000"]))
 def test_mutated_server_messages_never_raise_and_are_counted(frames: list[str | bytes], fmt: str) -> None:

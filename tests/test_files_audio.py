@@ -74,6 +74,7 @@ def test_read_wav_rejects_what_it_cannot_read(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- WAV microphone
 
 
+@pytest.mark.slow
 async def test_wav_input_delivers_paced_16k_frames_then_silence(tmp_path: Path) -> None:
     stereo = np.stack([tone(800, 0.5, 44100), tone(800, 0.5, 44100)], axis=1)
     write_wav(tmp_path / "in.wav", stereo, 44100)
@@ -102,6 +103,7 @@ async def test_wav_input_delivers_paced_16k_frames_then_silence(tmp_path: Path) 
     assert not np.any(audio[end + 320 :])  # then silence, like a quiet room
 
 
+@pytest.mark.slow
 async def test_wav_input_loops_and_leads_in(tmp_path: Path) -> None:
     write_wav(tmp_path / "in.wav", tone(500, 0.1, 16000), 16000)
     mic = WavFileInput(tmp_path / "in.wav", loop=True, lead_in=0.1)
@@ -116,6 +118,7 @@ async def test_wav_input_loops_and_leads_in(tmp_path: Path) -> None:
     assert mic.finished
 
 
+@pytest.mark.slow
 async def test_wav_input_catches_up_after_a_blocked_loop_without_drift(tmp_path: Path) -> None:
     write_wav(tmp_path / "in.wav", tone(500, 2.0, 16000), 16000)
     mic = WavFileInput(tmp_path / "in.wav")
@@ -143,6 +146,7 @@ async def test_wav_input_missing_file_is_a_device_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- WAV speaker
 
 
+@pytest.mark.slow
 async def test_wav_output_records_what_it_played_in_real_time(tmp_path: Path) -> None:
     out = WavFileOutput(tmp_path / "out.wav", rate=16000)
     await out.open(lambda e: None)
@@ -168,6 +172,7 @@ async def test_wav_output_records_what_it_played_in_real_time(tmp_path: Path) ->
     assert out.underruns == 0
 
 
+@pytest.mark.slow
 async def test_wav_output_flush_stops_within_a_period(tmp_path: Path) -> None:
     out = WavFileOutput(tmp_path / "out.wav", rate=16000)
     await out.open(lambda e: None)
@@ -184,6 +189,7 @@ async def test_wav_output_flush_stops_within_a_period(tmp_path: Path) -> None:
     assert abs((end - start) / 16000 - (flushed_at - played_at)) <= 0.03
 
 
+@pytest.mark.slow
 async def test_wav_output_counts_only_mid_stream_underruns(tmp_path: Path) -> None:
     out = WavFileOutput(tmp_path / "out.wav", rate=16000)
     await out.open(lambda e: None)
@@ -201,6 +207,7 @@ async def test_wav_output_counts_only_mid_stream_underruns(tmp_path: Path) -> No
     assert out.underruns == 1  # still reported after close
 
 
+@pytest.mark.slow
 async def test_wav_output_earcons(tmp_path: Path) -> None:
     out = WavFileOutput(tmp_path / "out.wav", rate=16000, earcons=("done",))
     await out.open(lambda e: None)

@@ -234,6 +234,7 @@ def pwm_of(factory: MockFactory) -> bool:
     return factory.pin_class is MockPWMPin
 
 
+@pytest.mark.slow
 def test_every_state_shows_its_pattern_on_the_pins() -> None:
     # PWM and plain pins, active-high and active-low, side by side (watched together).
     rigs = []

@@ -21,12 +21,16 @@ def _tool(name: str) -> str:
     return path
 
 
+# ruff takes a tenth of a second: it stays in the quick tier. mypy --strict takes seconds
+# (tens on a cold cache or a busy Pi) and is run by editors anyway: it is slow.
+@pytest.mark.quick_subprocess
 def test_ruff_is_clean() -> None:
     r = subprocess.run([_tool("ruff"), "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_mypy_strict_is_clean() -> None:
     r = subprocess.run([_tool("mypy")], cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -284,6 +284,7 @@ print("the end", file=sys.stderr)
 """
 
 
+@pytest.mark.slow
 def test_what_c_libraries_print_to_stderr_becomes_rate_limited_warnings(tmp_path: Path) -> None:
     """A dying device makes ALSA print straight to fd 2: those lines reach journald with a
     warning priority and the rate limit, not as raw unprioritised lines."""

@@ -160,6 +160,7 @@ async def _ping_times(notify: NotifySocket, duration: float, out: list[float]) -
             out.append(time.monotonic())
 
 
+@pytest.mark.slow
 async def test_watchdog_loop_pings_at_the_requested_rate_while_healthy(tmp_path: Path) -> None:
     path = str(tmp_path / "notify")
     with _bind(path) as sock:

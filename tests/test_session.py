@@ -116,6 +116,7 @@ def test_urls() -> None:
     assert "SECRET" not in red and "T2" not in red and "agent_id=a" in red
 
 
+@pytest.mark.slow
 async def test_conversation_and_every_message_sent_validates_against_the_spec() -> None:
     async with FakeAgent(FakeAgentOptions(port=0, ping_interval=0.2, tool_call="get_weather")) as agent:
         h = Harness(agent.http_url, user_id="kiosk-7", dynamic_variables={"room": "hall"},
@@ -150,6 +151,7 @@ async def test_conversation_and_every_message_sent_validates_against_the_spec() 
         assert not record.anomalies, record.anomalies
 
 
+@pytest.mark.slow
 async def test_reconnect_delays_double_to_the_cap_when_the_server_is_gone() -> None:
     h = Harness(f"http://127.0.0.1:{free_port()}", **FAST)
     async with h.running():
@@ -185,12 +187,14 @@ async def _open_then_close(code: int, reason: str, closes: int) -> Harness:
     return h
 
 
+@pytest.mark.slow
 async def test_accept_then_drop_does_not_reset_the_backoff() -> None:
     h = await _open_then_close(1011, "internal error", closes=6)
     assert len(h.opened) >= 5
     assert [c.retry_in for c in h.closed[:5]] == [0.05, 0.1, 0.2, 0.4, 0.4]
 
 
+@pytest.mark.slow
 async def test_server_that_ends_every_conversation_at_once_is_backed_off() -> None:
     h = await _open_then_close(1000, "bye", closes=5)
     assert all(c.outcome is Outcome.ENDED for c in h.closed)
@@ -198,6 +202,7 @@ async def test_server_that_ends_every_conversation_at_once_is_backed_off() -> No
     assert [c.retry_in for c in h.closed[:4]] == [0.05, 0.1, 0.2, 0.4]
 
 
+@pytest.mark.slow
 async def test_agent_ended_conversations_after_an_exchange_are_followed_at_once() -> None:
     """A conversation that completed an exchange is healthy, however short: when the agent
     ends it, the next one opens within backoff_initial, every time."""
@@ -219,6 +224,7 @@ async def test_agent_ended_conversations_after_an_exchange_are_followed_at_once(
     assert all(c.retry_in is not None and c.retry_in <= 0.3 for c in ended), [c.retry_in for c in ended]
 
 
+@pytest.mark.slow
 async def test_auth_failure_is_not_hammered() -> None:
     async with FakeAgent(FakeAgentOptions(port=0, api_key="the-right-key")) as agent:
         h = Harness(agent.http_url, api_key=KEY, **FAST)
@@ -230,6 +236,7 @@ async def test_auth_failure_is_not_hammered() -> None:
         assert not agent.conversations
 
 
+@pytest.mark.slow
 async def test_handshake_rejection_401_is_fatal() -> None:
     async with FakeAgent(FakeAgentOptions(port=0)) as agent:
         agent.reject_handshake(401, count=5)
@@ -239,6 +246,7 @@ async def test_handshake_rejection_401_is_fatal() -> None:
         assert h.closed[0].outcome is Outcome.FATAL and "401" in h.closed[0].reason
 
 
+@pytest.mark.slow
 async def test_handshake_rejection_429_waits_for_retry_after() -> None:
     async with FakeAgent(FakeAgentOptions(port=0)) as agent:
         agent.reject_handshake(429)  # answered with Retry-After: 1
@@ -248,6 +256,7 @@ async def test_handshake_rejection_429_waits_for_retry_after() -> None:
         assert h.closed[0].outcome is Outcome.RETRY and h.closed[0].retry_in == 0.4  # 1 s, within the cap
 
 
+@pytest.mark.slow
 async def test_signed_url_is_fetched_for_every_connection() -> None:
     async with FakeAgent(FakeAgentOptions(port=0, api_key=KEY)) as agent:
         h = Harness(agent.http_url, api_key=KEY, **FAST)
@@ -259,6 +268,7 @@ async def test_signed_url_is_fetched_for_every_connection() -> None:
         assert all("conversation_signature" in c.query for c in agent.conversations)
 
 
+@pytest.mark.slow
 async def test_persistent_session_starts_a_new_conversation_when_the_server_ends_one() -> None:
     async with FakeAgent(FakeAgentOptions(port=0, max_duration=0.5)) as agent:
         h = Harness(agent.http_url, **FAST)
@@ -270,6 +280,7 @@ async def test_persistent_session_starts_a_new_conversation_when_the_server_ends
         assert len(ids) == len(h.opened)  # each a new conversation
 
 
+@pytest.mark.slow
 async def test_on_demand_opens_on_request_and_closes_when_idle() -> None:
     async with FakeAgent(FakeAgentOptions(port=0)) as agent:
         h = Harness(agent.http_url, policy="on_demand", idle_timeout=0.6)
@@ -285,6 +296,7 @@ async def test_on_demand_opens_on_request_and_closes_when_idle() -> None:
         assert agent.latest.close_code == 1000 and agent.latest.closed_by == "client"
 
 
+@pytest.mark.slow
 async def test_on_demand_stops_retrying_once_nobody_waits_and_tries_again_on_request() -> None:
     h = Harness(f"http://127.0.0.1:{free_port()}", policy="on_demand", idle_timeout=0.5, **FAST)
 
@@ -312,6 +324,7 @@ async def test_on_demand_stops_retrying_once_nobody_waits_and_tries_again_on_req
         await h.until(lambda: attempts() > tried)
 
 
+@pytest.mark.slow
 async def test_speech_while_connecting_reaches_the_agent() -> None:
     port = free_port()
     h = Harness(f"http://127.0.0.1:{port}", policy="on_demand", **FAST)
@@ -328,6 +341,7 @@ async def test_speech_while_connecting_reaches_the_agent() -> None:
     assert received[: len(frames) * FRAME_BYTES] == b"".join(frames)
 
 
+@pytest.mark.slow
 async def test_frames_spoken_across_the_opening_arrive_once_each_and_in_order() -> None:
     """The first frames wait in the pre-buffer; a burst that comes as the conversation opens
     (a loop that fell behind delivers its frames at once) queues behind them; the rest go
@@ -391,6 +405,7 @@ async def test_on_a_slow_link_late_live_audio_is_dropped_but_speech_kept_from_be
     assert behind < 2.0 + 4.5, behind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("streaming", [False, True], ids=["quiet", "streaming"])
 async def test_half_open_connection_is_dropped_within_the_dead_peer_timeout(streaming: bool) -> None:
     """The peer stops reading and writing without closing. Found by what is *received*
@@ -416,6 +431,7 @@ async def test_half_open_connection_is_dropped_within_the_dead_peer_timeout(stre
     assert len(h.engine.outbox.live) <= h.engine.outbox.live.maxlen  # what waited stayed bounded
 
 
+@pytest.mark.slow
 async def test_interrupted_turn_audio_is_not_delivered() -> None:
     """The interruption is numbered newer than the turn it cuts (as the service does), and
     chunks of that turn still in flight follow it with the turn's own, older id."""
@@ -442,6 +458,7 @@ async def test_interrupted_turn_audio_is_not_delivered() -> None:
         assert h.engine.stats.audio_dropped["interrupted"] == 3
 
 
+@pytest.mark.slow
 async def test_garbage_from_the_server_is_skipped_and_the_conversation_continues() -> None:
     async with FakeAgent(FakeAgentOptions(port=0, ping_interval=0.2)) as agent:
         h = Harness(agent.http_url)
@@ -455,6 +472,7 @@ async def test_garbage_from_the_server_is_skipped_and_the_conversation_continues
         assert h.engine.stats.protocol_errors >= 5
 
 
+@pytest.mark.slow
 async def test_a_request_cuts_the_wait_after_a_normal_end_but_not_after_a_failure() -> None:
     async with FakeAgent(FakeAgentOptions(port=0)) as agent:
         h = Harness(agent.http_url, backoff_initial=30.0, backoff_max=30.0)

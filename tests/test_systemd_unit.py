@@ -47,6 +47,7 @@ def _analyze(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["systemd-analyze", "--no-pager", *args], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 @needs_analyze
 def test_verify_complains_only_about_the_missing_exec_start() -> None:
     result = _analyze("verify", str(UNIT))
@@ -56,6 +57,7 @@ def test_verify_complains_only_about_the_missing_exec_start() -> None:
     assert unexpected == []
 
 
+@pytest.mark.slow
 @needs_analyze
 def test_verify_passes_with_an_existing_executable(tmp_path: Path) -> None:
     text = UNIT.read_text()
@@ -67,6 +69,7 @@ def test_verify_passes_with_an_existing_executable(tmp_path: Path) -> None:
     assert (result.stdout + result.stderr).strip() == ""
 
 
+@pytest.mark.slow
 @needs_analyze
 def test_security_exposure_is_at_most_2_5() -> None:
     result = _analyze("security", "--offline=true", str(UNIT))

@@ -92,6 +92,7 @@ def detections(detector: WakeWordDetector, samples: np.ndarray) -> list[tuple[fl
 # ------------------------------------------------------------------------------ the model itself
 
 
+@pytest.mark.slow
 def test_okay_nabu_is_heard_in_three_voices_at_two_speeds_and_ordinary_talk_is_not() -> None:
     detector = WakeWordDetector("okay_nabu")
     for voice in VOICES:
@@ -102,6 +103,7 @@ def test_okay_nabu_is_heard_in_three_voices_at_two_speeds_and_ordinary_talk_is_n
     assert detections(detector, talk) == []
 
 
+@pytest.mark.slow
 def test_the_threshold_is_the_sensitivity() -> None:
     word = np.concatenate([silence(0.5), speak(WAKE), silence(0.5)])
     strict = WakeWordDetector("okay_nabu", threshold=0.999)
@@ -111,6 +113,7 @@ def test_the_threshold_is_the_sensitivity() -> None:
     assert p >= 0.5
 
 
+@pytest.mark.slow
 def test_a_custom_model_by_its_manifest(tmp_path: Path) -> None:
     """A model of one's own: the JSON manifest beside its .tflite (here a copy of a shipped one)."""
     shipped = manifest_path("okay_nabu")
@@ -147,6 +150,7 @@ def test_a_bad_custom_model_is_a_clear_config_error(tmp_path: Path, case: str) -
         WakeWordDetector(str(path))
 
 
+@pytest.mark.slow
 def test_the_daemon_refuses_a_bad_model_with_exit_78_and_one_clear_line(tmp_path: Path) -> None:
     env = {**os.environ, "PI_AGENT_AGENT_ID": "a", "PI_AGENT_CAPTURE__MODE": "wake_word",
            "PI_AGENT_CAPTURE__WAKE_WORD": str(tmp_path / "nope.json"), "PI_AGENT_API__PORT": "0",
@@ -158,6 +162,7 @@ def test_the_daemon_refuses_a_bad_model_with_exit_78_and_one_clear_line(tmp_path
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_without_the_engine_the_other_modes_run_and_check_says_which_are_available(tmp_path: Path) -> None:
     """32-bit ARM has no wheel: as if pymicro-wakeword were not installed."""
     hide = ("import sys; sys.modules['pymicro_wakeword'] = None; from pi_agent.cli import main; "
@@ -176,6 +181,7 @@ def test_without_the_engine_the_other_modes_run_and_check_says_which_are_availab
     assert run.returncode == 78 and "is not installed" in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_test_mic_prints_each_detection_with_its_probability(tmp_path: Path) -> None:
     mic = np.concatenate([silence(0.5), speak(WAKE), silence(1.0), speak(ORDINARY[0]), silence(0.5),
                           speak(WAKE, "en-gb-x-rp"), silence(0.5)])
