@@ -58,7 +58,15 @@ async def test_agent_killed_mid_reply_and_back_after_two_seconds(tmp_path: Path)
             closed = await run.wait_closed(5)
             assert closed["outcome"] == "retry" and closed["retry_in"] is not None
             await run.wait_state("offline", 5)
+            # With a 0.2 s initial backoff the next attempt (state connecting, healthy by
+            # design) may begin before the request arrives: ask until the answer is about
+            # the offline state, and check what /healthz says then.
             status, body = await run.health()
+            for _ in range(50):
+                if body["state"] == "offline":
+                    break
+                await asyncio.sleep(0.02)
+                status, body = await run.health()
             assert status == 503 and body["state"] == "offline" and body["reason"].startswith("offline: ")
             await asyncio.sleep(max(0.0, 2.0 - (time.monotonic() - killed_at)))
             await asyncio.to_thread(agent.start)
