@@ -418,26 +418,13 @@ class _Session:
             self._last_input = t
             if self._closing:
                 continue
+            kind, message = self._note_received(frame, t, discarded=self._queued)
             if self._queued:
-                self._discard(frame, t)
+                self._count_discarded(kind, message)
                 continue
-            if isinstance(frame, bytes):
-                self._receive(Received(t, BINARY, None, f"<binary {len(frame)} bytes>"))
-                await self._invalid("binary frame")
+            if message is None:
+                await self._invalid("binary frame" if kind == BINARY else "non-JSON text frame")
                 continue
-            try:
-                message = json.loads(frame)
-            except ValueError:
-                message = None
-            if not isinstance(message, dict):
-                self._receive(Received(t, NON_JSON, None, frame[:200]))
-                await self._invalid("non-JSON text frame")
-                continue
-            kind = message_kind(message)
-            if kind == USER_AUDIO and not self.options.record_audio:
-                self._receive(Received(t, kind, None, "<audio not recorded>"))
-            else:
-                self._receive(Received(t, kind, message))
             try:
                 await self._handle(kind, message, t)
             except ConnectionClosed:
@@ -450,28 +437,32 @@ class _Session:
         self.record.received.append(item)
         self.agent._notify()
 
-    def _discard(self, frame: str | bytes, t: float) -> None:
-        """A frame that arrived while queued: recorded as discarded, never acted on (how much
-        user audio it held is counted, so a test can tell what a client lost)."""
+    def _note_received(self, frame: str | bytes, t: float, *, discarded: bool) -> tuple[str, dict[str, Any] | None]:
+        """Record one client frame; its kind, and its JSON object (None: binary or not an object)."""
         if isinstance(frame, bytes):
-            self._receive(Received(t, BINARY, None, f"<binary {len(frame)} bytes>", discarded=True))
-            return
+            self._receive(Received(t, BINARY, None, f"<binary {len(frame)} bytes>", discarded=discarded))
+            return BINARY, None
         try:
             message = json.loads(frame)
         except ValueError:
             message = None
         if not isinstance(message, dict):
-            self._receive(Received(t, NON_JSON, None, frame[:200], discarded=True))
-            return
+            self._receive(Received(t, NON_JSON, None, frame[:200], discarded=discarded))
+            return NON_JSON, None
         kind = message_kind(message)
-        if kind == USER_AUDIO:
+        if kind == USER_AUDIO and not self.options.record_audio:
+            self._receive(Received(t, kind, None, "<audio not recorded>", discarded=discarded))
+        else:
+            self._receive(Received(t, kind, message, discarded=discarded))
+        return kind, message
+
+    def _count_discarded(self, kind: str, message: dict[str, Any] | None) -> None:
+        """A frame that arrived while queued was dropped unread: how much user audio it held
+        is counted, so a test can tell what a client lost."""
+        if kind == USER_AUDIO and message is not None:
             with contextlib.suppress(binascii.Error, ValueError, TypeError):
                 data = base64.b64decode(message["user_audio_chunk"], validate=True)
                 self.record.discarded_audio_samples += len(decode(data, self.in_fmt))
-            if not self.options.record_audio:
-                self._receive(Received(t, kind, None, "<audio not recorded>", discarded=True))
-                return
-        self._receive(Received(t, kind, message, discarded=True))
 
     async def _invalid(self, what: str) -> None:
         self.record.anomalies.append(what)
