@@ -18,7 +18,7 @@ from pi_agent.decide.button import ButtonPolicy
 from pi_agent.decide import inputs as i
 from pi_agent.decide.decide import decide
 from pi_agent.decide.effects import GateCommand as G
-from pi_agent.decide.model import THINKING_TIMEOUT, Config, Model, PendingTool, deadline, health, status
+from pi_agent.decide.model import THINKING_TIMEOUT, Config, Link, Model, PendingTool, deadline, health, status
 from pi_agent.decide.states import TRANSITIONS, State, Trigger
 from pi_agent.engine import events as ev
 from pi_agent.engine.backoff import Outcome
@@ -32,7 +32,7 @@ def m(state: State = S.IDLE, mode: str = "vad", *, half_duplex: bool = True, tog
     return Model(config=Config(mode, half_duplex, toggle), state=state, **fields)
 
 
-CONNECTED = {"connected": True, "conversation_id": "c1"}
+CONNECTED = {"link": Link.OPEN, "conversation_id": "c1"}
 
 
 def closed(outcome: Outcome, retry_in: float | None = 1.0, reason: str = "why", was_open: bool = True) -> ev.Closed:
@@ -59,7 +59,7 @@ CASES: dict[str, Case] = {
     "ready": Case(m(S.STARTING), i.Ready(), S.IDLE),
     "connecting at start": Case(m(S.STARTING), ev.Connecting(1), S.CONNECTING, model_has={"connecting": True}),
     "connecting from idle": Case(m(S.IDLE), ev.Connecting(1), S.CONNECTING),
-    "retrying from offline": Case(m(S.OFFLINE, backing_off=True), ev.Connecting(2), S.CONNECTING,
+    "retrying from offline": Case(m(S.OFFLINE, link=Link.BACKING_OFF), ev.Connecting(2), S.CONNECTING,
                                   model_has={"backing_off": False}),
     "retrying from error (a bad key, at the cap)": Case(m(S.ERROR, fatal=True), ev.Connecting(3), S.CONNECTING),
     "connecting while the reply plays keeps speaking": Case(m(S.SPEAKING), ev.Connecting(1), S.SPEAKING,
@@ -116,7 +116,7 @@ CASES: dict[str, Case] = {
                                                        S.LISTENING),
     "... and a turn that went on meanwhile is picked up": Case(m(S.SPEAKING, in_turn=True, **CONNECTED),
                                                                i.PlayedOut(), S.LISTENING),
-    "... and a reconnect that waited shows": Case(m(S.SPEAKING, backing_off=True), i.PlayedOut(), S.CONNECTING),
+    "... and a reconnect that waited shows": Case(m(S.SPEAKING, link=Link.BACKING_OFF), i.PlayedOut(), S.CONNECTING),
     "the server's interruption": Case(m(S.SPEAKING, **CONNECTED), ev.Interrupted(4), S.LISTENING,
                                       do=[fx.Flush(barge_in=True),
                                           fx.Publish({"type": "interruption", "event_id": 4})]),

@@ -10,7 +10,7 @@ from typing import Any
 from pi_agent.decide import effects as fx
 from pi_agent.decide import inputs as i
 from pi_agent.decide.decide import decide
-from pi_agent.decide.model import QUEUED_TEXT, REPLY_STALL, Config, Model, deadline, health, status
+from pi_agent.decide.model import QUEUED_TEXT, REPLY_STALL, Config, Link, Model, deadline, health, status
 from pi_agent.decide.states import State
 from pi_agent.engine import events as ev
 
@@ -21,7 +21,7 @@ PCM = b"\x00\x00" * 160
 
 def model(state: State = S.IDLE, **fields: Any) -> Model:
     config = fields.pop("config", Config())
-    return Model(config=config, state=state, connected=True, conversation_id="c1", **fields)
+    return Model(config=config, state=state, link=Link.OPEN, conversation_id="c1", **fields)
 
 
 def sends(effects: list[fx.Effect]) -> list[str]:
@@ -162,7 +162,7 @@ def test_queued_shows_waiting_for_the_agent_and_admitted_opens() -> None:
 
 
 def test_a_queue_before_the_metadata_opens_only_when_admitted() -> None:
-    m = Model(state=S.CONNECTING, connecting=True)
+    m = Model(state=S.CONNECTING, link=Link.CONNECTING)
     m, _ = decide(m, ev.Queued("waiting", True), NOW)
     m, _ = decide(m, ev.Opened("c1", "pcm_16000", "pcm_16000"), NOW + 1)
     assert m.state is S.CONNECTING and not m.connected

@@ -20,7 +20,7 @@ from . import effects as fx
 from . import inputs as i
 from .button import ButtonEvent, ButtonIntent
 from .effects import GateCommand
-from .model import MAX_REPORTED, QUEUED_TEXT, REPLY_STALL, THINKING_TIMEOUT, Model, PendingTool
+from .model import MAX_REPORTED, QUEUED_TEXT, REPLY_STALL, THINKING_TIMEOUT, Link, Model, PendingTool
 from . import states
 from .states import State, Trigger
 
@@ -240,7 +240,7 @@ def _reply_played(s: _Step) -> None:
         return
     s.fire(T.AGENT_DONE)
     # Catch up with what happened while the reply played.
-    if not m.connected and (m.connecting or m.backing_off):
+    if m.link in (Link.CONNECTING, Link.BACKING_OFF):
         s.fire(T.CONNECT)
     elif m.in_turn and m.connected:
         s.fire(T.LISTEN)
@@ -321,7 +321,7 @@ def _mcp_approval(s: _Step, event: i.McpApproval) -> None:
 
 
 def _connecting(s: _Step, event: ev.Connecting) -> None:
-    s.set(backing_off=False, connecting=True)
+    s.set(link=Link.CONNECTING)
     if event.attempt > 1:
         s.log("info", f"connecting to the agent (attempt {event.attempt})")
     else:
@@ -343,7 +343,7 @@ def _opened(s: _Step, event: ev.Opened) -> None:
 
 def _admitted(s: _Step) -> None:
     """The conversation is open and what is sent reaches the agent."""
-    s.set(connected=True, connecting=False)
+    s.set(link=Link.OPEN)
     if s.m.state is S.ERROR and s.m.device_error is None:
         s.fire(T.RECOVER)
         s.fire(T.CONNECT)
@@ -447,7 +447,7 @@ def _queued(s: _Step, event: ev.Queued) -> None:
     if event.waiting:
         if not was:
             s.log("warning", f"{QUEUED_TEXT}; speech and messages are kept until it admits this device")
-            s.set(connected=False, connecting=True)
+            s.set(link=Link.CONNECTING)
             if s.m.state is S.IDLE:
                 s.fire(T.CONNECT)
         return
@@ -481,7 +481,8 @@ def _closed(s: _Step, event: ev.Closed) -> None:
     was_connected = s.m.connected
     if event.was_open:
         s.do(fx.Observe("conversation_seconds", event.lasted))
-    s.set(connected=False, connecting=False, conversation_id=None, tools=(), queued=False)
+    s.set(link=Link.CLOSED if event.retry_in is None else Link.BACKING_OFF, conversation_id=None, tools=(),
+          queued=False)
     s.publish(type="connection", connected=False, reason=event.reason, outcome=event.outcome.value,
               retry_in=event.retry_in, code=event.code)
     nxt = f"; retrying in {event.retry_in:.1f} s" if event.retry_in is not None else ""
@@ -489,7 +490,6 @@ def _closed(s: _Step, event: ev.Closed) -> None:
     # they say meanwhile is pre-buffered; ending it would drop speech until VAD retriggers.
     if event.retry_in is None:
         _end_turn(s)
-    s.set(backing_off=event.retry_in is not None)
     if event.outcome in (Outcome.ENDED, Outcome.CLOSED):
         s.log("info", f"{'conversation ended' if was_connected else 'stopped connecting'}: {event.reason}{nxt}")
         if s.m.state is not S.SPEAKING:

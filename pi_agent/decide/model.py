@@ -7,6 +7,7 @@ show is derived from it (:func:`status`, :func:`health`), so none of them can ge
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from .button import ButtonPolicy
@@ -44,6 +45,18 @@ class Config:
         return self.mode == "wake_word"
 
 
+class Link(enum.StrEnum):
+    """Where the conversation link is, as the engine's events tell it (:class:`Model.link`)."""
+
+    CLOSED = "closed"            # no conversation, none being opened, no retry planned
+    CONNECTING = "connecting"    # an attempt is under way, or the service holds this device in its queue
+    OPEN = "open"                # open and admitted: what is sent reaches the agent
+    BACKING_OFF = "backing_off"  # closed, waiting out a delay before the next attempt
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True, slots=True)
 class PendingTool:
     """A client tool call (or an MCP tool's approval request, ``mcp``) waiting for an
@@ -59,9 +72,7 @@ class PendingTool:
 class Model:
     config: Config = Config()
     state: State = State.STARTING
-    connected: bool = False  # a conversation is open
-    connecting: bool = False  # an attempt to open one is under way
-    backing_off: bool = False  # waiting to retry
+    link: Link = Link.CLOSED  # the one place the link's phase is held; the booleans below derive from it
     muted: bool = False
     conversation_id: str | None = None
     device_errors: tuple[tuple[str, str], ...] = ()  # (device, "device: what failed"), latest last
@@ -83,6 +94,21 @@ class Model:
     shutting_down: bool = False
 
     @property
+    def connected(self) -> bool:
+        """A conversation is open and admitted."""
+        return self.link is Link.OPEN
+
+    @property
+    def connecting(self) -> bool:
+        """An attempt to open one is under way (or the service's queue holds it)."""
+        return self.link is Link.CONNECTING
+
+    @property
+    def backing_off(self) -> bool:
+        """Waiting to retry."""
+        return self.link is Link.BACKING_OFF
+
+    @property
     def device_error(self) -> str | None:
         return self.device_errors[-1][1] if self.device_errors else None
 
@@ -92,7 +118,8 @@ class Model:
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """Everything the LEDs, systemd STATUS= and the API snapshot show."""
+    """Everything the LEDs, systemd STATUS= and the API snapshot show (derived from the model:
+    ``connected`` and ``backing_off`` from its :class:`Link`)."""
 
     state: State
     connected: bool
