@@ -38,9 +38,6 @@ SDK_KEY_VARIABLE = "ELEVENLABS_API_KEY"
 DEFAULT_CONFIG_PATH = Path("/etc/pi-agent/config.toml")
 EX_CONFIG = 78
 
-AudioFormatName = Literal[
-    "pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000"
-]
 Earcon = Literal["listening", "done", "error", "offline"]
 
 

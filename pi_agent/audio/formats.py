@@ -1,4 +1,4 @@
-"""Pure audio conversions: agent formats, G.711 mu-law, streaming resampling, frames, levels.
+"""Pure audio conversions: agent audio, G.711 mu-law, streaming resampling, frames, levels.
 
 Nothing here touches a device, sleeps or reads the clock. Everything works on
 numpy arrays of signed 16-bit samples (``int16``) with no Python loop per
@@ -6,7 +6,8 @@ sample, so it stays cheap on a Pi Zero 2 W.
 
 The agent formats (``agent_output_audio_format`` / ``user_input_audio_format``)
 are raw mono PCM s16le at several rates, or G.711 mu-law at 8 kHz, one byte a
-sample. :func:`decode` turns agent audio into ``int16`` samples at the format's
+sample; their table is the engine's (:mod:`pi_agent.engine.formats`), these are their
+codecs. :func:`decode` turns agent audio into ``int16`` samples at the format's
 rate; :class:`MicEncoder` turns the daemon's 16 kHz mic frames into the format
 the agent asked for; :class:`MicPipeline` turns whatever a microphone delivers
 (any rate, any channel count) into the fixed internal 20 ms frames.
@@ -15,55 +16,14 @@ the agent asked for; :class:`MicPipeline` turns whatever a microphone delivers
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import soxr
 
+from ..engine.formats import FORMATS as FORMATS  # the one table of formats; re-exported for the tests
+from ..engine.formats import AudioFormat, get_format
 from ..errors import ProtocolError
 from . import FRAME_SAMPLES, MIC_RATE
-
-Encoding = Literal["pcm", "ulaw"]
-
-
-@dataclass(frozen=True)
-class AudioFormat:
-    """One agent audio format: its wire name, sample rate and sample encoding."""
-
-    name: str
-    rate: int
-    encoding: Encoding
-
-    @property
-    def bytes_per_sample(self) -> int:
-        """2 for PCM s16le, 1 for mu-law."""
-        return 2 if self.encoding == "pcm" else 1
-
-
-FORMATS: dict[str, AudioFormat] = {
-    f.name: f
-    for f in (
-        AudioFormat("pcm_8000", 8_000, "pcm"),
-        AudioFormat("pcm_16000", 16_000, "pcm"),
-        AudioFormat("pcm_22050", 22_050, "pcm"),
-        AudioFormat("pcm_24000", 24_000, "pcm"),
-        AudioFormat("pcm_44100", 44_100, "pcm"),
-        AudioFormat("pcm_48000", 48_000, "pcm"),
-        AudioFormat("ulaw_8000", 8_000, "ulaw"),
-    )
-}
-"""Every audio format the agent protocol names, by wire name."""
-
-
-def get_format(name: str) -> AudioFormat:
-    """Look a format up by wire name; an unknown name is the peer's fault (:class:`ProtocolError`)."""
-    try:
-        return FORMATS[name]
-    except KeyError:
-        known = ", ".join(FORMATS)
-        raise ProtocolError(f"unsupported audio format {name!r} (supported: {known})") from None
-
 
 # --------------------------------------------------------------------------- G.711 mu-law
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ProtocolError
-
-AUDIO_FORMATS = ("pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000")
+from .formats import FORMATS
 
 
 # --- server-to-client events -------------------------------------------------------------
@@ -361,7 +360,7 @@ class _Fields:
 
     def format(self, name: str) -> str:
         v = self.text(name)
-        if v not in AUDIO_FORMATS:
+        if v not in FORMATS:
             raise ProtocolError(f"{self._where}.{name}: unknown audio format {v!r:.40}")
         return str(v)
 

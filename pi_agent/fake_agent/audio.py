@@ -2,6 +2,10 @@
 
 Pure code: no device or network library, no clock. The energy gate counts time in
 samples of the audio it is fed, so it gives the same answer however fast a client sends.
+
+The format table and the mu-law codec are this module's own, written apart from the
+client's (:mod:`pi_agent.engine.formats`, :mod:`pi_agent.audio.formats`) on purpose: the
+fake agent plays the service, so it must not share a mistake of the client it tests.
 """
 
 from __future__ import annotations
