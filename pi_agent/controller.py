@@ -107,7 +107,9 @@ class Controller:
             self.session.pump()
 
     def on_mic_frame(self, frame: bytes) -> None:
-        """One 20 ms mic frame, on the loop thread: through the gate, into the engine."""
+        """One 20 ms mic frame, on the loop thread: through the gate, into the engine. The gate is
+        told whether the user's turn is on (the model holds that) and reports what it saw; the
+        model takes its verdicts (TurnStarted, TurnEnded) before the next frame."""
         model = self.model
         if model.shutting_down:
             return
@@ -116,7 +118,8 @@ class Controller:
         speaker = self.output.audible_until() + self._echo_tail if config.half_duplex or config.aec else 0.0
         if model.dry_since is not None and config.half_duplex:  # a reply stalled on the link: not over yet
             speaker = max(speaker, now + self._echo_tail)
-        out = self.gate.process(frame, now, echo_mute_until=speaker if config.half_duplex else 0.0,
+        out = self.gate.process(frame, now, in_turn=model.in_turn,
+                                echo_mute_until=speaker if config.half_duplex else 0.0,
                                 speaker_until=speaker if config.aec else 0.0, muted=model.muted,
                                 open_until=model.follow_up_until or 0.0)
         engine = self.engine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pi_agent.audio import FRAME_BYTES
-from pi_agent.audio.gate import SILENCE, SPEECH_WAIT, CaptureGate
+from pi_agent.audio.gate import SILENCE, SPEECH_WAIT, CaptureGate, GateOutput
 from pi_agent.decide.effects import GateCommand
 
 LOUD = b"\x10\x20" * (FRAME_BYTES // 2)
@@ -15,8 +15,35 @@ def frames(n: int, tag: int) -> list[bytes]:
     return [bytes([tag, i % 256]) * (FRAME_BYTES // 2) for i in range(n)]
 
 
-def vad_gate(voiced: set[bytes], **kw) -> CaptureGate:
-    return CaptureGate("vad", lambda f: f in voiced, **kw)
+class Fed:
+    """A gate with what its caller keeps for it: whether the user's turn is on (the model's
+    ``in_turn``), set from the gate's verdicts and from the commands, as the decisions do."""
+
+    def __init__(self, gate: CaptureGate) -> None:
+        self.gate = gate
+        self.in_turn = False
+
+    def process(self, frame: bytes, now: float, **kw) -> GateOutput:
+        out = self.gate.process(frame, now, in_turn=self.in_turn, **kw)
+        self.in_turn = (self.in_turn or out.started) and not out.ended
+        return out
+
+    def apply(self, command: GateCommand) -> None:
+        if command is GateCommand.START_TURN and self.in_turn:
+            return  # the decisions start a turn only while none is on
+        self.gate.apply(command)
+        if command is GateCommand.START_TURN:
+            self.in_turn = True
+        elif command is GateCommand.END_TURN:
+            self.in_turn = False
+
+    @property
+    def wake_words(self) -> int:
+        return self.gate.wake_words
+
+
+def vad_gate(voiced: set[bytes], **kw) -> Fed:
+    return Fed(CaptureGate("vad", lambda f: f in voiced, **kw))
 
 
 def test_vad_turn_starts_with_the_preroll_and_ends_after_the_hangover() -> None:
@@ -71,7 +98,7 @@ def test_echo_during_a_turn_ends_it() -> None:
 
 
 def test_push_to_talk_streams_only_while_held_with_preroll() -> None:
-    g = CaptureGate("push_to_talk", lambda f: False, preroll=0.06)
+    g = Fed(CaptureGate("push_to_talk", lambda f: False, preroll=0.06))
     before, held, after = frames(10, 1), frames(5, 2), frames(3, 3)
     outs = [g.process(f, 0.0) for f in before]
     assert all(o.frames == [SILENCE] for o in outs)
@@ -85,7 +112,7 @@ def test_push_to_talk_streams_only_while_held_with_preroll() -> None:
 
 
 def test_always_streams_and_respects_echo_and_mute() -> None:
-    g = CaptureGate("always", lambda f: False)
+    g = Fed(CaptureGate("always", lambda f: False))
     out = g.process(LOUD, 0.0)
     assert out.frames == [LOUD] and out.speech and out.started
     assert g.process(LOUD, 0.0).started is False
@@ -113,12 +140,12 @@ class Detector:
         self.resets += 1
 
 
-def wake_gate(voiced: set[bytes], fires: set[bytes], **kw) -> tuple[CaptureGate, Detector]:
+def wake_gate(voiced: set[bytes], fires: set[bytes], **kw) -> tuple[Fed, Detector]:
     detector = Detector(fires)
-    return CaptureGate("wake_word", lambda f: f in voiced, wake_word=detector, **kw), detector
+    return Fed(CaptureGate("wake_word", lambda f: f in voiced, wake_word=detector, **kw)), detector
 
 
-def run(g: CaptureGate, fs: list[bytes], t0: float = 0.0, **kw) -> list:
+def run(g: Fed, fs: list[bytes], t0: float = 0.0, **kw) -> list:
     return [g.process(f, t0 + n * 0.02, **kw) for n, f in enumerate(fs)]
 
 
@@ -159,7 +186,7 @@ def test_a_press_gives_the_user_time_to_begin_in_vad_and_wake_word_modes() -> No
     silence, question = frames(100, 1), frames(20, 2)  # 2 s of silence after the press, then speech
     voiced = set(question)
     for mode in ("vad", "wake_word"):
-        g = CaptureGate(mode, voiced.__contains__, wake_word=Detector(set()), hangover=0.4)
+        g = Fed(CaptureGate(mode, voiced.__contains__, wake_word=Detector(set()), hangover=0.4))
         g.apply(GateCommand.START_TURN)
         outs = run(g, silence + question + frames(25, 3))
         assert not any(o.ended for o in outs[:120]), mode  # not ended by the silence before the question
@@ -220,3 +247,18 @@ def test_over_the_speaker_with_aec_only_a_voice_louder_than_the_residue_is_the_u
     assert any(o.started for o in run(g, voice, speaker_until=99.0))
     g = vad_gate(set(residue))
     assert any(o.started for o in run(g, residue, t0=100.0, speaker_until=99.0))  # the speaker is quiet again
+
+
+def test_the_gate_keeps_no_copy_of_the_turn_it_is_told_it_with_each_frame() -> None:
+    """One owner for the turn (issue 20): the model holds it; the gate only reports what it saw."""
+    speech, quiet = frames(5, 2), frames(40, 1)
+    g = CaptureGate("vad", set(speech).__contains__, hangover=0.4)
+    assert not hasattr(g, "in_turn")
+    outs = [g.process(f, 0.0, in_turn=False) for f in speech[:3]]
+    assert [o.started for o in outs] == [False, False, True]  # the verdict: a turn starts here
+    outs = [g.process(f, 0.0, in_turn=True) for f in quiet[:20]]  # the caller kept the turn on
+    assert [n for n, o in enumerate(outs) if o.ended] == [19]  # ... and the hangover ended it
+    # Told no turn is on, the same silence is no turn to end.
+    assert not any(o.ended or o.speech for o in (g.process(f, 0.0, in_turn=False) for f in quiet))
+    always = CaptureGate("always", lambda f: False)
+    assert always.process(LOUD, 0.0, in_turn=False).started and not always.process(LOUD, 0.0, in_turn=True).started

@@ -1,11 +1,20 @@
 """The capture gate: which mic audio goes to the agent, and when a user turn starts and ends.
 
 Pure: it is fed one 20 ms frame at a time with the current time and the facts it needs
-(echo mute deadline, user mute, the follow-up window), and takes commands from the
-decisions (:meth:`CaptureGate.apply`: button pressed or released, turn started or
-ended); voice activity comes from an injected ``is_speech(frame) -> bool`` (webrtcvad
-in the daemon, a table in tests), the wake word from an injected detector
+(whether the user's turn is on, echo mute deadline, user mute, the follow-up window), and
+takes commands from the decisions (:meth:`CaptureGate.apply`: button pressed or released,
+turn started or ended); voice activity comes from an injected ``is_speech(frame) -> bool``
+(webrtcvad in the daemon, a table in tests), the wake word from an injected detector
 (:class:`WakeWord`).
+
+The gate does not hold whether a turn is on: the model does
+(:attr:`pi_agent.decide.model.Model.in_turn`), and the caller passes it with each frame
+(``in_turn``). The gate reports what it saw in the frame (:class:`GateOutput`: a turn
+``started`` or ``ended`` here, the wake word), and the decisions set ``in_turn`` from those
+verdicts and from their own commands (``START_TURN``, which they send only when no turn is
+on, and ``END_TURN``). What the gate keeps is how far it is into measuring a turn: the
+hangover's count of silent frames, the wait for a user to begin, the trigger window and
+the pre-roll.
 
 Modes:
 
@@ -113,7 +122,6 @@ class CaptureGate:
         self._window: deque[bool] = deque(maxlen=TRIGGER_WINDOW)
         self._silent_run = 0
         self._waiting = 0  # frames left for the user to begin a turn begun for them (0: they have)
-        self.in_turn = False
         self.button = False  # push_to_talk: held or toggled on
         self.heard_speech = False  # push_to_talk: the VAD heard the user during this hold
         self.wake_words = 0  # wake_word: detections so far
@@ -124,34 +132,33 @@ class CaptureGate:
             self.button = True
         elif command is GateCommand.RELEASE:
             self.button = False  # push_to_talk: the turn ends on the next frame
-        elif command is GateCommand.START_TURN:
-            if not self.in_turn:
-                self._begin(waiting=True)  # the hangover (or an END_TURN) ends it
+        elif command is GateCommand.START_TURN:  # sent only while no turn is on
+            self._begin(waiting=True)  # the hangover (or an END_TURN) ends it
         else:
             self.reset()
 
     def reset(self) -> None:
-        """Forget the current turn (user stop, mute, conversation closed)."""
-        self.in_turn = False
+        """Forget the current turn's measures (user stop, mute, conversation closed, a turn ended)."""
         self._silent_run = self._waiting = 0
         self._window.clear()
         self._preroll.clear()
 
-    def process(self, frame: bytes, now: float, *, echo_mute_until: float = 0.0, speaker_until: float = 0.0,
-                muted: bool = False, open_until: float = 0.0) -> GateOutput:
-        """One frame at ``now``. ``echo_mute_until``: half_duplex mutes until then; ``speaker_until``:
-        aec, the speaker plays until then; ``open_until``: the wake_word mode's follow-up window."""
+    def process(self, frame: bytes, now: float, *, in_turn: bool, echo_mute_until: float = 0.0,
+                speaker_until: float = 0.0, muted: bool = False, open_until: float = 0.0) -> GateOutput:
+        """One frame at ``now``. ``in_turn``: the user's turn is on (the model's); ``echo_mute_until``:
+        half_duplex mutes until then; ``speaker_until``: aec, the speaker plays until then;
+        ``open_until``: the wake_word mode's follow-up window."""
         out = GateOutput()
         self._over_speaker = now < speaker_until
         if muted:
             self._deafen_wake_word()
-            if self.in_turn:
+            if in_turn:
                 self.reset()
                 out.ended = True
             out.frames.append(SILENCE)
             return out
         if self.mode == "push_to_talk":
-            return self._push_to_talk(frame, out)
+            return self._push_to_talk(frame, out, in_turn)
         echo = now < echo_mute_until
         if self.mode == "always":
             if echo:
@@ -159,21 +166,20 @@ class CaptureGate:
                 return out
             out.frames.append(frame)
             out.speech = True
-            out.started = not self.in_turn
-            self.in_turn = True
+            out.started = not in_turn
             return out
         if echo:
-            return self._echo(frame, out)
+            return self._echo(frame, out, in_turn)
         if self.mode == "wake_word":
-            return self._wake_word(frame, out, now < open_until)
-        return self._vad(frame, out)
+            return self._wake_word(frame, out, in_turn, now < open_until)
+        return self._vad(frame, out, in_turn)
 
     # --- the modes --------------------------------------------------------------------------
 
-    def _push_to_talk(self, frame: bytes, out: GateOutput) -> GateOutput:
+    def _push_to_talk(self, frame: bytes, out: GateOutput, in_turn: bool) -> GateOutput:
         if self.button:
-            if not self.in_turn:
-                self.in_turn = out.started = True
+            if not in_turn:
+                out.started = True
                 self.heard_speech = False
                 out.preroll.extend(self._preroll)
                 self._preroll.clear()
@@ -182,24 +188,23 @@ class CaptureGate:
             out.frames.append(frame)
             out.speech = True
             return out
-        if self.in_turn:
-            self.in_turn = False
+        if in_turn:
             out.ended = True
         self._preroll.append(frame)
         out.frames.append(SILENCE)
         return out
 
-    def _echo(self, frame: bytes, out: GateOutput) -> GateOutput:
+    def _echo(self, frame: bytes, out: GateOutput, in_turn: bool) -> GateOutput:
         """The speaker is (or was just) playing: nothing the mic hears now is the user."""
         self._deafen_wake_word()
-        if self.in_turn and self._waiting:
+        if in_turn and self._waiting:
             # A turn begun for the user, and what plays is the "listening" earcon that said
             # so (agent audio was flushed first): the user may already be talking over its
             # tail, so the audio goes out as it is; VAD waits for the speaker to be quiet.
             out.speech = True
             out.frames.append(frame)
             return out
-        if self.in_turn:
+        if in_turn:
             self.reset()
             out.ended = True
         else:
@@ -208,9 +213,9 @@ class CaptureGate:
         out.frames.append(SILENCE)
         return out
 
-    def _vad(self, frame: bytes, out: GateOutput) -> GateOutput:
+    def _vad(self, frame: bytes, out: GateOutput, in_turn: bool) -> GateOutput:
         voiced = self._voiced(frame)
-        if self.in_turn:
+        if in_turn:
             return self._turn(frame, voiced, out)
         if self._triggered(voiced):
             return self._vad_start(frame, out)
@@ -218,13 +223,13 @@ class CaptureGate:
         out.frames.append(SILENCE if self._privacy else frame)
         return out
 
-    def _wake_word(self, frame: bytes, out: GateOutput, follow_up: bool) -> GateOutput:
+    def _wake_word(self, frame: bytes, out: GateOutput, in_turn: bool, follow_up: bool) -> GateOutput:
         assert self._wake is not None
         out.wake = self._wake(frame)  # fed every frame the room is heard, so it misses no onset
         self._wake_heard_room = True
         if out.wake is not None:
             self.wake_words += 1
-        if self.in_turn:
+        if in_turn:
             return self._turn(frame, self._voiced(frame), out)
         if out.wake is not None:
             # The wake word is over (it is detected at its end): the turn starts after it,
@@ -256,7 +261,7 @@ class CaptureGate:
         return voiced and sum(self._window) >= TRIGGER_VOICED
 
     def _begin(self, *, waiting: bool) -> None:
-        self.in_turn = True
+        """A turn starts: its measures start afresh."""
         self._silent_run = 0
         self._waiting = self._wait_frames if waiting else 0
         self._window.clear()
@@ -283,7 +288,6 @@ class CaptureGate:
             return out
         self._silent_run = 0 if voiced else self._silent_run + 1
         if self._silent_run >= self._hangover_frames:
-            self.in_turn = False
             self._silent_run = 0
             out.ended = True
         return out

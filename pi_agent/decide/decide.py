@@ -146,8 +146,9 @@ def _start_listening(s: _Step) -> None:
     if m.config.push_to_talk:
         s.do(fx.Gate(GateCommand.PRESS))  # the gate starts the turn on the next frame
     else:
-        s.do(fx.Gate(GateCommand.START_TURN))
-        s.set(in_turn=True)  # the VAD hangover (or the server's transcript) ends it
+        if not m.in_turn:  # a turn already on goes on as it is
+            s.do(fx.Gate(GateCommand.START_TURN))
+            s.set(in_turn=True)  # the VAD hangover (or the server's transcript) ends it
         if not m.connected:
             s.do(fx.Request())
         s.fire(T.LISTEN if m.connected else T.CONNECT)

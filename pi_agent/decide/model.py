@@ -78,7 +78,7 @@ class Model:
     device_errors: tuple[tuple[str, str], ...] = ()  # (device, "device: what failed"), latest last
     session_error: str | None = None  # why the last attempt failed
     fatal: bool = False  # ... in a way retrying cannot fix (bad key, unknown agent)
-    in_turn: bool = False  # the capture gate's user turn is on
+    in_turn: bool = False  # the user's turn is on (held only here: the capture gate is told it with each frame)
     talk_from_down: bool = False  # push-to-talk turn started by the press that stopped the agent
     button: ButtonPolicy = BUTTON_AT_REST
     speech_ended_at: float | None = None  # for the response-latency metric
