@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .protocol import ErrorEvent
+from .server_messages import ErrorEvent
 
 
 class Outcome(enum.StrEnum):
