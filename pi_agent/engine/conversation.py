@@ -538,11 +538,11 @@ class Engine:
         self._events.append(ev.Interrupted(event.event_id))
 
     def _on_user_transcript(self, conn: _Connection, event: p.UserTranscript, now: float) -> None:
-        self._events.append(ev.UserTranscript(event.text, event.event_id))
+        self._events.append(event)
 
     def _on_agent_response(self, conn: _Connection, event: p.AgentResponse, now: float) -> None:
         conn.exchanged = conn.exchanged or conn.user_spoke
-        self._events.append(ev.AgentResponse(event.text, event.event_id))
+        self._events.append(event)
 
     def _on_correction(self, conn: _Connection, event: p.AgentResponseCorrection, now: float) -> None:
         self._events.append(ev.AgentCorrection(event.original, event.corrected, event.event_id))
@@ -554,7 +554,7 @@ class Engine:
         self._events.append(ev.AgentResponseComplete(event.event_id))
 
     def _on_response_metadata(self, conn: _Connection, event: p.AgentResponseMetadata, now: float) -> None:
-        self._events.append(ev.AgentResponseMetadata(event.event_id, event.data))
+        self._events.append(event)
 
     def _on_tool_call(self, conn: _Connection, event: p.ClientToolCall, now: float) -> None:
         self._events.append(ev.ToolCall(event.tool_name, event.tool_call_id, dict(event.parameters),

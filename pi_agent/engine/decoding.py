@@ -17,16 +17,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ProtocolError
+from . import server_messages as sm
 from .formats import FORMATS
-from .server_messages import (
-    AgentChatResponsePart, AgentReasoningResponsePart, AgentResponse, AgentResponseComplete,
-    AgentResponseCorrection, AgentResponseMetadata, AgentToolRequest, AgentToolResponse,
-    AgentToolResponseFullPayload, AgentTyping, AsrInitiationMetadata, Audio, ClientError, ClientToolCall,
-    ContextUsage, ConversationMetadata, ErrorEvent, ExternalAgentConnected, ExternalAgentDisconnected,
-    GuardrailTriggered, InternalTentativeAgentResponse, InternalTurnProbability, Interruption,
-    McpConnectionStatus, McpToolCall, Ping, QueueStatus, RichContent, ServerEvent, TentativeUserTranscript,
-    Unknown, UserTranscript, VadScore,
-)
+from .server_messages import ServerEvent
 
 Decoder = Callable[[Mapping[str, Any]], ServerEvent]
 
@@ -129,41 +122,41 @@ def _b64(f: _Fields, name: str) -> bytes:
 
 def _metadata(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "conversation_initiation_metadata_event", "conversation_initiation_metadata")
-    return ConversationMetadata(f.text("conversation_id"), f.format("agent_output_audio_format"),
-                                f.format("user_input_audio_format"))
+    return sm.ConversationMetadata(f.text("conversation_id"), f.format("agent_output_audio_format"),
+                                   f.format("user_input_audio_format"))
 
 
 def _audio(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "audio_event", "audio")
     event_id = f.integer("event_id")
-    return Audio(event_id, _b64(f, "audio_base_64"), f.obj("alignment", required=False),
-                 bool(f.flag("is_final", required=False)))
+    return sm.Audio(event_id, _b64(f, "audio_base_64"), f.obj("alignment", required=False),
+                    bool(f.flag("is_final", required=False)))
 
 
 def _user_transcript(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "user_transcription_event", "user_transcript")
-    return UserTranscript(f.text("user_transcript"), f.integer("event_id", False))
+    return sm.UserTranscript(f.text("user_transcript"), f.integer("event_id", False))
 
 
 def _tentative(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "tentative_user_transcription_event", "tentative_user_transcript")
-    return TentativeUserTranscript(f.text("user_transcript"), f.integer("event_id", False))
+    return sm.TentativeUserTranscript(f.text("user_transcript"), f.integer("event_id", False))
 
 
 def _agent_response(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "agent_response_event", "agent_response")
-    return AgentResponse(f.text("agent_response"), f.integer("event_id", False))
+    return sm.AgentResponse(f.text("agent_response"), f.integer("event_id", False))
 
 
 def _correction(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "agent_response_correction_event", "agent_response_correction")
-    return AgentResponseCorrection(f.text("original_agent_response"),
-                                   f.text("corrected_agent_response"), f.integer("event_id", False))
+    return sm.AgentResponseCorrection(f.text("original_agent_response"),
+                                      f.text("corrected_agent_response"), f.integer("event_id", False))
 
 
 def _chat_part(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "text_response_part", "agent_chat_response_part")
-    return AgentChatResponsePart(f.text("text"), f.text("type"), f.identifier("event_id", False))
+    return sm.AgentChatResponsePart(f.text("text"), f.text("type"), f.identifier("event_id", False))
 
 
 def _response_event(mtype: str, cls: Callable[[Any, Mapping[str, Any]], ServerEvent]) -> Decoder:
@@ -181,119 +174,119 @@ def _response_event(mtype: str, cls: Callable[[Any, Mapping[str, Any]], ServerEv
 
 
 def _response_metadata(m: Mapping[str, Any]) -> ServerEvent:
-    event = _response_event("agent_response_metadata", AgentResponseMetadata)(m)
-    assert isinstance(event, AgentResponseMetadata)
+    event = _response_event("agent_response_metadata", sm.AgentResponseMetadata)(m)
+    assert isinstance(event, sm.AgentResponseMetadata)
     inner = event.data.get("metadata")
     if isinstance(inner, dict):
-        return AgentResponseMetadata(event.event_id, inner)
-    return AgentResponseMetadata(event.event_id, {k: v for k, v in event.data.items() if k != "event_id"})
+        return sm.AgentResponseMetadata(event.event_id, inner)
+    return sm.AgentResponseMetadata(event.event_id, {k: v for k, v in event.data.items() if k != "event_id"})
 
 
 def _reasoning_part(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "reasoning_response_part", "agent_reasoning_response_part")
     event_id = f._get("event_id", False)
-    return AgentReasoningResponsePart(f.text("text"), f.text("type"),
-                                      None if event_id is None else str(event_id))
+    return sm.AgentReasoningResponsePart(f.text("text"), f.text("type"),
+                                         None if event_id is None else str(event_id))
 
 
 def _interruption(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "interruption_event", "interruption")
-    return Interruption(f.integer("event_id"))
+    return sm.Interruption(f.integer("event_id"))
 
 
 def _ping(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "ping_event", "ping")
-    return Ping(f.integer("event_id"), f.integer("ping_ms", False))
+    return sm.Ping(f.integer("event_id"), f.integer("ping_ms", False))
 
 
 def _client_tool_call(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "client_tool_call", "client_tool_call")
-    return ClientToolCall(f.text("tool_name"), f.text("tool_call_id"),
-                          f.obj("parameters", False) or {}, f.integer("event_id", False),
-                          f.flag("expects_response", False) is not False)
+    return sm.ClientToolCall(f.text("tool_name"), f.text("tool_call_id"),
+                             f.obj("parameters", False) or {}, f.integer("event_id", False),
+                             f.flag("expects_response", False) is not False)
 
 
 def _rich_content(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "rich_content", "rich_content")
-    return RichContent(f.text("rich_content_id"), f.text("component"), f.obj("props", False) or {},
-                       f.integer("event_id", False))
+    return sm.RichContent(f.text("rich_content_id"), f.text("component"), f.obj("props", False) or {},
+                          f.integer("event_id", False))
 
 
 def _tool_request(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "agent_tool_request", "agent_tool_request")
-    return AgentToolRequest(f.text("tool_name"), f.text("tool_call_id"), f.text("tool_type"),
-                            f.integer("event_id", False))
+    return sm.AgentToolRequest(f.text("tool_name"), f.text("tool_call_id"), f.text("tool_type"),
+                               f.integer("event_id", False))
 
 
 def _tool_response(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "agent_tool_response", "agent_tool_response")
-    return AgentToolResponse(f.text("tool_name"), f.text("tool_call_id"), f.text("tool_type", False) or "",
-                             bool(f.flag("is_error", False)), f.flag("is_called", False),
-                             f.integer("event_id", False))
+    return sm.AgentToolResponse(f.text("tool_name"), f.text("tool_call_id"), f.text("tool_type", False) or "",
+                                bool(f.flag("is_error", False)), f.flag("is_called", False),
+                                f.integer("event_id", False))
 
 
 def _tool_response_full(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "agent_tool_response_full_payload", "agent_tool_response_full_payload")
-    return AgentToolResponseFullPayload(f.text("tool_name"), f.text("tool_call_id"),
-                                        f.text("tool_type", False) or "", bool(f.flag("is_error", False)),
-                                        f.text("full_tool_result", False) or "", f.integer("event_id", False))
+    return sm.AgentToolResponseFullPayload(f.text("tool_name"), f.text("tool_call_id"),
+                                           f.text("tool_type", False) or "", bool(f.flag("is_error", False)),
+                                           f.text("full_tool_result", False) or "", f.integer("event_id", False))
 
 
 def _mcp_tool_call(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "mcp_tool_call", "mcp_tool_call")
-    return McpToolCall(f.text("tool_name"), f.text("tool_call_id"), f.text("state", False) or "",
-                       f.obj("parameters", False) or {}, f.text("tool_description", False),
-                       f.integer("approval_timeout_secs", False), f.raw())
+    return sm.McpToolCall(f.text("tool_name"), f.text("tool_call_id"), f.text("state", False) or "",
+                          f.obj("parameters", False) or {}, f.text("tool_description", False),
+                          f.integer("approval_timeout_secs", False), f.raw())
 
 
 def _mcp_status(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "mcp_connection_status", "mcp_connection_status")
-    return McpConnectionStatus(tuple(f.array("integrations")))
+    return sm.McpConnectionStatus(tuple(f.array("integrations")))
 
 
 def _vad_score(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "vad_score_event", "vad_score")
-    return VadScore(float(f.number("vad_score")))
+    return sm.VadScore(float(f.number("vad_score")))
 
 
 def _context_usage(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "context_usage_event", "context_usage")
-    return ContextUsage(f.text("model"), f.integer("context_tokens"), f.integer("context_limit_tokens"),
-                        f.integer("event_id", False))
+    return sm.ContextUsage(f.text("model"), f.integer("context_tokens"), f.integer("context_limit_tokens"),
+                           f.integer("event_id", False))
 
 
 def _asr_metadata(m: Mapping[str, Any]) -> ServerEvent:
-    return AsrInitiationMetadata(_Fields(m, "asr_initiation_metadata_event", "asr_initiation_metadata").raw())
+    return sm.AsrInitiationMetadata(_Fields(m, "asr_initiation_metadata_event", "asr_initiation_metadata").raw())
 
 
 def _turn_probability(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "turn_probability_internal_event", "internal_turn_probability")
-    return InternalTurnProbability(float(f.number("turn_probability")))
+    return sm.InternalTurnProbability(float(f.number("turn_probability")))
 
 
 def _tentative_agent(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "tentative_agent_response_internal_event", "internal_tentative_agent_response")
-    return InternalTentativeAgentResponse(f.text("tentative_agent_response"))
+    return sm.InternalTentativeAgentResponse(f.text("tentative_agent_response"))
 
 
 def _agent_typing(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "agent_typing_event", "agent_typing")
-    return AgentTyping(f.flag("is_typing"), f.integer("duration_ms", False))
+    return sm.AgentTyping(f.flag("is_typing"), f.integer("duration_ms", False))
 
 
 def _error(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "error_event", "error")
-    return ErrorEvent(f.integer("code", False), f.text("message", False), f.text("error_type", False),
-                      f.text("reason", False))
+    return sm.ErrorEvent(f.integer("code", False), f.text("message", False), f.text("error_type", False),
+                         f.text("reason", False))
 
 
 def _client_error(m: Mapping[str, Any]) -> ServerEvent:
     f = _Fields(m, "error_event", "client_error")
-    return ClientError(f.integer("code", False), f.text("error_name", False), f.text("message", False))
+    return sm.ClientError(f.integer("code", False), f.text("error_name", False), f.text("message", False))
 
 
 def _queue_status(m: Mapping[str, Any]) -> ServerEvent:
-    return QueueStatus(_Fields(m, "queue_status_event", "queue_status").text("status"))
+    return sm.QueueStatus(_Fields(m, "queue_status_event", "queue_status").text("status"))
 
 
 _DECODERS: dict[str, Decoder] = {
@@ -305,7 +298,7 @@ _DECODERS: dict[str, Decoder] = {
     "agent_response_correction": _correction,
     "agent_chat_response_part": _chat_part,
     "agent_response_metadata": _response_metadata,
-    "agent_response_complete": _response_event("agent_response_complete", AgentResponseComplete),
+    "agent_response_complete": _response_event("agent_response_complete", sm.AgentResponseComplete),
     "agent_reasoning_response_part": _reasoning_part,
     "interruption": _interruption,
     "ping": _ping,
@@ -319,12 +312,12 @@ _DECODERS: dict[str, Decoder] = {
     "vad_score": _vad_score,
     "context_usage": _context_usage,
     "asr_initiation_metadata": _asr_metadata,
-    "guardrail_triggered": lambda m: GuardrailTriggered(),
+    "guardrail_triggered": lambda m: sm.GuardrailTriggered(),
     "internal_turn_probability": _turn_probability,
     "internal_tentative_agent_response": _tentative_agent,
     "agent_typing": _agent_typing,
-    "external_agent_connected": lambda m: ExternalAgentConnected(),
-    "external_agent_disconnected": lambda m: ExternalAgentDisconnected(),
+    "external_agent_connected": lambda m: sm.ExternalAgentConnected(),
+    "external_agent_disconnected": lambda m: sm.ExternalAgentDisconnected(),
     "error": _error,
     "client_error": _client_error,
     "queue_status": _queue_status,
@@ -348,5 +341,5 @@ def decode(frame: str | bytes) -> ServerEvent:
         raise ProtocolError("message has no string 'type' field")
     decoder = _DECODERS.get(mtype)
     if decoder is None:
-        return Unknown(mtype, msg)
+        return sm.Unknown(mtype, msg)
     return decoder(msg)

@@ -1,5 +1,11 @@
 """What the conversation engine hands out: events for the decision function, actions for
-the I/O shell. Plain frozen data; nothing here does anything."""
+the I/O shell. Plain frozen data; nothing here does anything.
+
+A server message the engine hands on as it came is its event (:class:`UserTranscript`,
+:class:`AgentResponse`, :class:`AgentResponseMetadata`: the classes of
+:mod:`.server_messages`); an event that is a server message under the engine's own name
+subclasses it (:class:`Opened`, :class:`Interrupted`, :class:`AgentCorrection`), so its
+fields are written once. The other events are the engine's own."""
 
 from __future__ import annotations
 
@@ -9,6 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .backoff import Outcome
+from .server_messages import AgentResponseCorrection, ConversationMetadata, Interruption
+
+# server messages handed on as they came: their classes are these events (re-exported)
+from .server_messages import AgentResponse as AgentResponse
+from .server_messages import AgentResponseMetadata as AgentResponseMetadata
+from .server_messages import UserTranscript as UserTranscript
 
 Level = Literal["debug", "info", "warning", "error"]
 
@@ -24,12 +36,8 @@ class Connecting:
 
 
 @dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(ConversationMetadata):
     """The server sent the conversation metadata: the conversation is open."""
-
-    conversation_id: str
-    agent_output_audio_format: str
-    user_input_audio_format: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,22 +51,8 @@ class AgentAudio:
 
 
 @dataclass(frozen=True, slots=True)
-class Interrupted:
+class Interrupted(Interruption):
     """The server says the user barged in: flush what plays of turn ``event_id``."""
-
-    event_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class UserTranscript:
-    text: str
-    event_id: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class AgentResponse:
-    text: str
-    event_id: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,18 +72,8 @@ class AgentResponseComplete:
 
 
 @dataclass(frozen=True, slots=True)
-class AgentResponseMetadata:
-    """Newer servers: metadata about an agent response, as it came."""
-
-    event_id: int | str | None
-    data: Mapping[str, Any] = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class AgentCorrection:
-    original: str
-    corrected: str
-    event_id: int | None
+class AgentCorrection(AgentResponseCorrection):
+    """The server corrected the text of the agent's response (``original`` -> ``corrected``)."""
 
 
 @dataclass(frozen=True, slots=True)
