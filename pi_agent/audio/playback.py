@@ -534,7 +534,6 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         self._running = False  # what the switch was last asked for
         self._standby_timer: asyncio.TimerHandle | None = None
         self._probe_timer: asyncio.TimerHandle | None = None
-        self._probes_asked = 0
 
     @property
     def running(self) -> bool:
@@ -706,11 +705,10 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         switch, guard = self._switch, self._guard
         if switch is None or guard is None or self._running:
             return
-        if switch.probes_done < self._probes_asked:
+        if switch.probes_done < switch.probes_asked:
             guard.fail(DeviceError(f"{self.what} did not start within {self.probe_every:g} s "
                                    "(device gone or sound server stuck?)"))
             return
-        self._probes_asked += 1
         switch.request("probe")
         self._arm_probe()
 
@@ -773,7 +771,8 @@ class _Switch:
         self._report = report
         self._stopped = stopped
         self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.probes_done = 0
+        self.probes_asked = 0
+        self.probes_done = 0  # a probe asked and not done by the next one: the stream hangs
         self._lock = threading.Lock()
         self._done = False
         self._abandoned: tuple[pyaudio.PyAudio | None] | None = None
@@ -782,6 +781,8 @@ class _Switch:
 
     def request(self, command: str) -> None:
         """Ask for ``command`` after those asked before (any thread; never waits)."""
+        if command == "probe":
+            self.probes_asked += 1
         self._queue.put(command)
 
     def finish(self, timeout: float) -> bool:
