@@ -23,12 +23,14 @@ Hands out::
     data_to_send(now)   JSON text frames to write, in order
     next_deadline()     when ``tick`` has something to do next (None: nothing is due)
 
-It owns the decoding (one dispatch over the protocol's events, here and nowhere else),
-the interruption filter, pongs owed, the bounded outbox and pre-buffer
+Here: the phases of a connection's life, the bounded outbox and pre-buffer
 (:mod:`.outbox`), the dead-peer clock (time since anything at all was received: a full
 send buffer cannot hide a dead peer), whether a conversation was healthy (it completed
 an exchange, or lasted ``backoff_reset_after``), and the reconnect decision
-(:mod:`.backoff`).
+(:mod:`.backoff`). What the engine does with what it receives (the one dispatch over the
+server's messages, the interruption filter, pongs owed, the server's queue) is
+:mod:`.receiving`'s, a mixin of the engine; one connection's record and what its end
+means, :mod:`.connection`'s.
 """
 
 from __future__ import annotations
@@ -36,28 +38,20 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from collections.abc import Callable
-from typing import Any
 
 from .. import __version__
-from ..errors import ProtocolError
 from . import events as ev
 from . import protocol as p
-from .backoff import CONFIG_ERROR_TYPES, Backoff, Outcome, classify_close
+from .backoff import Backoff, Outcome
+from .connection import MAX_FRAME, QUEUE_REPLAY_S, Connection
 from .outbox import Frame, Message, Outbox
+from .receiving import AudioDecoder, EncoderFactory, Receiver
 from .settings import EngineSettings
 
 SOURCE = "unknown"  # source_info.source is an enum of the official clients (1.1.0): we are none of them
 SOURCE_VERSION = f"pi-agent/{__version__}"[:50]  # ... and the version names us (at most 50 characters)
-MAX_FRAME = 16 * 1024 * 1024  # largest server frame accepted (agent audio frames of 1.25 MB are seen)
 KEEPALIVE_AFTER = 0.5  # s without anything sent -> 100 ms of silence (the server's input timeout is 60 s)
 KEEPALIVE_PCM = bytes(int(0.1 * 16000) * 2)
-QUEUE_REPLAY_S = 2.0  # s after the metadata in which what we write is kept, in case the server queues us
-DEFAULT_FORMAT = "pcm_16000"  # what the SDKs stream before the metadata names the format
-
-Encoder = Callable[[bytes], bytes]
-EncoderFactory = Callable[[str], Encoder]
-AudioDecoder = Callable[[str, bytes], tuple[bytes, int]]
 
 
 @dataclass
@@ -73,35 +67,9 @@ class Stats:
     ping_ms: int | None = None
 
 
-@dataclass
-class _Connection:
-    """One WebSocket connection and the conversation on it (event ids restart with each)."""
-
-    started: float
-    last_received: float
-    last_sent: float
-    last_ping: float
-    init_pending: bool = True
-    opened_at: float | None = None
-    conversation_id: str | None = None
-    output_format: str = DEFAULT_FORMAT
-    encode: Encoder | None = None
-    drop_below: int = 0  # agent audio with an event_id below this is dropped (interrupted)
-    current_turn_id: int | None = None
-    queued: bool = False  # the server holds the conversation in its queue: it discards what we send
-    sent_since_open: list[Message | Frame] | None = None  # written just after the metadata, not yet known heard
-    ended_by_agent: bool = False  # end_call seen: the close that follows is a normal end
-    last_error: p.ErrorEvent | None = None
-    user_spoke: bool = False  # speech or a user message went out on this connection
-    exchanged: bool = False  # ... and the agent answered it: a healthy conversation
-    close_reason: str | None = None  # we closed on purpose (idle, shutdown)
-    failure: str | None = None  # we closed because the server misbehaved
-    close_deadline: float | None = None
-    noticed: set[str] = field(default_factory=set)  # drop notices already given
-
-
-class Engine:
-    """The sans-I/O conversation engine. See the module docstring for the contract."""
+class Engine(Receiver):
+    """The sans-I/O conversation engine. See the module docstring for the contract; what it
+    does with what it receives is :class:`~.receiving.Receiver`'s."""
 
     def __init__(self, settings: EngineSettings, *, encoder_factory: EncoderFactory,
                  decode_audio: AudioDecoder, backoff: Backoff | None = None) -> None:
@@ -120,8 +88,8 @@ class Engine:
         self._wakeable = True  # a request cuts the current wait short (after a normal end only)
         self._last_activity = -math.inf  # the user or the agent last did something
         self._paused = False
-        self._conn: _Connection | None = None
-        self._events: list[ev.Event] = []
+        self._conn = None
+        self._events = []
         self._actions: list[ev.Action] = []
         self._messages_noticed = False
         dpt = settings.dead_peer_timeout
@@ -175,7 +143,7 @@ class Engine:
             self._messages_noticed = False
         return out
 
-    def _keep_for_replay(self, conn: _Connection, item: Message | Frame, now: float) -> None:
+    def _keep_for_replay(self, conn: Connection, item: Message | Frame, now: float) -> None:
         """The service sends ``queue_status`` ``waiting`` right after the metadata and discards
         what arrives meanwhile: what the user said in that moment is kept, to be sent again."""
         assert conn.sent_since_open is not None and conn.opened_at is not None
@@ -193,7 +161,7 @@ class Engine:
             return conn.close_deadline
         return min(d for d in self._deadlines(conn) if d is not None)
 
-    def _deadlines(self, conn: _Connection) -> tuple[float, float, float | None, float | None, float | None]:
+    def _deadlines(self, conn: Connection) -> tuple[float, float, float | None, float | None, float | None]:
         """(dead peer, ping, metadata, keepalive, idle close): computed once, here, so that
         :meth:`tick` at a deadline always finds it due (no float drift, no spinning)."""
         s = self.settings
@@ -210,7 +178,7 @@ class Engine:
         """A conversation is open (metadata received, not closing, not held in the server's queue)."""
         return self._conn is not None and self._admitted(self._conn)
 
-    def _admitted(self, conn: _Connection) -> bool:
+    def _admitted(self, conn: Connection) -> bool:
         """What is sent now reaches the agent: the conversation is open and not queued."""
         return self.phase is ev.Phase.OPEN and not conn.queued
 
@@ -299,7 +267,7 @@ class Engine:
 
     def connection_open(self, now: float) -> None:
         """The WebSocket is open: the initiation message goes first; the metadata is awaited."""
-        self._conn = _Connection(started=now, last_received=now, last_sent=now, last_ping=now)
+        self._conn = Connection(started=now, last_received=now, last_sent=now, last_ping=now)
         self.phase = ev.Phase.OPENING
         self._paused = False
         if not self.wanted:  # the daemon began to stop while this attempt was under way
@@ -311,27 +279,6 @@ class Engine:
         if self._conn is not None and self.phase in (ev.Phase.OPENING, ev.Phase.OPEN):
             self.phase = ev.Phase.CLOSING
             self._conn.close_deadline = now + self._close_timeout
-
-    def heard(self, now: float) -> None:
-        """Bytes arrived (any frame, pongs too): the peer is alive."""
-        if self._conn is not None:
-            self._conn.last_received = now
-
-    def receive(self, frame: str | bytes, now: float) -> None:
-        """One data frame from the server."""
-        conn = self._conn
-        if conn is None:
-            return
-        conn.last_received = now
-        try:
-            event = p.decode(frame)
-        except ProtocolError as e:
-            self._protocol_error(f"skipped a malformed server frame: {e}")
-            return
-        self.stats.messages_in[type(event).__name__] += 1
-        handler = _HANDLERS.get(type(event))
-        if handler is not None:
-            handler(self, conn, event, now)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -351,7 +298,7 @@ class Engine:
         self.outbox.connection_lost()
         was_open = conn.opened_at is not None
         lasted = now - conn.opened_at if conn.opened_at is not None else 0.0
-        outcome, text = self._verdict(conn, code, reason, sent_code)
+        outcome, text = conn.verdict(code, reason, sent_code)
         if was_open and (conn.exchanged or lasted >= self.settings.backoff_reset_after):
             self.backoff.reset()  # healthy, however short: the next one comes within backoff_initial
         self._finish(ev.Closed(outcome, text, None, code, was_open, lasted), None, now)
@@ -443,33 +390,6 @@ class Engine:
             f"{closed.reason}; nobody has asked for a conversation for {self.settings.idle_timeout:g} s: "
             "no more retries until the next press or speech"))
 
-    def _verdict(self, conn: _Connection, code: int | None, reason: str, sent_code: int | None) -> tuple[Outcome, str]:
-        """What a closed connection means, and one line saying why it ended."""
-        if conn.close_reason is not None:
-            return Outcome.CLOSED, conn.close_reason
-        if conn.failure is not None:
-            return Outcome.RETRY, conn.failure
-        err = conn.last_error
-        outcome = classify_close(code, reason, err, ended_by_agent=conn.ended_by_agent)
-        if sent_code == 1009:  # the WebSocket layer refused an oversized frame
-            text = f"the server sent a frame over the {MAX_FRAME >> 20} MiB limit"
-        elif conn.ended_by_agent:
-            text = "the agent ended the call"
-        elif err is not None and err.error_type == "max_duration_exceeded":
-            text = "the conversation reached its maximum duration"
-        elif code is None or code == 1006:
-            text = "connection lost" + ("" if conn.opened_at is not None else " before the conversation opened")
-        else:
-            text = f"server closed with {code}" + (f" {reason!r}" if reason else "")
-            if err is not None and (err.error_type or err.message):
-                text += f" ({err.error_type or 'error'}: {(err.message or err.reason or '')[:160]})"
-        if outcome is Outcome.FATAL:
-            if err is not None and err.error_type in CONFIG_ERROR_TYPES:
-                text += " (check [session] overrides and dynamic_variables against what the agent allows)"
-            else:
-                text += " (check the API key and agent_id)"
-        return outcome, text
-
     def _notice_once(self, key: str, level: ev.Level, text: str) -> None:
         """One notice per kind per connection (each drop is still counted)."""
         conn = self._conn
@@ -479,143 +399,4 @@ class Engine:
                 seen.add(key)
             self._events.append(ev.Notice(level, text))
 
-    def _protocol_error(self, text: str) -> None:
-        self.stats.protocol_errors += 1
-        self._events.append(ev.Notice("warning", text))
-
-    # --- one handler per server message that means something here ----------------------------
-
-    def _on_ping(self, conn: _Connection, event: p.Ping, now: float) -> None:
-        self.outbox.push_control(Message("pong", p.encode_pong(event.event_id)))
-        if event.ping_ms is not None:
-            self.stats.ping_ms = event.ping_ms
-
-    def _on_metadata(self, conn: _Connection, event: p.ConversationMetadata, now: float) -> None:
-        if conn.opened_at is not None:
-            self._events.append(ev.Notice("warning", "second conversation metadata ignored"))
-            return
-        if self.phase is not ev.Phase.OPENING:
-            return  # we are closing it already
-        conn.opened_at = now
-        conn.sent_since_open = []
-        conn.conversation_id = event.conversation_id
-        conn.output_format = event.agent_output_audio_format
-        conn.encode = self._encoder_factory(event.user_input_audio_format)
-        self.phase = ev.Phase.OPEN
-        self.stats.conversations += 1
-        self._last_activity = now
-        self._events.append(ev.Opened(event.conversation_id, event.agent_output_audio_format,
-                                      event.user_input_audio_format))
-        if self.outbox.early:
-            self._events.append(ev.Notice("info", f"sending {self.outbox.early_seconds:.1f} s of speech "
-                                          "captured while connecting"))
-
-    def _on_audio(self, conn: _Connection, event: p.Audio, now: float) -> None:
-        if conn.opened_at is None:
-            self.stats.audio_dropped["before_metadata"] += 1
-            self._events.append(ev.Notice("warning", "agent audio arrived before the conversation metadata; dropped"))
-            return
-        if event.event_id < conn.drop_below:
-            self.stats.audio_dropped["interrupted"] += 1
-            return
-        try:
-            pcm, rate = self._decode_audio(conn.output_format, event.audio)
-        except ProtocolError as e:
-            self._protocol_error(f"skipped agent audio: {e}")
-            return
-        new_turn = event.event_id != conn.current_turn_id
-        conn.current_turn_id = event.event_id
-        conn.exchanged = conn.exchanged or conn.user_spoke
-        self._last_activity = now
-        self._events.append(ev.AgentAudio(pcm, rate, new_turn, event.final))
-
-    def _on_interruption(self, conn: _Connection, event: p.Interruption, now: float) -> None:
-        # The service numbers an interruption newer than the audio it cuts off, and answers
-        # text input with an interruption whose id the reply's own audio then carries
-        # (elevenlabs-python #829): only strictly older audio is stale, as the official
-        # JavaScript client has it (docs/service-behaviour.md).
-        conn.drop_below = max(conn.drop_below, event.event_id)
-        self._events.append(ev.Interrupted(event.event_id))
-
-    def _on_user_transcript(self, conn: _Connection, event: p.UserTranscript, now: float) -> None:
-        self._events.append(event)
-
-    def _on_agent_response(self, conn: _Connection, event: p.AgentResponse, now: float) -> None:
-        conn.exchanged = conn.exchanged or conn.user_spoke
-        self._events.append(event)
-
-    def _on_correction(self, conn: _Connection, event: p.AgentResponseCorrection, now: float) -> None:
-        self._events.append(ev.AgentCorrection(event.original, event.corrected, event.event_id))
-
-    def _on_text_part(self, conn: _Connection, event: p.AgentChatResponsePart, now: float) -> None:
-        self._events.append(ev.AgentTextPart(event.part_type, event.text, event.event_id))
-
-    def _on_response_complete(self, conn: _Connection, event: p.AgentResponseComplete, now: float) -> None:
-        self._events.append(ev.AgentResponseComplete(event.event_id))
-
-    def _on_response_metadata(self, conn: _Connection, event: p.AgentResponseMetadata, now: float) -> None:
-        self._events.append(event)
-
-    def _on_tool_call(self, conn: _Connection, event: p.ClientToolCall, now: float) -> None:
-        self._events.append(ev.ToolCall(event.tool_name, event.tool_call_id, dict(event.parameters),
-                                        event.expects_response))
-
-    def _on_mcp_tool_call(self, conn: _Connection, event: p.McpToolCall, now: float) -> None:
-        self._events.append(ev.McpToolCall(event.tool_name, event.tool_call_id, event.state,
-                                           dict(event.parameters), event.description, event.approval_timeout))
-
-    def _on_queue_status(self, conn: _Connection, event: p.QueueStatus, now: float) -> None:
-        """``waiting``: what we send would be discarded, so speech is kept (the pre-buffer) and
-        messages wait until ``admitted``; ``timed_out``: the server closes (3008) and we retry."""
-        queued, was = event.status == "waiting", conn.queued
-        if queued and not was:
-            self.outbox.hold()
-            if conn.opened_at is not None and now - conn.opened_at <= QUEUE_REPLAY_S:
-                self.outbox.requeue(conn.sent_since_open or [])
-        conn.queued = queued
-        conn.sent_since_open = None
-        self._events.append(ev.Queued(event.status, queued))
-        if was and not queued and self.outbox.early and self.phase is ev.Phase.OPEN:
-            self._events.append(ev.Notice("info", f"sending {self.outbox.early_seconds:.1f} s of speech "
-                                          "captured while queued"))
-
-    def _on_tool_response(self, conn: _Connection, event: p.AgentToolResponse, now: float) -> None:
-        if event.tool_name == "end_call":
-            conn.ended_by_agent = True
-        self._events.append(ev.AgentToolResponse(event.tool_name, event.is_error))
-
-    def _on_error(self, conn: _Connection, event: p.ErrorEvent, now: float) -> None:
-        conn.last_error = event
-        self._events.append(ev.ServerError(event.error_type, event.code, event.message or event.reason))
-
-    def _on_client_error(self, conn: _Connection, event: p.ClientError, now: float) -> None:
-        if conn.last_error is None:  # the reason of the close that follows
-            conn.last_error = p.ErrorEvent(event.code, event.message, event.name, None)
-        self._events.append(ev.ServerError(event.name, event.code, event.message, kind="client_error"))
-
-    def _on_unknown(self, conn: _Connection, event: p.Unknown, now: float) -> None:
-        self._events.append(ev.Notice("debug", f"ignored server message of unknown type {event.type[:60]!r}"))
-
-
-_Handler = Callable[[Engine, _Connection, Any, float], None]
-_HANDLERS: dict[type, _Handler] = {  # the one dispatch over protocol events
-    p.Ping: Engine._on_ping,
-    p.ConversationMetadata: Engine._on_metadata,
-    p.Audio: Engine._on_audio,
-    p.Interruption: Engine._on_interruption,
-    p.UserTranscript: Engine._on_user_transcript,
-    p.AgentResponse: Engine._on_agent_response,
-    p.AgentResponseCorrection: Engine._on_correction,
-    p.AgentChatResponsePart: Engine._on_text_part,
-    p.AgentResponseComplete: Engine._on_response_complete,
-    p.AgentResponseMetadata: Engine._on_response_metadata,
-    p.ClientToolCall: Engine._on_tool_call,
-    p.AgentToolResponse: Engine._on_tool_response,
-    p.ErrorEvent: Engine._on_error,
-    p.ClientError: Engine._on_client_error,
-    p.QueueStatus: Engine._on_queue_status,
-    p.McpToolCall: Engine._on_mcp_tool_call,
-    p.Unknown: Engine._on_unknown,
-}  # every other message (vad_score, chat parts, unknown types, ...) is counted and ignored
-
-__all__ = ["DEFAULT_FORMAT", "KEEPALIVE_AFTER", "MAX_FRAME", "SOURCE", "Engine", "Stats"]
+__all__ = ["KEEPALIVE_AFTER", "MAX_FRAME", "SOURCE", "Engine", "Stats"]  # MAX_FRAME: connection.py's, for the shell
