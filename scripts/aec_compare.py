@@ -36,6 +36,9 @@ Run it in a scratch venv holding both packages (do not add them to pi-agent's ve
     python -m venv /tmp/aecv && /tmp/aecv/bin/pip install numpy soxr livekit pywebrtc-audio
     /tmp/aecv/bin/python scripts/aec_compare.py [--repeats 7] [--delays 20,60,120] [--noise-dbfs -60]
 
+ERLE, the alignment and the levels are measured by pi_agent.audio.echo_analysis (numpy only, taken from this
+checkout: pi-agent need not be installed there), which pi-agent test-mic --echo uses too.
+
 It needs espeak-ng on PATH, takes about 2-3 minutes, prints a markdown report to stdout (progress on
 stderr) and writes no files.
 """
@@ -52,6 +55,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -59,6 +63,9 @@ import numpy.typing as npt
 import soxr
 from livekit import rtc
 from pywebrtc_audio import AudioProcessor, EchoCanceller
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # pi_agent's echo analysis: numpy only, like this
+from pi_agent.audio.echo_analysis import Match, at_dbfs, erle_db, match
 
 SR = 16000
 FRAME = SR // 100  # 10 ms
@@ -111,8 +118,9 @@ def active_rms(x: F64) -> float:
     return float(np.sqrt(np.mean(p[p > p.max() * 1e-4])))
 
 
-def at_dbfs(x: F64, dbfs: float) -> F64:
-    return x * (32768.0 * 10 ** (dbfs / 20) / active_rms(x))
+def speech_at(x: F64, dbfs: float) -> F64:
+    """x with its active speech level (:func:`active_rms`) at dbfs."""
+    return at_dbfs(x, dbfs, active_rms(x))
 
 
 def room_ir(seed: int, drr_db: float) -> F64:
@@ -159,9 +167,9 @@ def make_sources() -> Sources:
     parts: list[F64] = []
     for sentence in FAR_TEXT:
         parts += [espeak(sentence, "en-us"), gap]
-    far = at_dbfs(np.concatenate(parts), FAR_DBFS)
-    near_dt = at_dbfs(espeak(NEAR_DT_TEXT, "en-gb-x-rp+f3"), NEAR_DBFS)
-    near_only = at_dbfs(espeak(NEAR_ONLY_TEXT, "en-gb-x-rp+f3"), NEAR_DBFS)
+    far = speech_at(np.concatenate(parts), FAR_DBFS)
+    near_dt = speech_at(espeak(NEAR_DT_TEXT, "en-gb-x-rp+f3"), NEAR_DBFS)
+    near_only = speech_at(espeak(NEAR_ONLY_TEXT, "en-gb-x-rp+f3"), NEAR_DBFS)
     return Sources(far, near_dt, near_only)
 
 
@@ -331,38 +339,6 @@ def run(cfg: Config, scene: Scene) -> Run:
     return Run(out, times, np.arange(n, dtype=np.int64) * cfg.chunk, cpu)
 
 
-def erle(scene: Scene, out: I16, mask: npt.NDArray[np.bool_]) -> float:
-    mic = scene.mic[mask].astype(np.float64)
-    y = out[mask].astype(np.float64)
-    return float(10 * np.log10(np.sum(mic**2) / max(np.sum(y**2), 1e-9)))
-
-
-@dataclass
-class Match:
-    corr: float
-    lag_ms: float
-    level_db: float
-
-
-def match(
-    out: npt.NDArray[np.generic], ref: npt.NDArray[np.generic], span: tuple[int, int], max_lag_ms: int = 100
-) -> Match:
-    """Best normalised correlation of out against ref over span, for output lags within +-max_lag_ms."""
-    a, b = span
-    m = max_lag_ms * SR // 1000
-    c = np.asarray(ref[a:b], dtype=np.float64)
-    o = np.concatenate([np.zeros(m), np.asarray(out, dtype=np.float64), np.zeros(m)])[a : b + 2 * m]
-    xc = np.correlate(o, c, mode="valid")  # xc[k] = sum_n c[n] * out[a - m + k + n]
-    k = int(np.argmax(xc))
-    seg = o[k : k + len(c)]
-    denom = np.sqrt(np.sum(seg**2) * np.sum(c**2))
-    return Match(
-        corr=float(xc[k] / denom) if denom > 0 else 0.0,
-        lag_ms=(k - m) * 1000 / SR,
-        level_db=float(20 * np.log10(max(np.sqrt(np.mean(seg**2)), 1e-9) / np.sqrt(np.mean(c**2)))),
-    )
-
-
 @dataclass
 class Result:
     cfg: str
@@ -387,16 +363,20 @@ class Result:
 def quality(name: str, scene: Scene, out: I16, ref: I16) -> Result:
     idx = np.arange(len(out))
     fo = scene.far_only[: len(out)]
+
+    def erle(mask: npt.NDArray[np.bool_]) -> float:
+        return erle_db(scene.mic[mask], out[mask])
+
     return Result(
         cfg=name,
         delay_ms=scene.delay_ms,
-        erle_early=erle(scene, out, fo & (idx < 2 * SR)),
-        erle_after2=erle(scene, out, fo & (idx >= 2 * SR)),
-        erle_last5=erle(scene, out, fo & (idx >= scene.echo_end - 5 * SR)),
-        dt=match(out, ref, scene.dt),
-        dt_raw=match(out, scene.clean, scene.dt),
-        near=match(out, ref, scene.near_only),
-        near_raw=match(out, scene.clean, scene.near_only),
+        erle_early=erle(fo & (idx < 2 * SR)),
+        erle_after2=erle(fo & (idx >= 2 * SR)),
+        erle_last5=erle(fo & (idx >= scene.echo_end - 5 * SR)),
+        dt=match(out, ref, scene.dt, SR),
+        dt_raw=match(out, scene.clean, scene.dt, SR),
+        near=match(out, ref, scene.near_only, SR),
+        near_raw=match(out, scene.clean, scene.near_only, SR),
     )
 
 
