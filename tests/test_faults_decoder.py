@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pi_agent.engine import protocol as p
 from pi_agent.audio.formats import decode_pcm
 from pi_agent.engine.settings import EngineSettings
-from pi_agent.daemon import encoder_for
+from pi_agent.net.conversation import mic_encoder as encoder_for
 from pi_agent.decide.decide import decide
 from pi_agent.decide.model import Model
 from pi_agent.engine.conversation import Engine
