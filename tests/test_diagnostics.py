@@ -1,13 +1,23 @@
-"""The admin's diagnostics: pi-agent check, test-leds, test-mic, test-speaker, devices."""
+"""The admin's diagnostics: pi-agent check, test-leds, test-mic, test-speaker, devices; the echo
+analysis test-mic --echo shares with scripts/aec_compare.py; the engine and session check builds."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
+from pi_agent.audio import MIC_RATE
+from pi_agent.audio.echo_analysis import delay, erle_db, match
+from pi_agent.config import Settings
+from pi_agent.diagnostics import echo_signal, judge_echo
+from pi_agent.diagnostics.echo import ECHO_LAGS, ECHO_QUIET
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
+from pi_agent.net.conversation import build_conversation
 from .support_daemon import QUESTION_WAV, free_port
 
 CANARY = "sk_canary_diag_123456789"
@@ -80,3 +90,58 @@ async def test_test_speaker_plays_a_tone(tmp_path: Path) -> None:
         rate, data = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), "<i2")
     spectrum = np.abs(np.fft.rfft(data.astype(float)))
     assert abs(np.argmax(spectrum) * rate / len(data) - 1000) < 10
+
+
+# --- the echo analysis and the conversation builder (in-process) ------------------------------------
+
+
+def late(x: np.ndarray, lag: int) -> np.ndarray:
+    """``x`` ``lag`` samples later (earlier if negative), silence where it has nothing."""
+    out = np.zeros_like(x)
+    if lag >= 0:
+        out[lag:] = x[: len(x) - lag]
+    else:
+        out[:lag] = x[-lag:]
+    return out
+
+
+def echo_scene(lag: int, gain: float, cancelled_by: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(mic, reference, cleaned) of test-mic --echo: the test signal after ECHO_QUIET, heard ``lag``
+    samples late at ``gain``, over a little noise; cleaned: the mic ``cancelled_by`` dB quieter."""
+    reference = np.concatenate([np.zeros(int(ECHO_QUIET * MIC_RATE), "<i2"), echo_signal(5.0)])
+    noise = np.random.default_rng(1).normal(0, 10, len(reference))
+    mic = (late(reference.astype(float), lag) * gain + noise).astype("<i2")
+    cleaned = None if cancelled_by is None else (mic * 10 ** (-cancelled_by / 20)).astype("<i2")
+    return mic, reference, cleaned
+
+
+def test_the_echo_delay_is_found_late_or_early_and_inverted() -> None:
+    for lag in (0, 800, -800, 12_000):
+        mic, reference, _ = echo_scene(lag, -0.3, None)
+        assert delay(mic, reference, ECHO_LAGS) == lag
+
+
+def test_judge_echo_says_whether_aec_will_work() -> None:
+    assert judge_echo(*echo_scene(800, 0.3, 30)).verdict == 'aec will work: set audio.echo = "aec"'
+    report = judge_echo(*echo_scene(800, 0.3, 15))
+    assert not report.ok and report.delay_ms == 50 and "only part of the echo" in report.verdict
+    assert "aec will not work" in judge_echo(*echo_scene(9600, 0.3, 30)).verdict  # 600 ms late
+    assert "not installed" in judge_echo(*echo_scene(800, 0.3, None)).verdict
+    quiet = judge_echo(*echo_scene(800, 0.0, None))
+    assert quiet.ok and "does not hear the speaker" in quiet.verdict
+
+
+def test_match_and_erle_measure_what_a_canceller_kept_and_removed() -> None:
+    voice = np.random.default_rng(2).normal(0, 1000, 4 * MIC_RATE)
+    out = late(voice, 160) * 0.5  # 10 ms late, 6 dB down
+    m = match(out, voice, (MIC_RATE, 3 * MIC_RATE), MIC_RATE)
+    assert m.lag_ms == 10 and m.corr > 0.999 and abs(m.level_db + 6.02) < 0.01
+    assert abs(erle_db(voice, voice / 100) - 40) < 1e-9
+
+
+def test_one_builder_gives_the_daemon_and_check_their_engine_and_session() -> None:
+    settings = Settings(agent_id="a", session={"policy": "persistent"})  # type: ignore[arg-type]
+    engine, session = build_conversation(settings, on_event=lambda event: None)
+    assert engine.persistent and session.engine is engine
+    engine, _ = build_conversation(settings, on_event=lambda event: None, policy="on_demand")
+    assert not engine.persistent and engine.settings == replace(settings.session.engine_settings(), policy="on_demand")
