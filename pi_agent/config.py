@@ -22,7 +22,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, cast
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
@@ -231,13 +231,67 @@ class LogSettings(_Section):
     transcripts: bool = Field(True, description="log what the user said and the agent answered (info level)")
 
 
-class Settings(BaseSettings):
+class _CredentialsSource(PydanticBaseSettingsSource):
+    """The API key from systemd's credentials directory (``LoadCredential=api_key:...``)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            return {}
+        path = Path(directory) / "api_key"
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise ConfigError(f"api_key: cannot read credential {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"api_key: credential {path} is not UTF-8 text (paste the key alone)") from None
+        return {"api_key": key} if key else {}
+
+
+class _ElevenLabsKeySource(PydanticBaseSettingsSource):
+    """The API key from ``$ELEVENLABS_API_KEY``, as the official SDKs read it; the
+    project's own ``PI_AGENT_API_KEY`` and the systemd credential come first."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        key = os.environ.get(SDK_KEY_VARIABLE, "").strip()
+        return {"api_key": key} if key else {}
+
+
+class _EnvOverFile(BaseSettings):
+    """Settings read from the environment (``PI_AGENT_``, ``__`` between levels) over the
+    TOML file, whose contents come as keyword arguments (:func:`load_settings`); the
+    sources of ``key_sources`` stand between the two."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True,
+                                      allow_inf_nan=False)
+    key_sources: ClassVar[tuple[type[PydanticBaseSettingsSource], ...]] = ()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init_settings carries the TOML file's contents (see load_settings): weakest but defaults.
+        return (env_settings, *(source(settings_cls) for source in cls.key_sources), init_settings)
+
+
+class Settings(_EnvOverFile):
     """Every setting of the daemon. Build it with :func:`load_settings`."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True,
-        nested_model_default_partial_update=True, allow_inf_nan=False,
-    )
+    model_config = SettingsConfigDict(extra="forbid", nested_model_default_partial_update=True)
+    key_sources = (_CredentialsSource, _ElevenLabsKeySource)  # the API key: systemd's, then the SDKs' variable
 
     agent_id: str = Field(..., min_length=1, description="the ElevenLabs agent id (required)")
     api_key: SecretStr | None = Field(None, description="ElevenLabs API key, for private agents; "
@@ -281,53 +335,6 @@ class Settings(BaseSettings):
             earcons=frozenset(self.audio.earcons), transcripts=self.log.transcripts,
             tool_timeout=self.api.tool_timeout, follow_up=self.capture.follow_up, aec=self.audio.echo == "aec",
             mcp_approval=self.session.mcp_approval, mcp_allow=frozenset(self.session.mcp_allow))
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init_settings carries the TOML file's contents (see load_settings): weakest but defaults.
-        return (env_settings, _CredentialsSource(settings_cls), _ElevenLabsKeySource(settings_cls), init_settings)
-
-
-class _CredentialsSource(PydanticBaseSettingsSource):
-    """The API key from systemd's credentials directory (``LoadCredential=api_key:...``)."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            return {}
-        path = Path(directory) / "api_key"
-        try:
-            key = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return {}
-        except OSError as e:
-            raise ConfigError(f"api_key: cannot read credential {path}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"api_key: credential {path} is not UTF-8 text (paste the key alone)") from None
-        return {"api_key": key} if key else {}
-
-
-class _ElevenLabsKeySource(PydanticBaseSettingsSource):
-    """The API key from ``$ELEVENLABS_API_KEY``, as the official SDKs read it; the
-    project's own ``PI_AGENT_API_KEY`` and the systemd credential come first."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        key = os.environ.get(SDK_KEY_VARIABLE, "").strip()
-        return {"api_key": key} if key else {}
-
 
 def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] = os.environ) -> Path | None:
     """The TOML file to read: ``--config``, else ``$PI_AGENT_CONFIG``, else the default if present."""
@@ -391,20 +398,10 @@ def load_settings(explicit_path: str | os.PathLike[str] | None = None, **overrid
 SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
-class _OneSection(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
-                                      frozen=True, allow_inf_nan=False)
+class _OneSection(_EnvOverFile):
+    """One section alone (:func:`load_section`): the environment over the file; no API key."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
+    model_config = SettingsConfigDict(extra="ignore")
 
 
 def load_section(explicit_path: str | os.PathLike[str] | None, name: str, kind: type[SectionT],
