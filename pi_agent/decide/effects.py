@@ -13,11 +13,12 @@ Level = Literal["debug", "info", "warning", "error"]
 
 
 class GateCommand(enum.StrEnum):
-    """What the decisions tell the capture gate (:meth:`pi_agent.audio.gate.CaptureGate.apply`)."""
+    """What the decisions tell the capture gate (:meth:`pi_agent.audio.gate.CaptureGate.apply`). Whether
+    the user's turn is on is not a command: the model holds it and the gate is told it with each frame."""
 
     PRESS = "press"            # push_to_talk: the button is held (or toggled on)
     RELEASE = "release"        # push_to_talk: released (the turn ends on the next frame)
-    START_TURN = "start_turn"  # vad/wake_word/always: a turn starts now (button, API)
+    START_TURN = "start_turn"  # vad/wake_word/always: a turn starts now (button, API); sent only while none is on
     END_TURN = "end_turn"      # the turn is over (server transcript, stop, mute, closed)
 
     def __str__(self) -> str:
