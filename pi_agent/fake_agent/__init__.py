@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from .options import FakeAgentOptions, add_arguments, options_from_args
 from .records import ConversationRecord, McpCall, Received, Sent, Turn
-from .server import ERROR_CODES, GARBAGE_KINDS, FakeAgent, serve
+from .faults import GARBAGE_KINDS
+from .server import FakeAgent, serve
+from .wire import ERROR_CODES
 
 __all__ = [
     "ERROR_CODES",
