@@ -15,17 +15,20 @@ import logging
 import resource
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .alarms import GrowthAlarm
 from .audio import AudioInput, AudioOutput
+from .audio.capture import PyAudioInput
+from .audio.devices import CallbackDevice
 from .audio.echo import FrameClock
 from .audio.echo import require as require_echo_canceller
-from .audio.formats import MicEncoder, decode_pcm
 from .audio.gate import CaptureGate, WakeWord
+from .audio.keeper import DeviceKeeper
+from .audio.playback import PyAudioOutput
 from .config import AudioSettings, CaptureSettings, Settings
 from .controller import Controller
 from .decide import inputs as i
@@ -33,13 +36,12 @@ from .decide.leds import LedInputs, picture
 from .decide.model import Status
 from .decide.states import State
 from .engine.backoff import Backoff
-from .engine.conversation import Engine
-from .errors import ConfigError, DeviceError, DeviceNotFound
+from .errors import ConfigError, DeviceError
 from .events import EventHub
 from .metrics import Metrics
-from .net.link import open_link
-from .net.session import Connector, Session
-from .net.signed_url import SignedUrlFetcher, url_for
+from .net.conversation import build_conversation
+from .net.session import Connector
+from .net.signed_url import SignedUrlFetcher
 from .service.api import ApiServer, server_socket_path
 from .service.logging import setup_logging
 from .service.systemd import Notifier, watchdog_loop
@@ -54,7 +56,6 @@ else:
 
 log = logging.getLogger("pi_agent.daemon")
 
-DEVICE_RETRY_MAX = 30.0
 ALARM_INTERVAL = 5.0  # s between looks at the device counters
 SHUTDOWN_CLOSE_WAIT = 1.0  # at most this long for the agent to answer our close
 SHUTDOWN_BUDGET = 1.5  # all of the shutdown: systemd and the README promise exit within 2 s
@@ -82,7 +83,6 @@ def make_audio_input(a: AudioSettings) -> AudioInput:
     if a.input_wav is not None:
         from .audio.files import WavFileInput
         return WavFileInput(a.input_wav)
-    from .audio.capture import PyAudioInput
     return PyAudioInput(a.input_device, channel=a.input_channel, idle_read_ms=a.idle_read_ms)
 
 
@@ -90,7 +90,6 @@ def make_audio_output(a: AudioSettings) -> AudioOutput:
     if a.output_wav is not None:
         from .audio.files import WavFileOutput
         return WavFileOutput(a.output_wav, rate=a.output_rate or 16000, period_ms=a.period_ms)
-    from .audio.playback import PyAudioOutput
     return PyAudioOutput(a.output_device, period_ms=a.period_ms, rate=a.output_rate, earcons=a.earcons,
                          standby_after=a.standby_after, lead_in=a.lead_in)
 
@@ -109,9 +108,9 @@ def make_echo_canceller(a: AudioSettings, speaker: AudioOutput) -> EchoCanceller
     if a.echo != "aec":
         return None
     from .audio.echo import EchoCanceller, FarEnd
-    if not hasattr(speaker, "far_end"):
-        raise ConfigError(f"audio.echo = aec needs a sound card's speaker to hear what it plays, not "
-                          f"{type(speaker).__name__}: use half_duplex or full_duplex with audio.output_wav")
+    if not isinstance(speaker, PyAudioOutput):
+        raise ConfigError("audio.echo = aec needs a sound card's speaker to hear what it plays, not a WAV file "
+                          "or a stand-in: use half_duplex or full_duplex with audio.output_wav")
     far = FarEnd()
     echo = EchoCanceller(far, noise_suppression=a.noise_suppression)
     speaker.far_end = far
@@ -126,10 +125,6 @@ def make_wake_word(c: CaptureSettings) -> WakeWordDetector | None:
     return WakeWordDetector(c.wake_word, c.wake_word_threshold)
 
 
-def encoder_for(fmt: str) -> Callable[[bytes], bytes]:
-    return MicEncoder(fmt).encode
-
-
 class Daemon:
     """The running daemon: controller, engine and session, devices, GPIO, API, systemd."""
 
@@ -142,27 +137,24 @@ class Daemon:
         self.audio_out = parts.audio_out or make_audio_output(settings.audio)
         self.echo = make_echo_canceller(settings.audio, self.audio_out)
         self.notifier = parts.notifier or Notifier.from_env()
-        c, s = settings.capture, settings.session
+        c = settings.capture
         preroll = c.preroll
         if c.mode == "push_to_talk":  # streaming starts at the hold: keep what came before it
             preroll = max(preroll, min(2.0, settings.button.hold_time + 0.1))
-        self.wake_word = parts.wake_word or make_wake_word(c)
+        detector = make_wake_word(c) if parts.wake_word is None else None
+        self.wake_word: WakeWord | None = parts.wake_word or detector
+        self._wake_word_text = detector.description if detector is not None else "wake word"
         self.gate = CaptureGate(c.mode, parts.vad or make_vad(c.vad_aggressiveness), wake_word=self.wake_word,
                                 preroll=preroll, hangover=c.hangover, privacy=c.privacy)
         if self.wake_word is not None:
             self.metrics.watch_wake_word(lambda: self.gate.wake_words)
         if self.echo is not None:
             self.metrics.watch_echo(lambda: self.echo.attenuation_db if self.echo else None)
-        self.engine = Engine(s.engine_settings(), encoder_factory=encoder_for, decode_audio=decode_pcm,
-                             backoff=parts.backoff)
+        self.engine, self.session = build_conversation(
+            settings, on_event=lambda event: self.controller.dispatch(event), backoff=parts.backoff,
+            connect=parts.connect, fetch_url=parts.fetch_url, clock=parts.clock)
         self.controller = Controller(settings, gate=self.gate, output=self.audio_out, engine=self.engine,
                                      metrics=self.metrics, hub=self.hub, clock=parts.clock)
-        api_key = settings.api_key.get_secret_value() if settings.api_key else None
-        self.session = Session(
-            self.engine, url=lambda: url_for(settings.server_url, settings.agent_id, api_key, s.connect_timeout,
-                                             parts.fetch_url),
-            on_event=self.controller.dispatch, connect_timeout=s.connect_timeout,
-            connect=parts.connect or open_link, clock=parts.clock)
         self.controller.attach(self.session)
         socket_path = server_socket_path(settings.api.socket)
         self.api = (ApiServer(settings.api, self.controller, self.hub, self.metrics, self._snapshot_extra,
@@ -174,9 +166,15 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing: list[asyncio.Future[Any]] = []  # device and API closes under way
         self._shutdown_by: float | None = None  # when everything must be closed
-        self._mic_failed = asyncio.Event()
-        self._spk_failed = asyncio.Event()
-        self._open_devices: set[str] = set()
+        on_failed = lambda which, message: self.controller.dispatch(i.DeviceFailed(which, message))  # noqa: E731
+        on_back = lambda which: self.controller.dispatch(i.DeviceRecovered(which))  # noqa: E731
+        out, mic = self.audio_out, self.audio_in
+        self.speaker_keeper = DeviceKeeper("speaker", out.open, out.close, on_failed=on_failed, on_back=on_back,
+                                           portaudio=isinstance(out, CallbackDevice))
+        self.mic_keeper = DeviceKeeper("microphone", lambda on_error: mic.open(self._on_mic_frame(), on_error),
+                                       mic.close, on_failed=on_failed, on_back=on_back,
+                                       portaudio=isinstance(mic, CallbackDevice))
+        DeviceKeeper.pair(self.speaker_keeper, self.mic_keeper)
         m = self.metrics
         m.watch_engine(self.engine, lambda: self.audio_out.dropped_frames)
         m.watch_device_counter("capture_overflows", lambda: self.audio_in.overflows)
@@ -192,7 +190,7 @@ class Daemon:
         ]
 
     def _device_underflows(self) -> int:
-        return int(getattr(self.audio_out, "device_underflows", 0))
+        return self.audio_out.device_underflows if isinstance(self.audio_out, PyAudioOutput) else 0
 
     def _snapshot_extra(self) -> dict[str, Any]:
         counters: dict[str, Any] = {**self.metrics.totals(), "capture_overflows": self.audio_in.overflows,
@@ -243,46 +241,6 @@ class Daemon:
 
     # --- devices --------------------------------------------------------------------------
 
-    async def _keep_device(self, which: str, open_: Callable[[], Awaitable[None]],
-                           close: Callable[[], Awaitable[None]], failed: asyncio.Event) -> None:
-        """Open a device; when it fails (missing, unplugged), reopen with backoff, forever."""
-        delay = 1.0
-        while True:
-            try:
-                await open_()
-            except DeviceError as e:
-                self.controller.dispatch(i.DeviceFailed(which, str(e)))
-                if isinstance(e, DeviceNotFound):
-                    self._relist_devices(which)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, DEVICE_RETRY_MAX)
-                continue
-            self.controller.dispatch(i.DeviceRecovered(which))
-            self._open_devices.add(which)
-            delay = 1.0
-            await failed.wait()
-            failed.clear()
-            self._open_devices.discard(which)
-            with contextlib.suppress(Exception):
-                await close()
-
-    def _relist_devices(self, missing: str) -> None:
-        """PortAudio lists devices only when it starts, and an open stream keeps it started:
-        a device plugged in later stays invisible. Close the other PortAudio device briefly
-        (its keeper reopens it at once) so that the next attempt sees a fresh list."""
-        other = "speaker" if missing == "microphone" else "microphone"
-        device = self.audio_out if other == "speaker" else self.audio_in
-        if other not in self._open_devices or type(device).__name__ not in ("PyAudioInput", "PyAudioOutput"):
-            return  # the retry backoff (up to 30 s) bounds how often this happens
-        log.info("reopening the %s so that PortAudio lists the devices again (looking for the %s)", other, missing)
-        (self._spk_failed if other == "speaker" else self._mic_failed).set()
-
-    def _device_error(self, which: str, failed: asyncio.Event) -> Callable[[DeviceError], None]:
-        def report(error: DeviceError) -> None:
-            self.controller.dispatch(i.DeviceFailed(which, str(error)))
-            failed.set()
-        return report
-
     async def _watch_alarms(self) -> None:
         while True:
             await asyncio.sleep(ALARM_INTERVAL)
@@ -313,7 +271,7 @@ class Daemon:
                  self.settings.capture.mode, self.settings.audio.echo)
         if self.wake_word is not None:
             log.info("listening for the %s; follow-ups without it for %g s after a reply",
-                     getattr(self.wake_word, "description", "wake word"), self.settings.capture.follow_up)
+                     self._wake_word_text, self.settings.capture.follow_up)
         self.controller.observe(self._notify_status)
         self.controller.observe(self._publish_status)
         self.controller.observe(self._capture_latency)
@@ -341,12 +299,8 @@ class Daemon:
             self._tasks.append(task)
             return task
 
-        out, mic = self.audio_out, self.audio_in
-        spawn(self._keep_device("speaker", lambda: out.open(self._device_error("speaker", self._spk_failed)),
-                                out.close, self._spk_failed), "speaker")
-        spawn(self._keep_device("microphone", lambda: mic.open(
-            self._on_mic_frame(), self._device_error("microphone", self._mic_failed)),
-            mic.close, self._mic_failed), "microphone")
+        spawn(self.speaker_keeper.run(), "speaker")
+        spawn(self.mic_keeper.run(), "microphone")
         await asyncio.sleep(0)  # let the devices open before READY when they can
         self.controller.dispatch(i.Ready())
         session = spawn(self.session.run(), "session")
@@ -373,9 +327,8 @@ class Daemon:
     def _capture_latency(self, status: Status) -> None:
         """The microphone is read every 20 ms while an exchange is under way, and a few times a
         second otherwise (``audio.idle_read_ms``): see :func:`low_latency_capture`."""
-        set_low_latency = getattr(self.audio_in, "set_low_latency", None)
-        if set_low_latency is not None:
-            set_low_latency(low_latency_capture(status))
+        if isinstance(self.audio_in, PyAudioInput):
+            self.audio_in.set_low_latency(low_latency_capture(status))
 
     def _notify_status(self, status: Status) -> None:
         text = f"state: {status.state.value}" + (" (connected)" if status.connected else

@@ -21,8 +21,8 @@ def connecting(s: Step, event: ev.Connecting) -> None:
         s.log("info", f"connecting to the agent (attempt {event.attempt})")
     else:
         s.log("debug", "connecting to the agent")
-    if s.m.state is not S.SPEAKING:
-        s.fire(T.CONNECT)
+    if s.m.state is not S.SPEAKING and not (s.m.state is S.ERROR and s.m.device_error is not None):
+        s.fire(T.CONNECT)  # a device still failing stays the state shown; the link connects behind it
 
 
 def opened(s: Step, event: ev.Opened) -> None:
