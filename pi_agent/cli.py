@@ -190,7 +190,7 @@ def _run_fake_agent(args: argparse.Namespace) -> int:
 
 
 def _devices() -> int:
-    from .audio.devices import format_device_table, list_devices
+    from .audio.listing import format_device_table, list_devices
     try:
         print(format_device_table(list_devices()))
     except DeviceError as e:

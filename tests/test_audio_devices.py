@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from pi_agent.audio import FRAME_BYTES, MIC_RATE, devices
+from pi_agent.audio import FRAME_BYTES, MIC_RATE, listing, native
 from pi_agent.audio import portaudio as pa_direct
 from pi_agent.audio import formats as F
 from pi_agent.audio.capture import PyAudioInput
@@ -62,30 +62,30 @@ async def wait_until_heard(out: PyAudioOutput, extra: float = 0.0) -> None:
 
 
 def test_listing_shows_every_device_and_its_16k_ability(alsa_devices: VirtualAudio) -> None:
-    listed = {d.name: d for d in devices.list_devices()}
+    listed = {d.name: d for d in listing.list_devices()}
     assert set(ALL_NAMES) <= set(listed)
     assert listed["vmic"].input_16k is True
     assert listed["vspk"].output_16k is True
     assert listed["vmic"].output_16k is False  # a monitor source cannot be played into
-    table = devices.format_device_table(list(listed.values()))
+    table = listing.format_device_table(list(listed.values()))
     for name in ALL_NAMES:
         assert name in table
     assert "16k in" in table and "index" in table
 
 
 def test_lookup_by_exact_name_part_and_default(alsa_devices: VirtualAudio) -> None:
-    with devices.portaudio() as pa:
+    with native.portaudio() as pa:
         # An exact name wins even though it is also part of other names.
-        assert devices.resolve("pi_test_mic", "input", pa=pa).name == "pi_test_mic"
-        assert devices.resolve("mic48", "input", pa=pa).name == "pi_test_mic48"
-        assert devices.resolve("VSPK", "output", pa=pa).name == "vspk"
-        default = devices.resolve("default", "input", pa=pa)
+        assert listing.resolve("pi_test_mic", "input", pa=pa).name == "pi_test_mic"
+        assert listing.resolve("mic48", "input", pa=pa).name == "pi_test_mic48"
+        assert listing.resolve("VSPK", "output", pa=pa).name == "vspk"
+        default = listing.resolve("default", "input", pa=pa)
         assert default.default_input
 
 
 def test_ambiguous_name_fails_with_the_device_list(alsa_devices: VirtualAudio) -> None:
     with pytest.raises(DeviceError) as err:
-        devices.resolve("test_mic", "input")
+        listing.resolve("test_mic", "input")
     message = str(err.value)
     assert "ambiguous" in message
     for name in ALL_NAMES:
@@ -94,7 +94,7 @@ def test_ambiguous_name_fails_with_the_device_list(alsa_devices: VirtualAudio) -
 
 def test_unknown_name_fails_with_the_device_list(alsa_devices: VirtualAudio) -> None:
     with pytest.raises(DeviceError) as err:
-        devices.resolve("USB PnP Sound Device", "output")
+        listing.resolve("USB PnP Sound Device", "output")
     message = str(err.value)
     assert "no output device matches 'USB PnP Sound Device'" in message
     for name in ALL_NAMES:

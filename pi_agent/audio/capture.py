@@ -20,10 +20,10 @@ If the loop falls behind, the oldest frames are dropped and counted in
 came too late); neither is fatal.
 
 A dead device (a read fails, or reads stop coming) is reported once through
-``on_error`` by a :class:`~.devices.StreamGuard`; the owner closes and opens again, and
+``on_error`` by a :class:`~.guard.StreamGuard`; the owner closes and opens again, and
 ``open`` resolves the name afresh. Without a shared ``libportaudio`` (a PyAudio built
 with PortAudio inside it) the reader reads PyAudio's own blocking stream, whose buffer
-is two periods: every period, idle or not.
+is two periods: every period, idle or not. The two kinds of stream are in :mod:`.capture_streams`.
 """
 
 from __future__ import annotations
@@ -40,8 +40,11 @@ from ..errors import DeviceError, InternalError
 from ..threads import run_blocking
 from . import FRAME_MS, MIC_RATE, ErrorCallback, FrameCallback
 from . import portaudio as pa_direct
-from .devices import PORTAUDIO_LOCK, CallbackDevice, close_quietly, negotiate, open_stream, resolve, unique
+from .capture_streams import DirectSource, PyAudioSource
 from .formats import MicPipeline
+from .listing import negotiate, resolve, unique
+from .native import PORTAUDIO_LOCK
+from .streams import CallbackDevice, close_quietly, open_stream
 
 log = logging.getLogger(__name__)
 
@@ -49,61 +52,11 @@ BUFFER_SECONDS = 1.0  # of audio the device holds for an idle reader
 READER_JOIN = 0.5  # s closing waits for the reader before leaving the stream to it
 
 
-class _DirectSource:
-    """The stream opened through :mod:`.portaudio`: a long buffer, so it may be read seldom."""
-
-    batches = True
-
-    def __init__(self, stream: pa_direct.BlockingInput, step: int) -> None:
-        self._stream = stream
-        self.period = step
-
-    def start(self) -> None:
-        self._stream.start()
-
-    def available(self) -> int:
-        return self._stream.available()
-
-    def read(self, frames: int) -> tuple[bytes | memoryview, bool]:
-        return self._stream.read(frames)
-
-    def is_active(self) -> bool:
-        return self._stream.is_active()
-
-    def close(self) -> None:
-        self._stream.close()
-
-
-class _PyAudioSource:
-    """PyAudio's own blocking stream: two periods of buffer, so it is read every period."""
-
-    batches = False
-
-    def __init__(self, stream: Any, period: int) -> None:
-        self._stream = stream
-        self.period = period
-
-    def start(self) -> None:
-        self._stream.start_stream()
-
-    def available(self) -> int:
-        return int(self._stream.get_read_available())
-
-    def read(self, frames: int) -> tuple[bytes | memoryview, bool]:
-        return self._stream.read(frames, exception_on_overflow=False), False
-
-    def is_active(self) -> bool:
-        return bool(self._stream.is_active())
-
-    def close(self) -> None:
-        self._stream.close()
-
-
 class _Capture:
     """A microphone stream and the thread that reads it. The object the device base class
     starts (``start_stream``), watches (``is_active``) and closes (``close``)."""
 
-    def __init__(self, source: _DirectSource | _PyAudioSource, owner: PyAudioInput) -> None:
+    def __init__(self, source: DirectSource | PyAudioSource, owner: PyAudioInput) -> None:
         self.source = source
         self._owner = owner
         self._halt = threading.Event()
@@ -312,7 +265,7 @@ class PyAudioInput(CallbackDevice):
         self.device, self.rate, self.channels = info, rate, channels
         period = max(1, rate * self.period_ms // 1000)
         what = f"{self.what} ({info.name!r} at {rate} Hz x{channels})"
-        source: _DirectSource | _PyAudioSource | None = None
+        source: DirectSource | PyAudioSource | None = None
         lib = pa_direct.library()
         if lib is not None and lib.device_name(info.index) == info.name:
             try:
@@ -323,12 +276,12 @@ class PyAudioInput(CallbackDevice):
                 # second instead of 70 while nobody speaks, for no gain a user could hear.
                 stream = pa_direct.BlockingInput(lib, info.index, channels=channels, rate=rate,
                                                  period=max(1, period // 2), buffer_seconds=BUFFER_SECONDS)
-                source = _DirectSource(stream, period)
+                source = DirectSource(stream, period)
             except OSError as exc:  # a device that will not hold a second: read it every period instead
                 log.warning("%s: cannot open it with a long buffer (%s); reading it every period instead",
                             what, exc.args[1] if len(exc.args) > 1 else exc)
         if source is None:
-            source = _PyAudioSource(open_stream(pa, what, format=pyaudio.paInt16, channels=channels, rate=rate,
+            source = PyAudioSource(open_stream(pa, what, format=pyaudio.paInt16, channels=channels, rate=rate,
                                                 input=True, input_device_index=info.index,
                                                 frames_per_buffer=period), period)
         self.batched = source.batches

@@ -158,7 +158,7 @@ class BlockingInput:
     ``period`` frames per host period (the device wakes a waiting reader once per
     period), ``buffer_seconds`` of audio held for a reader that comes by less often.
     Reads happen on one thread (the reader's); :meth:`is_active` may be called from
-    any thread. Open it under :data:`~pi_agent.audio.devices.PORTAUDIO_LOCK` (the
+    any thread. Open it under :data:`~pi_agent.audio.native.PORTAUDIO_LOCK` (the
     number of ALSA periods is a setting of the whole library, restored at once).
     """
 

@@ -1,5 +1,5 @@
 """Diagnostics for the admin: ``check``, ``test-leds``, ``test-button``, ``test-speaker``, ``test-mic``
-(with ``--wake-word``, or ``--echo``); ``devices`` is :func:`pi_agent.audio.devices.list_devices`.
+(with ``--wake-word``, or ``--echo``); ``devices`` is :func:`pi_agent.audio.listing.list_devices`.
 
 Each uses the same parts as the daemon (device lookup by name, the PortAudio or WAV
 backends, the LED driver, the button input, the engine and session), so a pass here means

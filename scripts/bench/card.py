@@ -110,7 +110,7 @@ class SoundCard:
         os.environ["PULSE_SERVER"] = sock
         import pyaudio
 
-        from pi_agent.audio.devices import quiet_native_stderr
+        from pi_agent.audio.native import quiet_native_stderr
 
         with quiet_native_stderr():
             self.pa = pyaudio.PyAudio()
@@ -123,7 +123,7 @@ class SoundCard:
         return env
 
     def recorders(self) -> tuple[TimedRecorder, TimedRecorder]:
-        from pi_agent.audio.devices import quiet_native_stderr
+        from pi_agent.audio.native import quiet_native_stderr
 
         with quiet_native_stderr():
             return TimedRecorder(self.pa, "vmic", MIC_RATE), TimedRecorder(self.pa, "bench_spkmon", SPK_RATE)
