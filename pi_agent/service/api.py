@@ -21,6 +21,10 @@ else gets an ``error`` reply (never a closed connection or a traceback). Connect
 bounded: at most ``api.max_clients`` event subscribers (more are refused with 503 at
 the handshake), at most :data:`MAX_OPEN` connections at all (more are closed at once),
 and a connection that sends no request is dropped after :data:`OPEN_TIMEOUT`.
+
+Here: the listeners, admission, the HTTP routes, the kiosk page and which connection may
+send which commands. The commands themselves are checked and carried out by
+:mod:`.commands`; where the Unix socket is, by :mod:`.socket_paths` (both re-exported here).
 """
 
 from __future__ import annotations
@@ -33,12 +37,8 @@ import hashlib
 import json
 import logging
 import os
-import socket
-import stat
-import tempfile
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
@@ -51,130 +51,21 @@ from websockets.http11 import Request, Response
 
 from ..config import ApiSettings
 from ..controller import Controller
-from ..decide import inputs as i
 from ..events import EventHub, Level, Subscription
 from ..metrics import Metrics
+from .commands import ALL_COMMANDS, MAX_TEXT, PAGE_COMMANDS, CommandError, Commands, parse_command
+from .socket_paths import client_socket_paths, prepare_socket_dir, server_socket_path
+
+__all__ = ["HOST", "MAX_COMMAND", "MAX_OPEN", "MAX_TEXT", "OPEN_TIMEOUT", "ApiServer", "CommandError",
+           "client_socket_paths", "parse_command", "server_socket_path"]
 
 log = logging.getLogger("pi_agent.api")
 
 HOST = "127.0.0.1"
 MAX_COMMAND = 64 * 1024  # bytes in one command frame
-MAX_TEXT = 60_000  # characters of a say / contextual_update text
 MAX_OPEN = 1024  # connections at once, handshakes included; more are closed at once
 OPEN_TIMEOUT = 3.0  # s for a connection to complete its request
 REFUSED_LOG_INTERVAL = 60.0
-
-
-# --- where the socket is -------------------------------------------------------------------
-
-
-def _user_runtime_dir(environ: Mapping[str, str]) -> Path:
-    base = environ.get("XDG_RUNTIME_DIR")
-    return Path(base) / "pi-agent" if base else Path(tempfile.gettempdir()) / f"pi-agent-{os.getuid()}"
-
-
-def server_socket_path(setting: str, environ: Mapping[str, str] = os.environ) -> Path | None:
-    """Where the daemon listens: ``api.socket``, or (``auto``) the systemd runtime directory
-    (``RuntimeDirectory=pi-agent``: ``/run/pi-agent/api.sock``), else the user's own."""
-    if setting == "off":
-        return None
-    if setting != "auto":
-        return Path(setting)
-    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    return (Path(runtime) if runtime else _user_runtime_dir(environ)) / "api.sock"
-
-
-def client_socket_paths(setting: str, environ: Mapping[str, str] = os.environ) -> list[Path]:
-    """Where a CLI command looks for the daemon, in order: the configured socket, else the
-    service's (``/run/pi-agent/api.sock``), else one of this user's own."""
-    if setting == "off":
-        return []
-    if setting != "auto":
-        return [Path(setting)]
-    paths = [server_socket_path("auto", environ), Path("/run/pi-agent/api.sock"),
-             _user_runtime_dir(environ) / "api.sock"]
-    return list(dict.fromkeys(p for p in paths if p is not None))
-
-
-def _prepare_socket_dir(path: Path) -> None:
-    """Make the socket's directory (0700 when we create it); refuse one owned by somebody
-    else (another user's /tmp directory could hand our commands to their process)."""
-    directory = path.parent
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = directory.stat()
-    except OSError as e:
-        raise OSError(e.errno, f"cannot make the directory for the API socket {directory}: {e.strerror}") from None
-    if info.st_uid not in (os.getuid(), 0) or (info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX):
-        raise OSError(f"the API socket directory {directory} belongs to another user or is writable by anyone")
-    if path.is_socket():
-        with socket.socket(socket.AF_UNIX) as probe:
-            probe.settimeout(0.5)
-            try:
-                probe.connect(str(path))
-            except OSError:
-                path.unlink()  # left by a daemon that is gone
-            else:
-                raise OSError(f"another pi-agent answers on {path} (set [api] socket to a path of its own)")
-
-
-# --- commands ---------------------------------------------------------------------------------
-
-
-class CommandError(ValueError):
-    """A command the API refuses; the message goes back to the client."""
-
-
-@dataclass(frozen=True)
-class _Field:
-    kind: type
-    required: bool = True
-
-
-_COMMANDS: dict[str, dict[str, _Field]] = {
-    "start_listening": {}, "stop_listening": {}, "stop": {}, "mute": {}, "unmute": {},
-    "say": {"text": _Field(str)},
-    "contextual_update": {"text": _Field(str), "context_id": _Field(str, False)},
-    "tool_result": {"tool_call_id": _Field(str), "result": _Field(str), "is_error": _Field(bool, False)},
-    "handle_tools": {"tools": _Field(list)},
-    "mcp_tool_approval": {"tool_call_id": _Field(str), "approved": _Field(bool)},
-}
-
-
-def parse_command(message: str | bytes) -> dict[str, Any]:
-    """The command in ``message``, checked field by field; :class:`CommandError` says what is wrong."""
-    try:
-        cmd = json.loads(message)
-    except (ValueError, RecursionError):
-        raise CommandError('commands are JSON objects with a "type", e.g. {"type": "stop"}') from None
-    if not isinstance(cmd, dict):
-        raise CommandError(f'a command is a JSON object with a "type", not {type(cmd).__name__}')
-    name = cmd.get("type")
-    if not isinstance(name, str) or name not in _COMMANDS:
-        raise CommandError(f"unknown command {str(name)[:40]!r}; known: {', '.join(_COMMANDS)}")
-    fields = _COMMANDS[name]
-    extra = sorted(set(cmd) - set(fields) - {"type"})
-    if extra:
-        raise CommandError(f"{name} takes no field {', '.join(repr(k[:40]) for k in extra)}"
-                           f" (its fields: {', '.join(fields) or 'none'})")
-    for key, spec in fields.items():
-        if key not in cmd:
-            if spec.required:
-                raise CommandError(f"{name} needs {key!r} ({spec.kind.__name__})")
-            continue
-        value = cmd[key]
-        if type(value) is not spec.kind:  # exactly: true is no number, "false" no boolean
-            raise CommandError(f"{name}.{key} must be a {spec.kind.__name__}, got {type(value).__name__}")
-    for key in ("text",):
-        if key in cmd and (not cmd[key].strip() or len(cmd[key]) > MAX_TEXT):
-            raise CommandError(f"{name} needs a non-empty {key!r} of at most {MAX_TEXT} characters")
-    if name == "handle_tools" and not all(isinstance(t, str) and 0 < len(t) <= 200 for t in cmd["tools"]):
-        raise CommandError('handle_tools.tools must be a list of tool names (or ["*"] for every tool)')
-    return cmd
-
-
-_ALL_COMMANDS = frozenset(_COMMANDS)
-_PAGE_COMMANDS = frozenset({"start_listening", "stop_listening", "stop", "mute", "unmute"})
 
 
 # --- the kiosk page --------------------------------------------------------------------------------
@@ -227,7 +118,7 @@ class ApiServer:
         self._extra = extra_snapshot
         self._servers: list[Server] = []
         self._open = 0  # connections, handshakes included
-        self._tools: dict[ServerConnection, frozenset[str]] = {}
+        self._commands = Commands(controller)
         self._refused = 0
         self._refused_logged_at = -REFUSED_LOG_INTERVAL
 
@@ -237,7 +128,7 @@ class ApiServer:
                                   "open_timeout": OPEN_TIMEOUT, "create_connection": self._connection_class()}
         try:
             if self.socket_path is not None:
-                _prepare_socket_dir(self.socket_path)
+                prepare_socket_dir(self.socket_path)
                 server = await unix_serve(self._handle_unix, str(self.socket_path), process_request=self._http_unix,
                                           **common)
                 self._servers.append(server)
@@ -343,16 +234,16 @@ class ApiServer:
     # --- WebSocket ---------------------------------------------------------------------------
 
     async def _handle_unix(self, ws: ServerConnection) -> None:
-        await self._serve(ws, "full", _ALL_COMMANDS)
+        await self._serve(ws, "full", ALL_COMMANDS)
 
     async def _handle_tcp(self, ws: ServerConnection) -> None:
         """The page (a browser at the daemon's own origin) gets captions, and with
         ``page_control`` its buttons; anything else on the port gets the status view."""
         page = ws.request is not None and ws.request.headers.get("Origin") is not None  # _http_tcp checked it
         if page and self._page == "captions":
-            await self._serve(ws, "captions", _PAGE_COMMANDS if self._page_control else frozenset())
+            await self._serve(ws, "captions", PAGE_COMMANDS if self._page_control else frozenset())
         else:
-            await self._serve(ws, "status", _PAGE_COMMANDS if page and self._page_control else frozenset())
+            await self._serve(ws, "status", PAGE_COMMANDS if page and self._page_control else frozenset())
 
     async def _serve(self, ws: ServerConnection, level: Level, allowed: frozenset[str]) -> None:
         sub = self._hub.subscribe(level)
@@ -360,13 +251,12 @@ class ApiServer:
         try:
             await ws.send(json.dumps({**self.snapshot(), "page_control": bool(allowed) and level != "full"}))
             async for message in ws:
-                await ws.send(json.dumps(self._command(ws, message, allowed)))
+                await ws.send(json.dumps(self._commands.run(ws, message, allowed)))
         except websockets.ConnectionClosed:
             pass
         finally:
             self._hub.unsubscribe(sub)
-            if self._tools.pop(ws, None) is not None:
-                self._tools_changed()
+            self._commands.forget(ws)
             forward.cancel()
             await asyncio.gather(forward, return_exceptions=True)
 
@@ -377,47 +267,6 @@ class ApiServer:
             await ws.close(1008, "event consumer too slow")
         except websockets.ConnectionClosed:
             pass
-
-    def _command(self, ws: ServerConnection, message: str | bytes, allowed: frozenset[str]) -> dict[str, Any]:
-        if not allowed:
-            return _api_error("this connection is a view: commands are taken on the Unix socket "
-                              "(pi-agent status shows where)")
-        try:
-            cmd = parse_command(message)
-        except CommandError as e:
-            return _api_error(str(e))
-        name: str = cmd["type"]
-        if name not in allowed:
-            return _api_error(f"the page may send only {', '.join(sorted(allowed))}")
-        c = self._controller
-        simple: dict[str, i.Input] = {
-            "start_listening": i.StartListening(), "stop_listening": i.StopListening(),
-            "stop": i.Stop(), "mute": i.SetMuted(True), "unmute": i.SetMuted(False),
-        }
-        if name in simple:
-            c.dispatch(simple[name])
-        elif name == "say":
-            c.dispatch(i.Say(cmd["text"]))
-        elif name == "contextual_update":
-            c.dispatch(i.ContextualUpdate(cmd["text"], cmd.get("context_id")))
-        elif name == "tool_result":
-            if not c.tool_result(cmd["tool_call_id"], cmd["result"], cmd.get("is_error", False)):
-                return _api_error(f"no pending tool call {cmd['tool_call_id'][:80]!r}")
-        elif name == "mcp_tool_approval":
-            if not c.mcp_approval(cmd["tool_call_id"], cmd["approved"]):
-                return _api_error(f"no MCP tool call awaiting approval {cmd['tool_call_id'][:80]!r}")
-        else:  # handle_tools
-            self._tools[ws] = frozenset(cmd["tools"])
-            self._tools_changed()
-        return {"type": "ack", "command": name}
-
-    def _tools_changed(self) -> None:
-        handled = frozenset().union(*self._tools.values()) if self._tools else frozenset()
-        self._controller.dispatch(i.ToolHandlers(handled))
-
-
-def _api_error(message: str) -> dict[str, Any]:
-    return {"type": "error", "source": "api", "message": message}
 
 
 def _json(connection: ServerConnection, status: HTTPStatus, body: dict[str, Any]) -> Response:

@@ -18,7 +18,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 
 from ..config import ApiSettings
-from .api import HOST, client_socket_paths
+from .api import HOST
+from .socket_paths import client_socket_paths
 
 OPEN_TIMEOUT = 3.0
 
