@@ -13,7 +13,7 @@ import pytest
 from pi_agent.audio import FRAME_BYTES, MIC_RATE
 from pi_agent.audio.earcons import make_earcon
 from pi_agent.audio.files import WavFileInput, WavFileOutput, read_wav, write_wav
-from pi_agent.audio.playback import PlaybackBuffer
+from pi_agent.audio.buffer import PlaybackBuffer
 from pi_agent.errors import DeviceError
 from .support_audio import dominant_frequency, loud_segments, tone
 

@@ -8,7 +8,7 @@ the file has been fully "spoken" (:attr:`WavFileInput.finished_at`,
 :meth:`WavFileInput.wait_finished`).
 
 :class:`WavFileOutput` behaves like a speaker: a loop timer pulls one period at
-a time from the same :class:`~.playback.PlaybackBuffer` the PortAudio output
+a time from the same :class:`~.buffer.PlaybackBuffer` the PortAudio output
 uses, so ``audible_until()``, underruns, flush and earcons behave as on a device.
 Everything it "played" from ``open()`` on — silence included — is written to a
 WAV file at ``rate``, so sample ``n`` of the file was heard ``n / rate`` seconds
@@ -32,7 +32,7 @@ from ..errors import DeviceError, InternalError
 from . import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES, MIC_RATE, ErrorCallback, FrameCallback
 from .earcons import EARCON_NAMES
 from .formats import resample, to_mono
-from .playback import BufferedOutput
+from .output import BufferedOutput
 
 log = logging.getLogger(__name__)
 

@@ -1,457 +1,33 @@
-"""Playback: one jitter buffer for every output, and the PortAudio speaker.
+"""The PortAudio speaker: a callback stream fed from a :class:`~.buffer.PlaybackBuffer`.
 
-:class:`PlaybackBuffer` sits between the event loop, which queues agent audio
-(resampled, streaming, to the device rate: one soxr stream per agent stream,
-reset on flush or format change), and a device that pulls one period at a time
-(the PortAudio callback here, a loop timer in :class:`~.files.WavFileOutput`).
-It mixes earcons into what it hands out, keeps the output clock for
-:meth:`~PlaybackBuffer.audible_until`, and counts underruns. It never reads the
-clock itself: the puller says when each period will reach the speaker.
-
-:class:`BufferedOutput` is the loop-side half shared by both outputs (the
-``AudioOutput`` seam's ``play``/``flush``/``audible_until``/``play_earcon``).
-:class:`PyAudioOutput` runs it on a PortAudio callback stream.
+:class:`PyAudioOutput` runs :class:`~.output.BufferedOutput` (the loop-side half it shares
+with the WAV-file output) on a PortAudio callback stream, stops the stream when nothing is
+to be heard (standby) and starts it again for the next sound, through a
+:class:`~.switch.StreamSwitch` so that a stuck sound server never blocks the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeAlias
+from collections.abc import Iterable
+from typing import Any
 
-import numpy as np
 import pyaudio
 
 from ..errors import DeviceError
 from ..threads import run_blocking
 from . import ErrorCallback
-from .devices import CallbackDevice, abort_stream, close_quietly, negotiate, open_stream, resolve, unique
-from .earcons import EARCON_NAMES, make_earcons
+from .buffer import PlaybackBuffer
+from .devices import CallbackDevice, negotiate, open_stream, resolve, unique
+from .earcons import EARCON_NAMES
 from .echo import FarEnd
-from .formats import Resampler
+from .output import BufferedOutput
+from .standby import Move, Standby
+from .switch import StreamSwitch
 
 log = logging.getLogger(__name__)
-
-PcmLike: TypeAlias = bytes | bytearray | memoryview | np.ndarray
-
-
-def _as_samples(pcm: PcmLike) -> np.ndarray:
-    if isinstance(pcm, np.ndarray):
-        if pcm.dtype != np.int16:
-            raise ValueError(f"PCM arrays must be int16, got {pcm.dtype}")
-        return pcm.reshape(-1)
-    if len(pcm) % 2:
-        raise ValueError(f"PCM of {len(pcm)} bytes is not a whole number of 16-bit samples")
-    return np.frombuffer(pcm, dtype="<i2")
-
-
-class PlaybackBuffer:
-    """Jitter buffer: the loop queues agent audio, a device pulls periods of it.
-
-    ``rate`` and ``channels`` are the device's; every channel gets the same signal.
-    ``earcons`` maps enabled earcon names to float32 samples at ``rate``.
-    ``latency`` estimates how long a pulled period takes to reach the speaker,
-    used only until the device reports times. An underrun is counted when the
-    device ran dry in the middle of a stream, i.e. more audio of the stream came
-    within ``underrun_gap`` seconds (device time) after the queue emptied.
-
-    Thread-safety: ``fill`` may run on an audio thread; every other method on the
-    loop thread. A short lock guards the queue.
-    """
-
-    def __init__(
-        self,
-        rate: int,
-        *,
-        channels: int = 1,
-        earcons: Mapping[str, np.ndarray] | None = None,
-        latency: float = 0.0,
-        underrun_gap: float = 1.0,
-        max_period: int = 4096,
-        quality: str = "HQ",
-    ):
-        self.rate = int(rate)
-        self.channels = int(channels)
-        self.latency = latency
-        self.underrun_gap = underrun_gap
-        self.quality = quality
-        self.earcons = dict(earcons or {})
-        self.underruns = 0
-        """Times the device ran dry mid-stream (silence was played instead)."""
-        self.played_frames = 0
-        """Device frames of agent audio handed to the device so far."""
-
-        self._lock = threading.Lock()
-        self._chunks: deque[np.ndarray] = deque()
-        self._offset = 0
-        self._queued = 0
-        self._active: list[list[Any]] = []  # [earcon samples, position]
-        self._resampler: Resampler | None = None
-        self._expecting = False  # a stream is being played (until end_stream/flush)
-        self._started = False  # ... and some of it has reached the device
-        self._starved_at: float | None = None
-        self._last_end = 0.0  # device time at which the last pulled period ends
-        self._audio_end = 0.0  # device time at which the last audible sample ends
-        self._lead = 0  # device frames of silence to hand out before anything else (lead-in)
-        self._held = False  # hand out silence and take nothing (the device is about to drop it)
-        self._alloc(max_period)
-
-    def _alloc(self, frames: int) -> None:
-        self._pcm = np.zeros(frames, dtype=np.int16)
-        self._mix = np.zeros(frames, dtype=np.float32)
-        self._out = np.zeros((frames, self.channels), dtype=np.int16)
-
-    # ------------------------------------------------------------------ loop side
-
-    def play(self, pcm: PcmLike, rate: int, now: float = 0.0) -> None:
-        """Queue mono s16 PCM at ``rate``; resampled, streaming, to the device rate.
-
-        ``now`` tells a stopped device's buffer the time (its own clock stopped with it),
-        for the underrun count."""
-        samples = _as_samples(pcm)
-        if rate <= 0:
-            raise ValueError(f"sample rate must be positive, got {rate}")
-        if len(samples) == 0:
-            return
-        if self._resampler is None or self._resampler.in_rate != rate:
-            if self._resampler is not None:  # format change: end the old stream cleanly
-                self._append(self._resampler.flush())
-            self._resampler = Resampler(rate, self.rate, quality=self.quality)
-        self._append(self._resampler.process(samples), expecting=True, now=now)
-
-    def drain_tail(self) -> None:
-        """Queue what the resampler still holds; the next chunk starts a new resampler stream.
-
-        Called when the input pauses and the queue is about to run dry, so the end
-        of an utterance is not stuck inside soxr (up to ~0.15 s at 8 -> 48 kHz).
-        """
-        if self._resampler is not None and self._resampler.pending:
-            self._append(self._resampler.flush())
-
-    def end_stream(self) -> None:
-        """The agent stream is complete: queue the resampler tail; a later gap is no underrun."""
-        self.drain_tail()
-        with self._lock:
-            self._expecting = False
-            self._started = False
-            self._starved_at = None
-
-    def flush(self) -> None:
-        """Drop all queued agent audio (earcons keep playing); silence from the next period.
-
-        What the device already holds still plays, unless the device drops it too
-        (:meth:`device_dropped`)."""
-        with self._lock:
-            self._chunks.clear()
-            self._offset = 0
-            self._queued = 0
-            self._expecting = False
-            self._started = False
-            self._starved_at = None
-            # What the device already holds still plays until the end of its last period.
-            self._audio_end = min(self._audio_end, self._last_end)
-        if self._resampler is not None:
-            self._resampler.reset()
-
-    def device_dropped(self, now: float) -> None:
-        """The device was stopped at ``now`` and dropped what it held: nothing pulled is heard
-        after ``now``; the next period pulled (after a restart) says when sound resumes."""
-        with self._lock:
-            self._audio_end = min(self._audio_end, now)
-            self._last_end = min(self._last_end, now)
-
-    def hold(self, held: bool) -> None:
-        """While held, periods are silence and nothing queued is taken: a stream that is about
-        to be stopped, dropping what the device holds, drops no sound."""
-        with self._lock:
-            self._held = held
-
-    def lead_in(self, seconds: float) -> None:
-        """Hand out ``seconds`` of silence before anything else (a restarted sink's wake-up)."""
-        with self._lock:
-            self._lead = max(0, round(seconds * self.rate))
-
-    def play_earcon(self, name: str) -> bool:
-        """Start mixing an enabled earcon from the next period; False if it is disabled."""
-        samples = self.earcons.get(name)
-        if samples is None:
-            return False
-        with self._lock:
-            self._active = [item for item in self._active if item[0] is not samples]
-            self._active.append([samples, 0])
-        return True
-
-    def audible_until(self, now: float) -> float:
-        """Device time at which everything queued (audio and earcons) will have been heard."""
-        with self._lock:
-            queued = self._queued
-            last_end = self._last_end
-            until = self._audio_end
-            earcon_left = max((len(e) - pos for e, pos in self._active), default=0)
-            lead = self._lead
-        resampler = self._resampler
-        if resampler is not None:
-            queued += resampler.held
-        pending = max(queued, earcon_left)
-        if pending:
-            start = max(last_end, now + self.latency) + lead / self.rate
-            until = max(until, start + pending / self.rate)
-        return until
-
-    @property
-    def audible(self) -> bool:
-        """Sound is being played: agent audio queued or expected, or an earcon mixing."""
-        return self._expecting or self._queued > 0 or bool(self._active)
-
-    @property
-    def queued_frames(self) -> int:
-        """Device frames of agent audio waiting to be pulled."""
-        return self._queued
-
-    @property
-    def queued_seconds(self) -> float:
-        """Seconds of agent audio waiting to be pulled."""
-        return self._queued / self.rate
-
-    @property
-    def tail_pending(self) -> bool:
-        """True when the resampler may hold the end of the current stream."""
-        return self._resampler is not None and self._resampler.pending
-
-    def _append(self, samples: np.ndarray, *, expecting: bool | None = None, now: float = 0.0) -> None:
-        n = len(samples)
-        with self._lock:
-            if self._starved_at is not None:
-                if max(self._last_end, now) - self._starved_at < self.underrun_gap:
-                    self.underruns += 1
-                self._starved_at = None
-            if n:
-                self._chunks.append(samples)
-                self._queued += n
-            if expecting is not None:
-                self._expecting = expecting
-
-    # ------------------------------------------------------------------ device side
-
-    def fill(self, frames: int, start: float) -> np.ndarray:
-        """Hand out the next ``frames`` device frames as an int16 ``[frame, channel]`` view.
-
-        ``start`` is when (``time.monotonic()`` terms) the first of them reaches the
-        speaker. The view is reused by the next call: copy it before then.
-        """
-        if frames > len(self._pcm):
-            self._alloc(frames)
-        pcm = self._pcm[:frames]
-        out = self._out[:frames]
-        with self._lock:
-            if self._held:
-                out[:] = 0
-                return out
-            lead = min(self._lead, frames)
-            if lead:  # a lead-in: silence first, then what is queued (earcons included) after it
-                self._lead -= lead
-                pcm[:lead] = 0
-                start += lead / self.rate
-                frames -= lead
-                pcm = pcm[lead:]
-                out[:lead] = 0
-                out = out[lead:]
-                self._last_end = start + frames / self.rate
-                if not frames:
-                    return self._out[:lead]
-            taken = self._take(pcm)
-            if taken and self._expecting:
-                self._started = True
-            if taken < frames:
-                pcm[taken:] = 0
-                # Dry before the stream's first sample is no underrun: soxr may still hold it.
-                if self._expecting and self._started and self._starved_at is None:
-                    self._starved_at = start + taken / self.rate
-            audible = taken
-            if self._active:
-                mix = self._mix[:frames]
-                np.copyto(mix, pcm)
-                still: list[list[Any]] = []
-                for item in self._active:
-                    samples, pos = item
-                    k = min(frames, len(samples) - pos)
-                    mix[:k] += samples[pos : pos + k]
-                    item[1] = pos + k
-                    audible = max(audible, k)
-                    if item[1] < len(samples):
-                        still.append(item)
-                self._active = still
-                np.clip(mix, -32768.0, 32767.0, out=mix)
-                np.copyto(out, mix[:, None], casting="unsafe")
-            else:
-                out[:] = pcm[:, None]
-            self._last_end = start + frames / self.rate
-            if audible:
-                self._audio_end = max(self._audio_end, start + audible / self.rate)
-            self.played_frames += taken
-        return self._out[: lead + frames]
-
-    def _take(self, dest: np.ndarray) -> int:
-        want = len(dest)
-        n = 0
-        chunks = self._chunks
-        while n < want and chunks:
-            chunk = chunks[0]
-            k = min(len(chunk) - self._offset, want - n)
-            dest[n : n + k] = chunk[self._offset : self._offset + k]
-            n += k
-            self._offset += k
-            if self._offset >= len(chunk):
-                chunks.popleft()
-                self._offset = 0
-        self._queued -= n
-        return n
-
-
-class BufferedOutput:
-    """The loop-side half of an ``AudioOutput``: play/flush/audible_until/earcons on a buffer.
-
-    Subclasses create :attr:`_buffer` when they open and drop it when they close;
-    audio played while closed is dropped (and counted in :attr:`dropped_chunks`).
-    A loop timer queues the resampler's tail when the input pauses
-    (see :meth:`PlaybackBuffer.drain_tail`).
-    """
-
-    TAIL_MARGIN = 0.08  # seconds of queue left when the resampler tail is queued
-    MAX_QUEUED = 60.0  # seconds of agent audio the speaker holds; more (a flood) is dropped
-
-    def __init__(self, earcons: Iterable[str]):
-        enabled = tuple(earcons)
-        for name in enabled:
-            if name not in EARCON_NAMES:
-                raise ValueError(f"unknown earcon {name!r} (known: {', '.join(EARCON_NAMES)})")
-        self.earcon_names = enabled
-        self.dropped_chunks = 0
-        self.dropped_frames = 0
-        """Agent audio dropped because :data:`MAX_QUEUED` seconds were already queued, in 20 ms frames."""
-        self._full_reported = False
-        self._buffer: PlaybackBuffer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._tail_timer: asyncio.TimerHandle | None = None
-        self._underruns_before = 0
-
-    @property
-    def underruns(self) -> int:
-        """Mid-stream underruns since construction (silence played while audio was due)."""
-        buf = self._buffer
-        return self._underruns_before + (buf.underruns if buf is not None else 0)
-
-    @property
-    def buffer(self) -> PlaybackBuffer | None:
-        """The jitter buffer while open."""
-        return self._buffer
-
-    def _now(self) -> float:
-        return time.monotonic()
-
-    def play(self, pcm: PcmLike, rate: int) -> None:
-        """Queue 16-bit mono PCM at ``rate`` Hz (resampled, streaming, to the device rate).
-
-        Memory stays bounded whatever the agent sends: with :data:`MAX_QUEUED` seconds
-        already queued, more is dropped before it costs anything (counted, said once a reply).
-        """
-        buf = self._buffer
-        if buf is None:
-            self.dropped_chunks += 1
-            return
-        if buf.queued_seconds >= self.MAX_QUEUED:
-            self.dropped_frames += max(1, round(len(pcm) / 2 / rate / 0.02))
-            if not self._full_reported:
-                self._full_reported = True
-                log.warning("the agent sent more audio than the speaker holds (%g s queued): the rest of this "
-                            "reply is dropped", self.MAX_QUEUED)
-            return
-        now = self._now()
-        self._sound_coming(now)
-        buf.play(pcm, rate, now)
-        self._arm_tail_timer()
-
-    def end_stream(self) -> None:
-        """Optional: the agent's audio for this turn is complete (queues the resampler tail)."""
-        if self._buffer is not None:
-            self._buffer.end_stream()
-        self._cancel_tail_timer()
-        self._full_reported = False
-
-    def flush(self) -> None:
-        """Drop everything queued, and what the device holds: the speaker is silent at once."""
-        if self._buffer is not None:
-            self._buffer.flush()
-            self._flushed()
-        self._cancel_tail_timer()
-        self._full_reported = False
-
-    def audible_until(self) -> float:
-        """``time.monotonic()`` at which all queued audio will have left the speaker."""
-        buf = self._buffer
-        if buf is None:
-            return 0.0
-        return buf.audible_until(self._now())
-
-    def play_earcon(self, name: str) -> None:
-        """Mix a short feedback sound; a disabled one is silently skipped."""
-        if name not in EARCON_NAMES:
-            raise ValueError(f"unknown earcon {name!r} (known: {', '.join(EARCON_NAMES)})")
-        if self._buffer is not None and name in self._buffer.earcons:
-            self._sound_coming(self._now())
-            self._buffer.play_earcon(name)
-
-    def _sound_coming(self, now: float) -> None:
-        """Sound is about to be queued (a device that stopped while nothing played starts here)."""
-
-    def _flushed(self) -> None:
-        """Everything queued was dropped (a device drops what it holds here)."""
-
-    def _make_buffer(
-        self, rate: int, channels: int, *, latency: float, underrun_gap: float, quality: str
-    ) -> PlaybackBuffer:
-        return PlaybackBuffer(
-            rate,
-            channels=channels,
-            earcons=make_earcons(rate, self.earcon_names),
-            latency=latency,
-            underrun_gap=underrun_gap,
-            quality=quality,
-        )
-
-    def _drop_buffer(self) -> None:
-        self._cancel_tail_timer()
-        if self._buffer is not None:
-            self._underruns_before += self._buffer.underruns
-            self._buffer = None
-
-    def _arm_tail_timer(self) -> None:
-        self._cancel_tail_timer()
-        buf = self._buffer
-        if buf is None or self._loop is None or not buf.tail_pending:
-            return
-        delay = max(0.0, buf.queued_seconds - self.TAIL_MARGIN)
-        self._tail_timer = self._loop.call_later(delay, self._on_tail_timer)
-
-    def _cancel_tail_timer(self) -> None:
-        if self._tail_timer is not None:
-            self._tail_timer.cancel()
-            self._tail_timer = None
-
-    def _on_tail_timer(self) -> None:
-        self._tail_timer = None
-        buf = self._buffer
-        if buf is None:
-            return
-        if buf.queued_seconds > self.TAIL_MARGIN * 1.5:  # the device consumed slower than expected
-            self._arm_tail_timer()
-            return
-        buf.drain_tail()
 
 
 class PyAudioOutput(CallbackDevice, BufferedOutput):
@@ -466,7 +42,7 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
     a pause. :meth:`flush` aborts the stream: what the device holds is dropped, so the
     speaker is silent at once, whatever the period. Starting and stopping are PortAudio
     calls that a stuck sound server can block, so they run in order on a thread of their
-    own (:class:`_Switch`); while the stream is stopped that thread starts and stops it
+    own (:class:`StreamSwitch`); while the stream is stopped that thread starts and stops it
     every ``probe_every`` seconds, so that a speaker that vanished while nothing played is
     still reported within a few seconds.
 
@@ -530,15 +106,15 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         self.probe_every = probe_every
         self.starts = 0
         """Times the stream was started again after a stop (diagnostics, tests)."""
-        self._switch: _Switch | None = None
-        self._running = False  # what the switch was last asked for
-        self._standby_timer: asyncio.TimerHandle | None = None
-        self._probe_timer: asyncio.TimerHandle | None = None
+        self._switch: StreamSwitch | None = None
+        self._standby: Standby | None = None  # while open: when the stream runs
+        self._timer: asyncio.TimerHandle | None = None  # at the standby's next deadline,
+        self._timer_due = 0.0  # this one
 
     @property
     def running(self) -> bool:
         """The stream runs (or has been asked to): callbacks are due."""
-        return self._running
+        return self._standby is not None and self._standby.running
 
     async def open(self, on_error: ErrorCallback) -> None:
         """Resolve the device, open it and start the callback (silence until audio is queued).
@@ -550,9 +126,10 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         assert guard is not None and self._loop is not None
         buffer = self._cb_buffer
         assert buffer is not None
-        self._switch = _Switch(self._stream, self.what, guard.fail_threadsafe, lambda: self._stopped(buffer))
-        self._running = True
-        self._arm_standby()
+        self._switch = StreamSwitch(self._stream, self.what, guard.fail_threadsafe, lambda: self._stopped(buffer))
+        self._standby = Standby(self.standby_after, self.probe_every)
+        self._standby.opened(self._now())
+        self._arm()
         log.info(
             "%s open: %r at %d Hz x%d, %d ms periods, latency %.0f ms",
             self.what,
@@ -602,10 +179,10 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         """Stop and release the device; queued audio is dropped. Idempotent, never raises."""
         if self._guard is not None:
             self._guard.stop()
-        self._cancel_switch_timers()
+        self._cancel_timer()
         self._drop_buffer()
         switch, self._switch = self._switch, None
-        self._running = False
+        self._standby = None
         if switch is not None:
             try:
                 finished = await run_blocking(lambda: switch.finish(self.SWITCH_JOIN), timeout=self.close_timeout,
@@ -624,31 +201,27 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
     # ------------------------------------------------------------------ start and stop (loop thread)
 
     def _sound_coming(self, now: float) -> None:
-        buf, switch, guard = self._buffer, self._switch, self._guard
-        if buf is None or switch is None or guard is None:
+        buf, standby = self._buffer, self._standby
+        if buf is None or standby is None:
             return
-        if not self._running:
-            if self.lead_in > 0:
-                buf.lead_in(self.lead_in)
-            self._set_running(True, "start")
-        elif buf.audible_until(now) <= now:
+        until = buf.audible_until(now)
+        move = standby.sound(now, until)
+        if move is Move.START and self.lead_in > 0:
+            buf.lead_in(self.lead_in)
+        elif move is Move.RESTART:
             # The device holds nothing but silence: drop it, so that this sound does not wait behind it
             # (held until the stream is stopped: what the callback hands out meanwhile is dropped too).
             buf.device_dropped(now)
             buf.hold(True)
-            guard.resume()
-            switch.request("restart")
-        self._arm_standby()
+        self._apply(move)
 
     def _flushed(self) -> None:
-        buf, switch = self._buffer, self._switch
-        if buf is None or switch is None or not self._running:
+        buf, standby = self._buffer, self._standby
+        if buf is None or standby is None or not standby.running:
             return
-        buf.device_dropped(self._now())  # the abort drops what the device holds: silent at once
-        if buf.audible:  # an earcon goes on: the stream goes on, from it
-            switch.request("restart")
-        else:
-            self._set_running(False, "stop")
+        now = self._now()
+        buf.device_dropped(now)  # the abort drops what the device holds: silent at once
+        self._apply(standby.flushed(now, buf.audible))  # an earcon goes on: the stream goes on, from it
 
     def _stopped(self, buffer: PlaybackBuffer) -> None:
         """The switch thread has just stopped the stream (the callback does not run)."""
@@ -657,66 +230,52 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         if far is not None:
             far.stopped(time.monotonic())
 
-    def _set_running(self, running: bool, command: str) -> None:
+    def _on_timer(self) -> None:
+        self._timer = None
+        buf, standby, switch = self._buffer, self._standby, self._switch
+        if buf is None or standby is None or switch is None:
+            return
+        now = self._now()
+        move = standby.due(now, buf.audible_until(now), switch.probes_done < switch.probes_asked)
+        if move is Move.STOP:
+            buf.device_dropped(now)
+        self._apply(move)
+
+    def _apply(self, move: Move | None) -> None:
+        """Ask the switch thread for ``move``, with what the stream's watch must know; re-arm the timer."""
         guard, switch = self._guard, self._switch
         if guard is None or switch is None:
             return
-        self._running = running
-        if running:
-            self._cancel_switch_timers()
-            guard.resume()
-            self.starts += 1
-        else:
-            guard.pause()
-            self._cancel_switch_timers()
-            self._arm_probe()
-        switch.request(command)
-        if running:
-            self._arm_standby()
-
-    def _arm_standby(self) -> None:
-        if self._standby_timer is not None or self._loop is None or not self._running:
-            return
-        buf = self._buffer
-        until = buf.audible_until(self._now()) if buf is not None else 0.0
-        self._standby_timer = self._loop.call_at(
-            self._loop.time() + max(0.0, until - self._now()) + self.standby_after, self._on_standby)
-
-    def _on_standby(self) -> None:
-        self._standby_timer = None
-        buf = self._buffer
-        if buf is None or not self._running:
-            return
-        now = self._now()
-        if buf.audible_until(now) + self.standby_after > now + 0.01:
-            self._arm_standby()  # sound came meanwhile (a reply whose next chunk is late is no reason to wait)
-            return
-        buf.device_dropped(now)
-        self._set_running(False, "stop")
-
-    def _arm_probe(self) -> None:
-        if self._loop is not None and self.probe_every > 0:
-            self._probe_timer = self._loop.call_later(self.probe_every, self._on_probe)
-
-    def _on_probe(self) -> None:
-        """While stopped, every ``probe_every``: the last start-and-stop must have finished
-        (a device gone from a sound server makes it hang); then ask for the next."""
-        self._probe_timer = None
-        switch, guard = self._switch, self._guard
-        if switch is None or guard is None or self._running:
-            return
-        if switch.probes_done < switch.probes_asked:
+        if move is Move.FAIL:
             guard.fail(DeviceError(f"{self.what} did not start within {self.probe_every:g} s "
                                    "(device gone or sound server stuck?)"))
             return
-        switch.request("probe")
-        self._arm_probe()
+        if move is Move.START:
+            self.starts += 1
+        if move in (Move.START, Move.RESTART):
+            guard.resume()
+        elif move is Move.STOP:
+            guard.pause()
+        if move is not None:
+            switch.request(move.value)
+        self._arm()
 
-    def _cancel_switch_timers(self) -> None:
-        for timer in (self._standby_timer, self._probe_timer):
-            if timer is not None:
-                timer.cancel()
-        self._standby_timer = self._probe_timer = None
+    def _arm(self) -> None:
+        """One loop timer at the standby's next deadline (left alone when that has not moved:
+        a reply's every chunk comes here)."""
+        standby, loop = self._standby, self._loop
+        due = standby.next_deadline() if standby is not None else None
+        if self._timer is not None and due == self._timer_due:
+            return
+        self._cancel_timer()
+        if due is not None and loop is not None:
+            self._timer_due = due
+            self._timer = loop.call_at(loop.time() + max(0.0, due - self._now()), self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # ------------------------------------------------------------------ audio thread
 
@@ -749,85 +308,3 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
     def _silent(self, frame_count: int) -> bytes:
         size = frame_count * (self.channels or 1) * 2
         return self._silence if len(self._silence) == size else bytes(size)
-
-
-class _Switch:
-    """Starts and stops a speaker's stream on a thread of its own, in the order asked.
-
-    A stuck sound server can block a PortAudio start or stop for good: the event loop
-    never waits for one. Commands: ``start``; ``stop`` (Pa_AbortStream: what the device
-    holds is dropped); ``restart`` (both); ``probe`` (a start and a stop of a stopped
-    stream, counted in :attr:`probes_done`: it hangs or fails when the device is gone);
-    ``exit``. ``stopped`` is called whenever the stream has just been stopped (the
-    callback does not run until the next start). A failure is reported once through
-    ``report`` (any thread) and ends the thread: the owner closes the device and opens
-    it again.
-    """
-
-    def __init__(self, stream: Any, what: str, report: Callable[[DeviceError], None],
-                 stopped: Callable[[], None]) -> None:
-        self._stream = stream
-        self._what = what
-        self._report = report
-        self._stopped = stopped
-        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.probes_asked = 0
-        self.probes_done = 0  # a probe asked and not done by the next one: the stream hangs
-        self._lock = threading.Lock()
-        self._done = False
-        self._abandoned: tuple[pyaudio.PyAudio | None] | None = None
-        self._thread = threading.Thread(target=self._run, name=f"pi-agent: {what} switch", daemon=True)
-        self._thread.start()
-
-    def request(self, command: str) -> None:
-        """Ask for ``command`` after those asked before (any thread; never waits)."""
-        if command == "probe":
-            self.probes_asked += 1
-        self._queue.put(command)
-
-    def finish(self, timeout: float) -> bool:
-        """End the thread once what was asked before is done; False if it is stuck (blocking)."""
-        self._queue.put("exit")
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def abandon(self, pa: pyaudio.PyAudio | None) -> bool:
-        """The thread is stuck in a call (a frozen sound server): it closes the stream, and
-        terminates ``pa``, if the call returns. False if it has ended meanwhile (the caller
-        closes them)."""
-        with self._lock:
-            if self._done:
-                return False
-            self._abandoned = (pa,)
-            return True
-
-    def _run(self) -> None:
-        try:
-            self._serve()
-        finally:
-            with self._lock:
-                self._done = True
-                abandoned = self._abandoned
-            if abandoned is not None:
-                log.info("%s: the call that held up closing returned; closing the stream now", self._what)
-                close_quietly(self._stream, abandoned[0], self._what)
-
-    def _serve(self) -> None:
-        stream = self._stream
-        while True:
-            command = self._queue.get()
-            if command == "exit":
-                return
-            try:
-                if command in ("stop", "restart"):
-                    if not stream.is_stopped():
-                        abort_stream(stream)
-                    self._stopped()
-                if command in ("start", "restart", "probe") and stream.is_stopped():
-                    stream.start_stream()
-                if command == "probe":
-                    abort_stream(stream)
-                    self.probes_done += 1
-            except Exception as exc:  # a device gone: PortAudio says so here
-                self._report(DeviceError(f"{self._what}: cannot {command} the stream: {exc!r}"))
-                return

@@ -1,0 +1,160 @@
+"""The loop-side half of a speaker, shared by the PortAudio and the WAV-file outputs.
+
+:class:`BufferedOutput` implements the ``AudioOutput`` seam's ``play``, ``flush``,
+``end_stream``, ``audible_until`` and ``play_earcon`` on a :class:`~.buffer.PlaybackBuffer`
+that the subclass creates when it opens; it bounds what is queued and queues the
+resampler's tail when the agent's audio pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+from .buffer import PcmLike, PlaybackBuffer
+from .earcons import EARCON_NAMES, make_earcons
+
+log = logging.getLogger(__name__)
+
+
+class BufferedOutput:
+    """The loop-side half of an ``AudioOutput``: play/flush/audible_until/earcons on a buffer.
+
+    Subclasses create :attr:`_buffer` when they open and drop it when they close;
+    audio played while closed is dropped (and counted in :attr:`dropped_chunks`).
+    A loop timer queues the resampler's tail when the input pauses
+    (see :meth:`PlaybackBuffer.drain_tail`).
+    """
+
+    TAIL_MARGIN = 0.08  # seconds of queue left when the resampler tail is queued
+    MAX_QUEUED = 60.0  # seconds of agent audio the speaker holds; more (a flood) is dropped
+
+    def __init__(self, earcons: Iterable[str]):
+        enabled = tuple(earcons)
+        for name in enabled:
+            if name not in EARCON_NAMES:
+                raise ValueError(f"unknown earcon {name!r} (known: {', '.join(EARCON_NAMES)})")
+        self.earcon_names = enabled
+        self.dropped_chunks = 0
+        self.dropped_frames = 0
+        """Agent audio dropped because :data:`MAX_QUEUED` seconds were already queued, in 20 ms frames."""
+        self._full_reported = False
+        self._buffer: PlaybackBuffer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tail_timer: asyncio.TimerHandle | None = None
+        self._underruns_before = 0
+
+    @property
+    def underruns(self) -> int:
+        """Mid-stream underruns since construction (silence played while audio was due)."""
+        buf = self._buffer
+        return self._underruns_before + (buf.underruns if buf is not None else 0)
+
+    @property
+    def buffer(self) -> PlaybackBuffer | None:
+        """The jitter buffer while open."""
+        return self._buffer
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def play(self, pcm: PcmLike, rate: int) -> None:
+        """Queue 16-bit mono PCM at ``rate`` Hz (resampled, streaming, to the device rate).
+
+        Memory stays bounded whatever the agent sends: with :data:`MAX_QUEUED` seconds
+        already queued, more is dropped before it costs anything (counted, said once a reply).
+        """
+        buf = self._buffer
+        if buf is None:
+            self.dropped_chunks += 1
+            return
+        if buf.queued_seconds >= self.MAX_QUEUED:
+            self.dropped_frames += max(1, round(len(pcm) / 2 / rate / 0.02))
+            if not self._full_reported:
+                self._full_reported = True
+                log.warning("the agent sent more audio than the speaker holds (%g s queued): the rest of this "
+                            "reply is dropped", self.MAX_QUEUED)
+            return
+        now = self._now()
+        self._sound_coming(now)
+        buf.play(pcm, rate, now)
+        self._arm_tail_timer()
+
+    def end_stream(self) -> None:
+        """Optional: the agent's audio for this turn is complete (queues the resampler tail)."""
+        if self._buffer is not None:
+            self._buffer.end_stream()
+        self._cancel_tail_timer()
+        self._full_reported = False
+
+    def flush(self) -> None:
+        """Drop everything queued, and what the device holds: the speaker is silent at once."""
+        if self._buffer is not None:
+            self._buffer.flush()
+            self._flushed()
+        self._cancel_tail_timer()
+        self._full_reported = False
+
+    def audible_until(self) -> float:
+        """``time.monotonic()`` at which all queued audio will have left the speaker."""
+        buf = self._buffer
+        if buf is None:
+            return 0.0
+        return buf.audible_until(self._now())
+
+    def play_earcon(self, name: str) -> None:
+        """Mix a short feedback sound; a disabled one is silently skipped."""
+        if name not in EARCON_NAMES:
+            raise ValueError(f"unknown earcon {name!r} (known: {', '.join(EARCON_NAMES)})")
+        if self._buffer is not None and name in self._buffer.earcons:
+            self._sound_coming(self._now())
+            self._buffer.play_earcon(name)
+
+    def _sound_coming(self, now: float) -> None:
+        """Sound is about to be queued (a device that stopped while nothing played starts here)."""
+
+    def _flushed(self) -> None:
+        """Everything queued was dropped (a device drops what it holds here)."""
+
+    def _make_buffer(
+        self, rate: int, channels: int, *, latency: float, underrun_gap: float, quality: str
+    ) -> PlaybackBuffer:
+        return PlaybackBuffer(
+            rate,
+            channels=channels,
+            earcons=make_earcons(rate, self.earcon_names),
+            latency=latency,
+            underrun_gap=underrun_gap,
+            quality=quality,
+        )
+
+    def _drop_buffer(self) -> None:
+        self._cancel_tail_timer()
+        if self._buffer is not None:
+            self._underruns_before += self._buffer.underruns
+            self._buffer = None
+
+    def _arm_tail_timer(self) -> None:
+        self._cancel_tail_timer()
+        buf = self._buffer
+        if buf is None or self._loop is None or not buf.tail_pending:
+            return
+        delay = max(0.0, buf.queued_seconds - self.TAIL_MARGIN)
+        self._tail_timer = self._loop.call_later(delay, self._on_tail_timer)
+
+    def _cancel_tail_timer(self) -> None:
+        if self._tail_timer is not None:
+            self._tail_timer.cancel()
+            self._tail_timer = None
+
+    def _on_tail_timer(self) -> None:
+        self._tail_timer = None
+        buf = self._buffer
+        if buf is None:
+            return
+        if buf.queued_seconds > self.TAIL_MARGIN * 1.5:  # the device consumed slower than expected
+            self._arm_tail_timer()
+            return
+        buf.drain_tail()
