@@ -23,7 +23,7 @@ from . import __version__
 from .alarms import GrowthAlarm
 from .audio import AudioInput, AudioOutput
 from .audio.capture import PyAudioInput
-from .audio.devices import CallbackDevice
+from .audio.streams import CallbackDevice
 from .audio.echo import FrameClock
 from .audio.echo import require as require_echo_canceller
 from .audio.gate import CaptureGate, WakeWord

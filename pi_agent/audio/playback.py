@@ -20,7 +20,8 @@ from ..errors import DeviceError
 from ..threads import run_blocking
 from . import ErrorCallback
 from .buffer import PlaybackBuffer
-from .devices import CallbackDevice, negotiate, open_stream, resolve, unique
+from .listing import negotiate, resolve, unique
+from .streams import CallbackDevice, open_stream
 from .earcons import EARCON_NAMES
 from .echo import FarEnd
 from .output import BufferedOutput

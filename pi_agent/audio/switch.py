@@ -15,7 +15,7 @@ from typing import Any
 import pyaudio
 
 from ..errors import DeviceError
-from .devices import abort_stream, close_quietly
+from .streams import abort_stream, close_quietly
 
 log = logging.getLogger(__name__)
 
