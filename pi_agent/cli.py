@@ -152,7 +152,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     secrets = [settings.api_key.get_secret_value()] if settings.api_key else []
     _logging(settings.log.level, secrets)
     if cmd == "run":
-        from .daemon import run_daemon
+        from .run import run_daemon
         return asyncio.run(run_daemon(settings, reload=lambda: _settings(args)))
     if cmd == "say":
         from .demo import run_say
@@ -164,7 +164,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run_fake_agent(args: argparse.Namespace) -> int:
-    from .daemon import install_signal_handlers
+    from .run import install_signal_handlers
     from .fake_agent import options_from_args, serve
 
     async def main() -> int:

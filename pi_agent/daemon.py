@@ -1,8 +1,10 @@
 """The composition root: builds the daemon from typed parts and runs it until asked to stop.
 
-Parts come in through :class:`Parts` (constructor injection): the demo and the tests
-hand in WAV-file audio, gpiozero's mock pins, a connector or a signed-URL fetcher of
-their own; ``pi-agent run`` builds the real ones from the settings. The tasks run in a
+Parts come in through :class:`~pi_agent.parts.Parts` (constructor injection): the demo
+and the tests hand in WAV-file audio, gpiozero's mock pins, a connector or a signed-URL
+fetcher of their own; :mod:`pi_agent.parts` builds the real ones from the settings. The
+devices are kept open by :class:`~pi_agent.audio.keeper.DeviceKeeper`; signals and reloads
+are :mod:`pi_agent.run`'s. The tasks run in a
 task group (one that dies takes the daemon down with a clear line, and systemd restarts
 it); shutdown closes everything within :data:`SHUTDOWN_BUDGET`, whatever hangs.
 """
@@ -12,45 +14,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import resource
-import signal
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .alarms import GrowthAlarm
-from .audio import AudioInput, AudioOutput
 from .audio.capture import PyAudioInput
 from .audio.streams import CallbackDevice
 from .audio.echo import FrameClock
-from .audio.echo import require as require_echo_canceller
 from .audio.gate import CaptureGate, WakeWord
 from .audio.keeper import DeviceKeeper
 from .audio.playback import PyAudioOutput
-from .config import AudioSettings, CaptureSettings, Settings
+from .config import Settings
 from .controller import Controller
+from .parts import Parts, make_audio_input, make_audio_output, make_echo_canceller, make_vad, make_wake_word
 from .decide import inputs as i
 from .decide.leds import LedInputs, picture
 from .decide.model import Status
 from .decide.states import State
-from .engine.backoff import Backoff
-from .errors import ConfigError, DeviceError
+from .errors import DeviceError
 from .events import EventHub
 from .metrics import Metrics
 from .net.conversation import build_conversation
-from .net.session import Connector
-from .net.signed_url import SignedUrlFetcher
 from .service.api import ApiServer, server_socket_path
-from .service.logging import setup_logging
 from .service.systemd import Notifier, watchdog_loop
 
 if TYPE_CHECKING:
     from gpiozero import Factory as PinFactory
 
-    from .audio.echo import EchoCanceller
-    from .audio.wakeword import WakeWordDetector
 else:
     PinFactory = Any
 
@@ -59,71 +51,6 @@ log = logging.getLogger("pi_agent.daemon")
 ALARM_INTERVAL = 5.0  # s between looks at the device counters
 SHUTDOWN_CLOSE_WAIT = 1.0  # at most this long for the agent to answer our close
 SHUTDOWN_BUDGET = 1.5  # all of the shutdown: systemd and the README promise exit within 2 s
-
-Vad = Callable[[bytes], bool]
-
-
-@dataclass
-class Parts:
-    """What the daemon talks to. ``None`` fields are built from the settings."""
-
-    audio_in: AudioInput | None = None
-    audio_out: AudioOutput | None = None
-    pin_factory: PinFactory | None = None
-    notifier: Notifier | None = None
-    vad: Vad | None = None
-    wake_word: WakeWord | None = None  # wake_word mode's detector (default: the configured model)
-    connect: Connector | None = None  # opens the WebSocket (default: pi_agent.net.link.open_link)
-    fetch_url: SignedUrlFetcher | None = None  # fetches a signed URL (default: HTTPS to the server)
-    backoff: Backoff | None = None
-    clock: Callable[[], float] = time.monotonic
-
-
-def make_audio_input(a: AudioSettings) -> AudioInput:
-    if a.input_wav is not None:
-        from .audio.files import WavFileInput
-        return WavFileInput(a.input_wav)
-    return PyAudioInput(a.input_device, channel=a.input_channel, idle_read_ms=a.idle_read_ms)
-
-
-def make_audio_output(a: AudioSettings) -> AudioOutput:
-    if a.output_wav is not None:
-        from .audio.files import WavFileOutput
-        return WavFileOutput(a.output_wav, rate=a.output_rate or 16000, period_ms=a.period_ms)
-    return PyAudioOutput(a.output_device, period_ms=a.period_ms, rate=a.output_rate, earcons=a.earcons,
-                         standby_after=a.standby_after, lead_in=a.lead_in)
-
-
-def make_vad(aggressiveness: int) -> Vad:
-    import webrtcvad
-
-    from .audio import MIC_RATE
-
-    vad = webrtcvad.Vad(aggressiveness)
-    return lambda frame: bool(vad.is_speech(frame, MIC_RATE))
-
-
-def make_echo_canceller(a: AudioSettings, speaker: AudioOutput) -> EchoCanceller | None:
-    """``audio.echo = aec``: the canceller, fed by ``speaker``; :class:`ConfigError` if it cannot run."""
-    if a.echo != "aec":
-        return None
-    from .audio.echo import EchoCanceller, FarEnd
-    if not isinstance(speaker, PyAudioOutput):
-        raise ConfigError("audio.echo = aec needs a sound card's speaker to hear what it plays, not a WAV file "
-                          "or a stand-in: use half_duplex or full_duplex with audio.output_wav")
-    far = FarEnd()
-    echo = EchoCanceller(far, noise_suppression=a.noise_suppression)
-    speaker.far_end = far
-    return echo
-
-
-def make_wake_word(c: CaptureSettings) -> WakeWordDetector | None:
-    """The wake_word mode's detector (None in the other modes); :class:`ConfigError` if it cannot run."""
-    if c.mode != "wake_word":
-        return None
-    from .audio.wakeword import WakeWordDetector
-    return WakeWordDetector(c.wake_word, c.wake_word_threshold)
-
 
 class Daemon:
     """The running daemon: controller, engine and session, devices, GPIO, API, systemd."""
@@ -385,69 +312,4 @@ def low_latency_capture(status: Status) -> bool:
     return status.state in _PROMPT
 
 
-def _raise_file_limit(wanted: int = 4096) -> None:
-    """Room for the event API's connections beside the devices and the agent's (the unit
-    sets LimitNOFILE; a terminal's soft limit is often 1024). Best effort."""
-    with contextlib.suppress(ValueError, OSError):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        if soft != resource.RLIM_INFINITY and soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def install_signal_handlers(stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
-    loop = asyncio.get_running_loop()
-    for sig, event in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, reload)):
-        if event is not None:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, event.set)
-
-
-async def run_daemon(settings: Settings, parts: Parts | None = None, stop: asyncio.Event | None = None,
-                     reload: Callable[[], Settings] | None = None) -> int:
-    """Run until SIGTERM or SIGINT. With ``reload``, SIGHUP reads the configuration again:
-    a valid new one restarts the daemon with it in-process (the conversation is closed
-    with 1000, the devices reopened); an invalid one is one error line, and the daemon
-    goes on with the old."""
-    stop = stop or asyncio.Event()
-    hup = asyncio.Event()
-    install_signal_handlers(stop, hup if reload is not None else None)
-    _raise_file_limit()
-    while True:
-        daemon = Daemon(settings, parts)
-        halt = asyncio.Event()
-        runner = asyncio.ensure_future(daemon.run(halt))
-        while True:
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hup.wait())]
-            await asyncio.wait([runner, *waiters], return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
-            if runner.done():
-                return runner.result()
-            if stop.is_set():
-                halt.set()
-                return await runner
-            hup.clear()
-            assert reload is not None
-            try:
-                new = reload()
-                make_wake_word(new.capture)  # a model that does not load is refused like a bad setting
-                if new.audio.echo == "aec":
-                    require_echo_canceller()
-            except ConfigError as e:
-                for line in str(e).splitlines():
-                    log.error("reload refused, the configuration in use stays: %s", line)
-                continue
-            if new == settings:
-                log.info("reload: the configuration has not changed")
-                continue
-            log.info("reload: restarting with the new configuration")
-            daemon.notifier.reloading()
-            halt.set()
-            await runner
-            settings = new
-            setup_logging(settings.log.level, secrets=[settings.api_key.get_secret_value()] if settings.api_key else ())
-            break
-
-
-__all__ = ["Daemon", "Parts", "run_daemon"]
+__all__ = ["Daemon", "Parts"]

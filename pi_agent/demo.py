@@ -22,7 +22,9 @@ from typing import Any
 from .config import (ApiSettings, AudioSettings, ButtonSettings, CaptureSettings, LedSettings, SessionSettings,
                      Settings)
 from .audio import AudioOutput, ErrorCallback
-from .daemon import Daemon, Parts, install_signal_handlers, make_audio_output
+from .daemon import Daemon
+from .parts import Parts, make_audio_output
+from .run import install_signal_handlers
 from .errors import DeviceError
 from .decide import inputs as i
 from .decide.states import State

@@ -16,7 +16,7 @@ from .report import FAIL, OK, SKIP, device_name, line
 
 async def check(settings: Settings, config_source: str) -> int:
     """One pass/fail line per check; exit status 1 if any failed."""
-    from ..daemon import make_audio_input, make_audio_output
+    from ..parts import make_audio_input, make_audio_output
 
     failed = 0
     line(OK, "config", f"{config_source}: agent {settings.agent_id} at {settings.server_url}, "
@@ -88,7 +88,7 @@ def _check_capture(c: CaptureSettings) -> int:
     """The capture mode, and which modes this machine can run; 1 if the configured one cannot."""
     from ..audio.gate import MODES
     from ..audio.wakeword import unavailable
-    from ..daemon import make_wake_word
+    from ..parts import make_wake_word
 
     reason = unavailable()
     modes = ", ".join(m for m in MODES if m != "wake_word" or reason is None)

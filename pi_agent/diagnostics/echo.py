@@ -97,7 +97,7 @@ def judge_echo(mic: np.ndarray, reference: np.ndarray, cleaned: np.ndarray | Non
 async def test_echo(audio: AudioSettings, seconds: float = 6.0) -> int:
     """Play a test signal, record it, and say whether ``audio.echo = aec`` will work here."""
     from ..audio.echo import EchoCanceller, FarEnd, FrameClock, unavailable
-    from ..daemon import make_audio_input, make_audio_output
+    from ..parts import make_audio_input, make_audio_output
 
     audio_out = make_audio_output(audio)
     if not hasattr(audio_out, "far_end"):

@@ -16,7 +16,7 @@ from .report import device_name
 
 async def test_mic(audio: AudioSettings, capture: CaptureSettings, seconds: float = 3.0,
                    play_back: bool = False, wake_word: bool = False) -> int:
-    from ..daemon import make_audio_input, make_audio_output, make_vad
+    from ..parts import make_audio_input, make_audio_output, make_vad
 
     listener = _WakeWordListener(capture) if wake_word else None  # a model that does not load: exit 78
     audio_in = make_audio_input(audio)

@@ -14,7 +14,7 @@ from .report import device_name
 
 
 async def test_speaker(audio: AudioSettings, seconds: float = 1.0, freq: float = 440.0) -> int:
-    from ..daemon import make_audio_output
+    from ..parts import make_audio_output
 
     audio_out = make_audio_output(audio)
     errors: list[DeviceError] = []
