@@ -6,7 +6,7 @@ closes it and opens it again after a delay from :class:`~pi_agent.engine.backoff
 0.5 s, doubling to :data:`RETRY_MAX`. So a device that comes back is in use again within
 a few seconds however long it was away, and a device that stays missing costs one open
 attempt every few seconds. A close that hangs cannot hold up the next open: the devices
-abandon a call stuck in a dead stream (see :mod:`.playback` and :mod:`.devices`).
+abandon a call stuck in a dead stream (see :mod:`.switch` and :mod:`.streams`).
 
 PortAudio lists the devices only when it starts, and an open PortAudio stream keeps it
 started: a device plugged in later stays invisible while the *other* device is open. A
