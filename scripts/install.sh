@@ -141,52 +141,55 @@ install_debs() {
     done
 }
 
-write_config_template() {
-    cat <<'EOF'
-# pi-agent settings (TOML). Each line "# key = value  # meaning" shows the default or an
-# example: remove the leading "# " to set it. The environment overrides this file:
-# PI_AGENT_<KEY> or PI_AGENT_<SECTION>__<KEY> (set them with: sudo systemctl edit pi-agent).
-# The API key does NOT go here: it lives in /etc/pi-agent/api_key (root only), which
-# systemd hands to the service. After a change: sudo systemctl reload pi-agent (a mistake is
-# one line in journalctl -u pi-agent, and the settings in use stay).
+# The time-sync.target the unit starts after waits for the clock only when
+# systemd-time-wait-sync.service is enabled (systemd-timesyncd's; TLS needs a set clock).
+# Its wait is unbounded: a drop-in bounds it, so that an offline Pi still starts pi-agent
+# (which then says the clock is not set). The drop-in's marker line tells --uninstall
+# whether this installer was the one that enabled the service.
+TIME_WAIT=systemd-time-wait-sync.service
+TIME_WAIT_DROPIN="$ROOT/etc/systemd/system/$TIME_WAIT.d/$NAME.conf"
+TIME_WAIT_MARKER="# enabled by the $NAME installer"
+unit_file_exists() {
+    local d
+    for d in etc/systemd/system usr/lib/systemd/system lib/systemd/system; do
+        [ -e "$ROOT/$d/$1" ] && return 0
+    done
+    return 1
+}
 
-# agent_id = "agent_0123456789abcdefghij"  # your ElevenLabs agent id (required)
-# server_url = "https://api.elevenlabs.io"  # API base URL; "http://127.0.0.1:8765" for pi-agent fake-agent
-
-[session]
-# policy = "on_demand"  # on_demand: open a conversation on a button press or speech, close it when idle; persistent: always keep one open
-# idle_timeout = 30.0  # on_demand: close after this many seconds without speech
-# backoff_initial = 1.0  # first reconnect delay ceiling in seconds; doubles per failed attempt
-# backoff_max = 60.0  # reconnect delay cap in seconds (also how often a refused key is retried)
-
-[capture]
-# mode = "vad"  # vad: send speech when voice is detected; push_to_talk: while the button is held; wake_word: nothing until the wake word; always: all the time
-# wake_word = "okay_nabu"  # wake_word mode: okay_nabu, hey_jarvis, hey_mycroft, alexa, or a custom model's .json manifest
-# wake_word_threshold = 0.85  # wake_word mode: lower hears it more readily (and is fooled more often); tune with pi-agent test-mic --wake-word
-# follow_up = 5.0  # wake_word mode: seconds after a reply in which an answer needs no wake word
-
-[audio]
-# input_device = "default"  # microphone: device name or a unique part of it (list them: pi-agent devices); as a service "default" is card 0, so name a USB device
-# output_device = "default"  # speaker: device name or a unique part of it
-# echo = "half_duplex"  # half_duplex: the mic is muted while the agent speaks; full_duplex: headset or echo-cancelling mic
-
-[api]
-# port = 8766  # /healthz, /metrics and a view of the events on 127.0.0.1 (no transcripts, no commands); 0 turns it off
-# socket = "auto"  # commands and transcripts: /run/pi-agent/api.sock, for the pi-agent group (sudo adduser $USER pi-agent)
-# max_clients = 32  # event API clients at once; more are refused
-# tool_timeout = 10.0  # seconds a client that handles a client tool has to answer it
-
-[leds]
-# connection_pin = 17  # BCM pin of the connection LED (off: offline, blinking: connecting, on: connected)
-# activity_pin = 27  # BCM pin of the activity LED (listening, thinking, speaking)
-# rgb_pins = [5, 6, 13]  # BCM pins (red, green, blue) of an RGB LED showing the state's colour
-
-[button]
-# pin = 22  # BCM pin of the push button, wired to ground
-
-[log]
-# level = "info"  # debug, info, warning or error
-EOF
+enable_time_wait_sync() {
+    if ! unit_file_exists systemd-timesyncd.service || ! unit_file_exists "$TIME_WAIT"; then
+        say "clock: no systemd-timesyncd here, so time-sync.target does not wait for the clock;" \
+            "with another NTP client enable its wait unit (chrony: chrony-wait.service)"
+        return
+    fi
+    local root_arg=() enabled=0 marker="" tmp
+    if [ -n "$ROOT" ]; then root_arg=(--root="$ROOT"); fi
+    if [ -f "$TIME_WAIT_DROPIN" ] && grep -qxF "$TIME_WAIT_MARKER" "$TIME_WAIT_DROPIN"; then marker="$TIME_WAIT_MARKER"; fi
+    if [ "$use_systemctl" = 1 ] && "${SYSTEMCTL_CMD[@]}" "${root_arg[@]}" --quiet is-enabled "$TIME_WAIT" 2>/dev/null; then
+        enabled=1
+    fi
+    if [ "$use_systemctl" = 1 ] && [ "$enabled" = 0 ]; then marker="$TIME_WAIT_MARKER"; fi
+    install -d -m 0755 "$(dirname "$TIME_WAIT_DROPIN")"
+    tmp="$(mktemp)"
+    {
+        echo "# Installed by $NAME's install.sh: wait for the clock at boot, but at most 90 s,"
+        echo "# so that units after time-sync.target still start on a Pi with no network."
+        if [ -n "$marker" ]; then echo "$marker"; fi
+        echo "[Service]"
+        echo "TimeoutStartSec=90s"
+    } >"$tmp"
+    install_file "$tmp" "$TIME_WAIT_DROPIN" 0644 >/dev/null
+    rm -f "$tmp"
+    if [ "$use_systemctl" = 0 ]; then
+        say "clock: not enabling $TIME_WAIT (--no-systemctl): pi-agent may start before the clock is set"
+    elif [ "$enabled" = 1 ]; then
+        say "clock: $TIME_WAIT is enabled: pi-agent starts once the clock is synchronised (at most 90 s)"
+    else
+        "${SYSTEMCTL_CMD[@]}" "${root_arg[@]}" --quiet enable "$TIME_WAIT"
+        say "clock: enabled $TIME_WAIT: from the next boot pi-agent starts once the clock is" \
+            "synchronised (at most 90 s)"
+    fi
 }
 
 do_install() {
@@ -223,20 +226,28 @@ do_install() {
     if [ -f "$REPO/README.md" ]; then
         install_file "$REPO/README.md" "$OPT_DIR/README.md" 0644 >/dev/null
     fi
+    if [ -f "$REPO/docs/troubleshooting.md" ]; then
+        install_file "$REPO/docs/troubleshooting.md" "$OPT_DIR/troubleshooting.md" 0644 >/dev/null
+    fi
+    # Every setting of the installed version, commented: generated from its settings model.
+    local example="$OPT_DIR/config.toml.example" tmp
+    tmp="$(mktemp)"
+    if ! "$VENV/bin/python" -m pi_agent.reference --template >"$tmp"; then
+        rm -f "$tmp"
+        die "$VENV/bin/python -m pi_agent.reference --template failed: is pi-agent installed in $VENV?"
+    fi
+    install_file "$tmp" "$example" 0644 >/dev/null
+    rm -f "$tmp"
 
     # Settings: readable by the service's group only; never overwritten.
     install -d -m 0750 "$ETC_DIR"
     chown_group "$NAME" "$ETC_DIR"
     if [ -e "$CONFIG" ]; then
-        say "keeping $CONFIG"
+        say "keeping $CONFIG (every setting of this version, commented: $example)"
     else
-        local tmp
-        tmp="$(mktemp)"
-        write_config_template >"$tmp"
-        install -m 0640 "$tmp" "$CONFIG"
-        rm -f "$tmp"
+        install -m 0640 "$example" "$CONFIG"
         chown_group "$NAME" "$CONFIG"
-        say "wrote $CONFIG"
+        say "wrote $CONFIG (every setting, commented)"
     fi
     # The API key: root only (systemd reads it for LoadCredential=). An empty file means
     # a public agent that needs no key, and lets the service start before it is set.
@@ -250,6 +261,8 @@ do_install() {
     local unit_changed
     unit_changed="$(install_file "$REPO/systemd/$NAME.service" "$UNIT" 0644)"
     if [ "$unit_changed" = 1 ]; then say "installed $UNIT"; fi
+
+    enable_time_wait_sync
 
     if [ "$use_systemctl" = 1 ]; then
         if [ -n "$ROOT" ]; then
@@ -283,6 +296,7 @@ Next steps:
      join the group, then log in again:
        sudo adduser \$USER $NAME
 Apply a changed config.toml with: sudo systemctl reload $NAME
+When something does not work: /opt/$NAME/troubleshooting.md (symptom, check, fix)
 Remove it with: sudo $0 --uninstall
 EOF
 }
@@ -302,6 +316,19 @@ do_uninstall() {
             "${SYSTEMCTL_CMD[@]}" daemon-reload
             "${SYSTEMCTL_CMD[@]}" reset-failed "$NAME.service" 2>/dev/null || true
         fi
+    fi
+    if [ -e "$TIME_WAIT_DROPIN" ]; then
+        if grep -qxF "$TIME_WAIT_MARKER" "$TIME_WAIT_DROPIN" && [ "$use_systemctl" = 1 ]; then
+            if [ -n "$ROOT" ]; then
+                "${SYSTEMCTL_CMD[@]}" --root="$ROOT" --quiet disable "$TIME_WAIT" || true
+            else
+                "${SYSTEMCTL_CMD[@]}" --quiet disable "$TIME_WAIT" || true
+            fi
+            say "disabled $TIME_WAIT (the installer had enabled it)"
+        fi
+        rm -f "$TIME_WAIT_DROPIN"
+        rmdir "$(dirname "$TIME_WAIT_DROPIN")" 2>/dev/null || true
+        if [ "$use_systemctl" = 1 ] && [ -z "$ROOT" ]; then "${SYSTEMCTL_CMD[@]}" daemon-reload; fi
     fi
     if [ -e "$OPT_DIR" ]; then
         rm -rf "$OPT_DIR"

@@ -27,6 +27,13 @@ SCRIPT = REPO / "scripts" / "install.sh"
 IS_ROOT = os.geteuid() == 0
 REAL_ACCOUNTS = IS_ROOT and all(shutil.which(c) for c in ("useradd", "groupadd", "usermod", "userdel", "groupdel"))
 REAL_SYSTEMCTL = shutil.which("systemctl") is not None
+# The venv's Python: the runner's own version, so that the recorded pip's .pth can lend the
+# venv the checkout and this test run's packages (pydantic) to generate the config template.
+_SYSTEM_PYTHON_SAME = subprocess.run(
+    ["/usr/bin/python3", "-c", f"import sys; sys.exit(sys.version_info[:2] != {tuple(sys.version_info[:2])})"],
+    capture_output=True, check=False).returncode == 0 if Path("/usr/bin/python3").exists() else False
+VENV_PYTHON = "/usr/bin/python3" if _SYSTEM_PYTHON_SAME else getattr(sys, "_base_executable", sys.executable)
+SITE_PACKAGES = [p for p in sys.path if p.endswith("site-packages")]
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/python3").exists() or shutil.which("bash") is None,
                                 reason="the installer targets Debian: needs bash and /usr/bin/python3")
@@ -76,6 +83,12 @@ elif name == "userdel":
     save("group", [r[:3] + [",".join(m for m in r[3].split(",") if m and m != target)] for r in rows("group")])
 elif name == "groupdel":
     save("group", [r for r in rows("group") if r[0] != target])
+elif name == "pip" and "install" in args and os.environ.get("RECORD_PTH"):
+    # "installs" the checkout: the venv finds it, and its dependencies, through a .pth file
+    import glob
+    for site in glob.glob(f"{root}/opt/pi-agent/venv/lib/python3*/site-packages"):
+        with open(f"{site}/pi_agent_checkout.pth", "w") as fh:
+            fh.write(os.environ["RECORD_PTH"] + "\n")
 '''
 
 
@@ -130,7 +143,9 @@ def _make_installer(tmp: Path, *, real_tools: bool) -> Installer:
     recorder.write_text(RECORDER)
     log = tmp / "calls.jsonl"
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "LC_ALL": "C.UTF-8",
-           "RECORD_LOG": str(log), "RECORD_ROOT": str(root)}
+           "RECORD_LOG": str(log), "RECORD_ROOT": str(root), "RECORD_PTH": "\n".join([str(REPO), *SITE_PACKAGES])}
+    if VENV_PYTHON != "/usr/bin/python3":
+        env["PYTHON"] = VENV_PYTHON
     stubbed = ["apt-get", "pip"]
     if not (real_tools and REAL_ACCOUNTS):
         stubbed += ["useradd", "groupadd", "usermod", "userdel", "groupdel"]
@@ -139,8 +154,8 @@ def _make_installer(tmp: Path, *, real_tools: bool) -> Installer:
     if not real_tools:  # pip is a recorder anyway: skip ensurepip, the slow part of a venv
         fast_python = bin_dir / "python3"
         fast_python.write_text('#!/bin/sh\n'
-                               'if [ "$1 $2" = "-m venv" ]; then exec /usr/bin/python3 "$@" --without-pip; fi\n'
-                               'exec /usr/bin/python3 "$@"\n')
+                               f'if [ "$1 $2" = "-m venv" ]; then exec {VENV_PYTHON} "$@" --without-pip; fi\n'
+                               f'exec {VENV_PYTHON} "$@"\n')
         fast_python.chmod(0o755)
         env["PYTHON"] = str(fast_python)
     for name in stubbed:
@@ -310,19 +325,93 @@ def test_uninstall_removes_the_service_and_keeps_the_settings(lifecycle: Lifecyc
     assert inst.group("gpio") is not None and inst.group("audio") is not None  # shared groups stay
 
 
-def test_the_config_template_is_valid_once_uncommented(lifecycle: Lifecycle) -> None:
-    text = lifecycle.config_text
-    assert text
-    assert not tomllib.loads(text).get("agent_id"), "nothing is set until the admin sets it"
-    lines = []
-    for line in text.splitlines():
-        m = re.fullmatch(r"# ([a-z_]+ = .+?)  # .+", line)
-        lines.append(m.group(1) if m else line)
-    data = tomllib.loads("\n".join(lines))
-    assert data["agent_id"] and data["session"]["policy"] and data["button"]["pin"]
-    config = pytest.importorskip("pi_agent.config")
-    settings = config.Settings(**data)  # every key is a real setting with a valid value
-    assert settings.api.port == data["api"]["port"]
+def test_the_config_is_the_generated_template_of_every_setting(lifecycle: Lifecycle) -> None:
+    """Written by the installed package's own generator (python -m pi_agent.reference --template);
+    tests/test_reference.py checks that it holds every setting and loads once uncommented."""
+    reference = pytest.importorskip("pi_agent.reference")
+    template = reference.config_template()
+    assert lifecycle.config_text == template
+    assert lifecycle.after_first["opt/pi-agent/config.toml.example"][0] == "-rw-r--r--"
+    assert lifecycle.after_first["opt/pi-agent/config.toml.example"][3] == _sha(template.encode())
+    assert "wrote" in lifecycle.first.stderr and "every setting" in lifecycle.first.stderr
+    # an upgrade keeps the edited file and points at the new version's settings
+    assert "config.toml.example" in lifecycle.second.stderr
+    assert not any(tomllib.loads(lifecycle.config_text).values()), "nothing is set until the admin sets it"
+    assert "/etc/pi-agent/api_key" in lifecycle.config_text and not re.search(
+        r"^#? ?api_key *=", lifecycle.config_text, re.M)
+
+
+def test_no_timesyncd_no_clock_wait(lifecycle: Lifecycle) -> None:
+    assert "no systemd-timesyncd" in lifecycle.first.stderr
+    assert not [p for p in lifecycle.after_first if "time-wait-sync" in p]
+    assert not [c for c in lifecycle.calls_first if "systemd-time-wait-sync.service" in c]
+
+
+def test_failing_template_generator_stops_the_install(tmp_path: Path) -> None:
+    inst = _make_installer(tmp_path, real_tools=False)
+    inst.env["RECORD_PTH"] = ""  # pip "installs" nothing: pi_agent is not importable in the venv
+    result = inst.run("--no-apt")
+    assert result.returncode == 1 and "pi_agent.reference --template failed" in result.stderr
+    assert not (inst.root / "etc/pi-agent/config.toml").exists()
+
+
+def _with_timesyncd(inst: Installer) -> None:
+    units = inst.root / "usr/lib/systemd/system"
+    units.mkdir(parents=True)
+    real = Path("/lib/systemd/system/systemd-time-wait-sync.service")
+    (units / "systemd-time-wait-sync.service").write_text(
+        real.read_text() if real.exists() else
+        "[Unit]\nBefore=time-sync.target\n[Service]\nType=oneshot\nExecStart=/bin/true\n"
+        "[Install]\nWantedBy=sysinit.target\n")
+    (units / "systemd-timesyncd.service").write_text(
+        "[Unit]\nDescription=NTP\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=sysinit.target\n")
+
+
+def test_enables_time_wait_sync_where_timesyncd_is_recorded(tmp_path: Path) -> None:
+    inst = _make_installer(tmp_path, real_tools=False)
+    _with_timesyncd(inst)
+    dropin = inst.root / "etc/systemd/system/systemd-time-wait-sync.service.d/pi-agent.conf"
+    enable = ["systemctl", f"--root={inst.root}", "--quiet", "enable", "systemd-time-wait-sync.service"]
+
+    first = _ok(inst.run("--no-apt", fail="is-enabled systemd-time-wait-sync"))  # not enabled yet
+    assert enable in inst.calls()
+    assert "enabled systemd-time-wait-sync.service" in first.stderr
+    text = dropin.read_text()
+    assert "TimeoutStartSec=90s" in text and "# enabled by the pi-agent installer" in text
+
+    n = len(inst.calls())
+    second = _ok(inst.run("--no-apt"))  # now it is enabled: left as it is
+    assert enable not in inst.calls()[n:]
+    assert "systemd-time-wait-sync.service is enabled" in second.stderr
+    assert dropin.read_text() == text
+
+    _ok(inst.run("--uninstall"))
+    assert ["systemctl", f"--root={inst.root}", "--quiet", "disable", "systemd-time-wait-sync.service"] in inst.calls()
+    assert not dropin.parent.exists()
+
+
+def test_an_already_enabled_time_wait_sync_stays_enabled_on_uninstall(tmp_path: Path) -> None:
+    inst = _make_installer(tmp_path, real_tools=False)
+    _with_timesyncd(inst)
+    dropin = inst.root / "etc/systemd/system/systemd-time-wait-sync.service.d/pi-agent.conf"
+    _ok(inst.run("--no-apt"))  # the recorder says it is enabled already
+    assert "# enabled by" not in dropin.read_text()
+    _ok(inst.run("--uninstall"))
+    assert not [c for c in inst.calls() if c[-2:] == ["disable", "systemd-time-wait-sync.service"]]
+    assert not dropin.exists()
+
+
+@pytest.mark.skipif(not REAL_SYSTEMCTL, reason="needs systemctl")
+def test_enables_time_wait_sync_with_the_real_systemctl(tmp_path: Path) -> None:
+    inst = _make_installer(tmp_path, real_tools=True)
+    _with_timesyncd(inst)
+    wants = inst.root / "etc/systemd/system/sysinit.target.wants/systemd-time-wait-sync.service"
+    first = _ok(inst.run("--no-apt"))
+    assert wants.is_symlink() and "enabled systemd-time-wait-sync.service" in first.stderr
+    second = _ok(inst.run("--no-apt"))
+    assert "systemd-time-wait-sync.service is enabled" in second.stderr
+    _ok(inst.run("--uninstall"))
+    assert not wants.exists() and not wants.is_symlink()
 
 
 def test_fully_recorded_run_and_the_existing_user_case(tmp_path: Path) -> None:
