@@ -12,12 +12,14 @@ import stat
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 
 from ..config import ApiSettings
+from ..errors import AccessDenied, access_hint
 from .api import HOST
 from .socket_paths import client_socket_paths
 
@@ -33,15 +35,19 @@ async def open_daemon(api: ApiSettings, *, view: bool = True) -> AsyncIterator[t
     """The first daemon that answers: on a Unix socket (full access), else (``view``) the TCP
     view. Yields the connection and where it is."""
     tried: list[str] = []
+    denied: list[Path] = []
     for path in client_socket_paths(api.socket):
-        if not path.exists():
+        try:
+            if not path.exists():
+                continue
+        except PermissionError:  # /run/pi-agent is 0750 pi-agent:pi-agent
+            denied.append(path)
             continue
         try:
             ws = await unix_connect(str(path), uri="ws://localhost/events", open_timeout=OPEN_TIMEOUT,
                                     compression=None, max_size=None)
         except PermissionError:
-            tried.append(f"{path} (permission denied: join the daemon's group, e.g. sudo adduser $USER pi-agent, "
-                         "then log in again)")
+            denied.append(path)
             continue
         except (OSError, TimeoutError, websockets.InvalidHandshake) as e:
             tried.append(f"{path} ({_why(e)})")
@@ -59,6 +65,8 @@ async def open_daemon(api: ApiSettings, *, view: bool = True) -> AsyncIterator[t
             async with ws:
                 yield ws, f"{url} (a view: no transcripts; the Unix socket gives everything)"
             return
+    if denied:
+        raise AccessDenied(f"cannot open the daemon's socket {denied[0]}: permission denied: {access_hint(denied[0])}")
     raise Unreachable("; ".join(tried) or "no socket or port is configured ([api] socket, [api] port)")
 
 
@@ -70,17 +78,19 @@ def _print(text: str) -> None:
     print(text, flush=True)
 
 
-async def status(api: ApiSettings, follow: bool) -> int:
-    """Print the snapshot; with ``follow``, JSON lines: the snapshot, then every event, until
-    the daemon goes or the reader does (``| head -1``). Exit 0; 1 if no daemon answers."""
+async def status(api: ApiSettings, follow: bool, as_json: bool = True) -> int:
+    """Print the snapshot (``as_json``: JSON, else a short summary for a person); with
+    ``follow``, then every event (JSON lines, or a line each on a terminal), until the daemon
+    goes or the reader does (``| head -1``). Exit 0; 1 if no daemon answers; 77 (EX_NOPERM)
+    if its socket is not ours to open (the AccessDenied goes to the caller)."""
     try:
         async with open_daemon(api) as (ws, where):
             snapshot = json.loads(await ws.recv())
             snapshot["api"] = where
             if not follow:
-                _print(json.dumps(snapshot, indent=2))
+                _print(json.dumps(snapshot, indent=2) if as_json else summary(snapshot))
                 return 0
-            show = _Terminal() if sys.stdout.isatty() else None
+            show = None if as_json else _Terminal()
             _print(show.snapshot(snapshot) if show else json.dumps(snapshot))
             reader_gone = _reader_gone()
             try:
@@ -110,6 +120,24 @@ async def status(api: ApiSettings, follow: bool) -> int:
     except websockets.ConnectionClosed:
         return 0 if follow else 1
     return 0
+
+
+def summary(s: dict[str, Any]) -> str:
+    """The snapshot for a person: a handful of lines (``status --json`` gives it all)."""
+    flags = [f"{s.get('policy')} policy", f"{s.get('mode')} capture"]
+    flags += ["muted"] if s.get("muted") else []
+    flags += ["queued for the agent"] if s.get("queued") else []
+    counters = s.get("counters") or {}
+    shown = {"conversations": "conversations", "reconnects": "reconnects", "audio_dropped": "audio dropped",
+             "protocol_errors": "protocol errors", "capture_overflows": "mic overflows",
+             "playback_underruns": "speaker underruns"}
+    rows = [("state", f"{s.get('state')} ({', '.join(flags)})"),
+            ("connected", "yes" if s.get("connected") else "no"),
+            ("conversation", str(s.get("conversation_id") or "none")),
+            ("problem", str(s.get("problem") or "none")),
+            ("counters", ", ".join(f"{label} {counters[k]}" for k, label in shown.items() if k in counters) or "-"),
+            ("event API", str(s.get("api")))]
+    return "\n".join(f"{name + ':':<14}{value}" for name, value in rows)
 
 
 class _Terminal:
@@ -234,4 +262,4 @@ async def _exchange(ws: ClientConnection, text: str, timeout: float) -> int:
     return 0
 
 
-__all__ = ["Unreachable", "open_daemon", "say", "status"]
+__all__ = ["Unreachable", "open_daemon", "say", "status", "summary"]
