@@ -4,23 +4,37 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..audio.formats import dbfs
 from ..config import AudioSettings, CaptureSettings, Settings
+from ..config.settings import ServiceKey, service_key
 from ..errors import ConfigError, ConnectError, DeviceError
 from .agent import reach_agent
 from .report import FAIL, OK, SKIP, device_name, line
 
 
 async def check(settings: Settings, config_source: str) -> int:
-    """One pass/fail line per check; exit status 1 if any failed."""
+    """One pass/fail line per check; exit status 1 if any failed.
+
+    ``config_source``: the config file's path, or words saying there is none. The agent is
+    tested with the key the service gets (:func:`~pi_agent.config.settings.service_key`)."""
     from ..parts import make_audio_input, make_audio_output
 
     failed = 0
-    line(OK, "config", f"{config_source}: agent {settings.agent_id} at {settings.server_url}, "
-         f"{settings.session.policy} policy, {settings.capture.mode} capture, {settings.audio.echo}")
+    config_file = Path(config_source) if Path(config_source).is_file() else None
+    summary = (f"{config_source}: agent {settings.agent_id} at {settings.server_url}, "
+               f"{settings.session.policy} policy, {settings.capture.mode} capture, {settings.audio.echo}")
+    key: ServiceKey | None = None
+    try:
+        key = service_key(settings, config_file)
+    except ConfigError as e:  # the service's credential is there, but holds no key
+        failed += 1
+        line(FAIL, "config", f"{summary}\n{e}")
+    else:
+        line(OK, "config", f"{summary}; {_key_words(key)}")
 
     async def device(what: str, run: Callable[[], Any]) -> None:
         nonlocal failed
@@ -75,13 +89,35 @@ async def check(settings: Settings, config_source: str) -> int:
             line(FAIL, "gpio", str(e))
     else:
         line(SKIP, "gpio", "no LED or button pins configured")
-    try:
-        line(OK, "agent", await reach_agent(settings))
-    except ConnectError as e:
-        failed += 1
-        line(FAIL, "agent", str(e))
-    print(f"pi-agent {__version__}: {'all checks passed' if not failed else f'{failed} check(s) failed'}")
+    untested = ""
+    if key is None:
+        untested = "the API key cannot be used"
+        line(SKIP, "agent", "not tested: the service's API key cannot be used (see the config line)")
+    elif key.unreadable is not None and key.key is None:
+        untested = "no API key readable here"
+        line(SKIP, "agent", f"no API key readable here: the service gets {key.unreadable} through "
+             "LoadCredential=; run `sudo pi-agent check`")
+    else:
+        try:
+            line(OK, "agent", await reach_agent(settings.model_copy(update={"api_key": key.key})))
+        except ConnectError as e:
+            failed += 1
+            refused = key.key is None and any(f"HTTP {code}" in str(e) for code in (401, 403))
+            line(FAIL, "agent", f"{e}" + ("; no API key was found: a private agent needs one" if refused else ""))
+    verdict = "all checks passed" if not failed else f"{failed} check(s) failed"
+    print(f"pi-agent {__version__}: {verdict}" + (f"; the agent was not tested ({untested})" if untested else ""))
     return 1 if failed else 0
+
+
+def _key_words(key: ServiceKey) -> str:
+    """Whether an API key was found, and where (never the key)."""
+    if key.key is None:
+        return (f"no API key readable here ({key.unreadable} is the service's, not readable by this user)"
+                if key.unreadable is not None else "no API key (a public agent)")
+    where = f"API key from {key.origin}"
+    if key.unreadable is not None:  # the user's own key, not the service's
+        return f"{where}, not the service's ({key.unreadable} is not readable by this user)"
+    return where
 
 
 def _check_capture(c: CaptureSettings) -> int:
