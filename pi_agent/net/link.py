@@ -206,7 +206,9 @@ async def open_link(url: str, handler: LinkHandler, *, timeout: float, max_size:
 
     Raises ``websockets.InvalidURI``, ``websockets.InvalidStatus`` (the server refused:
     its response holds the status and headers), other ``websockets.InvalidHandshake``,
-    ``OSError`` (DNS, refused, reset, TLS) or ``TimeoutError``.
+    ``OSError`` (DNS, refused, reset, TLS) or ``TimeoutError``. A server certificate refused
+    on its dates is ``ssl.SSLCertVerificationError`` (an ``OSError``): when the system clock
+    is at fault, :func:`~pi_agent.net.signed_url.clock_error` says so.
     """
     uri = parse_uri(url)
     protocol = ClientProtocol(uri, max_size=max_size)

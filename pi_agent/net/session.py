@@ -24,7 +24,7 @@ from ..engine.backoff import Outcome, classify_http_status
 from ..engine.conversation import MAX_FRAME, Engine
 from ..errors import ConnectError
 from .link import Link, open_link
-from .signed_url import parse_retry_after, reason_text, redact_url
+from .signed_url import clock_error, parse_retry_after, reason_text, redact_url
 
 log = logging.getLogger("pi_agent.session")
 
@@ -163,7 +163,9 @@ class Session:
                 engine.connect_failed(outcome, f"handshake refused: HTTP {status}{hint}", self._clock(),
                                       parse_retry_after(e.response.headers.get("Retry-After")))
             except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as e:
-                engine.connect_failed(Outcome.RETRY, f"cannot connect: {reason_text(e)}", self._clock())
+                # a TLS refusal because the clock is not set yet says so (NTP has not answered yet)
+                engine.connect_failed(Outcome.RETRY, clock_error(e) or f"cannot connect: {reason_text(e)}",
+                                      self._clock())
             except Exception as e:  # a bug of ours must not stop the reconnecting
                 log.exception("unexpected error while connecting")
                 engine.connect_failed(Outcome.RETRY, f"cannot connect: internal error {type(e).__name__}",

@@ -9,6 +9,8 @@ error message; a redirect is refused, so the key cannot follow it to another hos
 from __future__ import annotations
 
 import json
+import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,6 +29,10 @@ from ..threads import run_blocking
 _REDACT = {"conversation_signature", "token", "signature"}
 
 SignedUrlFetcher = Callable[[str, str, str, float], str]
+
+# A clock before this has not been set (a Pi has no RTC: it boots at its last saved time, or 1970).
+CLOCK_FLOOR = 1704067200.0  # 2024-01-01 00:00 UTC
+_NOT_YET_VALID, _EXPIRED = 9, 10  # OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
 
 
 def conversation_url(server_url: str, agent_id: str) -> str:
@@ -92,9 +98,9 @@ def fetch_signed_url(server_url: str, agent_id: str, api_key: str, timeout: floa
     except TimeoutError:
         raise ConnectError(f"signed URL request timed out after {timeout:g} s") from None
     except urllib.error.URLError as e:
-        raise ConnectError(f"signed URL request failed: {reason_text(e.reason)}") from None
+        raise ConnectError(clock_error(e.reason) or f"signed URL request failed: {reason_text(e.reason)}") from None
     except OSError as e:
-        raise ConnectError(f"signed URL request failed: {reason_text(e)}") from None
+        raise ConnectError(clock_error(e) or f"signed URL request failed: {reason_text(e)}") from None
     try:
         signed = json.loads(body)["signed_url"]
     except (ValueError, KeyError, TypeError):
@@ -130,6 +136,26 @@ def reason_text(e: object) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return str(e)[:120]
+
+
+def clock_error(e: object, now: float | None = None) -> str | None:
+    """The reason for a TLS failure that is the system clock's (None for any other failure):
+    a server certificate not yet valid by it (the clock is behind: not set yet, or restored
+    from the last shutdown), or expired by a clock before :data:`CLOCK_FLOOR`."""
+    if not isinstance(e, ssl.SSLCertVerificationError):
+        return None
+    now = time.time() if now is None else now
+    code = e.verify_code
+    if code == _NOT_YET_VALID:
+        what = "not valid yet"
+    elif code == _EXPIRED and now < CLOCK_FLOOR:
+        what = "expired"
+    else:
+        return None
+    # The date alone: the same reason on every attempt, so that it is logged once, not each time.
+    reads = time.strftime("%Y-%m-%d", time.gmtime(now))
+    return (f"the system clock is not set yet (it reads {reads}, by which the server's TLS certificate is "
+            f"{what}); waiting for time sync")
 
 
 def parse_retry_after(value: str | None) -> float | None:
