@@ -99,6 +99,17 @@ def test_waits_for_network_and_clock() -> None:
         assert {"network-online.target", "time-sync.target"} <= set(targets), key
 
 
+def test_the_clock_wait_is_explained_and_not_pulled_in_unbounded() -> None:
+    """time-sync.target waits only with systemd-time-wait-sync.service enabled (the installer's
+    part); the unit says so, and does not pull that service in itself: its wait has no limit, so
+    a `systemctl start` on a Pi offline would hang on it."""
+    comments = " ".join(line.lstrip("# ") for line in UNIT.read_text().splitlines() if line.startswith("#"))
+    assert "systemd-time-wait-sync.service is enabled" in comments
+    assert "the system clock is not set yet" in comments  # what the journal shows without it
+    pulled = " ".join(_values("Unit", "Wants") + _values("Unit", "Requires")).split()
+    assert "systemd-time-wait-sync.service" not in pulled
+
+
 def test_user_credentials_and_config() -> None:
     assert _one("Service", "User") == "pi-agent"
     assert set(_one("Service", "SupplementaryGroups").split()) == {"audio", "gpio"}
