@@ -119,7 +119,7 @@ async def test_a_user_who_cannot_read_the_key_is_told_so_and_gets_no_false_fail(
         code, out = await check_cli(layout, agent.http_url, as_other_user=other_user)
         assert not agent.conversations, "a private agent was tested as a public one"
     assert (f"[skip] agent: no API key readable here: the service gets {key} through LoadCredential=; "
-            "run `sudo pi-agent check`\n") in out, out
+            f"run `sudo pi-agent --config {layout} check`\n") in out, out
     assert f"no API key readable here ({key} is the service's, not readable by this user)\n" in out, out
     assert "[FAIL]" not in out and "Traceback" not in out and code == 0, out
     assert out.rstrip().endswith("all checks passed; the agent was not tested (no API key readable here)"), out
@@ -147,6 +147,17 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.upper().startswith("PI_AGENT_") or name in ("ELEVENLABS_API_KEY", "CREDENTIALS_DIRECTORY"):
             monkeypatch.delenv(name)
+
+
+def test_the_advice_names_the_program_as_started_and_a_config_file_not_the_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pi_agent.diagnostics.check import _as_root
+
+    monkeypatch.setattr(sys, "argv", ["/opt/pi-agent/venv/bin/pi-agent", "check"])
+    assert _as_root(Path("/etc/pi-agent/config.toml")) == "sudo /opt/pi-agent/venv/bin/pi-agent check"
+    monkeypatch.setattr(sys, "argv", ["pi-agent", "check"])
+    assert _as_root(Path("/srv/config.toml")) == "sudo pi-agent --config /srv/config.toml check"
+    assert _as_root(None) == "sudo pi-agent check"
 
 
 def test_the_service_credential_lies_beside_the_config_file() -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..audio.formats import dbfs
-from ..config import AudioSettings, CaptureSettings, Settings
+from ..config import DEFAULT_CONFIG_PATH, AudioSettings, CaptureSettings, Settings
 from ..config.settings import ServiceKey, service_key
 from ..errors import ConfigError, ConnectError, DeviceError
 from .agent import reach_agent
@@ -96,7 +97,7 @@ async def check(settings: Settings, config_source: str) -> int:
     elif key.unreadable is not None and key.key is None:
         untested = "no API key readable here"
         line(SKIP, "agent", f"no API key readable here: the service gets {key.unreadable} through "
-             "LoadCredential=; run `sudo pi-agent check`")
+             f"LoadCredential=; run `{_as_root(config_file)}`")
     else:
         try:
             line(OK, "agent", await reach_agent(settings.model_copy(update={"api_key": key.key})))
@@ -107,6 +108,14 @@ async def check(settings: Settings, config_source: str) -> int:
     verdict = "all checks passed" if not failed else f"{failed} check(s) failed"
     print(f"pi-agent {__version__}: {verdict}" + (f"; the agent was not tested ({untested})" if untested else ""))
     return 1 if failed else 0
+
+
+def _as_root(config_file: Path | None) -> str:
+    """This check again as root: the program as it was started (the installed one is not on
+    root's PATH), with ``--config`` unless the file is the default."""
+    program = sys.argv[0] if Path(sys.argv[0]).name == "pi-agent" and Path(sys.argv[0]).is_absolute() else "pi-agent"
+    config = f" --config {config_file}" if config_file is not None and config_file != DEFAULT_CONFIG_PATH else ""
+    return f"sudo {program}{config} check"
 
 
 def _key_words(key: ServiceKey) -> str:
