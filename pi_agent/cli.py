@@ -13,6 +13,7 @@ import difflib
 import logging
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,7 +21,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .config import (EX_CONFIG, ApiSettings, AudioSettings, ButtonSettings, CaptureSettings, LedSettings, LogSettings,
                      SectionT, Settings, config_path, load_section, load_settings)
-from .errors import AccessDenied, ConfigError, ConfigUnreadable, DeviceError, access_hint
+from .errors import AccessDenied, ConfigError, ConfigUnreadable, DeviceError, PiAgentError, access_hint
 
 log = logging.getLogger("pi_agent.cli")
 
@@ -93,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
                "--config, --log-level and -v go before or after the command.")
     parser.add_argument("--version", action="version", version=f"pi-agent {__version__}",
                         help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser,
+                                help="what to do (pi-agent COMMAND --help for its options)")
 
     def command(name: str, summary: str, more: str = "") -> argparse.ArgumentParser:
         """A command: ``summary`` in the list of commands, with ``more`` in its own --help."""
@@ -156,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config and cmd in NO_CONFIG:
         print(f"pi-agent {cmd}: --config is not used here: {NO_CONFIG[cmd]}; leave it out", file=sys.stderr)
         return EX_USAGE
+    if not args.verbose:  # gpiozero tries each pin library in turn; the error that follows says what to do
+        warnings.filterwarnings("ignore", message="Falling back from")
     try:
         return _dispatch(args)
     except ConfigUnreadable as e:
@@ -169,6 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AccessDenied as e:
         print(f"pi-agent {cmd}: {e}", file=sys.stderr)
         return EX_NOPERM
+    except DeviceError as e:
+        print(f"pi-agent {cmd}: {e}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except PiAgentError as e:
+        print(f"pi-agent {cmd}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except PermissionError as e:
