@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,8 +27,8 @@ from .decide import effects as fx
 from .decide import inputs as i
 from .decide.button import ButtonEvent
 from .decide.decide import decide
-from .decide.model import Model, Status, deadline, health, status
-from .decide.states import State
+from .decide.model import QUEUED_TEXT, Model, Status, deadline, health, status
+from .decide.states import State, Trigger
 from .engine.conversation import Engine
 from .events import EventHub
 from .metrics import Metrics
@@ -38,6 +39,38 @@ transcript_log = logging.getLogger("pi_agent.transcript")
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 TIMER_SLACK = 0.001  # s past a deadline, so that it is found due
+
+#: The journal's ``PI_AGENT_EVENT`` of a decision's log line, by how its text starts (the
+#: decisions say what happened in words; the journal also gives a name to filter on).
+EVENTS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern), name) for pattern, name in (
+    (r"connecting to the agent \(attempt \d+\)", "reconnect"),
+    (r"conversation \S+ open \(", "conversation_open"),
+    (r"conversation ended: ", "conversation_ended"),
+    (r"disconnected: ", "disconnected"),
+    (r"cannot open a conversation: ", "connect_failed"),
+    (r"server [a-z ]+: ", "server_error"),
+    (re.escape(QUEUED_TEXT), "queued"),
+    (r"admitted by the agent's service", "admitted"),
+    (r"the agent's service kept this device queued", "queue_timeout"),
+    (r"\w+ device failed: ", "device_lost"),
+    (r"\w+ device is back", "device_back"),
+    (r"interrupted by the user", "interruption"),
+    (r"wake word heard (?:\(|over the reply)", "wake_word"),
+    (r"microphone muted", "muted"),
+    (r"microphone unmuted", "unmuted"),
+    (r"no reply within ", "no_reply"),
+    (r"no more of the reply within ", "reply_stalled"),
+    (r"the agent is ending the call", "end_call"),
+))
+
+
+def event_of(text: str) -> str | None:
+    """The ``PI_AGENT_EVENT`` name of a decision's log line, or None for none."""
+    for pattern, name in EVENTS:
+        if pattern.match(text):
+            return name
+    return None
+
 
 Observer = Callable[[Status], None]
 
@@ -60,6 +93,8 @@ class Controller:
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._speaker_timer: asyncio.Handle | None = None
+        self._silence = b""  # a frame of digital silence, as long as the microphone's frames
+        self._sound_at: float | None = None  # clock() of the last frame that was not digital silence
 
     def attach(self, session: Session) -> None:
         self.session = session
@@ -101,7 +136,7 @@ class Controller:
                 try:
                     observer(after)
                 except Exception:  # an LED or notifier failure must not stop the conversation
-                    log.exception("status observer %r failed", observer)
+                    log.exception("status observer %r failed", observer, extra=self._log_fields())
         self._arm_timers()
         if self.session is not None:
             self.session.pump()
@@ -114,6 +149,12 @@ class Controller:
         if model.shutting_down:
             return
         now = self._clock()
+        silence = self._silence
+        if frame != silence:  # anything but all zero samples: one memcmp, about 50 ns a frame
+            if len(frame) == len(silence):
+                self._sound_at = now
+            else:  # the first frame, or a new frame size: the next frame is compared
+                self._silence = bytes(len(frame))
         config = model.config
         speaker = self.output.audible_until() + self._echo_tail if config.half_duplex or config.aec else 0.0
         if model.dry_since is not None and config.half_duplex:  # a reply stalled on the link: not over yet
@@ -134,6 +175,11 @@ class Controller:
             self.dispatch(i.TurnEnded(out.nothing_said))
         if self.session is not None:
             self.session.pump()
+
+    def last_sound(self) -> float | None:
+        """The Unix time of the microphone's last frame that was not digital silence (None: none yet)."""
+        at = self._sound_at
+        return None if at is None else time.time() - (self._clock() - at)
 
     def on_button(self, event: ButtonEvent) -> None:
         self.dispatch(i.Button(event, heard_speech=self.gate.heard_speech))
@@ -196,8 +242,12 @@ class Controller:
     def _state_change(self, effect: fx.StateChange) -> None:
         t = effect.transition
         if t.state is not t.previous:
-            log.info("state %s -> %s", t.previous, t.state)
+            log.info("state %s -> %s", t.previous, t.state, extra=self._log_fields("state", t.state))
             self.hub.publish({"type": "state", "state": t.state.value, "previous": t.previous.value})
+            if t.state is State.LISTENING:
+                self.metrics.count_turn()
+            elif t.trigger is Trigger.AGENT_DONE:
+                self.metrics.count_exchange()
 
     def _flush(self, effect: fx.Flush) -> None:
         started = time.perf_counter()
@@ -213,7 +263,14 @@ class Controller:
         self.output.play(effect.pcm, effect.rate)
 
     def _log(self, effect: fx.Log) -> None:
-        (transcript_log if effect.transcript else log).log(LEVELS[effect.level], "%s", effect.text)
+        fields = self._log_fields("transcript" if effect.transcript else event_of(effect.text))
+        (transcript_log if effect.transcript else log).log(LEVELS[effect.level], "%s", effect.text, extra=fields)
+
+    def _log_fields(self, event: str | None = None, state: State | None = None) -> dict[str, str | None]:
+        """What the journal adds to a line of ours (:mod:`pi_agent.service.journal`): the state
+        (after the decision, or ``state``), the open conversation and the event's name."""
+        return {"pi_agent_state": (state or self.model.state).value,
+                "pi_agent_conversation_id": self.model.conversation_id, "pi_agent_event": event}
 
     def _observe(self, effect: fx.Observe) -> None:
         histogram = (self.metrics.response_latency if effect.metric == "response_latency"

@@ -85,8 +85,8 @@ class Daemon:
         self.controller.attach(self.session)
         socket_path = server_socket_path(settings.api.socket)
         self.api = (ApiServer(settings.api, self.controller, self.hub, self.metrics, self._snapshot_extra,
-                              socket_path=socket_path)
-                    if settings.api.port or socket_path is not None else None)
+                              socket_path=socket_path, names=(settings.device(),))
+                    if settings.api.port or socket_path is not None or settings.api.metrics_listen else None)
         self._pin_factory = parts.pin_factory
         self.leds: Any = None
         self.button: Any = None
@@ -107,6 +107,11 @@ class Daemon:
         m.watch_device_counter("capture_overflows", lambda: self.audio_in.overflows)
         m.watch_device_counter("playback_underruns", lambda: self.audio_out.underruns)
         m.watch_device_counter("playback_device_underflows", self._device_underflows)
+        m.set_identity(settings.device(), settings.location)
+        m.watch_state(lambda: self.controller.state)
+        m.watch_device("microphone", lambda: self._device_up(self.mic_keeper))
+        m.watch_device("speaker", lambda: self._device_up(self.speaker_keeper))
+        m.watch_microphone_sound(self.controller.last_sound)
         self._alarms = [
             GrowthAlarm(lambda: self.audio_in.overflows, "the microphone lost %d frame(s): the audio "
                         "thread or the event loop fell behind (CPU too busy?)"),
@@ -115,6 +120,10 @@ class Daemon:
             GrowthAlarm(self._device_underflows, "the speaker's device buffer ran empty %d time(s): the "
                         "audio thread was late (CPU too busy? PI_AGENT_AUDIO__PERIOD_MS=20 gives it more time)"),
         ]
+
+    def _device_up(self, keeper: DeviceKeeper) -> bool:
+        """Open, and no failure of it reported since (the model keeps the devices' failures)."""
+        return keeper.is_open and all(which != keeper.which for which, _ in self.controller.model.device_errors)
 
     def _device_underflows(self) -> int:
         return self.audio_out.device_underflows if isinstance(self.audio_out, PyAudioOutput) else 0
@@ -211,8 +220,9 @@ class Daemon:
                 except* Exception as group:  # a bug of ours: say so loudly; systemd restarts us
                     died = group
         except OSError as e:  # the event API could not listen
-            log.error("cannot start the event API: %s (set [api] port to a free port or 0, and [api] socket "
-                      "to a usable path or off)", e.strerror or e)
+            log.error("cannot start the event API: %s (set [api] port to a free port or 0, [api] socket "
+                      "to a usable path or off, and [api] metrics_listen to a free address:port or empty)",
+                      e.strerror or e)
             return 1
         if died is not None:
             for exc in died.exceptions:

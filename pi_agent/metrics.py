@@ -2,17 +2,27 @@
 
 Counts kept by the parts themselves (the engine's :class:`~pi_agent.engine.conversation.Stats`
 and outbox, the devices' overflow and underrun counters) are read at scrape time:
-nothing is pushed per audio frame. Only durations are observed as they happen.
+nothing is pushed per audio frame. Only durations are observed as they happen, and the
+two counts of :meth:`Metrics.count_turn` and :meth:`Metrics.count_exchange` (once per turn).
+
+For a fleet (issue 24): ``pi_agent_info{device,location,version}``, the state as one gauge per
+state (``pi_agent_state{state}``), ``pi_agent_device_up{device}``, the turns and the exchanges,
+when the microphone last gave anything but digital silence, and the process's own figures
+(``process_start_time_seconds``, memory, CPU, open files).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from . import __version__
+from .decide.states import State
 from .engine.conversation import Engine
+
+STATES = tuple(State)  # every state has its series, 1 for the current one
 
 
 class Metrics:
@@ -34,7 +44,37 @@ class Metrics:
         self._playback_dropped: Callable[[], int] = lambda: 0
         self._wake_words: Callable[[], int] | None = None
         self._echo: Callable[[], float | None] | None = None
+        self._info: tuple[str, str, str] | None = None
+        self._state: Callable[[], State] | None = None
+        self._devices_up: dict[str, Callable[[], bool]] = {}
+        self._last_sound: Callable[[], float | None] | None = None
+        self.turns = 0  # user turns started (count_turn)
+        self.exchanges = 0  # replies that played out (count_exchange)
         r.register(_Collector(self))
+        ProcessCollector(registry=r)
+
+    def set_identity(self, device: str, location: str, version: str = __version__) -> None:
+        """``pi_agent_info{device,location,version} 1``: which kiosk this is (``device_name``, ``location``)."""
+        self._info = (device, location, version)
+
+    def watch_state(self, state: Callable[[], State]) -> None:
+        """``pi_agent_state{state}``: 1 for the current state, 0 for the others."""
+        self._state = state
+
+    def watch_device(self, device: str, up: Callable[[], bool]) -> None:
+        """``pi_agent_device_up{device}``: 1 while the device is open and not failed."""
+        self._devices_up[device] = up
+
+    def watch_microphone_sound(self, last_sound: Callable[[], float | None]) -> None:
+        """``pi_agent_microphone_last_sound_timestamp_seconds``: the Unix time of the last frame
+        that was not digital silence (None: none yet, shown as 0)."""
+        self._last_sound = last_sound
+
+    def count_turn(self) -> None:
+        self.turns += 1
+
+    def count_exchange(self) -> None:
+        self.exchanges += 1
 
     def watch_engine(self, engine: Engine, playback_dropped: Callable[[], int]) -> None:
         """Expose the engine's counters, and the agent audio the speaker had no room for."""
@@ -77,6 +117,7 @@ class Metrics:
         return dropped
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._fleet()
         engine = self._engine
         if engine is not None:
             stats = engine.stats
@@ -112,6 +153,41 @@ class Metrics:
             if value is not None:
                 devices.add_metric([name], float(value))
         yield devices
+
+    def _fleet(self) -> Iterator[Metric]:
+        """What a fleet's dashboards and alerts need: which device, its state, its devices, its use."""
+        if self._info is not None:
+            info = GaugeMetricFamily("pi_agent_info", "This device: its device_name, location and pi-agent version",
+                                     labels=["device", "location", "version"])
+            info.add_metric(list(self._info), 1.0)
+            yield info
+        if self._state is not None:
+            current = self._state()
+            states = GaugeMetricFamily("pi_agent_state", "1 for the daemon's current state, 0 for the others",
+                                       labels=["state"])
+            for state in STATES:
+                states.add_metric([state.value], 1.0 if state is current else 0.0)
+            yield states
+        if self._devices_up:
+            up = GaugeMetricFamily("pi_agent_device_up", "1 while the audio device is open and has not failed",
+                                   labels=["device"])
+            for name, read in list(self._devices_up.items()):
+                try:
+                    value = bool(read())
+                except Exception:  # being reopened: down for this scrape
+                    value = False
+                up.add_metric([name], 1.0 if value else 0.0)
+            yield up
+        yield _counter("pi_agent_turns", "User turns started (the daemon began listening to the user)", self.turns)
+        yield _counter("pi_agent_exchanges", "Exchanges completed: agent replies that played out to the end",
+                       self.exchanges)
+        if self._last_sound is not None:
+            last = self._last_sound()
+            sound = GaugeMetricFamily("pi_agent_microphone_last_sound_timestamp_seconds",
+                                      "Unix time of the microphone's last frame that was not digital silence "
+                                      "(all zero samples); 0 while there has been none")
+            sound.add_metric([], round(last, 3) if last is not None else 0.0)
+            yield sound
 
     @staticmethod
     def _safe(read: Callable[[], int]) -> int | None:

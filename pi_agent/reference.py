@@ -22,6 +22,7 @@ from .config import ENV_PREFIX, Settings
 # out in the template, marked as an example. A new such setting needs one here (a test says so).
 EXAMPLES: dict[str, Any] = {
     "agent_id": "agent_0123456789abcdefghij",
+    "device_name": "kiosk-hall-2",  # unset: the host name
     "session.user_id": "kitchen-pi",
     "capture.wake_word_threshold": 0.85,
     "audio.input_channel": 0,

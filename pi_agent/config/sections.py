@@ -4,6 +4,7 @@ README's settings table is generated from these, :mod:`pi_agent.reference`)."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,27 @@ Earcon = Literal["listening", "done", "error", "offline"]
 
 def _all_earcons() -> list[Earcon]:
     return ["listening", "done", "error", "offline"]
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``"address:port"`` (an IPv4 address, or an IPv6 one in brackets) as (address, port).
+    Raises ``ValueError`` saying what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be address:port, e.g. 0.0.0.0:9766 (every interface) or 192.168.1.20:9766")
+    if host.startswith("[") and host.endswith("]"):
+        host, version = host[1:-1], 6
+    else:
+        version = 4
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host[:40]!r} is not an IP address (an IPv6 address goes in brackets: [::]:9766)") from None
+    if address.version != version:
+        raise ValueError("an IPv6 address goes in brackets, e.g. [::]:9766")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port[:10]!r} is not a number from 1 to 65535")
+    return str(address), int(port)
 
 
 class _Section(BaseModel):
@@ -174,6 +196,18 @@ class ApiSettings(_Section):
         "status where that is private); status: the state only; off: no page")
     page_control: bool = Field(False, description="the page's Talk, Stop and Mute buttons work (default: the "
                                "page only shows)")
+    metrics_listen: str = Field("", max_length=64, description="address:port of a read-only listener for "
+                                "Prometheus (GET /metrics and /healthz only: no events, no page, no commands), e.g. "
+                                "0.0.0.0:9766 or [::]:9766 for every interface, or one interface's address; empty: "
+                                "off (the metrics stay on 127.0.0.1 [api] port)")
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen_address(cls, v: str) -> str:
+        v = v.strip()
+        if v:
+            listen_address(v)  # raises ValueError with the reason
+        return v
 
 
 class LedSettings(_Section):

@@ -1,12 +1,13 @@
 """The whole of the settings, :class:`Settings`: the top-level keys (``agent_id``, ``api_key``,
-``server_url``) over the sections of :mod:`.sections`, and where they are read from: the
-environment (``PI_AGENT_``, ``__`` between levels) over the API key's own sources (the systemd
+``server_url``, ``device_name``, ``location``) over the sections of :mod:`.sections`, and where
+they are read from: the environment (``PI_AGENT_``, ``__`` between levels) over the API key's own sources (the systemd
 credential, then ``$ELEVENLABS_API_KEY``) over the TOML file (:mod:`.loading` reads it); and,
 for ``check``, the key the installed service gets (:func:`service_key`)."""
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,11 @@ class Settings(_EnvOverFile):
                                       "prefer $CREDENTIALS_DIRECTORY/api_key (systemd LoadCredential)")
     server_url: str = Field("https://api.elevenlabs.io", description="API base URL (https or http); "
                             "http://127.0.0.1:8765 for pi-agent fake-agent")
+    device_name: str | None = Field(None, min_length=1, max_length=64, description="this device's name in "
+                                    "/metrics (pi_agent_info{device=...}), to tell a fleet's kiosks apart; unset: "
+                                    "the host name")
+    location: str = Field("", max_length=128, description="where this device is, in /metrics "
+                          "(pi_agent_info{location=...}), e.g. museum/hall-2; empty: none")
     session: SessionSettings = SessionSettings()
     capture: CaptureSettings = CaptureSettings()
     audio: AudioSettings = AudioSettings()
@@ -127,6 +133,20 @@ class Settings(_EnvOverFile):
     @classmethod
     def _key_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
         return None if v is None else _clean_key(v.get_secret_value())
+
+    @field_validator("device_name", "location")
+    @classmethod
+    def _one_line(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip()
+        if not v.isprintable():
+            raise ValueError("must be one line of printable text")
+        return v
+
+    def device(self) -> str:
+        """``device_name``, else the host name."""
+        return self.device_name or socket.gethostname() or "pi-agent"
 
     def decide_config(self) -> DecideConfig:
         """What the decisions need of these settings (:class:`pi_agent.decide.model.Config`)."""

@@ -12,6 +12,8 @@ any local process, the daemon's own pages   ``ws://127.0.0.1:port/events``  a vi
                                                                            connection, mute and interruption
                                                                            events; no commands
 any other web page                          TCP, with a foreign ``Origin``  nothing: 403
+the network (a fleet's Prometheus), opt-in  ``api.metrics_listen``         ``GET /metrics``, ``GET /healthz``
+                                            (:mod:`.scrape`)               only; no page, events or commands
 ==========================================  =============================  ==================================
 
 Both listeners are ``websockets`` servers: plain HTTP GETs are answered in
@@ -53,6 +55,7 @@ from ..config import ApiSettings
 from ..controller import Controller
 from ..events import EventHub, Level, Subscription
 from ..metrics import Metrics
+from .scrape import ScrapeListener
 from .commands import ALL_COMMANDS, MAX_TEXT, PAGE_COMMANDS, CommandError, Commands, parse_command
 from .socket_paths import client_socket_paths, prepare_socket_dir, server_socket_path
 
@@ -106,7 +109,8 @@ class ApiServer:
     """The Unix socket (full access) and the TCP port (health, metrics, a view)."""
 
     def __init__(self, settings: ApiSettings, controller: Controller, hub: EventHub, metrics: Metrics,
-                 extra_snapshot: Callable[[], dict[str, Any]], *, socket_path: Path | None) -> None:
+                 extra_snapshot: Callable[[], dict[str, Any]], *, socket_path: Path | None,
+                 names: tuple[str, ...] = ()) -> None:
         self.port = settings.port
         self.socket_path = socket_path
         self._page = settings.page
@@ -121,6 +125,9 @@ class ApiServer:
         self._commands = Commands(controller)
         self._refused = 0
         self._refused_logged_at = -REFUSED_LOG_INTERVAL
+        self.scrape = (ScrapeListener(settings.metrics_listen, metrics, self.health, names=names,
+                                      max_open=MAX_OPEN, open_timeout=OPEN_TIMEOUT)
+                       if settings.metrics_listen else None)
 
     async def start(self) -> None:
         """Listen; raises OSError (port taken, socket directory unusable) with a clear message."""
@@ -140,11 +147,15 @@ class ApiServer:
                 self.port = server.sockets[0].getsockname()[1]
                 log.info("health and metrics on http://%s:%d/healthz and /metrics; a view of the events on "
                          "ws://%s:%d/events", HOST, self.port, HOST, self.port)
+            if self.scrape is not None:
+                await self.scrape.start()
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
+        if self.scrape is not None:
+            await self.scrape.close()
         servers, self._servers = self._servers, []
         for server in servers:
             server.close(close_connections=True)
@@ -153,6 +164,13 @@ class ApiServer:
         if self.socket_path is not None and servers:
             with contextlib.suppress(OSError):
                 self.socket_path.unlink()
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``/healthz``: 200 while healthy, 503 with the reason while not."""
+        ok, reason = self._controller.health()
+        body = {"status": "ok" if ok else "unhealthy", "state": self._controller.state.value,
+                "reason": None if ok else reason}
+        return (HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE).value, body
 
     def snapshot(self) -> dict[str, Any]:
         return self._controller.snapshot(self._extra())
@@ -219,10 +237,8 @@ class ApiServer:
         if path == "/events":
             return self._subscribers_full(connection)
         if path == "/healthz":
-            ok, reason = self._controller.health()
-            body = {"status": "ok" if ok else "unhealthy", "state": self._controller.state.value,
-                    "reason": None if ok else reason}
-            return _json(connection, HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, body)
+            status, body = self.health()
+            return _json(connection, HTTPStatus(status), body)
         if path == "/metrics":
             response = connection.respond(HTTPStatus.OK, self._metrics.render().decode())
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
