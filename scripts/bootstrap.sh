@@ -21,6 +21,10 @@ if [ "$PROFILE" = test ]; then
     # procps: /bin/kill, which the unit's ExecReload names and `systemd-analyze verify`
     # looks for. Every standard install has it; a minimal one (debootstrap minbase) does not.
     debs+=(procps)
+    # prometheus: promtool checks contrib/prometheus/ and the fleet test runs a Prometheus
+    # server of its own (loopback port, storage in its tmp dir). The package also enables
+    # a system prometheus.service (port 9090): nothing of the tests uses it or its port.
+    debs+=(prometheus)
 fi
 
 missing=()
