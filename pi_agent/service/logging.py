@@ -4,6 +4,9 @@ Under systemd (``$JOURNAL_STREAM`` names our stderr) every line starts with the 
 priority journald understands (``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>``
 debug) and carries no time, since journald stamps each entry; a traceback keeps the
 prefix on each of its lines. In a terminal lines read ``12:34:56.789 INFO  session: ...``.
+When stderr is the journal's own socket, records go to journald as native entries
+instead, with fields to filter on (``PI_AGENT_EVENT``, ``PI_AGENT_STATE``, ...: see
+:mod:`.journal`); the stream form is their fallback.
 
 Every line is formatted first and redacted after, so the API key and signed-URL tokens
 are caught wherever they hide: in the message, its arguments or an exception's text.
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from ..errors import ConfigError
+from . import journal
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "warn": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
@@ -147,6 +151,15 @@ class ServiceFormatter(logging.Formatter):
         self._redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
+        line = self.body(record)
+        if self.journald:
+            prefix = f"<{priority(record.levelno)}>"
+            return "\n".join(prefix + part for part in line.splitlines() or [""])
+        return f"{self._clock_text(record)} {_SHORT_LEVEL.get(record.levelno, record.levelname):<5} {line}"
+
+    def body(self, record: logging.LogRecord) -> str:
+        """``logger: message`` (with a traceback, if any, on the lines after), redacted: the
+        line without its prefix, and the journal's ``MESSAGE``."""
         name = record.name.removeprefix(_PACKAGE_PREFIX)
         message = record.getMessage()
         repeated = getattr(record, "repeated", 0)
@@ -159,11 +172,7 @@ class ServiceFormatter(logging.Formatter):
             message += "\n" + exc_text
         if record.stack_info:
             message += "\n" + self.formatStack(record.stack_info)
-        line = self._redact(f"{name}: {message}")
-        if self.journald:
-            prefix = f"<{priority(record.levelno)}>"
-            return "\n".join(prefix + part for part in line.splitlines() or [""])
-        return f"{self._clock_text(record)} {_SHORT_LEVEL.get(record.levelno, record.levelname):<5} {line}"
+        return self._redact(f"{name}: {message}")
 
     @staticmethod
     def _clock_text(record: logging.LogRecord) -> str:
@@ -222,12 +231,17 @@ def setup_logging(
     environ: Mapping[str, str] | None = None,
     rate_window: float = RATE_WINDOW,
     clock: Callable[[], float] = time.monotonic,
+    journal_socket: str | None = None,
 ) -> None:
-    """Send log records to ``stream`` (default ``sys.stderr``) in journald or terminal form.
+    """Send log records to ``stream`` (default ``sys.stderr``) in journald or terminal form,
+    or to the journal's socket as native entries with fields (:mod:`.journal`).
 
     ``journald=None`` detects it (:func:`journal_stream_matches`). ``level`` applies to
     pi-agent's own loggers; other libraries stay at INFO or above so that a debug run
     does not log every WebSocket frame. Calling again replaces the handler (never two).
+    Native entries go to ``journal_socket`` or ``$PI_AGENT_JOURNAL_SOCKET`` if set (``off``:
+    never), else to journald's socket when ``stream`` is the socket systemd connected
+    (``journald`` left to detection); the stream form stays the fallback.
     Raises :class:`~pi_agent.errors.ConfigError` for an unknown level name.
     """
     try:
@@ -235,15 +249,21 @@ def setup_logging(
     except (KeyError, AttributeError):
         raise ConfigError(f"log level {level!r} is not one of debug, info, warning, error") from None
     out = sys.stderr if stream is None else stream
+    env = os.environ if environ is None else environ
+    native = journal.socket_path(out, env, journal_socket) if journald is None or journal_socket else None
     if journald is None:
         journald = journal_stream_matches(out, environ)
     for secret in secrets:
         register_secret(secret)
 
-    handler = logging.StreamHandler(out)
+    formatter = ServiceFormatter(journald=journald, redact=_redactor)
+    handler: logging.Handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    if native is not None:
+        handler = journal.JournalHandler(native, body=formatter.body, redact=_redactor, priority=priority,
+                                         fallback=handler, clock=clock)
     handler.set_name("pi-agent")
     handler.addFilter(RateLimitFilter(rate_window, clock))
-    handler.setFormatter(ServiceFormatter(journald=journald, redact=_redactor))
 
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "pi-agent"]:
