@@ -24,6 +24,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ log = logging.getLogger("pi_agent.api")
 PATHS = ("/healthz", "/metrics")
 MAX_HEAD = 8 * 1024  # bytes of request line and headers
 MAX_HEADERS = 64
+BACKLOG = 256  # connections the kernel queues before they are accepted
 REFUSED_LOG_INTERVAL = 60.0
 BROWSER_SCRIPT = frozenset({"same-origin", "same-site", "cross-site"})  # Sec-Fetch-Site of a page's request
 
@@ -72,9 +74,11 @@ class ScrapeListener:
     async def start(self) -> None:
         """Listen; raises OSError naming the setting when the address cannot be used."""
         try:
-            self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEAD)
+            self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEAD,
+                                                      backlog=BACKLOG)
         except OSError as e:
-            raise OSError(e.errno, f"[api] metrics_listen {self.host}:{self.port}: {e.strerror or e}") from None
+            why = os.strerror(e.errno) if e.errno else str(e)  # asyncio's own text repeats the address
+            raise OSError(e.errno, f"[api] metrics_listen {self.host}:{self.port}: {why}") from None
         self.port = self._server.sockets[0].getsockname()[1]
         shown = f"[{self.host}]" if ":" in self.host else self.host
         log.info("metrics for scraping on http://%s:%d/metrics and /healthz (read-only; [api] metrics_listen)",
@@ -147,7 +151,8 @@ class ScrapeListener:
             return HTTPStatus.METHOD_NOT_ALLOWED, {"Allow": "GET"}, "this listener serves GET /metrics and /healthz\n"
         host = headers.get("host")
         if host is not None and not self.host_allowed(host):  # no Host: HTTP/1.0, not a browser
-            return HTTPStatus.FORBIDDEN, {}, f"unexpected Host {host[:80]!r}\n"
+            return HTTPStatus.FORBIDDEN, {}, (f"unexpected Host {host[:80]!r}: scrape this device by its IP address, "
+                                              "or by a name that starts with its host name or device_name\n")
         if "origin" in headers or headers.get("sec-fetch-site", "none").lower() in BROWSER_SCRIPT:
             return HTTPStatus.FORBIDDEN, {}, "no web page may read this listener\n"
         path = target.split("?", 1)[0]
