@@ -78,6 +78,27 @@ def test_security_exposure_is_at_most_2_5() -> None:
     assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
 
 
+@pytest.mark.slow
+@needs_analyze
+def test_the_readme_states_the_exposure_systemd_analyze_gives() -> None:
+    """The README's figure (issue 24: the fleet's admins read it) is the one measured here."""
+    result = _analyze("security", "--offline=true", str(UNIT))
+    match = re.search(r"Overall exposure level for pi-agent\.service: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    readme = " ".join((UNIT.parents[1] / "README.md").read_text().split())
+    assert f"hardened to an exposure of {match.group(1)} by `systemd-analyze security`" in readme
+
+
+def test_the_scrape_listener_needs_no_ip_rule_and_the_unit_says_so() -> None:
+    """Issue 24: the unit filters no IP address (the agent's server is on the internet), so the
+    opt-in scrape listener ([api] metrics_listen) works without a drop-in; the unit says so and
+    how to let only the fleet's Prometheus reach it."""
+    keys = {k for _, k, _ in _directives()}
+    assert not keys & {"IPAddressAllow", "IPAddressDeny", "IPIngressFilterPath"}
+    comments = " ".join(line.lstrip("# ") for line in UNIT.read_text().splitlines() if line.startswith("#"))
+    assert "metrics_listen" in comments and "needs no change here" in comments and "firewall" in comments
+
+
 def test_notify_service_with_watchdog_and_restart_policy() -> None:
     assert _one("Service", "Type") == "notify"
     assert _one("Service", "NotifyAccess") == "main"
