@@ -104,10 +104,11 @@ class ScrapeListener:
                 return
             try:
                 async with asyncio.timeout(self._open_timeout):
+                    extra: dict[str, str] = {}
                     try:
                         method, target, headers = await _read_head(reader)
                     except _BadRequest as e:
-                        status, extra, body = HTTPStatus.BAD_REQUEST, {}, f"{e}\n"
+                        status, body = HTTPStatus.BAD_REQUEST, f"{e}\n"
                     else:
                         status, extra, body = self._answer(method, target, headers)
                     writer.write(_response(status, extra, body))
