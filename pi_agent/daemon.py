@@ -38,6 +38,7 @@ from .events import EventHub
 from .metrics import Metrics
 from .net.conversation import build_conversation
 from .service.api import ApiServer, server_socket_path
+from .service.logging import redact
 from .service.systemd import Notifier, watchdog_loop
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class Daemon:
         parts = parts or Parts()
         self.settings = settings
         self.metrics = Metrics()
-        self.hub = EventHub()
+        self.hub = EventHub(redact=redact)
         self.audio_in = parts.audio_in or make_audio_input(settings.audio)
         self.audio_out = parts.audio_out or make_audio_output(settings.audio)
         self.echo = make_echo_canceller(settings.audio, self.audio_out)

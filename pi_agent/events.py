@@ -5,13 +5,16 @@ gets its own bounded queue; one that falls too far behind is cut off (its queue
 receives ``None``) instead of letting memory grow. A subscriber sees the events of its
 level: ``full`` (the Unix socket) everything; ``captions`` (the kiosk page) what the
 daemon does and what was said, as a screen shows it; ``status`` (any local program on
-the TCP port) only what the daemon does.
+the TCP port) only what the daemon does. What a subscriber receives has the registered
+secrets masked (``redact``: the daemon passes the log's redactor), so a server message that
+echoes the API key reaches no client with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any, Literal
 
 Event = dict[str, Any]
@@ -34,8 +37,9 @@ class Subscription:
 
 
 class EventHub:
-    def __init__(self, maxsize: int = 512) -> None:
+    def __init__(self, maxsize: int = 512, redact: Callable[[str], str] = lambda text: text) -> None:
         self._maxsize = maxsize
+        self._redact = redact
         self._subs: set[Subscription] = set()
 
     def subscribe(self, level: Level = "full") -> Subscription:
@@ -49,7 +53,7 @@ class EventHub:
     def publish(self, event: Event) -> None:
         if not self._subs:
             return
-        text = json.dumps(event)
+        text = self._redact(json.dumps(event))
         kind = event.get("type")
         for sub in list(self._subs):
             shown = _SHOWN[sub.level]

@@ -172,3 +172,18 @@ async def test_on_demand_stops_retrying_once_nobody_asks_and_tries_again_when_as
         assert time.monotonic() - asked_at < 2.0
     assert "s of speech that waited for a conversation which could not be opened" in run.log
     assert "stopped connecting: signed URL request failed" in run.log
+
+
+@pytest.mark.slow
+async def test_a_server_message_that_echoes_the_api_key_reaches_no_client_with_it(tmp_path: Path) -> None:
+    """The service's error text is passed on to the event API's clients: a key it echoes
+    is masked there as in the journal (the secret scan covers every event received)."""
+    async with (FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent,
+                fault_daemon(fault_env(agent.http_url, tmp_path, PI_AGENT_SESSION__POLICY="persistent"), tmp_path,
+                             secrets=lambda: agent_signatures(agent)) as run):
+        await run.wait_connected(10)
+        await agent.control("error", {"error_type": "llm_error", "code": "1011",
+                                      "message": f"the key {CANARY} was refused"})
+        event = await run.events.wait_for(lambda e: e.get("type") == "error" and "was refused" in str(e), 10,
+                                          "the server's error on the event API")
+    assert CANARY not in str(event) and "the key *** was refused" in str(event), event

@@ -56,6 +56,7 @@ from ..controller import Controller
 from ..events import EventHub, Level, Subscription
 from ..metrics import Metrics
 from .scrape import ScrapeListener
+from .logging import redact
 from .commands import ALL_COMMANDS, MAX_TEXT, PAGE_COMMANDS, CommandError, Commands, parse_command
 from .socket_paths import client_socket_paths, prepare_socket_dir, server_socket_path
 
@@ -265,9 +266,9 @@ class ApiServer:
         sub = self._hub.subscribe(level)
         forward = asyncio.create_task(self._forward(ws, sub))
         try:
-            await ws.send(json.dumps({**self.snapshot(), "page_control": bool(allowed) and level != "full"}))
+            await ws.send(_text({**self.snapshot(), "page_control": bool(allowed) and level != "full"}))
             async for message in ws:
-                await ws.send(json.dumps(self._commands.run(ws, message, allowed)))
+                await ws.send(_text(self._commands.run(ws, message, allowed)))
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -285,7 +286,13 @@ class ApiServer:
             pass
 
 
+def _text(body: dict[str, Any]) -> str:
+    """What a client gets: JSON with the secrets masked (the service's words, such as a close
+    reason in /healthz, may echo the API key)."""
+    return redact(json.dumps(body))
+
+
 def _json(connection: ServerConnection, status: HTTPStatus, body: dict[str, Any]) -> Response:
-    response = connection.respond(status, json.dumps(body) + "\n")
+    response = connection.respond(status, _text(body) + "\n")
     response.headers["Content-Type"] = "application/json"
     return response
