@@ -155,3 +155,14 @@ def test_the_fleet_metrics_in_the_exposition() -> None:
     assert "pi_agent_turns_total 2.0" in text and "pi_agent_exchanges_total 1.0" in text
     assert "pi_agent_microphone_last_sound_timestamp_seconds 1.70000000025e+09" in text
     assert "process_start_time_seconds" in text
+
+
+def test_the_health_reason_is_masked_like_the_api_ports() -> None:
+    from pi_agent.service.logging import register_secret
+
+    canary = "sk_fleet_canary_0a1b2c3d4e"
+    register_secret(canary)
+    listener = ScrapeListener("127.0.0.1:9766", Metrics(), lambda: (503, {"reason": f"closed: bad key {canary}"}),
+                              names=(), max_open=8, open_timeout=1.0)
+    status, _, body = listener._answer("GET", "/healthz", {})
+    assert status == 503 and canary not in body and "closed: bad key" in body

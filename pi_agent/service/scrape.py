@@ -33,6 +33,7 @@ from typing import Any
 
 from ..config.sections import listen_address
 from ..metrics import Metrics
+from .logging import redact
 
 log = logging.getLogger("pi_agent.api")
 
@@ -162,7 +163,8 @@ class ScrapeListener:
                 self._metrics.render().decode()
         if path == "/healthz":
             status, body = self._health()
-            return HTTPStatus(status), {"Content-Type": "application/json"}, json.dumps(body) + "\n"
+            # the reason may echo the API key (a server's close reason): masked as on the API port
+            return HTTPStatus(status), {"Content-Type": "application/json"}, redact(json.dumps(body)) + "\n"
         return HTTPStatus.NOT_FOUND, {}, "not found: this listener serves GET /metrics and /healthz\n"
 
 
