@@ -139,9 +139,19 @@ async def test_sd_notify_ready_watchdog_status_stopping(tmp_path: Path) -> None:
     assert got.index("READY=1") < got.index("STOPPING=1")
 
 
+def _own_runtime_dir(tmp_path: Path) -> str:
+    """An XDG_RUNTIME_DIR of the test's own: the event API's default socket
+    (``$XDG_RUNTIME_DIR/pi-agent/api.sock``) is then no other test's (tests run in
+    parallel) nor a daemon's the user runs."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    return str(run)
+
+
 def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
     out = tmp_path / "reply.wav"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PI_AGENT_") and k != "VIRTUAL_ENV"}
+    env["XDG_RUNTIME_DIR"] = _own_runtime_dir(tmp_path)
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "pi_agent.cli", "demo", "--out", str(out)], env=env,
                        capture_output=True, text=True, timeout=60)
@@ -174,7 +184,7 @@ async def _say(agent: FakeAgent, tmp_path: Path, text: str, **extra: str | None)
     otherwise; None unsets a variable); exit code, stdout, stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PI_AGENT_")}
     env.update({"PI_AGENT_AGENT_ID": "agent_say", "PI_AGENT_SERVER_URL": agent.http_url,
-                "PI_AGENT_AUDIO__OUTPUT_WAV": str(tmp_path / "say.wav")})
+                "PI_AGENT_AUDIO__OUTPUT_WAV": str(tmp_path / "say.wav"), "XDG_RUNTIME_DIR": _own_runtime_dir(tmp_path)})
     env.update({k: v for k, v in extra.items() if v is not None})
     env = {k: v for k, v in env.items() if extra.get(k, "") is not None}
     proc = await asyncio.create_subprocess_exec(
