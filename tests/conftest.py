@@ -20,6 +20,16 @@ the mark by one of:
 A test that starts a process but is quick all the same (ruff: 0.1 s) may say so with
 ``@pytest.mark.quick_subprocess`` and stay in the quick tier.
 
+Running in parallel
+-------------------
+``./scripts/test.sh`` runs the tests on two workers (pytest-xdist, ``-n 2``; give ``-n``
+yourself to choose, ``-n 0`` for one process). Every test has its own tmp dir, free
+ports and, per worker, its own sound server, so two can run at once. A test whose
+timing bound is tight enough that a test running beside it could break it (a busy
+second core) says ``@pytest.mark.alone``: it waits for the running test to end and
+the other worker waits for it (``_one_at_a_time`` below). In one process the mark
+does nothing.
+
 A new test needs nothing if it is quick. If it is not and is left unmarked, the quick
 tier says so: starting a subprocess or listening on a socket fails it at once, with a
 message to mark it ``slow``; and tests not marked ``slow`` that took more than
@@ -28,10 +38,15 @@ message to mark it ``slow``; and tests not marked ``slow`` that took more than
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,6 +77,51 @@ QUICK_LIMIT = 1.0  # seconds (set-up + call + tear-down) beyond which a quick te
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "quick_subprocess: starts a process, yet is quick (stays in the quick tier)")
+    config.addinivalue_line("markers", "alone: with parallel workers, runs while no other test runs")
+
+
+# --------------------------------------------------------------------------- parallel workers
+# The controller makes a directory for the run's locks and hands it to every worker; a
+# test takes the "tests" lock shared, an ``alone`` test takes it exclusive. The "gate"
+# lock is held while waiting for the first, so a worker waiting to run an ``alone``
+# test is not overtaken again and again by the other's next shared test.
+_LOCKS = "pi_agent_test_locks"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:  # xdist, in the controller: one call per worker
+    config = node.config
+    if not hasattr(config, "_pi_agent_locks"):
+        config._pi_agent_locks = tempfile.mkdtemp(prefix="pi-agent-test-locks-")
+    node.workerinput[_LOCKS] = config._pi_agent_locks
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    locks = getattr(config, "_pi_agent_locks", None)
+    if locks:
+        shutil.rmtree(locks, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, how: int) -> Iterator[None]:
+    with path.open("a") as f:
+        fcntl.flock(f, how)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
+    locks = getattr(item.config, "workerinput", {}).get(_LOCKS)
+    if not locks:  # one process: nothing runs beside the test
+        return (yield)
+    alone = item.get_closest_marker("alone") is not None
+    with contextlib.ExitStack() as held:
+        with _flock(Path(locks) / "gate", fcntl.LOCK_EX):
+            held.enter_context(_flock(Path(locks) / "tests", fcntl.LOCK_EX if alone else fcntl.LOCK_SH))
+        return (yield)
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects

@@ -311,6 +311,7 @@ async def test_agent_audio_format_plays_at_the_right_pitch_and_length_on_48k(
 # ------------------------------------------------------------------------------ 3. barge-in
 
 
+@pytest.mark.alone  # a 30 ms bound: with parallel workers, no other test beside it (tests/conftest.py)
 @pytest.mark.parametrize("stale_chunks", [0, 4])
 async def test_barge_in_silences_the_speaker_at_once(
         virtual_audio: VirtualAudio, tmp_path: Path, stale_chunks: int) -> None:
