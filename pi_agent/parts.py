@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .audio import AudioInput, AudioOutput
 from .audio.capture import PyAudioInput
+from .audio.earcons import sound_names
 from .audio.gate import WakeWord
 from .audio.playback import PyAudioOutput
 from .config import AudioSettings, CaptureSettings
@@ -60,10 +61,13 @@ def make_audio_input(a: AudioSettings) -> AudioInput:
 
 
 def make_audio_output(a: AudioSettings) -> AudioOutput:
+    """The speaker; the earcons' own sounds (``audio.earcon_sounds``) are read here, once
+    (:class:`ConfigError` if one cannot be), and resampled to the device's rate when it opens."""
+    earcons = sound_names(a.earcons, a.earcon_sounds)
     if a.output_wav is not None:
         from .audio.files import WavFileOutput
-        return WavFileOutput(a.output_wav, rate=a.output_rate or 16000, period_ms=a.period_ms)
-    return PyAudioOutput(a.output_device, period_ms=a.period_ms, rate=a.output_rate, earcons=a.earcons,
+        return WavFileOutput(a.output_wav, rate=a.output_rate or 16000, period_ms=a.period_ms, earcons=earcons)
+    return PyAudioOutput(a.output_device, period_ms=a.period_ms, rate=a.output_rate, earcons=earcons,
                          standby_after=a.standby_after, lead_in=a.lead_in)
 
 

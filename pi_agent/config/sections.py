@@ -170,10 +170,29 @@ class AudioSettings(_Section):
                              "muted after the speaker has actually played the last sample")
     earcons: list[Earcon] = Field(default_factory=_all_earcons,
                                   description="feedback sounds to play")
+    earcon_sounds: dict[str, Path] = Field(
+        default_factory=dict, description="sounds of one's own for earcons, by name: a PCM WAV file of any rate "
+        "and channels (at most 10 s), resampled to the speaker's rate at start, e.g. "
+        "{listening = \"/etc/pi-agent/ding.wav\"}; PI_AGENT_AUDIO__EARCON_SOUNDS='{\"listening\": \"/path.wav\"}'; "
+        "an earcon without one keeps its generated sound")
     input_wav: Path | None = Field(None, description="read the microphone from this WAV file "
                                    "instead of a device (testing)")
     output_wav: Path | None = Field(None, description="write the speaker to this WAV file "
                                     "instead of a device (testing)")
+
+    @field_validator("earcon_sounds")
+    @classmethod
+    def _readable_sounds(cls, v: dict[str, Path]) -> dict[str, Path]:
+        if not v:
+            return v
+        from ..audio.earcons import check_sound  # numpy and soxr: only when a sound is set
+        for name, path in v.items():
+            if name not in _all_earcons():
+                raise ValueError(f"{name[:40]!r} is not an earcon (they are {', '.join(_all_earcons())})")
+            why = check_sound(path)
+            if why is not None:
+                raise ValueError(f"{name}: {why}")
+        return v
 
 
 class ApiSettings(_Section):
