@@ -148,21 +148,21 @@ class Daemon:
 
     def _open_gpio(self, loop: asyncio.AbstractEventLoop) -> None:
         leds, button = self.settings.leds, self.settings.button
-        if leds.connection_pin is not None or leds.activity_pin is not None or leds.rgb_pins is not None:
-            from .gpio.leds import LedDriver
+        if leds.driver_kind() is not None:
+            from .gpio.leds import open_leds
             try:
-                self.leds = LedDriver(leds.connection_pin, leds.activity_pin, leds.rgb_pins,
-                                      leds.active_high, self._pin_factory)
+                self.leds = open_leds(leds, self._pin_factory)
             except DeviceError as e:
                 log.error("LEDs unavailable: %s (the daemon runs without them)", e)
             else:
                 driver = self.leds
                 self.controller.observe(lambda s: driver.apply(
                     picture(LedInputs.of(s))))
-        if button.pin is not None:
+        button_pin = leds.button_pin(button.pin)  # [button] pin, else the [leds] preset HAT's
+        if button_pin is not None:
             from .gpio.button import ButtonInput
             try:
-                self.button = ButtonInput(button.pin, pull_up=button.pull_up, bounce_time=button.bounce_time,
+                self.button = ButtonInput(button_pin, pull_up=button.pull_up, bounce_time=button.bounce_time,
                                           hold_time=button.hold_time, long_hold_time=button.long_hold_time,
                                           pin_factory=self._pin_factory)
             except DeviceError as e:

@@ -141,3 +141,65 @@ def test_cli_unreadable_and_invalid_toml(tmp_path: Path) -> None:
     if os.geteuid() != 0:  # root reads anything
         r = _cli(["--config", str(secret), "run"], {})
         assert r.returncode == 78 and "cannot be read" in r.stderr
+
+
+# --------------------------------------------------------------------------- [leds] APA102 (issue 23)
+
+
+def test_led_presets_fill_in_the_hat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PI_AGENT_AGENT_ID", "a")
+    s = load_settings(leds={"preset": "respeaker_2mic"})
+    assert s.leds.driver_kind() == "apa102" and s.leds.apa102_count() == 3 and s.leds.apa102_spi_device() == 1
+    assert s.leds.apa102_power_pin() is None and s.leds.button_pin(s.button.pin) == 17
+    s = load_settings(leds={"preset": "respeaker_2mic"}, button={"pin": 22})
+    assert s.leds.button_pin(s.button.pin) == 22  # the user's own pin wins
+    monkeypatch.setenv("PI_AGENT_LEDS__PRESET", "respeaker_4mic")
+    monkeypatch.setenv("PI_AGENT_LEDS__BRIGHTNESS", "20")
+    s = load_settings()
+    assert (s.leds.apa102_count(), s.leds.apa102_power_pin(), s.leds.brightness) == (12, 5, 20)
+    assert s.leds.button_pin(None) is None  # the 4-Mic Array has no button
+    s = load_settings(leds={"preset": "respeaker_4mic", "count": 4, "power_pin": 6, "spi_device": 0})
+    assert (s.leds.apa102_count(), s.leds.apa102_power_pin(), s.leds.apa102_spi_device()) == (4, 6, 0)
+    monkeypatch.delenv("PI_AGENT_LEDS__PRESET")
+    s = load_settings(leds={"kind": "apa102", "count": 8, "spi_clock_pin": 20, "spi_mosi_pin": 21,
+                            "spi_select_pin": 16})
+    assert s.leds.driver_kind() == "apa102" and s.leds.apa102_spi_device() == 0
+    assert load_settings(leds={"connection_pin": 5}).leds.driver_kind() == "gpio"
+    assert load_settings().leds.driver_kind() is None
+
+
+BAD_LEDS = [
+    ({"kind": "neopixel"}, "leds.kind"),
+    ({"preset": "respeaker_6mic"}, "leds.preset"),
+    ({"kind": "apa102"}, "leds.count: kind apa102 needs the number of LEDs"),
+    ({"kind": "apa102", "count": 0}, "leds.count"),
+    ({"preset": "respeaker_2mic", "brightness": 32}, "leds.brightness"),
+    ({"preset": "respeaker_2mic", "brightness": 0}, "leds.brightness"),
+    ({"preset": "respeaker_2mic", "spi_device": 2}, "leds.spi_device"),
+    ({"preset": "respeaker_2mic", "kind": "gpio"}, "leds.preset: a preset drives the HAT's APA102 LEDs"),
+    ({"preset": "respeaker_2mic", "connection_pin": 5}, "leds.connection_pin: the APA102 LEDs show every state"),
+    ({"kind": "apa102", "count": 3, "rgb_pins": [1, 2, 3]}, "leds.rgb_pins"),
+    ({"kind": "apa102", "count": 3, "spi_clock_pin": 20}, "leds.spi_select_pin: software SPI needs all three"),
+    ({"kind": "apa102", "count": 3, "spi_clock_pin": 20, "spi_mosi_pin": 21, "spi_select_pin": 16,
+      "spi_device": 1}, "leds.spi_select_pin: spi_device is hardware SPI0"),
+    ({"kind": "apa102", "count": 3, "spi_clock_pin": 20, "spi_mosi_pin": 20, "spi_select_pin": 16},
+     "three different pins"),
+    ({"preset": "respeaker_4mic", "power_pin": 60}, "leds.power_pin"),
+]
+
+
+@pytest.mark.parametrize(("leds", "needle"), BAD_LEDS)
+def test_bad_led_setting_is_one_line(leds: dict, needle: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PI_AGENT_AGENT_ID", "a")
+    with pytest.raises(ConfigError) as e:
+        load_settings(leds=leds)
+    assert needle in str(e.value)
+    assert len(str(e.value).splitlines()) == 1, str(e.value)
+
+
+def test_bad_led_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PI_AGENT_AGENT_ID", "a")
+    monkeypatch.setenv("PI_AGENT_LEDS__KIND", "apa102")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert str(e.value).startswith("leds.count: kind apa102 needs") and "PI_AGENT_LEDS__COUNT" in str(e.value)

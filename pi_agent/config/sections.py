@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..audio.wakeword import BUILTIN as WAKE_WORDS
+from ..decide.apa102 import HAT_PRESETS, HatPreset
 from ..engine.settings import EngineSettings
 
 Earcon = Literal["listening", "done", "error", "offline"]
@@ -230,21 +231,118 @@ class ApiSettings(_Section):
 
 
 class LedSettings(_Section):
-    """GPIO LEDs (BCM pin numbers). Any LED may be left unset."""
+    """Status LEDs: on GPIO pins (BCM numbers; any LED may be left unset), or a chain of APA102 LEDs
+    on SPI (a voice HAT's: ``preset``)."""
 
-    connection_pin: int | None = Field(None, ge=0, le=53, description="connection LED: off offline, "
+    kind: Literal["gpio", "apa102"] | None = Field(
+        None, description="gpio: the connection, activity and RGB LEDs on GPIO pins; apa102: a chain of APA102 "
+        "(DotStar) LEDs on SPI, each showing what the RGB LED would (default: apa102 with a preset, else gpio)")
+    preset: Literal["respeaker_2mic", "respeaker_4mic"] | None = Field(
+        None, description="a voice HAT's APA102 LEDs: respeaker_2mic (3 LEDs on SPI0.1; also the HAT's button on "
+        "GPIO17 unless [button] pin is set), respeaker_4mic (12 LEDs on SPI0.1, LED power on GPIO5; no button); "
+        "settings given here override the preset's")
+    connection_pin: int | None = Field(None, ge=0, le=53, description="gpio: connection LED: off offline, "
                                        "blinking connecting, on connected")
-    activity_pin: int | None = Field(None, ge=0, le=53, description="activity LED: on listening, "
+    activity_pin: int | None = Field(None, ge=0, le=53, description="gpio: activity LED: on listening, "
                                      "pulsing thinking, blinking speaking")
-    rgb_pins: tuple[int, int, int] | None = Field(None, description="red, green, blue pins of an RGB LED "
+    rgb_pins: tuple[int, int, int] | None = Field(None, description="gpio: red, green, blue pins of an RGB LED "
                                                   "showing the top state's colour")
-    active_high: bool = Field(True, description="false for LEDs wired to 3V3 (lit when the pin is low)")
+    active_high: bool = Field(True, description="gpio: false for LEDs wired to 3V3 (lit when the pin is low)")
+    count: int | None = Field(None, ge=1, le=1024, validate_default=True, description="apa102: LEDs in the "
+                              "chain (default: the preset's; required without one)")
+    brightness: int = Field(8, ge=1, le=31, description="apa102: the LEDs' global brightness, 1-31 (the "
+                            "APA102's 5-bit current level; 31 is glaring at arm's length)")
+    spi_device: int | None = Field(None, ge=0, le=1, description="apa102: hardware SPI0 chip select, 0 (CE0, "
+                                   "/dev/spidev0.0) or 1 (CE1, /dev/spidev0.1): data on GPIO10, clock on GPIO11 "
+                                   "(default: the preset's, else 0; enable SPI with raspi-config)")
+    spi_clock_pin: int | None = Field(None, ge=0, le=53, description="apa102: software (bit-banged) SPI "
+                                      "instead: the clock pin; with spi_mosi_pin and spi_select_pin")
+    spi_mosi_pin: int | None = Field(None, ge=0, le=53, description="apa102: software SPI: the data pin")
+    spi_select_pin: int | None = Field(None, ge=0, le=53, validate_default=True, description="apa102: "
+                                       "software SPI: a free pin that gpiozero drives as chip select (the LEDs "
+                                       "have none: leave it unconnected)")
+    power_pin: int | None = Field(None, ge=0, le=53, description="apa102: a pin held "
+                                  "high while the LEDs are in use (default: the preset's, GPIO5 on the 4-Mic Array)")
+
+    def driver_kind(self) -> Literal["gpio", "apa102"] | None:
+        """The LEDs to drive: apa102, gpio (pins set), or None (no LED configured)."""
+        if self.kind == "apa102" or (self.kind is None and self.preset is not None):
+            return "apa102"
+        if self.connection_pin is not None or self.activity_pin is not None or self.rgb_pins is not None:
+            return "gpio"
+        return None
+
+    def hat(self) -> HatPreset | None:
+        """The preset's HAT, or None."""
+        return HAT_PRESETS[self.preset] if self.preset is not None else None
+
+    def apa102_count(self) -> int:
+        """LEDs in the APA102 chain: ``count``, else the preset's."""
+        hat = self.hat()
+        return self.count if self.count is not None else hat.count if hat is not None else 1
+
+    def apa102_spi_device(self) -> int:
+        """The hardware SPI0 chip select: ``spi_device``, else the preset's, else 0."""
+        hat = self.hat()
+        return self.spi_device if self.spi_device is not None else hat.spi_device if hat is not None else 0
+
+    def apa102_power_pin(self) -> int | None:
+        """The LED power pin: ``power_pin``, else the preset's."""
+        hat = self.hat()
+        return self.power_pin if self.power_pin is not None else hat.power_pin if hat is not None else None
+
+    def button_pin(self, pin: int | None) -> int | None:
+        """The button pin: ``[button] pin`` if set, else the preset HAT's button."""
+        hat = self.hat()
+        return pin if pin is not None else hat.button_pin if hat is not None else None
+
+    @staticmethod
+    def _apa102(info: Any) -> bool:
+        kind = info.data.get("kind")
+        return bool(kind == "apa102" or (kind is None and info.data.get("preset") is not None))
+
+    @field_validator("preset")
+    @classmethod
+    def _preset_is_apa102(cls, v: str | None, info: Any) -> str | None:
+        if v is not None and info.data.get("kind") == "gpio":
+            raise ValueError('a preset drives the HAT\'s APA102 LEDs: remove kind = "gpio" (or the preset)')
+        return v
+
+    @field_validator("connection_pin", "activity_pin", "rgb_pins")
+    @classmethod
+    def _gpio_only(cls, v: Any, info: Any) -> Any:
+        if v is not None and cls._apa102(info):
+            raise ValueError("the APA102 LEDs show every state: unset the GPIO LED pins, or set kind = \"gpio\" "
+                             "without a preset")
+        return v
+
+    @field_validator("count")
+    @classmethod
+    def _count_known(cls, v: int | None, info: Any) -> int | None:
+        if v is None and info.data.get("kind") == "apa102" and info.data.get("preset") is None:
+            raise ValueError("kind apa102 needs the number of LEDs in the chain (or a preset)")
+        return v
+
+    @field_validator("spi_select_pin")
+    @classmethod
+    def _software_spi_complete(cls, v: int | None, info: Any) -> int | None:
+        pins = (info.data.get("spi_clock_pin"), info.data.get("spi_mosi_pin"), v)
+        if any(p is not None for p in pins):
+            if any(p is None for p in pins):
+                raise ValueError("software SPI needs all three of spi_clock_pin, spi_mosi_pin and spi_select_pin "
+                                 "(or none of them, for hardware SPI0)")
+            if info.data.get("spi_device") is not None:
+                raise ValueError("spi_device is hardware SPI0: unset it, or the spi_*_pin settings")
+            if len(set(pins)) < 3:
+                raise ValueError("spi_clock_pin, spi_mosi_pin and spi_select_pin must be three different pins")
+        return v
 
 
 class ButtonSettings(_Section):
     """The GPIO button (BCM pin number)."""
 
-    pin: int | None = Field(None, ge=0, le=53, description="button pin; unset = no button")
+    pin: int | None = Field(None, ge=0, le=53, description="button pin; unset = no button (or the [leds] "
+                            "preset HAT's: GPIO17 on the ReSpeaker 2-Mic HAT)")
     pull_up: bool = Field(True, description="button wired to ground with the internal pull-up")
     bounce_time: float = Field(0.05, ge=0, le=1.0, description="debounce time (s)")
     hold_time: float = Field(0.4, gt=0, le=10.0, description="held this long = push-to-talk hold")

@@ -11,16 +11,19 @@ from ..errors import DeviceError
 
 async def test_leds(leds: LedSettings, seconds: float) -> int:
     from ..decide.leds import DEMO_SEQUENCE, describe, picture
-    from ..gpio.leds import LedDriver
+    from ..gpio.leds import open_leds
 
-    if leds.connection_pin is None and leds.activity_pin is None and leds.rgb_pins is None:
-        print("pi-agent test-leds: no LED pins configured (leds.connection_pin, leds.activity_pin, leds.rgb_pins)")
-        return 1
     try:
-        driver = LedDriver(leds.connection_pin, leds.activity_pin, leds.rgb_pins, leds.active_high)
+        driver = open_leds(leds)
     except DeviceError as e:
         print(f"pi-agent test-leds: {e}")
         return 1
+    if driver is None:
+        print("pi-agent test-leds: no LEDs configured (leds.connection_pin, leds.activity_pin, leds.rgb_pins; "
+              "or leds.kind = \"apa102\" or a leds.preset such as respeaker_2mic)")
+        return 1
+    if leds.driver_kind() == "apa102":
+        print(f"{leds.apa102_count()} APA102 LEDs, each showing the RGB LED's colour and pattern", flush=True)
     with driver:
         for inputs in DEMO_SEQUENCE:
             pic = picture(inputs)

@@ -5,6 +5,8 @@ What the LEDs show for each state is decided in the core (:mod:`pi_agent.decide.
 pure); this module only carries a picture out, and is the only part that imports
 gpiozero, and only when a driver is constructed. :func:`open_error` turns a failure to
 open a pin (the LEDs' or the button's) into a :class:`DeviceError` naming the pin and the fix.
+:func:`open_leds` opens the driver the ``[leds]`` settings describe: this one, or the APA102
+LEDs of :mod:`pi_agent.gpio.apa102` (a voice HAT's).
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..decide.leds import BLACK, TIMINGS, WHITE, Color, LedPicture, Pattern, Timing
 from ..errors import DeviceError
+
+if TYPE_CHECKING:
+    from ..config import LedSettings
+    from .apa102 import Apa102Driver
 
 log = logging.getLogger(__name__)
 
@@ -245,3 +251,25 @@ def _full(color: Color) -> Color:
     (a dim colour must not vanish: amber becomes yellow, dim white white)."""
     r, g, b = (1.0 if c > 0 else 0.0 for c in color)
     return (r, g, b)
+
+
+# --------------------------------------------------------------------------- from the settings
+
+
+def open_leds(settings: LedSettings, pin_factory: Any = None, *,
+              timings: Mapping[Pattern, Timing] | None = None) -> LedDriver | Apa102Driver | None:
+    """The LED driver the ``[leds]`` settings describe (``None``: no LED configured): GPIO
+    LEDs, or a chain of APA102 LEDs (a voice HAT's preset filled in). Raises
+    :class:`DeviceError` naming what could not be opened."""
+    kind = settings.driver_kind()
+    if kind == "apa102":
+        from .apa102 import Apa102Driver
+
+        return Apa102Driver(settings.apa102_count(), settings.brightness, spi_device=settings.apa102_spi_device(),
+                            clock_pin=settings.spi_clock_pin, mosi_pin=settings.spi_mosi_pin,
+                            select_pin=settings.spi_select_pin, power_pin=settings.apa102_power_pin(),
+                            pin_factory=pin_factory, timings=timings)
+    if kind == "gpio":
+        return LedDriver(settings.connection_pin, settings.activity_pin, settings.rgb_pins, settings.active_high,
+                         pin_factory, timings=timings)
+    return None
