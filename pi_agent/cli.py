@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
                   "one, else on its own")
     say.add_argument("text", metavar="TEXT", help="what the user says")
     say.add_argument("--timeout", type=float, default=30.0, help="give up after this many seconds (default 30)")
+    volume = command("volume", "set the running daemon's speaker volume", "0 (silent) to 100 (as received), or "
+                     "up or down a step of 10; kept across restarts under systemd")
+    volume.add_argument("level", metavar="N|up|down", type=_volume_change, help="the volume, or up or down")
     command("devices", "list the audio devices", "which open at 16 kHz, and which the config picks; "
             "exit 69 when there is none")
     command("check", "check config, devices, pins and the agent", "one pass/fail line each")
@@ -139,6 +142,14 @@ def _parser() -> argparse.ArgumentParser:
     mic.add_argument("--echo", action="store_true", help="play a test signal and record it: the echo's level "
                      "and delay, how far cancellation brings it down, and whether audio.echo = aec will work")
     return parser
+
+
+def _volume_change(text: str) -> int | str:
+    from .audio.volume import parse_change
+    try:
+        return parse_change(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -261,6 +272,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.port is not None:
             api = api.model_copy(update={"port": args.port, "socket": "off"})
         return asyncio.run(client.status(api, args.follow, as_json=args.json or not sys.stdout.isatty()))
+    if cmd == "volume":
+        from .service import client
+        return asyncio.run(client.volume(_section(args, "api", ApiSettings), args.level))
     if cmd == "say":
         from .service import client
         code = asyncio.run(client.say(_section(args, "api", ApiSettings), args.text, args.timeout))

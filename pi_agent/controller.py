@@ -22,6 +22,7 @@ from typing import Any
 
 from .audio import AudioOutput
 from .audio.gate import CaptureGate
+from .audio.volume import Volume
 from .config import Settings
 from .decide import effects as fx
 from .decide import inputs as i
@@ -87,6 +88,7 @@ class Controller:
         self.metrics = metrics
         self.hub = hub
         self.session: Session | None = None  # set by attach()
+        self.volume: Volume | None = None  # the speaker's volume (the daemon sets it): a device matter, not decided
         self._clock = clock
         self._echo_tail = settings.audio.echo_tail
         self._observers: list[Observer] = []

@@ -25,6 +25,8 @@ from .audio.streams import CallbackDevice
 from .audio.echo import FrameClock
 from .audio.gate import CaptureGate, WakeWord
 from .audio.keeper import DeviceKeeper
+from .audio.output import BufferedOutput
+from .audio.volume import Volume, state_path
 from .audio.playback import PyAudioOutput
 from .config import Settings
 from .controller import Controller
@@ -84,6 +86,10 @@ class Daemon:
         self.controller = Controller(settings, gate=self.gate, output=self.audio_out, engine=self.engine,
                                      metrics=self.metrics, hub=self.hub, clock=parts.clock)
         self.controller.attach(self.session)
+        out = self.audio_out
+        self.volume = Volume(settings.audio.volume, apply=out.set_volume if isinstance(out, BufferedOutput) else None,
+                             path=state_path(), on_change=self._volume_changed)
+        self.controller.volume = self.volume
         socket_path = server_socket_path(settings.api.socket)
         self.api = (ApiServer(settings.api, self.controller, self.hub, self.metrics, self._snapshot_extra,
                               socket_path=socket_path, names=(settings.device(),))
@@ -91,6 +97,7 @@ class Daemon:
         self._pin_factory = parts.pin_factory
         self.leds: Any = None
         self.button: Any = None
+        self.volume_buttons: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing: list[asyncio.Future[Any]] = []  # device and API closes under way
         self._shutdown_by: float | None = None  # when everything must be closed
@@ -132,7 +139,8 @@ class Daemon:
     def _snapshot_extra(self) -> dict[str, Any]:
         counters: dict[str, Any] = {**self.metrics.totals(), "capture_overflows": self.audio_in.overflows,
                                     "playback_underruns": self.audio_out.underruns}
-        return {"counters": counters, "leds": _leds(self.controller.status), "problem": self._problem()}
+        return {"counters": counters, "leds": _leds(self.controller.status), "problem": self._problem(),
+                "volume": self.volume.level}
 
     def _problem(self) -> str | None:
         ok, reason = self.controller.health()
@@ -142,7 +150,12 @@ class Daemon:
         """For screens (the kiosk page): the state as the LEDs show it, and what is wrong."""
         self.hub.publish({"type": "status", "state": status.state.value, "connected": status.connected,
                           "muted": status.muted, "queued": status.queued, "problem": self._problem(),
-                          "leds": _leds(status)})
+                          "leds": _leds(status), "volume": self.volume.level})
+
+    def _volume_changed(self, level: int) -> None:
+        """A ``volume`` event (the Unix socket), and the status again for screens (the page)."""
+        self.hub.publish({"type": "volume", "volume": level})
+        self._publish_status(self.controller.status)
 
     # --- GPIO -----------------------------------------------------------------------------
 
@@ -169,9 +182,19 @@ class Daemon:
                 log.error("button unavailable: %s (the daemon runs without it)", e)
             else:
                 self.button.start(loop, self.controller.on_button)
+        if button.volume_up_pin is not None or button.volume_down_pin is not None:
+            from .gpio.volume import VolumeButtons
+            buttons = VolumeButtons(button.volume_up_pin, button.volume_down_pin, pull_up=button.pull_up,
+                                    bounce_time=button.bounce_time, pin_factory=self._pin_factory)
+            try:
+                buttons.start(loop, self.volume.change)
+            except DeviceError as e:
+                log.error("volume buttons unavailable: %s (the daemon runs without them)", e)
+            else:
+                self.volume_buttons = buttons
 
     def _close_gpio(self) -> None:
-        for part in (self.button, self.leds):
+        for part in (self.button, self.volume_buttons, self.leds):
             if part is not None:
                 with contextlib.suppress(Exception):
                     part.close()

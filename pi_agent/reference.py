@@ -33,6 +33,8 @@ EXAMPLES: dict[str, Any] = {
     "leds.activity_pin": 27,
     "leds.rgb_pins": [5, 6, 13],
     "button.pin": 22,
+    "button.volume_up_pin": 23,
+    "button.volume_down_pin": 24,
 }
 
 # Where the secrets go instead of the file (a SecretStr setting is never written as a value).

@@ -23,9 +23,9 @@ from pi_agent.errors import ConfigError, ConfigUnreadable
 from pi_agent.service.client import summary
 
 EXE = Path(sys.executable).parent / "pi-agent"
-COMMANDS = ["run", "demo", "fake-agent", "status", "say", "devices", "check", "test-leds", "test-button",
+COMMANDS = ["run", "demo", "fake-agent", "status", "say", "volume", "devices", "check", "test-leds", "test-button",
             "test-speaker", "test-mic"]
-ARGS = {"say": ["hi"]}
+ARGS = {"say": ["hi"], "volume": ["up"]}
 
 
 @pytest.fixture(autouse=True)

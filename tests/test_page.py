@@ -50,6 +50,7 @@ async def test_the_page_shows_the_state_and_live_captions_and_comes_back_after_a
             await page.wait_for(f"{TEXT.format(id='state')} === 'listening'", 15, "the listening state")
             color = await page.evaluate("getComputedStyle(document.documentElement).getPropertyValue('--state')")
             assert color.strip() == state_colors()["listening"]
+            assert await page.evaluate(TEXT.format(id="volume")) == "volume 100"  # the speaker's volume, small
             await page.wait_for(f"{TEXT.format(id='captions')}.includes({QUESTION!r})", 20, "the user's words")
             # The agent's words as they stream: some of the reply, before all of it.
             partial = await page.wait_for(

@@ -4,7 +4,9 @@
 (resampled, streaming, to the device rate: one soxr stream per agent stream,
 reset on flush or format change), and a device that pulls one period at a time
 (the PortAudio callback in :mod:`.playback`, a loop timer in :class:`~.files.WavFileOutput`).
-It mixes earcons into what it hands out, keeps the output clock for
+It mixes earcons into what it hands out, applies the volume's gain to the mix (so that what
+the device gets, and the echo canceller's reference taken from it, is what is heard), keeps
+the output clock for
 :meth:`~PlaybackBuffer.audible_until`, and counts underruns. It never reads the
 clock itself: the puller says when each period will reach the speaker.
 """
@@ -32,11 +34,31 @@ def _as_samples(pcm: PcmLike) -> np.ndarray:
         raise ValueError(f"PCM of {len(pcm)} bytes is not a whole number of 16-bit samples")
     return np.frombuffer(pcm, dtype="<i2")
 
+
+VOLUME_MAX = 100
+VOLUME_RANGE_DB = 40.0  # volume 1 is this far below 100; 0 is silence
+
+
+def volume_gain(volume: int) -> float:
+    """The amplitude factor of ``volume`` (0-100) on a perceptual (dB) curve: 100 is 1 (what
+    is played is untouched, bit for bit), each step below it 0.4 dB quieter (a step of 10 is
+    4 dB, 50 is -20 dB, 1 is -39.6 dB), and 0 is silence."""
+    if not 0 <= volume <= VOLUME_MAX:
+        raise ValueError(f"volume must be from 0 to {VOLUME_MAX}, got {volume}")
+    if volume == VOLUME_MAX:
+        return 1.0
+    if volume == 0:
+        return 0.0
+    return float(10.0 ** ((volume - VOLUME_MAX) * VOLUME_RANGE_DB / VOLUME_MAX / 20.0))
+
+
 class PlaybackBuffer:
     """Jitter buffer: the loop queues agent audio, a device pulls periods of it.
 
     ``rate`` and ``channels`` are the device's; every channel gets the same signal.
     ``earcons`` maps enabled earcon names to float32 samples at ``rate``.
+    ``gain`` (see :func:`volume_gain`, :meth:`set_gain`) scales what is handed out, earcons
+    included; at 1 nothing is computed and the samples pass untouched.
     ``latency`` estimates how long a pulled period takes to reach the speaker,
     used only until the device reports times. An underrun is counted when the
     device ran dry in the middle of a stream, i.e. more audio of the stream came
@@ -56,6 +78,7 @@ class PlaybackBuffer:
         underrun_gap: float = 1.0,
         max_period: int = 4096,
         quality: str = "HQ",
+        gain: float = 1.0,
     ):
         self.rate = int(rate)
         self.channels = int(channels)
@@ -81,6 +104,8 @@ class PlaybackBuffer:
         self._audio_end = 0.0  # device time at which the last audible sample ends
         self._lead = 0  # device frames of silence to hand out before anything else (lead-in)
         self._held = False  # hand out silence and take nothing (the device is about to drop it)
+        self._gain = np.float32(1.0)
+        self.set_gain(gain)
         self._alloc(max_period)
 
     def _alloc(self, frames: int) -> None:
@@ -157,6 +182,17 @@ class PlaybackBuffer:
         """Hand out ``seconds`` of silence before anything else (a restarted sink's wake-up)."""
         with self._lock:
             self._lead = max(0, round(seconds * self.rate))
+
+    @property
+    def gain(self) -> float:
+        """The amplitude factor applied to what is handed out (1: untouched)."""
+        return float(self._gain)
+
+    def set_gain(self, gain: float) -> None:
+        """Scale what is handed out by ``gain`` (0 to 1) from the next period on, queued audio included."""
+        if not 0.0 <= gain <= 1.0:
+            raise ValueError(f"gain must be from 0 to 1, got {gain}")
+        self._gain = np.float32(gain)  # one store: the audio thread reads it under the lock
 
     def play_earcon(self, name: str) -> bool:
         """Start mixing an enabled earcon from the next period; False if it is disabled."""
@@ -255,19 +291,24 @@ class PlaybackBuffer:
                 if self._expecting and self._started and self._starved_at is None:
                     self._starved_at = start + taken / self.rate
             audible = taken
-            if self._active:
+            gain = self._gain
+            if self._active or gain != 1.0:
                 mix = self._mix[:frames]
                 np.copyto(mix, pcm)
-                still: list[list[Any]] = []
-                for item in self._active:
-                    samples, pos = item
-                    k = min(frames, len(samples) - pos)
-                    mix[:k] += samples[pos : pos + k]
-                    item[1] = pos + k
-                    audible = max(audible, k)
-                    if item[1] < len(samples):
-                        still.append(item)
-                self._active = still
+                if self._active:
+                    still: list[list[Any]] = []
+                    for item in self._active:
+                        samples, pos = item
+                        k = min(frames, len(samples) - pos)
+                        mix[:k] += samples[pos : pos + k]
+                        item[1] = pos + k
+                        audible = max(audible, k)
+                        if item[1] < len(samples):
+                            still.append(item)
+                    self._active = still
+                if gain != 1.0:  # the volume: float32 throughout, rounded to the nearest sample
+                    mix *= gain
+                    np.rint(mix, out=mix)
                 np.clip(mix, -32768.0, 32767.0, out=mix)
                 np.copyto(out, mix[:, None], casting="unsafe")
             else:

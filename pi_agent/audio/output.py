@@ -2,8 +2,8 @@
 
 :class:`BufferedOutput` implements the ``AudioOutput`` seam's ``play``, ``flush``,
 ``end_stream``, ``audible_until`` and ``play_earcon`` on a :class:`~.buffer.PlaybackBuffer`
-that the subclass creates when it opens; it bounds what is queued and queues the
-resampler's tail when the agent's audio pauses.
+that the subclass creates when it opens; it bounds what is queued, queues the
+resampler's tail when the agent's audio pauses, and keeps the volume (:meth:`set_volume`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from .buffer import PcmLike, PlaybackBuffer
+from .buffer import VOLUME_MAX, PcmLike, PlaybackBuffer, volume_gain
 from .earcons import EARCON_NAMES, make_earcons
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,21 @@ class BufferedOutput:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tail_timer: asyncio.TimerHandle | None = None
         self._underruns_before = 0
+        self._volume = VOLUME_MAX
+        self._gain = 1.0
+
+    @property
+    def volume(self) -> int:
+        """The speaker's volume, 0-100 (100: played as received)."""
+        return self._volume
+
+    def set_volume(self, volume: int) -> None:
+        """Play everything, earcons and what is already queued included, at ``volume`` (0-100;
+        see :func:`~.buffer.volume_gain`) from the next period the device pulls."""
+        gain = volume_gain(volume)  # ValueError out of range
+        self._volume, self._gain = volume, gain
+        if self._buffer is not None:
+            self._buffer.set_gain(gain)
 
     @property
     def underruns(self) -> int:
@@ -128,6 +143,7 @@ class BufferedOutput:
             latency=latency,
             underrun_gap=underrun_gap,
             quality=quality,
+            gain=self._gain,
         )
 
     def _drop_buffer(self) -> None:

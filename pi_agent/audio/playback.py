@@ -123,6 +123,8 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         The stream runs for ``standby_after`` seconds, then stops until the first sound."""
         await self._open_stream(on_error)
         self._buffer = self._cb_buffer
+        if self._buffer is not None:  # the volume may have changed while the stream was being opened
+            self._buffer.set_gain(self._gain)
         guard = self._guard
         assert guard is not None and self._loop is not None
         buffer = self._cb_buffer

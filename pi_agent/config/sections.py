@@ -169,6 +169,11 @@ class AudioSettings(_Section):
                                     "hum) in what is sent")
     echo_tail: float = Field(0.3, ge=0, le=3.0, description="half_duplex: seconds the mic stays "
                              "muted after the speaker has actually played the last sample")
+    volume: int = Field(100, ge=0, le=100, description="speaker volume, a software gain on all it plays "
+                        "(replies and earcons): 100 plays them as received, each step below is 0.4 dB quieter "
+                        "(50: -20 dB), 0 is silent; changed at run time by pi-agent volume, the event API's "
+                        "volume command and the volume buttons, and kept across restarts in the state directory "
+                        "(a changed audio.volume takes over)")
     earcons: list[Earcon] = Field(default_factory=_all_earcons,
                                   description="feedback sounds to play")
     earcon_sounds: dict[str, Path] = Field(
@@ -347,6 +352,26 @@ class ButtonSettings(_Section):
     bounce_time: float = Field(0.05, ge=0, le=1.0, description="debounce time (s)")
     hold_time: float = Field(0.4, gt=0, le=10.0, description="held this long = push-to-talk hold")
     long_hold_time: float = Field(3.0, gt=0, le=30.0, description="held this long = mute toggle")
+    volume_up_pin: int | None = Field(None, ge=0, le=53, description="a button that turns the volume up a "
+                                      "step (10) per press, wired as the button (pull_up, bounce_time); unset = none")
+    volume_down_pin: int | None = Field(None, ge=0, le=53, description="a button that turns the volume down "
+                                        "a step per press; unset = none")
+
+    @field_validator("volume_down_pin")
+    @classmethod
+    def _distinct_pins(cls, v: int | None, info: Any) -> int | None:
+        pins = {"pin": info.data.get("pin"), "volume_up_pin": info.data.get("volume_up_pin")}
+        for name, other in pins.items():
+            if v is not None and v == other:
+                raise ValueError(f"GPIO {v} is also button.{name}: each button needs a pin of its own")
+        return v
+
+    @field_validator("volume_up_pin")
+    @classmethod
+    def _not_the_button(cls, v: int | None, info: Any) -> int | None:
+        if v is not None and v == info.data.get("pin"):
+            raise ValueError(f"GPIO {v} is also button.pin: each button needs a pin of its own")
+        return v
 
 
 class LogSettings(_Section):

@@ -1,5 +1,5 @@
-"""The CLI's side of the event API: ``pi-agent status`` and ``pi-agent say`` talking to a
-running daemon over its Unix socket (or, for ``status``, the TCP view)."""
+"""The CLI's side of the event API: ``pi-agent status``, ``pi-agent say`` and ``pi-agent volume``
+talking to a running daemon over its Unix socket (or, for ``status``, the TCP view)."""
 
 from __future__ import annotations
 
@@ -127,6 +127,7 @@ def summary(s: dict[str, Any]) -> str:
     flags = [f"{s.get('policy')} policy", f"{s.get('mode')} capture"]
     flags += ["muted"] if s.get("muted") else []
     flags += ["queued for the agent"] if s.get("queued") else []
+    flags += [f"volume {s['volume']}"] if "volume" in s else []
     counters = s.get("counters") or {}
     shown = {"conversations": "conversations", "reconnects": "reconnects", "audio_dropped": "audio dropped",
              "protocol_errors": "protocol errors", "capture_overflows": "mic overflows",
@@ -262,4 +263,31 @@ async def _exchange(ws: ClientConnection, text: str, timeout: float) -> int:
     return 0
 
 
-__all__ = ["Unreachable", "open_daemon", "say", "status", "summary"]
+async def volume(api: ApiSettings, change: int | str, timeout: float = 5.0) -> int:
+    """``pi-agent volume``: send the change to the running daemon (its Unix socket) and print
+    the level it is at now. Exit 0; 1 if no daemon answers or it refuses the change."""
+    try:
+        async with open_daemon(api, view=False) as (ws, _):
+            await ws.recv()  # the snapshot
+            await ws.send(json.dumps({"type": "volume", "value": change}))
+            async with asyncio.timeout(timeout):
+                while True:
+                    reply: dict[str, Any] = json.loads(await ws.recv())
+                    if reply.get("type") == "error" and reply.get("source") == "api":
+                        print(f"pi-agent volume: {reply.get('message')}", file=sys.stderr)
+                        return 1
+                    if reply.get("type") == "ack" and reply.get("command") == "volume":
+                        _print(f"volume {reply.get('volume')}")
+                        return 0
+    except Unreachable as e:
+        print(f"pi-agent volume: cannot reach the daemon: {e}; is pi-agent running?", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(f"pi-agent volume: the daemon did not answer within {timeout:g} s", file=sys.stderr)
+        return 1
+    except websockets.ConnectionClosed:
+        print("pi-agent volume: the daemon closed the connection", file=sys.stderr)
+        return 1
+
+
+__all__ = ["Unreachable", "open_daemon", "say", "status", "summary", "volume"]

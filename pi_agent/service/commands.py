@@ -10,6 +10,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from ..audio.volume import parse_change
 from ..controller import Controller
 from ..decide import inputs as i
 
@@ -22,7 +23,7 @@ class CommandError(ValueError):
 
 @dataclass(frozen=True)
 class _Field:
-    kind: type
+    kind: type  # object: any JSON value, checked by the command's own rule below
     required: bool = True
 
 
@@ -33,6 +34,7 @@ _COMMANDS: dict[str, dict[str, _Field]] = {
     "tool_result": {"tool_call_id": _Field(str), "result": _Field(str), "is_error": _Field(bool, False)},
     "handle_tools": {"tools": _Field(list)},
     "mcp_tool_approval": {"tool_call_id": _Field(str), "approved": _Field(bool)},
+    "volume": {"value": _Field(object)},
 }
 
 
@@ -58,13 +60,18 @@ def parse_command(message: str | bytes) -> dict[str, Any]:
                 raise CommandError(f"{name} needs {key!r} ({spec.kind.__name__})")
             continue
         value = cmd[key]
-        if type(value) is not spec.kind:  # exactly: true is no number, "false" no boolean
+        if spec.kind is not object and type(value) is not spec.kind:  # exactly: true is no number, "false" no boolean
             raise CommandError(f"{name}.{key} must be a {spec.kind.__name__}, got {type(value).__name__}")
     for key in ("text",):
         if key in cmd and (not cmd[key].strip() or len(cmd[key]) > MAX_TEXT):
             raise CommandError(f"{name} needs a non-empty {key!r} of at most {MAX_TEXT} characters")
     if name == "handle_tools" and not all(isinstance(t, str) and 0 < len(t) <= 200 for t in cmd["tools"]):
         raise CommandError('handle_tools.tools must be a list of tool names (or ["*"] for every tool)')
+    if name == "volume":
+        try:
+            cmd["value"] = parse_change(cmd["value"])
+        except ValueError as e:
+            raise CommandError(f"volume.value: {e}") from None
     return cmd
 
 
@@ -106,6 +113,10 @@ class Commands:
         elif name == "tool_result":
             if not c.tool_result(cmd["tool_call_id"], cmd["result"], cmd.get("is_error", False)):
                 return _api_error(f"no pending tool call {cmd['tool_call_id'][:80]!r}")
+        elif name == "volume":
+            if c.volume is None:
+                return _api_error("this daemon has no volume control")
+            return {"type": "ack", "command": name, "volume": c.volume.change(cmd["value"])}
         elif name == "mcp_tool_approval":
             if not c.mcp_approval(cmd["tool_call_id"], cmd["approved"]):
                 return _api_error(f"no MCP tool call awaiting approval {cmd['tool_call_id'][:80]!r}")
