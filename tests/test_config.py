@@ -180,8 +180,6 @@ BAD_LEDS = [
     ({"preset": "respeaker_2mic", "connection_pin": 5}, "leds.connection_pin: the APA102 LEDs show every state"),
     ({"kind": "apa102", "count": 3, "rgb_pins": [1, 2, 3]}, "leds.rgb_pins"),
     ({"kind": "apa102", "count": 3, "spi_clock_pin": 20}, "leds.spi_select_pin: software SPI needs all three"),
-    ({"kind": "apa102", "count": 3, "spi_clock_pin": 20, "spi_mosi_pin": 21, "spi_select_pin": 16,
-      "spi_device": 1}, "leds.spi_select_pin: spi_device is hardware SPI0"),
     ({"kind": "apa102", "count": 3, "spi_clock_pin": 20, "spi_mosi_pin": 20, "spi_select_pin": 16},
      "three different pins"),
     ({"preset": "respeaker_4mic", "power_pin": 60}, "leds.power_pin"),

@@ -239,11 +239,11 @@ class LedSettings(_Section):
     """Status LEDs: on GPIO pins (BCM numbers; any LED may be left unset), or a chain of APA102 LEDs
     on SPI (a voice HAT's: ``preset``)."""
 
-    kind: Literal["gpio", "apa102"] | None = Field(
-        None, description="gpio: the connection, activity and RGB LEDs on GPIO pins; apa102: a chain of APA102 "
-        "(DotStar) LEDs on SPI, each showing what the RGB LED would (default: apa102 with a preset, else gpio)")
-    preset: Literal["respeaker_2mic", "respeaker_4mic"] | None = Field(
-        None, description="a voice HAT's APA102 LEDs: respeaker_2mic (3 LEDs on SPI0.1; also the HAT's button on "
+    kind: Literal["auto", "gpio", "apa102"] = Field(
+        "auto", description="gpio: the connection, activity and RGB LEDs on GPIO pins; apa102: a chain of APA102 "
+        "(DotStar) LEDs on SPI, each showing what the RGB LED would; auto: apa102 with a preset, else gpio")
+    preset: Literal["none", "respeaker_2mic", "respeaker_4mic"] = Field(
+        "none", description="a voice HAT's APA102 LEDs: respeaker_2mic (3 LEDs on SPI0.1; also the HAT's button on "
         "GPIO17 unless [button] pin is set), respeaker_4mic (12 LEDs on SPI0.1, LED power on GPIO5; no button); "
         "settings given here override the preset's")
     connection_pin: int | None = Field(None, ge=0, le=53, description="gpio: connection LED: off offline, "
@@ -259,7 +259,8 @@ class LedSettings(_Section):
                             "APA102's 5-bit current level; 31 is glaring at arm's length)")
     spi_device: int | None = Field(None, ge=0, le=1, description="apa102: hardware SPI0 chip select, 0 (CE0, "
                                    "/dev/spidev0.0) or 1 (CE1, /dev/spidev0.1): data on GPIO10, clock on GPIO11 "
-                                   "(default: the preset's, else 0; enable SPI with raspi-config)")
+                                   "(default: the preset's, else 0; enable SPI with raspi-config; unused with "
+                                   "software SPI)")
     spi_clock_pin: int | None = Field(None, ge=0, le=53, description="apa102: software (bit-banged) SPI "
                                       "instead: the clock pin; with spi_mosi_pin and spi_select_pin")
     spi_mosi_pin: int | None = Field(None, ge=0, le=53, description="apa102: software SPI: the data pin")
@@ -271,7 +272,7 @@ class LedSettings(_Section):
 
     def driver_kind(self) -> Literal["gpio", "apa102"] | None:
         """The LEDs to drive: apa102, gpio (pins set), or None (no LED configured)."""
-        if self.kind == "apa102" or (self.kind is None and self.preset is not None):
+        if self.kind == "apa102" or (self.kind == "auto" and self.preset != "none"):
             return "apa102"
         if self.connection_pin is not None or self.activity_pin is not None or self.rgb_pins is not None:
             return "gpio"
@@ -279,7 +280,7 @@ class LedSettings(_Section):
 
     def hat(self) -> HatPreset | None:
         """The preset's HAT, or None."""
-        return HAT_PRESETS[self.preset] if self.preset is not None else None
+        return HAT_PRESETS.get(self.preset)
 
     def apa102_count(self) -> int:
         """LEDs in the APA102 chain: ``count``, else the preset's."""
@@ -303,13 +304,13 @@ class LedSettings(_Section):
 
     @staticmethod
     def _apa102(info: Any) -> bool:
-        kind = info.data.get("kind")
-        return bool(kind == "apa102" or (kind is None and info.data.get("preset") is not None))
+        kind, preset = info.data.get("kind"), info.data.get("preset", "none")
+        return bool(kind == "apa102" or (kind == "auto" and preset != "none"))
 
     @field_validator("preset")
     @classmethod
-    def _preset_is_apa102(cls, v: str | None, info: Any) -> str | None:
-        if v is not None and info.data.get("kind") == "gpio":
+    def _preset_is_apa102(cls, v: str, info: Any) -> str:
+        if v != "none" and info.data.get("kind") == "gpio":
             raise ValueError('a preset drives the HAT\'s APA102 LEDs: remove kind = "gpio" (or the preset)')
         return v
 
@@ -324,7 +325,7 @@ class LedSettings(_Section):
     @field_validator("count")
     @classmethod
     def _count_known(cls, v: int | None, info: Any) -> int | None:
-        if v is None and info.data.get("kind") == "apa102" and info.data.get("preset") is None:
+        if v is None and info.data.get("kind") == "apa102" and info.data.get("preset", "none") == "none":
             raise ValueError("kind apa102 needs the number of LEDs in the chain (or a preset)")
         return v
 
@@ -336,8 +337,6 @@ class LedSettings(_Section):
             if any(p is None for p in pins):
                 raise ValueError("software SPI needs all three of spi_clock_pin, spi_mosi_pin and spi_select_pin "
                                  "(or none of them, for hardware SPI0)")
-            if info.data.get("spi_device") is not None:
-                raise ValueError("spi_device is hardware SPI0: unset it, or the spi_*_pin settings")
             if len(set(pins)) < 3:
                 raise ValueError("spi_clock_pin, spi_mosi_pin and spi_select_pin must be three different pins")
         return v
