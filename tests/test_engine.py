@@ -290,6 +290,22 @@ def test_keepalive_silence_when_nothing_was_sent() -> None:
     assert silence == bytes(len(silence)) and len(silence) == 3200  # 100 ms at 16 kHz
 
 
+def test_on_demand_is_not_idle_while_the_agent_answers_in_words() -> None:
+    """A reply whose words stream for longer than idle_timeout before its voice keeps the
+    conversation open; a ping does not."""
+    e = opened(make(policy="on_demand", idle_timeout=5.0))
+    e.send_audio(FRAME, True, 1.0)
+    e.receive(msg("user_transcript", "user_transcription_event", user_transcript="hello", event_id=1), 2.0)
+    for n in range(8):
+        e.receive(msg("agent_chat_response_part", "text_response_part", text="word ", type="delta",
+                      event_id=2), 3.0 + n)
+    e.receive(msg("ping", "ping_event", event_id=3), 10.5)
+    e.tick(14.9)
+    assert ev.Close(1000, "idle") not in e.actions()  # the last words came at 10.0
+    e.tick(15.0)
+    assert e.actions() == [ev.Close(1000, "idle")]
+
+
 def test_on_demand_closes_when_idle_and_does_not_reopen() -> None:
     e = opened(make(policy="on_demand", idle_timeout=5.0))
     e.send_audio(FRAME, True, 1.0)

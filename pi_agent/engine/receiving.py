@@ -58,6 +58,8 @@ class Receiver:
             self._protocol_error(f"skipped a malformed server frame: {e}")
             return
         self.stats.messages_in[type(event).__name__] += 1
+        if type(event) in _EXCHANGE:
+            self._last_activity = now  # the agent answering in words: the conversation is in use
         handler = _HANDLERS.get(type(event))
         if handler is not None:
             handler(self, conn, event, now)
@@ -181,6 +183,11 @@ class Receiver:
 
 
 _Handler = Callable[[Receiver, Connection, Any, float], None]
+# What the exchange is made of besides audio (which counts where it is played): while these
+# come, an on_demand conversation is not idle, e.g. a reply whose words stream before its voice.
+_EXCHANGE = frozenset({p.UserTranscript, p.AgentResponse, p.AgentResponseCorrection, p.AgentChatResponsePart,
+                       p.ClientToolCall, p.McpToolCall, p.AgentToolResponse, p.Interruption})
+
 _HANDLERS: dict[type, _Handler] = {  # the one dispatch over protocol events
     p.Ping: Receiver._on_ping,
     p.ConversationMetadata: Receiver._on_metadata,
