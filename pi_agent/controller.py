@@ -21,12 +21,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .audio import AudioOutput
+from .audio.wakeword import phrase as wake_phrase
 from .audio.gate import CaptureGate
 from .audio.volume import Volume
 from .config import Settings
 from .decide import effects as fx
 from .decide import inputs as i
 from .decide.button import ButtonEvent
+from .decide.captions import shown as shown_captions
 from .decide.decide import decide
 from .decide.model import QUEUED_TEXT, Model, Status, deadline, health, status
 from .decide.states import State, Trigger
@@ -82,6 +84,7 @@ class Controller:
     def __init__(self, settings: Settings, *, gate: CaptureGate, output: AudioOutput, engine: Engine,
                  metrics: Metrics, hub: EventHub, clock: Callable[[], float] = time.monotonic) -> None:
         self.model = Model(config=settings.decide_config())
+        self._wake_phrase = wake_phrase(settings.capture.wake_word) if settings.capture.mode == "wake_word" else None
         self.gate = gate
         self.output = output
         self.engine = engine
@@ -117,12 +120,16 @@ class Controller:
     def health(self) -> tuple[bool, str]:
         return health(self.model)
 
-    def snapshot(self, extra: dict[str, Any]) -> dict[str, Any]:
+    def snapshot(self, extra: dict[str, Any], *, captions: bool = True) -> dict[str, Any]:
+        """What a new event-API client gets first; ``captions``: with the current exchange's words
+        (the page's and the Unix socket's clients; not the status view's), and the wake word's
+        phrase in wake_word mode (for the page's "Say ..." hint)."""
         s = self.status
         return {"type": "snapshot", "state": s.state.value, "connected": s.connected,
                 "conversation_id": s.conversation_id, "mode": self.model.config.mode,
                 "policy": "persistent" if self.engine.persistent else "on_demand", "muted": s.muted,
-                "queued": s.queued, **extra}
+                "queued": s.queued, "wake_word": self._wake_phrase,
+                **({"exchange": shown_captions(self.model.captions)} if captions else {}), **extra}
 
     # --- inputs -------------------------------------------------------------------------------
 

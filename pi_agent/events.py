@@ -22,7 +22,8 @@ Level = Literal["full", "captions", "status"]
 
 STATUS_EVENTS = frozenset({"state", "status", "connection", "mute", "interruption", "queue_status"})
 CAPTION_EVENTS = STATUS_EVENTS | {"user_transcript", "agent_response", "agent_response_part",
-                                  "agent_response_correction", "agent_response_complete"}
+                                  "agent_response_correction", "agent_response_complete",
+                                  "captions_cleared"}
 _SHOWN: dict[Level, frozenset[str] | None] = {"full": None, "captions": CAPTION_EVENTS, "status": STATUS_EVENTS}
 
 

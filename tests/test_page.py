@@ -181,3 +181,61 @@ def _read_some(fd: int) -> bytes:
         return _os.read(fd, 65536)
     except OSError:
         return b""
+
+
+HINT = TEXT.format(id="hint")
+SHOWN_HINT = "getComputedStyle(document.getElementById('hint')).display !== 'none'"
+
+
+@pytest.mark.parametrize(("mode", "hint"), [("push_to_talk", "Press the button"), ("vad", "Just speak"),
+                                            ("wake_word", "Say \u201cOkay Nabu\u201d")])
+async def test_the_idle_page_says_how_to_start(tmp_path: Path, mode: str, hint: str) -> None:
+    chromium_or_skip()
+    async with FakeAgent(FakeAgentOptions(port=0)) as agent, browser() as page:
+        env = env_for(agent, tmp_path, PI_AGENT_AUDIO__INPUT_WAV=str(make_wav(tmp_path / "quiet.wav", 0.2)),
+                      PI_AGENT_CAPTURE__MODE=mode, PI_AGENT_SESSION__POLICY="on_demand")
+        async with daemon_running(env, tmp_path) as d:
+            await page.goto(f"http://127.0.0.1:{d.api_port}/")
+            await page.wait_for(SHOWN_HINT, 15, "the hint")
+            assert await page.evaluate(HINT) == hint
+            size = await page.evaluate("parseFloat(getComputedStyle(document.getElementById('state')).fontSize)"
+                                       " / window.innerHeight")
+            assert size >= 0.1  # the state word: a tenth of the screen's height
+async def test_a_page_loaded_after_an_exchange_shows_it_until_page_hold_then_nothing(tmp_path: Path) -> None:
+    """Issue 23: the snapshot carries the exchange; cleared page_hold seconds after the conversation."""
+    chromium_or_skip()
+    opts = FakeAgentOptions(port=0, transcript=QUESTION, text_part_ms=150)
+    async with FakeAgent(opts) as agent, browser() as page:
+        env = env_for(agent, tmp_path, PI_AGENT_SESSION__POLICY="on_demand", PI_AGENT_SESSION__IDLE_TIMEOUT="2",
+                      PI_AGENT_API__PAGE_HOLD="4")
+        async with daemon_running(env, tmp_path) as d:
+            await page.goto(f"http://127.0.0.1:{d.api_port}/")
+            await page.wait_for(f"{TEXT.format(id='captions')}.includes({QUESTION!r})", 25, "the user's words")
+            # Mid-reply, a new page (a browser restarted) gets the reply so far, then the rest.
+            await page.wait_for("(() => { const a = document.querySelector('#captions .line.agent .words');"
+                                f" return a && a.textContent.length > 0 && a.textContent.length < {len(REPLY)}; }})()",
+                                10, "a part of the agent's words")
+            await page.goto(f"http://127.0.0.1:{d.api_port}/")
+            partial = await page.wait_for(
+                "(() => { const a = document.querySelector('#captions .line.agent .words');"
+                " return a && a.textContent.length > 0 ? a.textContent : ''; })()", 5, "the reply so far on reload")
+            assert REPLY.startswith(partial.rstrip()) and QUESTION in await page.evaluate(TEXT.format(id="captions"))
+            try:
+                await page.wait_for(f"{TEXT.format(id='captions')}.includes({REPLY!r})", 10, "the whole reply")
+            except AssertionError:
+                raise AssertionError(await page.evaluate(LINES)) from None
+            await page.wait_for(f"{TEXT.format(id='state')} === 'idle'", 20, "idle after the reply")
+            # Loaded after the exchange: it shows it, and the idle hint.
+            await page.goto(f"http://127.0.0.1:{d.api_port}/")
+            await page.wait_for(f"{TEXT.format(id='captions')}.includes({REPLY!r})", 5, "the exchange on a new load")
+            assert QUESTION in await page.evaluate(TEXT.format(id="captions"))
+            await page.wait_for(SHOWN_HINT, 5, "the hint")
+            assert await page.evaluate(HINT) == "Just speak"
+            # After the conversation closes and page_hold passes: nothing, live and on a new load.
+            await page.wait_for(f"{TEXT.format(id='captions')} === ''", 20, "the exchange cleared")
+            await page.goto(f"http://127.0.0.1:{d.api_port}/")
+            await page.wait_for(f"{TEXT.format(id='state')} === 'idle'", 5, "idle")
+            assert await page.evaluate(TEXT.format(id="captions")) == ""
+        assert not [c for c in page.console if c.startswith("exception")], page.console
+
+

@@ -49,6 +49,18 @@ def manifest_path(spec: str) -> Path:
     return Path(spec).expanduser()
 
 
+def phrase(spec: str) -> str:
+    """The wake word as a passer-by says it (the kiosk page's hint): a shipped model's name
+    ("okay_nabu": "Okay Nabu"), or a custom manifest's ``wake_word`` (its file's name if that
+    cannot be read)."""
+    if spec in BUILTIN:
+        return spec.replace("_", " ").title()
+    try:
+        return str(read_manifest(Path(spec).expanduser()).get("wake_word") or Path(spec).stem)[:60]
+    except ConfigError:
+        return Path(spec).stem[:60]
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """The checked manifest at ``path``; :class:`ConfigError` naming what is wrong."""
     where = f"capture.wake_word: {path}"

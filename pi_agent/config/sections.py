@@ -221,6 +221,9 @@ class ApiSettings(_Section):
         "status where that is private); status: the state only; off: no page")
     page_control: bool = Field(False, description="the page's Talk, Stop and Mute buttons work (default: the "
                                "page only shows)")
+    page_hold: float = Field(60.0, ge=0, le=3600, description="seconds the page keeps showing the last exchange "
+                             "(also to a page loaded later) once the conversation is over, then clears it so the "
+                             "next visitor does not read it")
     metrics_listen: str = Field("", max_length=64, description="address:port of a read-only listener for "
                                 "Prometheus (GET /metrics and /healthz only: no events, no page, no commands), e.g. "
                                 "0.0.0.0:9766 or [::]:9766 for every interface, or one interface's address; empty: "

@@ -154,7 +154,8 @@ class Settings(_EnvOverFile):
             mode=self.capture.mode, half_duplex=self.audio.echo == "half_duplex", toggle=self.capture.toggle,
             earcons=frozenset(self.audio.earcons), transcripts=self.log.transcripts,
             tool_timeout=self.api.tool_timeout, follow_up=self.capture.follow_up, aec=self.audio.echo == "aec",
-            mcp_approval=self.session.mcp_approval, mcp_allow=frozenset(self.session.mcp_allow))
+            mcp_approval=self.session.mcp_approval, mcp_allow=frozenset(self.session.mcp_allow),
+            page_hold=self.api.page_hold, persistent=self.session.policy == "persistent")
 
 
 def _clean_key(raw: str) -> SecretStr | None:

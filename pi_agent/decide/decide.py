@@ -22,7 +22,7 @@ from ..engine import events as ev
 from ..engine import protocol as p
 from . import effects as fx
 from . import inputs as i
-from . import link, reply, tools, turn
+from . import captions, link, reply, tools, turn
 from .model import Model
 from .states import State, Trigger
 from .step import Handler, Step
@@ -34,6 +34,7 @@ def decide(model: Model, event: i.Input, now: float) -> tuple[Model, list[fx.Eff
     """The next model and the effects of ``event`` arriving at ``now``."""
     step = Step(model, now)
     _HANDLERS[type(event)](step, event)
+    captions.follow(step)
     return step.m, step.effects
 
 
@@ -47,6 +48,7 @@ def _tick(s: Step, _: i.Tick) -> None:
     tools.expire(s)
     turn.close_follow_up(s)
     reply.stall(s)
+    captions.expire(s)
 
 
 # --- devices ---------------------------------------------------------------------------------

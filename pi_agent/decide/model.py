@@ -35,6 +35,8 @@ class Config:
     aec: bool = False  # the speaker's echo is cancelled in software (the mic stays live)
     mcp_approval: str = "deny"  # an MCP tool awaiting approval: deny, or ask the event API
     mcp_allow: frozenset[str] = frozenset()  # MCP tools approved without asking
+    page_hold: float = 60.0  # s the captions are kept once the exchange is over (api.page_hold)
+    persistent: bool = False  # the conversation stays open: the exchange is over when the daemon is idle
 
     @property
     def push_to_talk(self) -> bool:
@@ -68,6 +70,31 @@ class PendingTool:
     mcp: bool = False
 
 
+MAX_CAPTION_LINES = 6  # lines of the exchange kept (as many as the page shows)
+MAX_CAPTION_TEXT = 2000  # characters kept of one line
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionLine:
+    """One line of the captions: who said it, what (so far), whether it was cut (the user
+    interrupted) and whether it is whole (the agent's whole response came)."""
+
+    who: str  # "user" or "agent"
+    text: str
+    cut: bool = False
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Captions:
+    """What the kiosk page shows of the current exchange (:mod:`.captions`), bounded
+    (:data:`MAX_CAPTION_LINES` lines of :data:`MAX_CAPTION_TEXT` characters); cleared at
+    ``clear_at``, ``page_hold`` seconds after the exchange is over."""
+
+    lines: tuple[CaptionLine, ...] = ()
+    clear_at: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Model:
     config: Config = Config()
@@ -92,6 +119,7 @@ class Model:
     reply_complete: bool = True  # the reply now playing has had its last chunk (or none is under way)
     dry_since: float | None = None  # speaking, the speaker ran dry before that last chunk came
     shutting_down: bool = False
+    captions: Captions = Captions()
 
     @property
     def connected(self) -> bool:
@@ -158,4 +186,6 @@ def deadline(model: Model) -> float | None:
         due.append(model.thinking_since + THINKING_TIMEOUT)
     if model.state is State.SPEAKING and model.dry_since is not None:
         due.append(model.dry_since + REPLY_STALL)
+    if model.captions.clear_at is not None:
+        due.append(model.captions.clear_at)
     return min(due, default=None)

@@ -173,8 +173,8 @@ class ApiServer:
                 "reason": None if ok else reason}
         return (HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE).value, body
 
-    def snapshot(self) -> dict[str, Any]:
-        return self._controller.snapshot(self._extra())
+    def snapshot(self, level: Level = "full") -> dict[str, Any]:
+        return self._controller.snapshot(self._extra(), captions=level != "status")
 
     # --- admission -------------------------------------------------------------------------
 
@@ -266,7 +266,7 @@ class ApiServer:
         sub = self._hub.subscribe(level)
         forward = asyncio.create_task(self._forward(ws, sub))
         try:
-            await ws.send(_text({**self.snapshot(), "page_control": bool(allowed) and level != "full"}))
+            await ws.send(_text({**self.snapshot(level), "page_control": bool(allowed) and level != "full"}))
             async for message in ws:
                 await ws.send(_text(self._commands.run(ws, message, allowed)))
         except websockets.ConnectionClosed:
