@@ -253,8 +253,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(diag.test_leds(leds, args.seconds))
     if cmd == "test-button":
         button = _section(args, "button", ButtonSettings)
+        pin = _section(args, "leds", LedSettings).button_pin(button.pin)  # a voice HAT preset's button
         _logging(_log_level(args))
-        return asyncio.run(diag.test_button(button, args.seconds))
+        return asyncio.run(diag.test_button(button.model_copy(update={"pin": pin}), args.seconds))
     if cmd == "test-speaker":
         audio = _section(args, "audio", AudioSettings)
         _logging(_log_level(args))

@@ -295,3 +295,19 @@ async def test_the_daemon_shows_its_states_on_the_2mic_hat_and_takes_its_button(
             stop.set()
             assert await asyncio.wait_for(task, 5) == 0
     assert bus.frames[-1] == expected((0, 0, 0), 3, 5)  # closed: dark
+
+
+@pytest.mark.slow
+def test_test_button_listens_on_the_presets_button(tmp_path: Path) -> None:
+    """`pi-agent test-button` with a voice HAT preset and no [button] pin uses the HAT's button."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.toml"
+    config.write_text('[leds]\npreset = "respeaker_2mic"\n')
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "pi-agent"), "--config", str(config),
+                          "test-button", "--seconds", "0.3"], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
+    assert out.returncode == 0, out.stderr
+    assert "on pin 17" in out.stdout
