@@ -199,20 +199,21 @@ do_install() {
     "${PYTHON_CMD[@]}" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
         die "pi-agent needs Python >= 3.11 (${PYTHON_CMD[*]} is older): use Raspberry Pi OS Bookworm or later"
 
-    # The service user: a system account without login, in audio (/dev/snd) and gpio.
+    # The service user: a system account without login, in audio (/dev/snd), gpio and spi
+    # (/dev/spidev*: a voice HAT's APA102 LEDs).
     local g
-    for g in audio gpio; do
+    for g in audio gpio spi; do
         group_exists "$g" || { say "creating group $g"; "${GROUPADD_CMD[@]}" "${root_opt[@]}" --system "$g"; }
     done
     if user_exists "$NAME"; then
-        for g in audio gpio; do
+        for g in audio gpio spi; do
             user_in_group "$NAME" "$g" || { say "adding $NAME to $g"; "${USERMOD_CMD[@]}" "${root_opt[@]}" --append --groups "$g" "$NAME"; }
         done
     else
         say "creating system user $NAME"
         "${USERADD_CMD[@]}" "${root_opt[@]}" --system --user-group --no-create-home \
             --home-dir "/var/lib/$NAME" --shell /usr/sbin/nologin --comment "pi-agent voice assistant" \
-            --groups audio,gpio "$NAME"
+            --groups audio,gpio,spi "$NAME"
     fi
 
     # The venv sees the system's gpiozero and lgpio (from apt) next to its own packages.

@@ -285,6 +285,7 @@ def test_install_creates_the_service_user_in_audio_and_gpio(lifecycle: Lifecycle
     assert user[3] == groups["pi-agent"][2]
     assert "pi-agent" in groups["audio"][3].split(",")
     assert "pi-agent" in groups["gpio"][3].split(","), "gpio is created off the Pi"
+    assert "pi-agent" in groups["spi"][3].split(","), "spi too (a voice HAT's APA102 LEDs)"
 
 
 def test_packages_and_pip_are_asked_for(lifecycle: Lifecycle) -> None:
@@ -417,7 +418,7 @@ def test_enables_time_wait_sync_with_the_real_systemctl(tmp_path: Path) -> None:
 def test_fully_recorded_run_and_the_existing_user_case(tmp_path: Path) -> None:
     inst = _make_installer(tmp_path, real_tools=False)
     group = inst.root / "etc" / "group"
-    group.write_text(group.read_text() + "gpio:x:997:\npi-agent:x:996:\n")
+    group.write_text(group.read_text() + "gpio:x:997:\nspi:x:995:\npi-agent:x:996:\n")
     passwd = inst.root / "etc" / "passwd"
     passwd.write_text(passwd.read_text() + "pi-agent:x:996:996::/var/lib/pi-agent:/usr/sbin/nologin\n")
 
@@ -429,6 +430,7 @@ def test_fully_recorded_run_and_the_existing_user_case(tmp_path: Path) -> None:
     assert [c for c in calls if c[0] in ("useradd", "groupadd")] == []
     assert ["usermod", "--root", str(inst.root), "--append", "--groups", "audio", "pi-agent"] in calls
     assert ["usermod", "--root", str(inst.root), "--append", "--groups", "gpio", "pi-agent"] in calls
+    assert ["usermod", "--root", str(inst.root), "--append", "--groups", "spi", "pi-agent"] in calls
     assert ["systemctl", f"--root={inst.root}", "--quiet", "enable", "pi-agent.service"] in calls
 
 

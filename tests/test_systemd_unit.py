@@ -133,7 +133,7 @@ def test_the_clock_wait_is_explained_and_not_pulled_in_unbounded() -> None:
 
 def test_user_credentials_and_config() -> None:
     assert _one("Service", "User") == "pi-agent"
-    assert set(_one("Service", "SupplementaryGroups").split()) == {"audio", "gpio"}
+    assert set(_one("Service", "SupplementaryGroups").split()) == {"audio", "gpio", "spi"}
     assert _one("Service", "LoadCredential") == "api_key:/etc/pi-agent/api_key"
     env = _values("Service", "Environment")
     assert "PI_AGENT_CONFIG=/etc/pi-agent/config.toml" in env
@@ -147,7 +147,7 @@ def test_hardening_keeps_audio_gpio_and_sd_notify_working() -> None:
     assert _one("Service", "PrivateDevices") == "no"
     assert _one("Service", "DevicePolicy") == "closed"
     allowed = _values("Service", "DeviceAllow")
-    assert {"char-alsa rw", "char-gpiochip rw", "/dev/gpiomem rw"} <= set(allowed)
+    assert {"char-alsa rw", "char-gpiochip rw", "/dev/gpiomem rw", "char-spi rw"} <= set(allowed)
     families = _one("Service", "RestrictAddressFamilies").split()
     assert {"AF_UNIX", "AF_INET", "AF_INET6"} <= set(families)  # AF_UNIX: sd_notify, journald
     assert _one("Service", "ProtectSystem") == "strict"
