@@ -80,6 +80,7 @@ async def test_the_agent_does_not_hear_itself(virtual_audio: VirtualAudio, tmp_p
     assert status == 200 and "pi_agent_echo_attenuation_db" in metrics
 
 
+@pytest.mark.alone  # a voice heard through the canceller while a reply plays: no neighbour's load
 async def test_the_user_interrupts_the_reply_by_voice(virtual_audio: VirtualAudio, tmp_path: Path) -> None:
     """The user talks over the reply: the agent hears the user, not itself (correlation >= 0.6
     with the clean words), interrupts, and the speaker is flushed."""
@@ -134,6 +135,7 @@ def test_test_mic_echo_on_a_headset_says_no_cancellation_is_needed(virtual_audio
     assert r.returncode == 0 and "does not hear the speaker" in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.alone  # a voice heard through the canceller while a reply plays: no neighbour's load
 async def test_the_wake_word_stops_the_reply_on_a_plain_speaker(virtual_audio: VirtualAudio, tmp_path: Path) -> None:
     """wake_word + aec: the reply itself never wakes the device; "okay nabu" said over it
     (heard through the echo) stops it."""
