@@ -194,6 +194,7 @@ def enough_open_files() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+@pytest.mark.alone  # 1,000 accepted within 2 s: no neighbour's load (tests/conftest.py)
 @pytest.mark.usefixtures("enough_open_files")
 async def test_1100_idle_connections_leave_the_conversation_scrapes_and_the_api_port_working(
         tmp_path: Path) -> None:
