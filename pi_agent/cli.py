@@ -43,9 +43,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with "did you mean" for a mistyped command, choice or flag."""
 
     def error(self, message: str) -> NoReturn:
-        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        # "invalid choice: 'x' (choose from 'a', 'b')"; Python 3.12.8+ and 3.13 leave the choices unquoted
+        choice = re.search(r"invalid choice: '?(.*?)'? \(choose from (.*)\)$", message)
         if choice:
-            options = re.findall(r"'([^']*)'", choice.group(2))
+            options = [o.strip("'") for o in choice.group(2).split(", ")]
             close = difflib.get_close_matches(choice.group(1), options, n=1, cutoff=0.5)
             if close:
                 head = message.split(" (choose from")[0]

@@ -82,7 +82,7 @@ def fetch_signed_url(server_url: str, agent_id: str, api_key: str, timeout: floa
     request = urllib.request.Request(url, headers={"xi-api-key": api_key, "Accept": "application/json",
                                                    "User-Agent": f"pi-agent/{__version__}"})
     try:
-        with _NO_REDIRECTS.open(request, timeout=timeout) as response:
+        with _opener().open(request, timeout=timeout) as response:
             body = response.read(1 << 20)
     except urllib.error.HTTPError as e:
         detail = _error_detail(e)
@@ -117,7 +117,12 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+def _opener() -> urllib.request.OpenerDirector:
+    """Redirects refused, and the system's trust store as it is now (as the WebSocket's TLS reads
+    it for each connection): Python 3.13's urllib would keep the one it read when the opener
+    was built."""
+    https = urllib.request.HTTPSHandler(context=ssl.create_default_context())
+    return urllib.request.build_opener(_RefuseRedirects, https)
 
 
 def is_ws_url(url: str) -> bool:
