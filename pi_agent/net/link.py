@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import socket
-import ssl
 from typing import Protocol
 
 from websockets.client import ClientProtocol
@@ -30,6 +29,8 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
+
+from .tls import tls_context
 
 log = logging.getLogger("pi_agent.session")
 
@@ -216,7 +217,7 @@ async def open_link(url: str, handler: LinkHandler, *, timeout: float, max_size:
     request.headers["User-Agent"] = user_agent
     protocol.send_request(request)
     loop = asyncio.get_running_loop()
-    context = ssl.create_default_context() if uri.secure else None
+    context = tls_context() if uri.secure else None
     link: Link | None = None
 
     def factory() -> Link:

@@ -25,6 +25,7 @@ from ..engine.backoff import Outcome, classify_http_status
 from ..engine.conversation import SOURCE, SOURCE_VERSION
 from ..errors import AuthError, ConnectError
 from ..threads import run_blocking
+from .tls import tls_context
 
 _REDACT = {"conversation_signature", "token", "signature"}
 
@@ -118,11 +119,10 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def _opener() -> urllib.request.OpenerDirector:
-    """Redirects refused, and the system's trust store as it is now (as the WebSocket's TLS reads
-    it for each connection): Python 3.13's urllib would keep the one it read when the opener
-    was built."""
-    https = urllib.request.HTTPSHandler(context=ssl.create_default_context())
-    return urllib.request.build_opener(_RefuseRedirects, https)
+    """Redirects refused, with :func:`tls_context` (Python 3.13's urllib would otherwise keep
+    the trust store it read when the opener was built, whatever ``SSL_CERT_FILE`` says later)."""
+    return urllib.request.build_opener(_RefuseRedirects, urllib.request.HTTPSHandler(context=tls_context()))
+
 
 
 def is_ws_url(url: str) -> bool:
