@@ -51,7 +51,7 @@ from typing import Any
 
 import pytest
 
-from .support_audio import VirtualAudio, missing_tools
+from .support_audio import VirtualAudio, started_card
 
 # gpiozero must never look for real pins in the test run.
 os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
@@ -192,15 +192,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="session")
 def virtual_audio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualAudio]:
     """The private PulseAudio server + ALSA config, for the whole session."""
-    reason = missing_tools()
-    if reason:
-        pytest.skip(reason)
-    va = VirtualAudio(tmp_path_factory.mktemp("vaudio"))
-    try:
-        va.start()  # a server that is installed but will not start is a failure, not a skip
+    with started_card(tmp_path_factory.mktemp("vaudio")) as va:
         yield va
-    finally:
-        va.stop()
 
 
 @pytest.fixture

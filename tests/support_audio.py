@@ -551,3 +551,20 @@ def speech(text: str, directory: Path) -> tuple[np.ndarray, int] | None:
 
     frames, rate = read_wav(path)
     return frames[:, 0].copy(), rate
+
+
+@contextlib.contextmanager
+def started_card(root: Path) -> Iterator[VirtualAudio]:
+    """A virtual card under ``root``, started for the block and stopped after it. Skips when
+    the tools are missing; a server that is installed but will not start is a failure."""
+    import pytest
+
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    card = VirtualAudio(root)
+    try:
+        card.start()
+        yield card
+    finally:
+        card.stop()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from websockets.asyncio.client import connect, unix_connect
 
@@ -167,3 +168,21 @@ async def daemon_running(env: dict[str, str], tmp: Path) -> AsyncIterator[Daemon
         yield d
     finally:
         d.stop()
+
+
+@contextlib.contextmanager
+def raise_open_files(needed: int) -> Iterator[None]:
+    """Raise this process's soft RLIMIT_NOFILE up to its hard limit for a block (the daemon it
+    starts inherits it; a normal user's soft limit is often 1024); skip if even the hard limit
+    is below ``needed``. Restored afterwards."""
+    import pytest
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"needs {needed} open files; the hard limit (ulimit -Hn) is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else needed, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

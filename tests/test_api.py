@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import socket
 import stat
 import subprocess
@@ -24,7 +23,7 @@ from websockets.asyncio.client import connect, unix_connect
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
 
-from .support_daemon import DaemonProcess, EventClient, daemon_running
+from .support_daemon import DaemonProcess, EventClient, daemon_running, raise_open_files
 from .support_faults import make_wav
 
 pytestmark = pytest.mark.faults
@@ -204,17 +203,8 @@ FLOOD_FILES = IDLE_CONNECTIONS + SUBSCRIBERS + 400
 
 @pytest.fixture
 def enough_open_files() -> Iterator[None]:
-    """Raise this process's soft RLIMIT_NOFILE up to its hard limit for one test (a
-    normal user's soft limit is often 1024); skip if even the hard limit is too low."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < FLOOD_FILES:
-        if hard != resource.RLIM_INFINITY and hard < FLOOD_FILES:
-            pytest.skip(f"needs {FLOOD_FILES} open files; the hard limit (ulimit -Hn) is {hard}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else FLOOD_FILES, hard))
-    try:
+    with raise_open_files(FLOOD_FILES):
         yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.slow

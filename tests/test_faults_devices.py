@@ -31,7 +31,7 @@ from pi_agent.config import load_settings
 from pi_agent.daemon import Daemon, Parts
 from pi_agent.errors import DeviceError
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from .support_audio import VirtualAudio, missing_tools
+from .support_audio import started_card
 from .support_daemon import EventClient, free_port
 from .support_faults import CANARY, SecretScan, agent_signatures, fault_daemon, fault_env, make_wav
 
@@ -88,15 +88,8 @@ async def test_speaker_missing_at_start_then_plugged_in(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def vcard(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The virtual sound card (support_audio), for this module only: stopped when it ends."""
-    reason = missing_tools()
-    if reason:
-        pytest.skip(reason)
-    card = VirtualAudio(tmp_path_factory.mktemp("vaudio-faults"))
-    card.start()
-    try:
+    with started_card(tmp_path_factory.mktemp("vaudio-faults")) as card:
         yield card
-    finally:
-        card.stop()
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from .support_audio import SPK_CHANNELS, SPK_RATE, PulseServer, Recorder, VirtualAudio, missing_tools
+from .support_audio import SPK_CHANNELS, SPK_RATE, PulseServer, Recorder, VirtualAudio, started_card
 from .support_faults import CANARY, agent_signatures, fault_daemon, fault_env, question_samples
 
 pytestmark = [pytest.mark.faults, pytest.mark.audio, pytest.mark.slow]
@@ -37,15 +37,8 @@ SETTLE = 6.0  # s after that, no state may be error
 
 @pytest.fixture(scope="module")
 def vcard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualAudio]:
-    reason = missing_tools()
-    if reason:
-        pytest.skip(reason)
-    card = VirtualAudio(tmp_path_factory.mktemp("vaudio-replug"))
-    card.start()
-    try:
+    with started_card(tmp_path_factory.mktemp("vaudio-replug")) as card:
         yield card
-    finally:
-        card.stop()
 
 
 def _sink_module(server: PulseServer, sink: str) -> str:

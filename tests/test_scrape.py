@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import socket
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from websockets.asyncio.client import connect
 
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
 
-from .support_daemon import EventClient, daemon_running, free_port
+from .support_daemon import EventClient, daemon_running, free_port, raise_open_files
 from .support_faults import make_wav
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -181,17 +180,8 @@ FLOOD_FILES = IDLE_CONNECTIONS + 400  # the flood's sockets, and what the proces
 
 @pytest.fixture
 def enough_open_files() -> Iterator[None]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit for one test (the daemon inherits
-    it; a normal user's soft limit is often 1024); skip if even the hard limit is too low."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < FLOOD_FILES:
-        if hard != resource.RLIM_INFINITY and hard < FLOOD_FILES:
-            pytest.skip(f"needs {FLOOD_FILES} open files; the hard limit (ulimit -Hn) is {hard}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else FLOOD_FILES, hard))
-    try:
+    with raise_open_files(FLOOD_FILES):
         yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.alone  # 1,000 accepted within 2 s: no neighbour's load (tests/conftest.py)
