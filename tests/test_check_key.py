@@ -26,6 +26,7 @@ from pi_agent.config.settings import SERVICE_CREDENTIAL, service_credential, ser
 from pi_agent.errors import ConfigError
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
 from .support_daemon import QUESTION_WAV
+from .support_users import as_user, blocked, cannot_cover, needed_paths
 
 CANARY = "sk_canary_checkkey_987654321"
 IS_ROOT = os.geteuid() == 0
@@ -65,11 +66,11 @@ async def check_cli(config: Path, server_url: str, *, as_other_user: bool = Fals
     member of the service's group who is not root (``setpriv``)."""
     base = {k: v for k, v in os.environ.items()
             if not k.upper().startswith("PI_AGENT_") and k not in ("ELEVENLABS_API_KEY", "CREDENTIALS_DIRECTORY")}
-    prefix: list[str] = []
-    if as_other_user:
-        prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={SERVICE_GID}", "--clear-groups"]
+    command = [sys.executable, "-m", "pi_agent.cli", "--config", str(config), "check"]
+    if as_other_user:  # through the checkout's directories that user may not enter (CI's mktemp -d)
+        command = as_user(command, NOBODY, SERVICE_GID, covers=blocked(needed_paths()))
     proc = await asyncio.create_subprocess_exec(
-        *prefix, sys.executable, "-m", "pi_agent.cli", "--config", str(config), "check",
+        *command,
         env={**base, "GPIOZERO_PIN_FACTORY": "mock", "PI_AGENT_SERVER_URL": server_url, "HOME": "/",
              "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -109,6 +110,8 @@ async def test_a_user_who_cannot_read_the_key_is_told_so_and_gets_no_false_fail(
     if IS_ROOT:
         if shutil.which("setpriv") is None:
             pytest.skip("running check as another user needs setpriv (util-linux)")
+        if (why := cannot_cover(blocked(needed_paths()))) is not None:
+            pytest.skip(why)
         other_user = True
     else:  # not root: a mode of 000 keeps even the owner out
         key.chmod(0)

@@ -17,10 +17,8 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shlex
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -30,9 +28,10 @@ from pathlib import Path
 
 import pytest
 
+from .support_users import as_user, blocked, cannot_cover, needed_paths
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).parent / "pi-agent"  # the console script of the venv running the tests
 CANARY = "sk_users_test_never_printed_42"
 
@@ -44,19 +43,6 @@ def _free_id(lookup: object, start: int) -> int:
         except KeyError:
             return n
     raise AssertionError("no free id")  # pragma: no cover
-
-
-def _blocked(paths: list[Path]) -> dict[Path, set[str]]:
-    """Directories on the way to ``paths`` that other users cannot enter -> the children
-    on the way through them."""
-    blocked: dict[Path, set[str]] = {}
-    for path in paths:
-        parts = path.parts
-        for i in range(1, len(parts) - 1):
-            directory = Path(*parts[:i])
-            if not directory.stat().st_mode & stat.S_IXOTH:
-                blocked.setdefault(directory, set()).add(parts[i])
-    return blocked
 
 
 def _skip_reason() -> str | None:
@@ -94,31 +80,8 @@ class Layout:
             os.chown(home, who.uid, who.gid)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LC_ALL": "C.UTF-8",
                "PI_AGENT_CONFIG": str(self.config), "TMPDIR": str(home)}
-        groups = ",".join(map(str, who.groups)) if who.groups else None
-        drop = ([] if who.uid == 0 else
-                ["setpriv", f"--reuid={who.uid}", f"--regid={who.gid}",
-                 f"--groups={groups}" if groups else "--clear-groups", "--inh-caps=-all"])
-        command = [*drop, str(EXE), *args]
-        if who.uid != 0 and self.covers:
-            command = ["unshare", "--mount", "--propagation", "private", "sh", "-ec",
-                       _cover_script(self.covers) + "exec " + shlex.join(command)]
+        command = as_user([str(EXE), *args], who.uid, who.gid, who.groups, covers=self.covers, drop_caps=True)
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=home)
-
-
-def _cover_script(covers: dict[Path, set[str]]) -> str:
-    """Shell lines that cover each blocked directory with a tmpfs anybody can enter,
-    holding only the children on the way (bound from the real ones)."""
-    lines = []
-    for i, (directory, children) in enumerate(sorted(covers.items())):
-        stage = f"/tmp/.pi-agent-cover-$$-{i}"
-        lines += [f"mkdir -p {stage}", f"mount --bind {shlex.quote(str(directory))} {stage}",
-                  f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(str(directory))}"]
-        for child in sorted(children):
-            target = shlex.quote(str(directory / child))
-            lines += [f"if [ -d {stage}/{shlex.quote(child)} ]; then mkdir {target}; else touch {target}; fi",
-                      f"mount --bind {stage}/{shlex.quote(child)} {target}"]
-        lines += [f"umount -l {stage}", f"rmdir {stage}"]
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +89,9 @@ def layout() -> Iterator[Layout]:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    needed = [Path(os.path.realpath(sys.executable)), EXE, REPO / "pi_agent" / "__init__.py",
-              Path(sys.executable)]
-    covers = _blocked(needed)
-    if covers and shutil.which("unshare") is None:
-        pytest.skip(f"{', '.join(map(str, covers))} cannot be entered by other users and unshare is missing")
+    covers = blocked(needed_paths())
+    if (why := cannot_cover(covers)) is not None:
+        pytest.skip(why)
     with tempfile.TemporaryDirectory(prefix="pi-agent-users-") as place:
         root = Path(place)
         root.chmod(0o755)
@@ -216,11 +177,7 @@ def test_the_socket_refuses_the_outsider_with_the_fix(layout: Layout) -> None:
 def test_fake_agent_serves_for_anyone_until_stopped(layout: Layout) -> None:
     for who in _people(layout):
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(layout.home), "LC_ALL": "C.UTF-8"}
-        drop = [] if who.uid == 0 else ["setpriv", f"--reuid={who.uid}", f"--regid={who.gid}", "--clear-groups"]
-        command = [*drop, str(EXE), "fake-agent", "--port", "0"]
-        if who.uid != 0 and layout.covers:
-            command = ["unshare", "--mount", "--propagation", "private", "sh", "-ec",
-                       _cover_script(layout.covers) + "exec " + shlex.join(command)]
+        command = as_user([str(EXE), "fake-agent", "--port", "0"], who.uid, who.gid, covers=layout.covers)
         proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=layout.home)
         try:
