@@ -25,6 +25,12 @@ if [ "$PROFILE" = test ]; then
     # server of its own (loopback port, storage in its tmp dir). The package also enables
     # a system prometheus.service (port 9090): nothing of the tests uses it or its port.
     debs+=(prometheus)
+    # pipewire, pipewire-pulse, wireplumber: the Pi OS Desktop way (docs/platforms.md) is tested on a
+    # private PipeWire with WirePlumber and its pulse server, which need a D-Bus session bus of their
+    # own (dbus-daemon). Not pipewire-alsa: it conflicts with pulseaudio; ALSA reaches PipeWire through
+    # libasound2-plugins' pulse plugin, as on a desktop without it. Installing them starts nothing: the
+    # packages only enable user units, for users who log in.
+    debs+=(pipewire pipewire-pulse wireplumber dbus-daemon)
 fi
 
 missing=()
