@@ -4,7 +4,9 @@
 A plain HTTP/1.x server of a few lines (no WebSocket code behind it at all): no events, no
 page, no commands. Every other path is 404, every other method 405 (``Allow: GET``), what is
 not an HTTP request 400; one request per connection, its body never read. Bounded like the
-event API's port: at most ``max_open`` connections at once (more are closed at once), a
+event API's port: at most ``max_open`` connections at once (more are closed at once; the
+kernel queues as many before they are accepted, so a burst waits for a busy event loop
+instead of its SYNs being dropped and retried seconds later), a
 request line and headers of at most :data:`MAX_HEAD` bytes, and a connection that has not
 sent them within ``open_timeout`` (or does not take its answer within it) is dropped.
 
@@ -40,7 +42,6 @@ log = logging.getLogger("pi_agent.api")
 PATHS = ("/healthz", "/metrics")
 MAX_HEAD = 8 * 1024  # bytes of request line and headers
 MAX_HEADERS = 64
-BACKLOG = 256  # connections the kernel queues before they are accepted
 REFUSED_LOG_INTERVAL = 60.0
 BROWSER_SCRIPT = frozenset({"same-origin", "same-site", "cross-site"})  # Sec-Fetch-Site of a page's request
 
@@ -76,7 +77,7 @@ class ScrapeListener:
         """Listen; raises OSError naming the setting when the address cannot be used."""
         try:
             self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEAD,
-                                                      backlog=BACKLOG)
+                                                      backlog=self._max_open)
         except OSError as e:
             why = os.strerror(e.errno) if e.errno else str(e)  # asyncio's own text repeats the address
             raise OSError(e.errno, f"[api] metrics_listen {self.host}:{self.port}: {why}") from None
