@@ -15,6 +15,14 @@
 #                    enables (--root); for images and tests
 #   --no-apt         do not install Debian packages
 #   --no-systemctl   do not run systemctl (the unit file is still installed)
+# Raspberry Pi OS Desktop, where the desktop user's PipeWire takes every sound card (docs/platforms.md):
+#   --own-card CARD  keep CARD (its id or name in /proc/asound/cards) out of the desktop's PipeWire:
+#                    WirePlumber rules in /etc/wireplumber (0.4's main.lua.d, 0.5's
+#                    wireplumber.conf.d), so that the system service opens it without "busy"
+#   --desktop-user USER  run pi-agent as a systemd user service of USER instead, through USER's
+#                    PipeWire (the card stays shared with the desktop); the system service is
+#                    disabled. Kept by later runs until --system-service
+#   --system-service back from --desktop-user to the system service
 #   --uninstall, --purge, -h/--help
 # Command overrides (tests, packaging): APT_GET, SYSTEMCTL, USERADD, USERMOD, USERDEL,
 # GROUPADD, GROUPDEL (each a command line), PYTHON (creates the venv, default
@@ -34,7 +42,7 @@ say() { printf '%s install: %s\n' "$NAME" "$*" >&2; }
 die() { printf '%s install: error: %s\n' "$NAME" "$*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
-uninstall=0 purge=0 use_apt=1 use_systemctl=1
+uninstall=0 purge=0 use_apt=1 use_systemctl=1 own_card="" desktop_user="" system_service=0
 ROOT="${PI_AGENT_INSTALL_ROOT:-}"
 SOURCE="$REPO"
 while [ $# -gt 0 ]; do
@@ -47,12 +55,26 @@ while [ $# -gt 0 ]; do
         --root=*) ROOT="${1#*=}" ;;
         --source) [ $# -ge 2 ] || die "--source needs a value"; SOURCE="$2"; shift ;;
         --source=*) SOURCE="${1#*=}" ;;
+        --own-card) [ $# -ge 2 ] || die "--own-card needs a card's id or name"; own_card="$2"; shift ;;
+        --own-card=*) own_card="${1#*=}" ;;
+        --desktop-user) [ $# -ge 2 ] || die "--desktop-user needs a user name"; desktop_user="$2"; shift ;;
+        --desktop-user=*) desktop_user="${1#*=}" ;;
+        --system-service) system_service=1 ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
     shift
 done
 [ "$purge" = 1 ] && [ "$uninstall" = 0 ] && die "--purge goes with --uninstall"
+if [ -n "$own_card" ] && ! [[ "$own_card" =~ ^[A-Za-z0-9_.:\ -]+$ ]]; then
+    die "--own-card '$own_card': a card's id or name as /proc/asound/cards shows it (letters, digits, space, _ . : -)"
+fi
+if [ -n "$desktop_user" ] && ! [[ "$desktop_user" =~ ^[a-z_][a-z0-9_.-]*$ ]]; then
+    die "--desktop-user '$desktop_user' is not a user name"
+fi
+[ -n "$desktop_user" ] && [ -n "$own_card" ] &&
+    die "--own-card keeps a card from the desktop's PipeWire, through which --desktop-user plays: choose one"
+[ -n "$desktop_user" ] && [ "$system_service" = 1 ] && die "--desktop-user and --system-service: choose one"
 ROOT="${ROOT%/}"
 if [ -n "$ROOT" ]; then
     [ -d "$ROOT" ] || die "--root $ROOT is not a directory"
@@ -68,6 +90,10 @@ OPT_DIR="$ROOT/opt/$NAME"
 VENV="$OPT_DIR/venv"
 UNIT="$ROOT/etc/systemd/system/$NAME.service"
 STATE_DIR="$ROOT/var/lib/$NAME"
+USER_UNIT="$ROOT/etc/systemd/user/$NAME.service"
+USER_DROPIN="$ROOT/etc/systemd/user/$NAME.service.d/user.conf"
+WP_RULES=("$ROOT/etc/wireplumber/main.lua.d/51-$NAME-card.lua" "$ROOT/etc/wireplumber/wireplumber.conf.d/51-$NAME-card.conf")
+WP_SOURCES=("$REPO/contrib/wireplumber/51-$NAME-card.lua" "$REPO/contrib/wireplumber/51-$NAME-card.conf")
 
 # Commands, overridable as whole command lines; with --root they act inside the root.
 root_opt=()
@@ -192,6 +218,75 @@ enable_time_wait_sync() {
     fi
 }
 
+# --own-card: WirePlumber rules (both formats: each version reads only its own) that disable the card.
+install_card_rules() {
+    local i tmp changed=0
+    for i in 0 1; do
+        [ -f "${WP_SOURCES[$i]}" ] || die "${WP_SOURCES[$i]} is missing: run this from a pi-agent checkout"
+        install -d -m 0755 "$(dirname "${WP_RULES[$i]}")"
+        tmp="$(mktemp)"
+        sed "s/@CARD@/$own_card/g" "${WP_SOURCES[$i]}" >"$tmp"
+        if [ "$(install_file "$tmp" "${WP_RULES[$i]}" 0644)" = 1 ]; then changed=1; fi
+        rm -f "$tmp"
+    done
+    say "desktop: WirePlumber keeps card '$own_card' for pi-agent (${WP_RULES[0]#"$ROOT"}, ${WP_RULES[1]#"$ROOT"})"
+    if [ "$changed" = 1 ]; then
+        say "desktop: the desktop's PipeWire lets go of the card after its next login (or, as the desktop user:" \
+            "systemctl --user restart wireplumber); then name it in [audio] input_device/output_device"
+    fi
+}
+
+remove_card_rules() {
+    local f
+    for f in "${WP_RULES[@]}"; do
+        if [ -e "$f" ]; then rm -f "$f"; say "removed $f"; fi
+    done
+}
+
+# --desktop-user: the user unit, for that user only; the system service off.
+install_user_service() {
+    user_exists "$desktop_user" || die "--desktop-user: there is no user '$desktop_user'"
+    user_in_group "$desktop_user" "$NAME" || {
+        say "adding $desktop_user to $NAME (the settings and the event API's socket)"
+        "${USERMOD_CMD[@]}" "${root_opt[@]}" --append --groups "$NAME" "$desktop_user"
+    }
+    install -d -m 0755 "$(dirname "$USER_UNIT")" "$(dirname "$USER_DROPIN")"
+    if [ "$(install_file "$REPO/systemd/$NAME-user.service" "$USER_UNIT" 0644)" = 1 ]; then say "installed $USER_UNIT"; fi
+    local tmp
+    tmp="$(mktemp)"
+    printf '# Written by %s install.sh --desktop-user: only this user'"'"'s session runs pi-agent.\n[Unit]\nConditionUser=%s\n' \
+        "$NAME" "$desktop_user" >"$tmp"
+    install_file "$tmp" "$USER_DROPIN" 0644 >/dev/null
+    rm -f "$tmp"
+    if [ "$use_systemctl" = 1 ]; then
+        if [ -n "$ROOT" ]; then
+            "${SYSTEMCTL_CMD[@]}" --root="$ROOT" --quiet disable "$NAME.service" 2>/dev/null || true
+            "${SYSTEMCTL_CMD[@]}" --root="$ROOT" --global --quiet enable "$NAME.service"
+        else
+            "${SYSTEMCTL_CMD[@]}" daemon-reload
+            "${SYSTEMCTL_CMD[@]}" --quiet disable --now "$NAME.service" 2>/dev/null || true
+            "${SYSTEMCTL_CMD[@]}" --global --quiet enable "$NAME.service"
+        fi
+    fi
+    say "desktop: pi-agent runs as a user service of $desktop_user through its PipeWire (the system service is off);" \
+        "it starts at $desktop_user's next login, or now as $desktop_user: systemctl --user daemon-reload &&" \
+        "systemctl --user start pi-agent"
+}
+
+remove_user_service() {
+    [ -e "$USER_UNIT" ] || [ -e "$USER_DROPIN" ] || return 0
+    if [ "$use_systemctl" = 1 ]; then
+        if [ -n "$ROOT" ]; then
+            "${SYSTEMCTL_CMD[@]}" --root="$ROOT" --global --quiet disable "$NAME.service" || true
+        else
+            "${SYSTEMCTL_CMD[@]}" --global --quiet disable "$NAME.service" || true
+        fi
+    fi
+    rm -f "$USER_UNIT" "$USER_DROPIN"
+    rmdir "$(dirname "$USER_DROPIN")" 2>/dev/null || true
+    say "removed the user service $USER_UNIT"
+}
+
 do_install() {
     [ -f "$REPO/systemd/$NAME.service" ] || die "$REPO/systemd/$NAME.service is missing: run this from a pi-agent checkout"
     if [ "$use_apt" = 1 ]; then install_debs; fi
@@ -215,6 +310,13 @@ do_install() {
             --home-dir "/var/lib/$NAME" --shell /usr/sbin/nologin --comment "pi-agent voice assistant" \
             --groups audio,gpio,spi "$NAME"
     fi
+
+    # Raspberry Pi OS Desktop: the user service (kept from an earlier run) or the card's rules.
+    if [ -z "$desktop_user" ] && [ "$system_service" = 0 ] && [ -f "$USER_DROPIN" ]; then
+        desktop_user="$(sed -n 's/^ConditionUser=//p' "$USER_DROPIN" | head -n 1)"
+        [ -n "$desktop_user" ] && say "keeping the user service of $desktop_user (--system-service goes back)"
+    fi
+    if [ -n "$own_card" ]; then install_card_rules; fi
 
     # The venv sees the system's gpiozero and lgpio (from apt) next to its own packages.
     install -d -m 0755 "$OPT_DIR"
@@ -265,7 +367,12 @@ do_install() {
 
     enable_time_wait_sync
 
-    if [ "$use_systemctl" = 1 ]; then
+    if [ -n "$desktop_user" ]; then
+        install_user_service
+    else
+        remove_user_service
+    fi
+    if [ "$use_systemctl" = 1 ] && [ -z "$desktop_user" ]; then
         if [ -n "$ROOT" ]; then
             "${SYSTEMCTL_CMD[@]}" --root="$ROOT" --quiet enable "$NAME.service"
         else
@@ -331,6 +438,8 @@ do_uninstall() {
         rmdir "$(dirname "$TIME_WAIT_DROPIN")" 2>/dev/null || true
         if [ "$use_systemctl" = 1 ] && [ -z "$ROOT" ]; then "${SYSTEMCTL_CMD[@]}" daemon-reload; fi
     fi
+    remove_user_service
+    remove_card_rules
     if [ -e "$OPT_DIR" ]; then
         rm -rf "$OPT_DIR"
         say "removed $OPT_DIR"

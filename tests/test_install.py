@@ -516,3 +516,65 @@ def test_real_pip_install_gives_the_unit_its_exec_start(tmp_path: Path) -> None:
         copy.write_text(unit.replace("ExecStart=/opt/pi-agent/", f"ExecStart={inst.root}/opt/pi-agent/"))
         verify = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
         assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify.stderr
+
+
+# ------------------------------------------------------------------ Raspberry Pi OS Desktop (issue 23)
+
+
+def _with_desktop_user(inst: Installer, name: str = "pi") -> None:
+    for f, row in (("passwd", f"{name}:x:1000:1000::/home/{name}:/bin/bash\n"), ("group", f"{name}:x:1000:\n")):
+        path = inst.root / "etc" / f
+        path.write_text(path.read_text() + row)
+
+
+def test_desktop_user_installs_the_user_service_and_keeps_it_until_system_service(tmp_path: Path) -> None:
+    inst = _make_installer(tmp_path, real_tools=False)
+    _with_desktop_user(inst)
+    user_unit = inst.root / "etc/systemd/user/pi-agent.service"
+    dropin = inst.root / "etc/systemd/user/pi-agent.service.d/user.conf"
+    first = _ok(inst.run("--no-apt", "--desktop-user", "pi"))
+    assert user_unit.read_bytes() == (REPO / "systemd/pi-agent-user.service").read_bytes()
+    assert "\nConditionUser=pi\n" in dropin.read_text()
+    assert "pi" in (inst.group("pi-agent") or [""])[3].split(",")  # reads the config, reaches the socket
+    calls = inst.calls("systemctl")
+    assert ["systemctl", f"--root={inst.root}", "--global", "--quiet", "enable", "pi-agent.service"] in calls
+    assert ["systemctl", f"--root={inst.root}", "--quiet", "enable", "pi-agent.service"] not in calls
+    assert "user service of pi" in first.stderr
+
+    again = _ok(inst.run("--no-apt"))  # a plain upgrade keeps the way chosen
+    assert "keeping the user service of pi" in again.stderr and dropin.exists()
+
+    back = _ok(inst.run("--no-apt", "--system-service"))
+    assert not user_unit.exists() and not dropin.exists() and "removed the user service" in back.stderr
+    calls = inst.calls("systemctl")
+    assert ["systemctl", f"--root={inst.root}", "--global", "--quiet", "disable", "pi-agent.service"] in calls
+    assert ["systemctl", f"--root={inst.root}", "--quiet", "enable", "pi-agent.service"] in calls
+
+    missing = inst.run("--no-apt", "--desktop-user", "nobodyhere")
+    assert missing.returncode == 1 and "there is no user 'nobodyhere'" in missing.stderr
+
+
+def test_own_card_writes_wireplumber_rules_in_both_formats(tmp_path: Path) -> None:
+    inst = _make_installer(tmp_path, real_tools=False)
+    lua = inst.root / "etc/wireplumber/main.lua.d/51-pi-agent-card.lua"
+    conf = inst.root / "etc/wireplumber/wireplumber.conf.d/51-pi-agent-card.conf"
+    result = _ok(inst.run("--no-apt", "--no-systemctl", "--own-card", "seeed-2mic-voicecard"))
+    for path, template in ((lua, "51-pi-agent-card.lua"), (conf, "51-pi-agent-card.conf")):
+        text = path.read_text()
+        assert text == (REPO / "contrib/wireplumber" / template).read_text().replace("@CARD@", "seeed-2mic-voicecard")
+        assert '"seeed-2mic-voicecard"' in text and "@CARD@" not in text
+    assert "keeps card 'seeed-2mic-voicecard' for pi-agent" in result.stderr
+    _ok(inst.run("--no-apt", "--no-systemctl", "--uninstall"))
+    assert not lua.exists() and not conf.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--own-card", 'x"; os.exit()'], "a card's id or name"),
+     (["--own-card", "sndrpihifiberry", "--desktop-user", "pi"], "choose one"),
+     (["--desktop-user", "pi", "--system-service"], "choose one"),
+     (["--desktop-user", "Bad User"], "is not a user name")],
+)
+def test_bad_desktop_arguments_exit_with_a_message(args: list[str], message: str) -> None:
+    result = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
