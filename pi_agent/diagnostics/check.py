@@ -43,7 +43,7 @@ async def check(settings: Settings, config_source: str) -> int:
             line(OK, what, await run())
         except DeviceError as e:
             failed += 1
-            line(FAIL, what, str(e))
+            line(FAIL, what, device_failure(str(e)))
 
     async def mic() -> str:
         audio_in = make_audio_input(settings.audio)
@@ -108,6 +108,14 @@ async def check(settings: Settings, config_source: str) -> int:
     verdict = "all checks passed" if not failed else f"{failed} check(s) failed"
     print(f"pi-agent {__version__}: {verdict}" + (f"; the agent was not tested ({untested})" if untested else ""))
     return 1 if failed else 0
+
+
+def device_failure(message: str) -> str:
+    """A device's failure, and for a busy card a second line: who holds it and what to do."""
+    from ..audio.holders import busy_hint
+
+    hint = busy_hint(message)
+    return message if hint is None else f"{message}\n{hint}"
 
 
 def _as_root(config_file: Path | None) -> str:

@@ -1,0 +1,212 @@
+"""Raspberry Pi OS Desktop's sound server: pi-agent on a real PipeWire (issue 23, item 5).
+
+A private PipeWire session (``pipewire``, ``wireplumber``, ``pipewire-pulse`` and a session
+bus, from Debian; :mod:`tests.support_pipewire`) plays the desktop user's. The daemon and the
+CLI reach it as the user service does (``systemd/pi-agent-user.service``, installed by
+``scripts/install.sh --desktop-user``): ALSA's ``default`` device, through the ``pulse``
+plugin, to the server found from ``XDG_RUNTIME_DIR``. The other way, the system service with
+the card kept out of WirePlumber (``--own-card``), is tested here as far as a machine without
+a sound card allows: the real WirePlumber 0.4 loads the shipped rule into its ALSA rules, and
+0.5's file parses to the rule that disables the card. What ``pi-agent check`` says of a card a
+sound server holds is tested on a node a real ``pipewire-pulse`` holds open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pi_agent.audio.holders import busy_hint, holders
+from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
+from .support_audio import SPK_RATE, dominant_frequency, loud_segments
+from .support_pipewire import PipeWireSession, missing_tools, started_session
+from .test_audio_e2e import TONES, audio_daemon, connected, locate, question, report, tone_reply, user_audio
+
+pytestmark = [pytest.mark.audio, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+PI_AGENT = str(Path(sys.executable).with_name("pi-agent"))
+BUSY = "cannot open speaker 'hw:0': Device unavailable [-9985] (ALSA: Device or resource busy)"
+
+
+@pytest.fixture(scope="module")
+def pipewire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipeWireSession]:
+    with started_session(tmp_path_factory.mktemp("pipewire")) as session:
+        yield session
+
+
+def cli_env(session: PipeWireSession, **settings: str) -> dict[str, str]:
+    """A desktop user's process: no ALSA or pulse variables but the session's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PULSE_", "PI_AGENT_", "ALSA_"))}
+    env.update(session.client_env, PI_AGENT_AUDIO__INPUT_DEVICE="default", PI_AGENT_AUDIO__OUTPUT_DEVICE="default")
+    env.update(settings)
+    return env
+
+
+def test_devices_lists_the_desktops_default_at_16k(pipewire: PipeWireSession) -> None:
+    out = subprocess.run([PI_AGENT, "devices"], env=cli_env(pipewire), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    row = next(r for r in out.stdout.splitlines() if r.rstrip().endswith("[default input, default output]"))
+    assert row.split()[3:5] == ["yes", "yes"], row  # opens for 16 kHz capture and playback
+
+
+async def test_check_passes_through_pipewire(pipewire: PipeWireSession) -> None:
+    async with FakeAgent(FakeAgentOptions(port=0)) as agent:
+        env = cli_env(pipewire, PI_AGENT_AGENT_ID="agent_pipewire", PI_AGENT_SERVER_URL=agent.http_url)
+        proc = await asyncio.create_subprocess_exec(PI_AGENT, "check", env=env, stdout=subprocess.PIPE,
+                                                    stderr=subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    out = stdout.decode()
+    assert proc.returncode == 0, out + stderr.decode()
+    assert "[ ok ] microphone: microphone 'default' delivers 16 kHz frames" in out
+    assert "[ ok ] speaker: speaker 'default' opens" in out
+    assert "all checks passed" in out
+
+
+async def test_a_conversation_through_pipewire(pipewire: PipeWireSession, tmp_path: Path) -> None:
+    """The daemon hears the user through PipeWire and plays the agent's reply through it: the
+    question reaches the agent whole, the reply's two tones come out of the desktop's sink at
+    their pitch and length."""
+    speech = question()
+    opts = FakeAgentOptions(port=0, transcript="What is the weather like?", reply_wav=str(tone_reply(tmp_path)))
+    async with FakeAgent(opts) as agent:
+        env = cli_env(pipewire, PI_AGENT_AGENT_ID="agent_pipewire", PI_AGENT_SERVER_URL=agent.http_url,
+                      PI_AGENT_SESSION__POLICY="persistent", PI_AGENT_CAPTURE__MODE="vad")
+        async with audio_daemon(env, tmp_path) as (d, events):
+            record = await connected(agent, events)
+            clients = pipewire.pactl("list", "short", "clients").stdout
+            assert "pi-agent" in clients or "python" in clients, clients  # the daemon is PipeWire's client
+            mic_file = tmp_path / "question.raw"
+            speech.astype("<i2").tofile(mic_file)
+            recording = pipewire.record_speaker()
+            recording.wait_started()
+            try:
+                player = pipewire.play_into_mic(mic_file)
+                await events.wait_for(lambda e: e.get("type") == "user_transcript", 20, "the user transcript")
+                await asyncio.to_thread(player.wait, 10)
+                await events.wait_state("speaking", 15)
+                await events.wait_for(lambda e: e.get("type") == "state" and e["previous"] == "speaking", 15,
+                                      "the reply's end")
+                await asyncio.sleep(0.3)
+            finally:
+                recorded = recording.stop()
+    heard = user_audio(record)
+    _lag, score = locate(heard, speech)
+    x = recorded[:, 0]
+    segments = loud_segments(x, SPK_RATE)
+    found = [(round(dominant_frequency(x[s + 480 : e - 480], SPK_RATE), 1), round((e - s) / SPK_RATE, 3))
+             for s, e in segments]
+    report("pipewire_conversation", question_correlation=round(score, 4), reply_tones_hz_s=found,
+           speaker=d.log.split("speaker 'default' open: ", 1)[-1].split("\n", 1)[0])
+    assert score > 0.95, score  # the whole question (resampled by PipeWire's 48 kHz graph: not bit for bit)
+    assert len(segments) == 2, segments
+    for (pitch, length), (freq, seconds) in zip(found, (TONES[0], TONES[2]), strict=True):
+        assert freq is not None
+        assert abs(pitch - freq) < freq * 0.005, (pitch, freq)
+        assert abs(length - seconds) <= 0.03, (length, seconds)
+
+
+# ------------------------------------------------------------------ a card a sound server holds
+
+
+def test_check_names_the_sound_server_that_holds_the_card(pipewire: PipeWireSession, tmp_path: Path) -> None:
+    """A PCM node held open by the real pipewire-pulse (its pipe sink's FIFO, named as ALSA names a
+    card's PCM): the hint names the process, says it is the desktop's sound server, and gives the
+    fix with the card's id as /proc/asound would give it."""
+    snd = tmp_path / "snd"
+    snd.mkdir()
+    asound = tmp_path / "asound"
+    (asound / "card1").mkdir(parents=True)
+    (asound / "card1" / "id").write_text("seeed2micvoicec\n")
+    module = pipewire.pactl("load-module", "module-pipe-sink", f"file={snd / 'pcmC1D0p'}", "sink_name=held")
+    try:
+        found, _hidden = holders(snd)
+        server = pipewire.pid("pipewire-pulse")
+        assert [(h.pid, h.name, h.device) for h in found] == [(server, "pipewire-pulse", "pcmC1D0p")]
+        for failure in (BUSY, "no output device matches 'seeed'"):  # PortAudio may just not list a held card
+            hint = busy_hint(failure, dev_dir=snd, asound=asound)
+            assert hint is not None and "\n" not in hint
+            assert f"held by pipewire-pulse (pid {server}, user " in hint
+            assert "the desktop's sound server" in hint
+            assert "scripts/install.sh --own-card seeed2micvoicec" in hint and "--desktop-user" in hint
+    finally:
+        pipewire.pactl("unload-module", module.stdout.strip(), check=False)
+    # Let go: a failure that does not say "busy" gets no hint; one that does says how to look.
+    assert busy_hint("no output device matches 'seeed'", dev_dir=snd, asound=asound) is None
+    assert "sudo fuser -v" in (busy_hint(BUSY, dev_dir=snd, asound=asound) or "")
+
+
+def test_a_sound_server_with_only_controls_open_is_named(pipewire: PipeWireSession) -> None:
+    """The real pipewire process holds a node that is no PCM (its lock file, standing in for a
+    card's control node, which PipeWire keeps open while the PCM is suspended)."""
+    hint = busy_hint(BUSY, dev_dir=pipewire.run_dir)
+    assert hint is not None and hint.startswith("pipewire has the card's controls open"), hint
+
+
+# ------------------------------------------------------------------ the shipped files
+
+
+def test_wireplumber_04_takes_the_shipped_card_rule(tmp_path: Path) -> None:
+    """The real WirePlumber (Debian 12's 0.4) runs the rule from a config directory as it would
+    from /etc/wireplumber: a probe that runs after it prints the ALSA rules WirePlumber holds.
+    (No card here: that the rule then disables a card is WirePlumber's alsa.lua, read, not run.)"""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    config = tmp_path / "config"
+    lua_dir = config / "wireplumber" / "main.lua.d"
+    lua_dir.mkdir(parents=True)
+    rule = (REPO / "contrib/wireplumber/51-pi-agent-card.lua").read_text().replace("@CARD@", "seeed2micvoicec")
+    (lua_dir / "51-pi-agent-card.lua").write_text(rule)
+    (lua_dir / "52-probe.lua").write_text(
+        'for _, r in ipairs(alsa_monitor.rules) do for _, group in ipairs(r.matches) do for _, c in ipairs(group) do\n'
+        '  print("RULE", c[1], c[2], c[3], tostring(r.apply_properties["device.disabled"]))\n'
+        'end end end\n')
+    session = PipeWireSession(tmp_path / "wp", wireplumber_config=config)
+    try:
+        session.start()
+    finally:
+        session.stop()
+    log = (session.root / "wireplumber.log").read_text()
+    rules = [line.split("\t")[1:] for line in log.splitlines() if line.startswith("RULE")]
+    assert ["api.alsa.card.id", "equals", "seeed2micvoicec", "true"] in rules, log
+    assert ["api.alsa.card.name", "equals", "seeed2micvoicec", "true"] in rules, log
+    assert any(r[0] == "device.name" for r in rules), log  # Debian's own rules are still there beside it
+
+
+def test_wireplumber_05_rule_parses_to_the_disabling_rule(tmp_path: Path) -> None:
+    """0.5's file (Debian 13, Pi OS Trixie) in PipeWire's own SPA-JSON parser."""
+    tool = shutil.which("spa-json-dump")
+    if tool is None:
+        pytest.skip("spa-json-dump not installed (Debian: pipewire-bin)")
+    conf = tmp_path / "51-pi-agent-card.conf"
+    conf.write_text((REPO / "contrib/wireplumber/51-pi-agent-card.conf").read_text().replace("@CARD@", "vc"))
+    parsed = json.loads(subprocess.run([tool, str(conf)], capture_output=True, text=True, check=True,
+                                       timeout=30).stdout)
+    assert parsed == {"monitor.alsa.rules": [{
+        "matches": [{"api.alsa.card.id": "vc"}, {"api.alsa.card.name": "vc"}],
+        "actions": {"update-props": {"device.disabled": True}},
+    }]}
+
+
+def test_the_user_unit_verifies(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed (Debian: systemd)")
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    result = subprocess.run([analyze, "--user", "verify", str(REPO / "systemd/pi-agent-user.service")],
+                            env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, capture_output=True, text=True,
+                            timeout=60)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    # The one complaint: the program is not installed on this machine (as for the system unit).
+    assert complaints == ["pi-agent-user.service: Command /opt/pi-agent/venv/bin/pi-agent is not executable: "
+                          "No such file or directory"], complaints
