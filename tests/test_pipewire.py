@@ -19,21 +19,35 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pi_agent.audio.holders import busy_hint, holders
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
-from .support_audio import SPK_RATE, dominant_frequency, loud_segments
+from .support_audio import SPK_RATE, TimedRecording, dominant_frequency, loud_segments, tone
 from .support_pipewire import PipeWireSession, missing_tools, started_session
-from .test_audio_e2e import TONES, audio_daemon, connected, locate, question, report, tone_reply, user_audio
+from .test_audio_e2e import (
+    TONES,
+    audio_daemon,
+    connected,
+    locate,
+    question,
+    report,
+    speaker_latency,
+    tone_reply,
+    user_audio,
+    write_wav,
+)
 
 pytestmark = [pytest.mark.audio, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 PI_AGENT = str(Path(sys.executable).with_name("pi-agent"))
+BARGE_IN_PIPEWIRE = 0.05  # s from the interruption sent to a silent sink (measured 4-7 ms here)
 BUSY = "cannot open speaker 'hw:0': Device unavailable [-9985] (ALSA: Device or resource busy)"
 
 
@@ -41,6 +55,12 @@ BUSY = "cannot open speaker 'hw:0': Device unavailable [-9985] (ALSA: Device or 
 def pipewire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipeWireSession]:
     with started_session(tmp_path_factory.mktemp("pipewire")) as session:
         yield session
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cli_env(session: PipeWireSession, **settings: str) -> dict[str, str]:
@@ -210,3 +230,60 @@ def test_the_user_unit_verifies(tmp_path: Path) -> None:
     # The one complaint: the program is not installed on this machine (as for the system unit).
     assert complaints == ["pi-agent-user.service: Command /opt/pi-agent/venv/bin/pi-agent is not executable: "
                           "No such file or directory"], complaints
+
+
+# ------------------------------------------------------------------ what the way through PipeWire costs
+
+
+async def test_barge_in_through_pipewire(pipewire: PipeWireSession, tmp_path: Path) -> None:
+    """full_duplex: the user talks over a long reply; from the interruption the desktop's sink
+    goes silent within BARGE_IN_PIPEWIRE (PulseAudio rig: 30 ms; measured here through PipeWire's
+    pulse server, whose own buffer the aborted stream cannot take back)."""
+    long_tone = write_wav(tmp_path / "long.wav", tone(600, 4.0, 16_000), 16_000)
+    async with FakeAgent(FakeAgentOptions(port=0, reply_wav=str(long_tone), reply_delay=1.5)) as agent:
+        env = cli_env(pipewire, PI_AGENT_AGENT_ID="agent_pipewire", PI_AGENT_SERVER_URL=agent.http_url,
+                      PI_AGENT_SESSION__POLICY="persistent", PI_AGENT_CAPTURE__MODE="vad",
+                      PI_AGENT_AUDIO__ECHO="full_duplex")
+        async with audio_daemon(env, tmp_path) as (d, events):
+            record = await connected(agent, events)
+            servers = ("pipewire", "pipewire-pulse", "wireplumber")
+            cpu_before = {name: cpu_seconds(pipewire.pid(name)) for name in servers}
+            assert d.proc is not None
+            cpu_before["pi-agent"], started = cpu_seconds(d.proc.pid), time.monotonic()
+            recording = TimedRecording(pipewire, "spk.monitor", tmp_path)  # type: ignore[arg-type]
+            mic_file = tmp_path / "question.raw"
+            question().astype("<i2").tofile(mic_file)
+            player = None
+            try:
+                await events.send({"type": "say", "text": "tell me a long story"})
+                await events.wait_state("speaking", 10)
+                await asyncio.sleep(1.0)
+                before = len(events.events)
+                player = pipewire.play_into_mic(mic_file)
+                await events.wait_for(lambda e: e.get("type") == "interruption"
+                                      and events.events.index(e) >= before, 10, "the interruption")
+                await events.wait_for(lambda e: e.get("type") == "state" and e["previous"] == "speaking", 5,
+                                      "the reply's end")
+                await asyncio.sleep(1.0)
+            finally:
+                recorded = recording.stop()
+                if player is not None:
+                    await asyncio.to_thread(player.wait, 10)
+            latency = speaker_latency(d)
+            elapsed = time.monotonic() - started
+            cpu = {name: (cpu_seconds(d.proc.pid if name == "pi-agent" else pipewire.pid(name)) - used) / elapsed
+                   for name, used in cpu_before.items()}
+    turn = record.turns[0]
+    [barge_in] = [s for s in record.sent_of("interruption")
+                  if s.message["interruption_event"]["event_id"] == turn.interruption_id]
+    x = recorded[:, 0]
+    window_end = recording.index_at(barge_in.t + 1.0)
+    loud = np.nonzero(np.abs(x[:window_end].astype(np.int32)) > 100)[0]
+    assert len(loud) > 0
+    first_heard, last_heard = float(recording.time_of(loud[0])), float(recording.time_of(loud[-1]))
+    after_sent = last_heard - barge_in.t
+    report("pipewire_barge_in", speaker_latency_s=latency, silent_after_interruption_sent_s=round(after_sent, 4),
+           tone_played_s=round(last_heard - first_heard, 3), recorder_typical_delay_s=round(recording.typical_delay, 4),
+           cpu_share_of_a_core={name: round(share, 3) for name, share in cpu.items()})
+    assert 0.8 <= last_heard - first_heard < 3.0  # the reply was playing, and was cut
+    assert after_sent <= BARGE_IN_PIPEWIRE, after_sent
