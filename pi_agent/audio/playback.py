@@ -130,7 +130,7 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         buffer = self._cb_buffer
         assert buffer is not None
         self._switch = StreamSwitch(self._stream, self.what, guard.fail_threadsafe, lambda: self._stopped(buffer))
-        self._standby = Standby(self.standby_after, self.probe_every)
+        self._standby = Standby(self.standby_after, self.probe_every, keep_running=self.far_end is not None)
         self._standby.opened(self._now())
         self._arm()
         log.info(
