@@ -239,3 +239,22 @@ def test_without_the_canceller_aec_is_a_clear_configuration_error(tmp_path) -> N
     assert "[FAIL] echo: audio.echo = aec: the echo canceller (pywebrtc-audio) is not installed" in check.stdout
     run = subprocess.run([sys.executable, "-c", hide, "run"], env=env, capture_output=True, text=True, timeout=30)
     assert run.returncode == 78 and "is not installed" in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_with_aec_the_speaker_stream_runs_on_and_a_sound_does_not_restart_it() -> None:
+    """Issue 21: each new stream's reported moment of playing moves the echo's reference by a
+    millisecond or more, so under aec (keep_running) the stream neither stops for standby nor
+    restarts for a sound; a flush still aborts it (silent at once) and starts it again."""
+    from pi_agent.audio.standby import Move, Standby
+
+    s = Standby(1.0, 2.0, keep_running=True)
+    s.opened(0.0)
+    assert s.next_deadline() is None  # no standby stop to wait for
+    assert s.due(100.0, 0.0, False) is None and s.running
+    assert s.sound(100.0, 0.0) is None  # the device holds only silence: the sound queues behind it
+    assert s.next_deadline() is None
+    assert s.flushed(105.0, False) is Move.RESTART and s.running
+    plain = Standby(1.0, 2.0)
+    plain.opened(0.0)
+    assert plain.sound(5.0, 0.0) is Move.RESTART  # without aec: restarted, its first sample at once
+    assert plain.due(7.0, 6.0, False) is Move.STOP

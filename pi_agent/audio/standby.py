@@ -15,6 +15,15 @@ The rules:
 - while stopped, every ``probe_every`` seconds the stream is started and stopped again
   (a probe): a probe still not done at the next one means the device is gone or the
   sound server stuck, and the speaker fails (its keeper reopens it).
+
+With ``keep_running`` (``audio.echo = aec``) the stream never stops for standby and a sound
+never restarts it: it queues behind the silence the device holds (a period or two). Every
+new stream's moment of playing, as PortAudio reports it, is off by a millisecond or more
+from the last one's (measured on the virtual card: the echo of a 60 ms loopback came
+61.0-63.9 ms after the reference from one reply to the next), and the echo canceller's
+filter, placed for the old stream, is then misplaced until it has re-converged (issue 21:
+a 5 ms move cost 57 -> 32 dB at the start of a reply in tests/support_echo.py's rig).
+A flush still aborts the stream (silent at once), and starts it again.
 """
 
 from __future__ import annotations
@@ -42,20 +51,23 @@ class Standby:
     standby_after: float
     probe_every: float
     running: bool = True
+    keep_running: bool = False
     _stop_check: float | None = None  # when to look whether the stream can stop (running)
     _probe_at: float | None = None  # when to probe (stopped)
 
     def opened(self, now: float) -> None:
         """The stream has just started, holding nothing."""
         self.running, self._probe_at = True, None
-        self._stop_check = now + self.standby_after
+        self._stop_check = None if self.keep_running else now + self.standby_after
 
     def sound(self, now: float, audible_until: float) -> Move | None:
         """A sound is about to be queued; ``audible_until``: when what the device holds ends."""
         if not self.running:
             self.running, self._probe_at = True, None
-            self._stop_check = now + self.standby_after
+            self._stop_check = None if self.keep_running else now + self.standby_after
             return Move.START
+        if self.keep_running:
+            return None
         if self._stop_check is None:
             self._stop_check = max(now, audible_until) + self.standby_after
         return Move.RESTART if audible_until <= now else None
@@ -64,7 +76,7 @@ class Standby:
         """Everything queued was dropped; ``audible``: an earcon still plays."""
         if not self.running:
             return None
-        if audible:
+        if audible or self.keep_running:
             return Move.RESTART
         return self._stop(now)
 
