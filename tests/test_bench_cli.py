@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "scripts" / "bench.py"
 
 
-@pytest.mark.parametrize("command", [[], ["idle"], ["soak"], ["profile"], ["compare"]])
+@pytest.mark.parametrize("command", [[], ["idle"], ["soak"], ["profile"], ["compare"], ["frame"]])
 def test_every_command_has_help(command: list[str]) -> None:
     r = subprocess.run([sys.executable, str(BENCH), *command, "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -32,3 +32,9 @@ def test_a_bad_argument_is_a_message_not_a_traceback() -> None:
     r = subprocess.run([sys.executable, str(BENCH), "idle", "--room", "kitchen"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "invalid choice" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_frame_refuses_nonsense_in_one_line() -> None:
+    r = subprocess.run([sys.executable, str(BENCH), "--no-write", "frame", "--frames", "3"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "frame needs --runs >= 1, --frames >= 50" in r.stderr and "Traceback" not in r.stderr

@@ -50,7 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("--native", action="store_true", help="include native frames (numpy, soxr, PortAudio)")
     prof.add_argument("--top", type=int, default=25, help="functions listed (default 25)")
     prof.add_argument("--out-profile", metavar="PATH", help="also write the report to this file")
-    for p in (idle, soak, prof):
+    frame = sub.add_parser("frame", help="in-process: the event loop's CPU per 20 ms mic frame (reader hand-off "
+                           "to the socket) and per agent audio chunk (socket to the speaker's buffer), with a "
+                           "breakdown; rewrites \"Per frame\"")
+    frame.add_argument("--frames", type=int, default=3000, help="mic frames per run (default 3000; 500 with --quick)")
+    frame.add_argument("--pace", type=float, default=20.0, help="ms between two frames handed over (default 20)")
+    frame.add_argument("--turns", type=int, default=6, help="agent replies per run (default 6; 2 with --quick)")
+    frame.add_argument("--send-speed", type=float, default=4.0, help="the fake agent's audio speed (default 4x)")
+    frame.add_argument("--profile", action="store_true", help="add a cProfile listing of the loop thread")
+    frame.add_argument("--top", type=int, default=30, help="functions in that listing (default 30)")
+    for p in (idle, soak, prof, frame):
         p.add_argument("--quick", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         # SUPPRESS: given before the command, these must not be reset by the command's defaults.
         p.add_argument("--out", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -78,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "profile":
             from .profile import cmd_profile
             return cmd_profile(args)
+        if args.command == "frame":
+            from .frame import cmd_frame
+            return cmd_frame(args)
         if args.command == "idle":
             from .idle import cmd_idle
             return cmd_idle(args)

@@ -1,0 +1,422 @@
+"""``scripts/bench.py frame``: the CPU each mic frame and each agent audio chunk costs, in-process.
+
+The daemon's hot path, built as the daemon builds it (the capture gate with webrtcvad, the
+controller, the engine, the session, the link), without the sound card: a thread stands in
+for the microphone's reader and hands 20 ms frames (16 kHz mono, a room's low noise) to
+:meth:`PyAudioInput._deliver` at a steady pace, as the reader does after each read, and a
+thread stands in for the speaker's callback and pulls periods from the real
+:class:`~pi_agent.audio.buffer.PlaybackBuffer`. The conversation is a real WebSocket on
+loopback to ``pi-agent fake-agent`` (its own process, so none of its CPU is counted).
+
+Two phases per run, each measured with ``time.thread_time()`` on the event loop's thread
+(and on the reader's): the mic streams (persistent policy, nobody speaks, the agent silent),
+then the mic stops and the agent speaks ``--turns`` replies (``agent_speak``), counted per
+audio chunk. The breakdown times the pieces of the same work alone, on the same data, in
+this process (VAD, base64, the JSON text, websockets' framing and masking, the socket write;
+JSON parsing, base64 decoding, websockets' parsing, the resampler), and what is left of the
+measured total is scheduling and the rest (the loop's wake-up, the hand-off, the gate's and
+the engine's bookkeeping, the decisions). ``--profile`` adds a cProfile listing of the
+loop thread during the mic phase (it slows everything; its times are not the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import cProfile
+import io
+import json
+import os
+import pstats
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .env import ROOT, BenchError, log, workdir
+from .procs import FakeAgent
+from .report import now_text, shown_args, write_section
+
+FRAME_SAMPLES = 320  # 20 ms at 16 kHz
+CHUNK_MS = 200  # the fake agent's audio chunks
+
+
+def _noise_frames(n: int, seed: int = 7) -> list[bytes]:
+    """A quiet room through a real microphone: low noise, never digital silence (about -60 dBFS)."""
+    rng = np.random.default_rng(seed)
+    return [(rng.normal(0, 30, FRAME_SAMPLES)).astype("<i2").tobytes() for _ in range(n)]
+
+
+@dataclass
+class Phase:
+    items: int = 0
+    loop_cpu: float = 0.0  # s of the loop thread
+    reader_cpu: float = 0.0  # s of the reader stand-in, inside _deliver
+    process_cpu: float = 0.0  # s of the whole process (both stand-ins' pacing included)
+    wall: float = 0.0
+
+    def per_item(self, what: str) -> float:
+        return 1e6 * getattr(self, what) / max(1, self.items)
+
+
+@dataclass
+class FrameRun:
+    mic: Phase = field(default_factory=Phase)
+    agent: Phase = field(default_factory=Phase)
+    sent_frames: int = 0  # user_audio_chunk messages written during the mic phase
+    profile: str = ""
+
+
+# --------------------------------------------------------------------------- one run
+
+
+async def _one_run(url: str, args: argparse.Namespace, frames: list[bytes]) -> FrameRun:
+    from pi_agent.audio.capture import PyAudioInput
+    from pi_agent.audio.formats import MicPipeline
+    from pi_agent.audio.gate import CaptureGate
+    from pi_agent.audio.output import BufferedOutput
+    from pi_agent.config import Settings
+    from pi_agent.controller import Controller
+    from pi_agent.events import EventHub
+    from pi_agent.metrics import Metrics
+    from pi_agent.net.conversation import build_conversation
+    from pi_agent.parts import make_vad
+
+    class Speaker(BufferedOutput):
+        """The loop-side half the daemon's speaker shares, on a buffer pulled by a thread."""
+
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            super().__init__(())
+            self._loop = loop
+            self.chunks = 0
+            self._buffer = self._make_buffer(48_000, 2, latency=0.04, underrun_gap=1.0, quality="HQ")
+
+        def play(self, pcm: Any, rate: int) -> None:
+            self.chunks += 1
+            super().play(pcm, rate)
+
+    loop = asyncio.get_running_loop()
+    settings = Settings(agent_id="bench", server_url=url,  # type: ignore[call-arg]
+                        session={"policy": "persistent"}, capture={"mode": "vad"},
+                        audio={"echo": "full_duplex", "earcons": []})
+    c = settings.capture
+    gate = CaptureGate(c.mode, make_vad(c.vad_aggressiveness), preroll=c.preroll, hangover=c.hangover,
+                       privacy=c.privacy)
+    speaker = Speaker(loop)
+    controller: Controller | None = None
+
+    def on_event(event: Any) -> None:
+        assert controller is not None
+        controller.dispatch(event)
+
+    engine, session = build_conversation(settings, on_event=on_event)
+    controller = Controller(settings, gate=gate, output=speaker, engine=engine, metrics=Metrics(), hub=EventHub())
+    controller.attach(session)
+    mic = PyAudioInput("default")
+    mic._loop, mic._on_frame, mic._running = loop, controller.on_mic_frame, True
+    mic._pipeline = MicPipeline(16_000, 1)
+    runner = loop.create_task(session.run())
+    stop_speaker = threading.Event()
+    buf = speaker.buffer
+    assert buf is not None
+    speed = args.send_speed
+
+    def pull() -> None:  # the speaker's callback, as fast as the agent sends
+        period = 960
+        while not stop_speaker.wait(0.02 / speed):
+            buf.fill(period, time.monotonic() + 0.04)
+
+    puller = threading.Thread(target=pull, name="bench speaker", daemon=True)
+    puller.start()
+    run = FrameRun()
+    try:
+        t_end = time.monotonic() + 15
+        while not engine.is_open:
+            if time.monotonic() > t_end:
+                raise BenchError("no conversation opened with the fake agent within 15 s")
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        # -- the mic phase
+        n, pace = args.frames, args.pace / 1000
+        reader_cpu: list[float] = []
+
+        def reader() -> None:
+            spent = 0.0
+            t = time.monotonic()
+            for k in range(n):
+                t += pace
+                delay = t - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                c0 = time.thread_time()
+                mic._deliver(frames[k % len(frames)], False)
+                spent += time.thread_time() - c0
+            reader_cpu.append(spent)
+
+        sent0 = engine.stats.messages_out["audio"]
+        done = asyncio.Event()
+        prof = cProfile.Profile(time.thread_time) if args.profile else None
+        p0, w0, l0, f0 = time.process_time(), time.monotonic(), time.thread_time(), mic.frames
+        if prof is not None:
+            prof.enable()
+        thread = threading.Thread(target=lambda: (reader(), loop.call_soon_threadsafe(done.set)), daemon=True)
+        thread.start()
+        await done.wait()
+        await asyncio.sleep(0)  # the last frame's drain
+        l1, w1, p1 = time.thread_time(), time.monotonic(), time.process_time()
+        if prof is not None:
+            prof.disable()
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.top)
+            run.profile = _trim_profile(out.getvalue())
+        run.mic = Phase(mic.frames - f0, l1 - l0, reader_cpu[0], p1 - p0, w1 - w0)
+        run.sent_frames = engine.stats.messages_out["audio"] - sent0
+        if run.sent_frames < run.mic.items:
+            raise BenchError(f"only {run.sent_frames} of {run.mic.items} mic frames were sent to the fake agent")
+        # -- the agent phase: the mic is quiet, the agent speaks
+        await asyncio.sleep(0.3)
+        c0, p0, w0, l0 = speaker.chunks, time.process_time(), time.monotonic(), time.thread_time()
+        for _ in range(args.turns):
+            before = speaker.chunks
+            await asyncio.to_thread(_control, url, "agent_speak")
+            t_end, seen = time.monotonic() + 30, -1
+            while speaker.chunks == before or speaker.chunks != seen:  # until the reply stops growing
+                if time.monotonic() > t_end:
+                    raise BenchError("the agent's reply did not come within 30 s")
+                seen = speaker.chunks
+                await asyncio.sleep(0.5)
+        l1, w1, p1 = time.thread_time(), time.monotonic(), time.process_time()
+        run.agent = Phase(speaker.chunks - c0, l1 - l0, 0.0, p1 - p0, w1 - w0)
+    finally:
+        stop_speaker.set()
+        await session.close(1.0)
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        puller.join(2)
+    return run
+
+
+def _control(url: str, action: str) -> None:
+    import urllib.request
+    with urllib.request.urlopen(f"{url}/_fake/control?action={action}", timeout=10) as r:
+        r.read()
+
+
+def _trim_profile(text: str) -> str:
+    lines = text.splitlines()
+    for k, line in enumerate(lines):
+        if line.strip().startswith("ncalls"):
+            lines = lines[k:]
+            break
+    out = []
+    for line in lines:
+        line = line.rstrip()
+        if not line:
+            continue
+        line = line.replace(str(ROOT) + "/", "").replace(os.path.dirname(os.__file__) + "/", "")
+        out.append(line[:150])
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- the pieces alone
+
+
+def _cpu_us(fn: Any, n: int) -> float:
+    """Median over 5 rounds of the thread CPU per call of ``fn`` (microseconds)."""
+    rounds = []
+    for _ in range(5):
+        c0 = time.thread_time()
+        for _ in range(n):
+            fn()
+        rounds.append((time.thread_time() - c0) / n * 1e6)
+    return statistics.median(rounds)
+
+
+def pieces(frames: list[bytes]) -> tuple[dict[str, float], dict[str, float]]:
+    """What each piece of a mic frame's and of an agent chunk's work costs alone, in microseconds."""
+    from websockets.client import ClientProtocol
+    from websockets.frames import Frame, Opcode
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    from pi_agent.audio.formats import MicPipeline, Resampler
+    from pi_agent.parts import make_vad
+
+    frame = frames[0]
+    vad = make_vad(3)
+    text = '{"user_audio_chunk":"' + base64.b64encode(frame).decode("ascii") + '"}'
+    b64 = base64.b64encode(frame).decode("ascii")
+    proto = ClientProtocol(parse_uri("ws://127.0.0.1/"), state=State.OPEN)
+
+    def framing() -> None:
+        proto.send_text(text.encode())
+        proto.data_to_send()
+
+    # a TCP connection on loopback with TCP_NODELAY, as asyncio sets it; another thread reads it
+    server = socket.create_server(("127.0.0.1", 0))
+    a = socket.create_connection(server.getsockname())
+    b, _ = server.accept()
+    server.close()
+    a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    a.setblocking(False)
+    wire = (proto.send_text(text.encode()), proto.data_to_send())[1][0]
+    stop = threading.Event()
+
+    def drain() -> None:
+        b.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                b.recv(1 << 16)
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+
+    def write() -> None:
+        with contextlib.suppress(BlockingIOError):
+            a.send(wire)
+
+    pipeline = MicPipeline(16_000, 1)
+    mic = {
+        "reader: convert and slice (numpy)": _cpu_us(lambda: pipeline.feed(frame), 4000),
+        "VAD (webrtcvad)": _cpu_us(lambda: vad(frame), 4000),
+        "encode: base64": _cpu_us(lambda: base64.b64encode(frame).decode("ascii"), 20000),
+        "JSON text": _cpu_us(lambda: '{"user_audio_chunk":"' + b64 + '"}', 20000),
+        "framing (websockets: frame, mask)": _cpu_us(framing, 4000),
+        "socket write (send on loopback TCP)": _cpu_us(write, 4000),
+    }
+    stop.set()
+    drainer.join(1)
+    a.close()
+    b.close()
+
+    # an agent chunk as the fake agent sends it: 200 ms of pcm_16000
+    pcm = (np.sin(np.arange(3200) * 0.05) * 8000).astype("<i2").tobytes()
+    message = json.dumps({"type": "audio", "audio_event": {"audio_base_64": base64.b64encode(pcm).decode("ascii"),
+                                                           "event_id": 3}})
+    b64_chunk = base64.b64encode(pcm).decode("ascii")
+    server_frame = Frame(Opcode.TEXT, message.encode()).serialize(mask=False, extensions=[])
+    receiver = ClientProtocol(parse_uri("ws://127.0.0.1/"), state=State.OPEN, max_size=16 << 20)
+
+    def parse() -> None:
+        receiver.receive_data(server_frame)
+        receiver.events_received()
+
+    resampler = Resampler(16_000, 48_000, quality="HQ")
+    samples = np.frombuffer(pcm, dtype="<i2")
+    agent = {
+        "framing (websockets: parse)": _cpu_us(parse, 2000),
+        "UTF-8 decode": _cpu_us(lambda: server_frame[4:].decode(), 4000),
+        "JSON parse": _cpu_us(lambda: json.loads(message), 2000),
+        "decode: base64": _cpu_us(lambda: base64.b64decode(b64_chunk), 2000),
+        "resample 16 -> 48 kHz (soxr)": _cpu_us(lambda: resampler.process(samples), 1000),
+    }
+    return mic, agent
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def cmd_frame(args: argparse.Namespace) -> int:
+    quick = getattr(args, "quick", False)
+    if args.runs is None:
+        args.runs = 1 if quick else 3
+    if quick:
+        args.frames, args.turns = min(args.frames, 500), min(args.turns, 2)
+    if args.runs < 1 or args.frames < 50 or args.turns < 1 or not 0 < args.pace <= 1000 or args.send_speed <= 0:
+        raise BenchError("frame needs --runs >= 1, --frames >= 50, --turns >= 1, 0 < --pace <= 1000, --send-speed > 0")
+    frames = _noise_frames(250)
+    commit = _commit()
+    runs: list[FrameRun] = []
+    started = time.monotonic()
+    with workdir(args.workdir) as wd:
+        agent = FakeAgent(wd, ["--send-speed", str(args.send_speed), "--no-stream-text",
+                               "--ping-interval", "2"])
+        try:
+            for k in range(args.runs):
+                run = asyncio.run(_one_run(agent.url, args, frames))
+                log(f"run {k + 1}: mic {run.mic.per_item('loop_cpu'):.0f} us of loop CPU per frame "
+                    f"({run.mic.items} frames), reader {run.mic.per_item('reader_cpu'):.0f} us; agent "
+                    f"{run.agent.per_item('loop_cpu'):.0f} us per chunk ({run.agent.items} chunks)")
+                runs.append(run)
+        finally:
+            agent.stop()
+    mic_pieces, agent_pieces = pieces(frames)
+    report = frame_report(runs, mic_pieces, agent_pieces, args, commit, time.monotonic() - started)
+    print(report)
+    if args.write:
+        write_section(args.out, "frame", report)
+        log(f"wrote {args.out}")
+    return 0
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "pi_agent", "scripts/bench"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return head + (" with uncommitted changes" if dirty else "")
+
+
+def frame_report(runs: list[FrameRun], mic_pieces: dict[str, float], agent_pieces: dict[str, float],
+                 args: argparse.Namespace, commit: str, elapsed: float) -> str:
+    def med(values: list[float]) -> float:
+        return statistics.median(values) if values else float("nan")
+
+    mic_loop = med([r.mic.per_item("loop_cpu") for r in runs])
+    mic_reader = med([r.mic.per_item("reader_cpu") for r in runs])
+    mic_proc = med([r.mic.per_item("process_cpu") for r in runs])
+    ag_loop = med([r.agent.per_item("loop_cpu") for r in runs])
+    ag_proc = med([r.agent.per_item("process_cpu") for r in runs])
+    load = _load_text()
+    out = [f"Run of {now_text()} on commit `{commit}`: `{shown_args(args.argv)}`, {len(runs)} run(s), "
+           f"{elapsed / 60:.1f} min in all; {load}.", "",
+           f"Each run: {args.frames} mic frames handed over every {args.pace:g} ms (16 kHz mono, low noise), "
+           f"the persistent policy, `vad` capture, full duplex; then {args.turns} agent replies "
+           f"(the fake agent's clip, pcm_16000 in {CHUNK_MS} ms chunks, sent {args.send_speed:g}x real time). "
+           "CPU from `time.thread_time()`, medians of the runs.", "",
+           "| per | event loop (us) | reader (us) | whole process (us) | runs (loop) |",
+           "|---|---|---|---|---|",
+           f"| mic frame | **{mic_loop:.0f}** | {mic_reader:.0f} | {mic_proc:.0f} | "
+           + ", ".join(f"{r.mic.per_item('loop_cpu'):.0f}" for r in runs) + " |",
+           f"| agent chunk ({CHUNK_MS} ms) | **{ag_loop:.0f}** | - | {ag_proc:.0f} | "
+           + ", ".join(f"{r.agent.per_item('loop_cpu'):.0f}" for r in runs) + " |", "",
+           "\"whole process\" includes the two stand-in threads' own pacing. The mic frame on the loop, "
+           "broken down (the pieces timed alone on the same data; the rest is what is left of the total):", "",
+           "| piece of a mic frame | us | share of the loop's |", "|---|---|---|"]
+    loop_pieces = {k: v for k, v in mic_pieces.items() if not k.startswith("reader")}
+    for name, us in loop_pieces.items():
+        out.append(f"| {name} | {us:.1f} | {100 * us / mic_loop:.0f}% |")
+    rest = mic_loop - sum(loop_pieces.values())
+    out.append(f"| scheduling and the rest (wake-up, hand-off, gate, engine, session, transport) | {rest:.1f} | "
+               f"{100 * rest / mic_loop:.0f}% |")
+    out += ["", f"On the reader's thread, before the hand-off: {mic_reader:.0f} us a frame "
+            f"(of which convert and slice alone {mic_pieces['reader: convert and slice (numpy)']:.1f} us).", "",
+            "| piece of an agent chunk | us | share of the loop's |", "|---|---|---|"]
+    for name, us in agent_pieces.items():
+        out.append(f"| {name} | {us:.1f} | {100 * us / ag_loop:.0f}% |")
+    rest = ag_loop - sum(agent_pieces.values())
+    out.append(f"| the rest (wake-up, engine, decisions, buffer, timers) | {rest:.1f} | {100 * rest / ag_loop:.0f}% |")
+    if runs and runs[0].profile:
+        out += ["", "cProfile of the loop thread in the first run's mic phase (by own time; slowed by the "
+                "profiler):", "", "```", runs[0].profile, "```"]
+    return "\n".join(out)
+
+
+def _load_text() -> str:
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "load average unknown"
+    return f"load average {one:.2f} (1 min) / {five:.2f} (5 min) on {os.cpu_count()} CPUs at the end"
+

@@ -1,0 +1,33 @@
+"""``scripts/bench.py frame`` runs end to end: the daemon's hot path in-process against
+``pi-agent fake-agent`` on loopback, every frame it hands over reaching the agent, and a
+report with the per-frame and per-chunk figures and their breakdown. (Its figures are
+not asserted: performance belongs to the bench, docs/benchmarks.md.)"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_short_frame_bench_reports_every_figure() -> None:
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--no-write", "--runs", "1", "frame",
+                        "--frames", "100", "--pace", "10", "--turns", "1", "--send-speed", "8"],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = r.stdout
+    mic = re.search(r"^\| mic frame \| \*\*(\d+)\*\* \| (\d+) \|", out, re.M)
+    chunk = re.search(r"^\| agent chunk \(200 ms\) \| \*\*(\d+)\*\* \|", out, re.M)
+    assert mic and chunk, out
+    assert int(mic.group(1)) > 0 and int(mic.group(2)) > 0 and int(chunk.group(1)) > 0
+    for piece in ("VAD (webrtcvad)", "encode: base64", "framing (websockets", "socket write (send on loopback TCP)",
+                  "JSON parse", "resample 16 -> 48 kHz", "scheduling and the rest"):
+        assert f"| {piece}" in out, piece
+    assert "100 mic frames handed over every 10 ms" in out
