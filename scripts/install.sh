@@ -387,9 +387,15 @@ do_install() {
         say "note: lgpio is not importable in the venv; GPIO needs python3-lgpio (Raspberry Pi OS)"
     fi
 
+    local started="pi-agent is installed and enabled (it starts at boot)."
+    if [ -n "$desktop_user" ]; then
+        started="pi-agent is installed as a user service of $desktop_user (it starts with $desktop_user's session;
+the system service is disabled, and the steps below that use it do not apply: see docs/platforms.md,
+\"Raspberry Pi OS Desktop\", way 2)."
+    fi
     cat <<EOF
 
-pi-agent is installed and enabled (it starts at boot).
+$started
 
 Next steps:
   1. Set your agent (agent_id is required):
