@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pi_agent.audio.holders import busy_hint, card_id, holders, is_busy
+from pi_agent.audio.holders import busy_hint, card_id, holders, is_busy, server_hint
 from pi_agent.diagnostics.check import device_failure
 
 # As open_stream words them (audio/streams.py): PortAudio's text and code, then ALSA's lines.
@@ -52,3 +52,12 @@ def test_card_ids_come_from_proc_asound(tmp_path: Path) -> None:
     (tmp_path / "card2" / "id").write_text("Device\n")
     assert card_id("pcmC2D0p", tmp_path) == "Device"
     assert card_id("pcmC3D0p", tmp_path) is None and card_id("seq", tmp_path) is None
+
+
+def test_no_server_hint_where_the_socket_is_there_or_the_failure_is_another(tmp_path: Path) -> None:
+    (tmp_path / "pulse").mkdir()
+    (tmp_path / "pulse" / "native").touch()
+    failure = "there is no default input device; choose one by name. Devices:"
+    assert server_hint(failure, {"XDG_RUNTIME_DIR": str(tmp_path)}) is None
+    assert server_hint(failure, {"PULSE_SERVER": f"unix:{tmp_path}/pulse/native"}) is None
+    assert server_hint("no input device matches 'usb'", {}) is None

@@ -91,6 +91,26 @@ async def test_check_passes_through_pipewire(pipewire: PipeWireSession) -> None:
     assert "all checks passed" in out
 
 
+async def test_check_outside_the_desktop_session_says_where_default_goes(pipewire: PipeWireSession,
+                                                                        tmp_path: Path) -> None:
+    """The same check by a process outside the desktop user's session (another user, the
+    system service, a shell without its XDG_RUNTIME_DIR): 'default' is not there, and check says
+    why in one line, after the lines it always printed."""
+    elsewhere = tmp_path / "run"
+    elsewhere.mkdir(mode=0o700)
+    env = cli_env(pipewire, PI_AGENT_AGENT_ID="agent_pipewire", PI_AGENT_SERVER_URL="http://127.0.0.1:9",
+                  XDG_RUNTIME_DIR=str(elsewhere))
+    out = subprocess.run([PI_AGENT, "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    failed = [i for i, line in enumerate(lines) if line.startswith(("[FAIL] microphone", "[FAIL] speaker"))]
+    assert len(failed) == 2, out.stdout
+    for i in failed:
+        assert "there is no default" in lines[i]
+        hint = next(line for line in lines[i + 1:] if "no sound server answers" in line)
+        assert f"no {elsewhere}/pulse/native" in hint and "--desktop-user" in hint and "--own-card" in hint
+
+
 async def test_a_conversation_through_pipewire(pipewire: PipeWireSession, tmp_path: Path) -> None:
     """The daemon hears the user through PipeWire and plays the agent's reply through it: the
     question reaches the agent whole, the reply's two tones come out of the desktop's sink at

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,3 +150,28 @@ def busy_hint(message: str, *, dev_dir: Path = SND_DIR, proc: Path = PROC,
 def _fix(card: str) -> str:
     return (f"give the card to pi-agent (`sudo scripts/install.sh --own-card {card}`, then log in again) or run "
             "pi-agent through the sound server (`--desktop-user USER`); docs/platforms.md, Raspberry Pi OS Desktop")
+
+
+def server_hint(message: str, environ: Mapping[str, str] = os.environ) -> str | None:
+    """For a failed ``default`` device where a sound server is installed but none answers for
+    this user (no pulse socket in its runtime directory): one line saying that ``default`` is
+    the desktop's sound server, reached only from the desktop user's session. None otherwise."""
+    if "no default" not in message and "PortAudio found no audio devices" not in message:
+        return None
+    if not any(shutil.which(s) for s in ("pipewire-pulse", "pipewire", "pulseaudio")):
+        return None
+    server = environ.get("PULSE_SERVER", "")
+    runtime = environ.get("XDG_RUNTIME_DIR", "")
+    if server:
+        socket = Path(server.removeprefix("unix:"))
+    elif runtime:
+        socket = Path(runtime) / "pulse" / "native"
+    else:
+        socket = None
+    if socket is not None and socket.exists():
+        return None
+    where = f"no {socket}" if socket is not None else "no $XDG_RUNTIME_DIR"
+    return (f"no sound server answers for this user ({where}): 'default' is the desktop's sound server "
+            "(PipeWire), reached only from the desktop user's session; run pi-agent as that user "
+            "(`--desktop-user USER`), or name the card in [audio] and keep it out of the desktop's hands "
+            "(`--own-card CARD`); docs/platforms.md, Raspberry Pi OS Desktop")

@@ -111,10 +111,11 @@ async def check(settings: Settings, config_source: str) -> int:
 
 
 def device_failure(message: str) -> str:
-    """A device's failure, and for a busy card a second line: who holds it and what to do."""
-    from ..audio.holders import busy_hint
+    """A device's failure, and for a busy card a second line: who holds it and what to do (or, for a
+    ``default`` device where no sound server answers for this user, that it is the desktop's)."""
+    from ..audio.holders import busy_hint, server_hint
 
-    hint = busy_hint(message)
+    hint = busy_hint(message) or server_hint(message)
     return message if hint is None else f"{message}\n{hint}"
 
 
