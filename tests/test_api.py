@@ -243,8 +243,8 @@ async def test_1100_connections_leave_the_conversation_and_healthz_working(tmp_p
             finally:
                 for s in idle:
                     s.close()
-                for ws in subscribers:
-                    await ws.close()
+                for ws in subscribers:  # they read nothing, so a closing handshake may wait out its 10 s
+                    ws.transport.abort()
             status, metrics = d.http("/metrics")
             log = d.log
     assert refused >= SUBSCRIBERS - 32 + 1 - 1, refused  # the test's EventClient holds one place

@@ -209,6 +209,8 @@ async def test_1100_idle_connections_leave_the_conversation_scrapes_and_the_api_
                 while held < 1000 and time.monotonic() - since < 2.9:
                     await asyncio.sleep(0.05)
                     held = max(held, sum(1 for p, state in tcp_sockets(pid) if p == port and state == "01"))
+                # a scrape during the flood: the longest idle connection makes room for it
+                flood_status, _, _ = await asyncio.to_thread(get, port, "/metrics")
                 slowest = 0.0
                 for _ in range(5):
                     t0 = time.monotonic()
@@ -225,8 +227,9 @@ async def test_1100_idle_connections_leave_the_conversation_scrapes_and_the_api_
             status, _, metrics = await asyncio.to_thread(get, port, "/metrics")  # the listener is back
             log = d.log
     assert held >= 1000, held
+    assert flood_status == 200
     assert slowest < 1.0, slowest
     assert transcript and agent.latest.user_audio_seconds > 3.0
     assert status == 200 and 'pi_agent_audio_device_events{event="capture_overflows"} 0.0' in metrics
     assert "Too many open files" not in log and "Traceback" not in log
-    assert log.count("metrics listener: refused") <= 1, log  # past 1,024 at once: said, not shouted
+    assert log.count("metrics listener: more than 1024 connections at once") <= 1, log  # said, not shouted

@@ -21,7 +21,10 @@ Both listeners are ``websockets`` servers: plain HTTP GETs are answered in
 with a ``type`` and exactly the fields of its kind, of exactly their types; anything
 else gets an ``error`` reply (never a closed connection or a traceback). Connections are
 bounded: at most ``api.max_clients`` event subscribers (more are refused with 503 at
-the handshake), at most :data:`MAX_OPEN` connections at all (more are closed at once),
+the handshake), at most :data:`MAX_OPEN` connections on each listener (past that, the one
+that has waited longest in its handshake is closed, or the new one if none is waiting: a
+flood of idle connections keeps cycling, a request still gets in, and a flood of the
+loopback port never locks the admin's socket out),
 and a connection that sends no request is dropped after :data:`OPEN_TIMEOUT`.
 
 Here: the listeners, admission, the HTTP routes, the kiosk page and which connection may
@@ -50,6 +53,7 @@ import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve, unix_serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from ..config import ApiSettings
 from ..controller import Controller
@@ -122,7 +126,8 @@ class ApiServer:
         self._metrics = metrics
         self._extra = extra_snapshot
         self._servers: list[Server] = []
-        self._open = 0  # connections, handshakes included
+        # connections per listener, handshakes included, oldest first
+        self._open: dict[str, dict[ServerConnection, None]] = {"unix": {}, "tcp": {}}
         self._commands = Commands(controller)
         self._refused = 0
         self._refused_logged_at = -REFUSED_LOG_INTERVAL
@@ -133,17 +138,20 @@ class ApiServer:
     async def start(self) -> None:
         """Listen; raises OSError (port taken, socket directory unusable) with a clear message."""
         common: dict[str, Any] = {"max_size": MAX_COMMAND, "compression": None, "server_header": None,
-                                  "open_timeout": OPEN_TIMEOUT, "create_connection": self._connection_class()}
+                                  "open_timeout": OPEN_TIMEOUT}
         try:
             if self.socket_path is not None:
                 prepare_socket_dir(self.socket_path)
                 server = await unix_serve(self._handle_unix, str(self.socket_path), process_request=self._http_unix,
-                                          **common)
+                                          create_connection=self._connection_class("unix"), **common)
                 self._servers.append(server)
                 os.chmod(self.socket_path, 0o660)
                 log.info("event API on %s (commands and transcripts; mode 0660)", self.socket_path)
             if self.port:
-                server = await serve(self._handle_tcp, HOST, self.port, process_request=self._http_tcp, **common)
+                # the kernel queues a burst as large as MAX_OPEN (a healthz request behind a flood
+                # waits for the loop, not for a dropped SYN's retry a second later)
+                server = await serve(self._handle_tcp, HOST, self.port, process_request=self._http_tcp,
+                                     backlog=MAX_OPEN, create_connection=self._connection_class("tcp"), **common)
                 self._servers.append(server)
                 self.port = server.sockets[0].getsockname()[1]
                 log.info("health and metrics on http://%s:%d/healthz and /metrics; a view of the events on "
@@ -178,21 +186,24 @@ class ApiServer:
 
     # --- admission -------------------------------------------------------------------------
 
-    def _connection_class(self) -> type[ServerConnection]:
+    def _connection_class(self, listener: str) -> type[ServerConnection]:
         api = self
 
         class Connection(ServerConnection):
-            """Counts itself; past :data:`MAX_OPEN` it is closed at once, costing no fd for long."""
+            """Counts itself on its listener; past :data:`MAX_OPEN` the oldest connection still in
+            its handshake is closed (this one if there is none), costing no fd for long."""
 
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 super().connection_made(transport)
-                api._open += 1
-                if api._open > MAX_OPEN:
-                    api._refuse("too many connections")
-                    self.transport.abort()
+                open_here = api._open[listener]
+                open_here[self] = None
+                if len(open_here) > MAX_OPEN:
+                    api._refuse(f"more than {MAX_OPEN} connections at once; the longest idle closed")
+                    oldest = next((c for c in open_here if c.protocol.state is State.CONNECTING), self)
+                    oldest.transport.abort()
 
             def connection_lost(self, exc: Exception | None) -> None:
-                api._open -= 1
+                api._open[listener].pop(self, None)
                 super().connection_lost(exc)
 
         return Connection

@@ -4,9 +4,11 @@
 A plain HTTP/1.x server of a few lines (no WebSocket code behind it at all): no events, no
 page, no commands. Every other path is 404, every other method 405 (``Allow: GET``), what is
 not an HTTP request 400; one request per connection, its body never read. Bounded like the
-event API's port: at most ``max_open`` connections at once (more are closed at once; the
-kernel queues as many before they are accepted, so a burst waits for a busy event loop
-instead of its SYNs being dropped and retried seconds later), a
+event API's port: at most ``max_open`` connections at once (past that, the one that has
+waited longest without sending its request is closed, so a flood of idle connections keeps
+cycling and a scrape still gets in; the kernel queues as many before they are accepted, so
+a burst waits for a busy event loop instead of its SYNs being dropped and retried seconds
+later), a
 request line and headers of at most :data:`MAX_HEAD` bytes, and a connection that has not
 sent them within ``open_timeout`` (or does not take its answer within it) is dropped.
 
@@ -65,6 +67,7 @@ class ScrapeListener:
         self._open_timeout = open_timeout
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._waiting: dict[asyncio.StreamWriter, None] = {}  # yet to send their request, oldest first
         self._open = 0
         self._refused = 0
         self._refused_logged_at = -REFUSED_LOG_INTERVAL
@@ -101,9 +104,9 @@ class ScrapeListener:
         self._open += 1
         self._writers.add(writer)
         try:
-            if self._open > self._max_open:
-                self._refuse()
+            if self._open > self._max_open and not self._make_room():
                 return
+            self._waiting[writer] = None
             try:
                 async with asyncio.timeout(self._open_timeout):
                     extra: dict[str, str] = {}
@@ -113,6 +116,7 @@ class ScrapeListener:
                         status, body = HTTPStatus.BAD_REQUEST, f"{e}\n"
                     else:
                         status, extra, body = self._answer(method, target, headers)
+                    self._waiting.pop(writer, None)
                     writer.write(_response(status, extra, body))
                     await writer.drain()
             except (TimeoutError, ConnectionError):
@@ -120,16 +124,24 @@ class ScrapeListener:
         finally:
             self._open -= 1
             self._writers.discard(writer)
+            self._waiting.pop(writer, None)
             writer.transport.abort()  # one request per connection; nothing to linger for
 
-    def _refuse(self) -> None:
+    def _make_room(self) -> bool:
+        """Past ``max_open``: close the connection that has waited longest without sending its
+        request; False (and the new one is closed) when every one is being answered."""
         self._refused += 1
         now = time.monotonic()
         if now - self._refused_logged_at >= REFUSED_LOG_INTERVAL:
             self._refused_logged_at = now
-            log.warning("metrics listener: refused %d connection(s) (more than %d at once)", self._refused,
-                        self._max_open)
+            log.warning("metrics listener: more than %d connections at once: closed %d (the longest idle first)",
+                        self._max_open, self._refused)
             self._refused = 0
+        for oldest in self._waiting:
+            del self._waiting[oldest]
+            oldest.transport.abort()
+            return True
+        return False
 
     # --- HTTP ------------------------------------------------------------------------------
 
