@@ -31,13 +31,10 @@ USER = "Wait, how much is a ticket for an adult?"
 ATTENUATION_DB, FIRST_DB = 25.0, 15.0
 DT_ENERGY, DT_CORR = 0.5, 0.7
 
-# Double talk short of the target, by echo gain (the echo's level at the microphone against the
-# user's; delay and start do not matter): (energy, correlation) expected at least, measured over
-# the 6 cells of each gain at 7a47cd7 (energy 26-31 % at x1.0, 11-12 % at x2.0; corr 0.61-0.65,
-# 0.44-0.46). WebRTC's AEC3, as pywebrtc-audio 0.2.0 builds it (its default configuration: no
-# setting of the suppressor is reachable), suppresses the user with the echo wherever the echo
-# is about as loud as the user or louder: see docs/benchmarks.md for what was tried.
-SHORT = {1.0: (0.20, 0.55), 2.0: (0.07, 0.38)}
+# Cells short of the target in double talk, by echo gain: (energy, correlation) expected at least.
+# None since pi_agent/audio/double_talk.py. Before it (AEC3 alone, at 7a47cd7): energy 26-31 % and
+# correlation 0.61-0.65 at x1.0, 11-13 % and 0.44-0.46 at x2.0, over the 6 cells of each gain.
+SHORT: dict[float, tuple[float, float]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +53,7 @@ def test_the_matrix_in_process(scene: Scene, voices: tuple[np.ndarray, np.ndarra
     assert min(f.first_db) >= FIRST_DB, f.line()
     assert f.false_turns == 0, f.line()
     assert f.starts == 0, "under aec the speaker's stream runs on: a reply does not restart it"
+    # (so the two starts give the same figures: with aec the speaker never goes to standby)
     short = SHORT.get(scene.gain)
     if short is None:
         assert f.dt_energy >= DT_ENERGY and f.dt_corr >= DT_CORR, f.line()
@@ -63,3 +61,18 @@ def test_the_matrix_in_process(scene: Scene, voices: tuple[np.ndarray, np.ndarra
         energy, corr = short
         assert f.dt_energy >= energy and f.dt_corr >= corr, f"worse than expected ({short}): {f.line()}"
         assert not (f.dt_energy >= DT_ENERGY and f.dt_corr >= DT_CORR), f"reaches the target now: {f.line()}"
+
+
+@pytest.mark.parametrize("delay_ms", [20, 60, 120])
+def test_a_quiet_user_under_a_loud_echo_falls_short(delay_ms: int, voices: tuple[np.ndarray, np.ndarray]) -> None:
+    """Beyond the matrix: the user 6 dB quieter than in it, under the +6 dB echo (the echo 12 dB
+    above the user at the microphone). Short of the target, by how much is expected: measured at
+    the commit of double_talk.py, energy 96-169 % and correlation 0.54 (60 ms), 0.60 (20 ms),
+    0.66 (120 ms); AEC3 alone keeps less than 15 % here. The linear canceller's echo attenuation
+    (14-21 dB) is what limits it: its residual is as loud as such a user."""
+    reply, words = voices
+    f = run_scene(Scene(delay_ms, 2.0, "standby"), reply, (words * 0.5).astype(np.int16))
+    print(f"\nMEASURED echo_quiet_user {delay_ms} ms: {f.line()}")
+    assert min(f.attenuation_db) >= ATTENUATION_DB and min(f.first_db) >= FIRST_DB and f.false_turns == 0, f.line()
+    assert f.dt_energy >= DT_ENERGY and f.dt_corr >= 0.45, f"worse than expected: {f.line()}"
+    assert f.dt_corr < DT_CORR, f"reaches the target now (update this test and the docs): {f.line()}"
