@@ -235,6 +235,47 @@ def test_wireplumber_04_takes_the_shipped_card_rule(tmp_path: Path) -> None:
     assert any(r[0] == "device.name" for r in rules), log  # Debian's own rules are still there beside it
 
 
+def test_wireplumber_05_takes_the_shipped_card_rule(tmp_path: Path) -> None:
+    """The real WirePlumber 0.5 (Debian 13, Pi OS Trixie) reads the .conf rule from a config
+    directory as it would from /etc/wireplumber: a probe script, added to its profile by a
+    fragment of its own, prints the ALSA rules WirePlumber holds, as its alsa.lua reads them."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    version = wireplumber_version()
+    if version[:2] < (0, 5):
+        pytest.skip(f"WirePlumber {'.'.join(map(str, version))} is installed: the .conf rule is 0.5's (its "
+                    "parse is tested below; the Lua rule above)")
+    config = tmp_path / "config"
+    conf_dir = config / "wireplumber" / "wireplumber.conf.d"
+    conf_dir.mkdir(parents=True)
+    rule = (REPO / "contrib/wireplumber/51-pi-agent-card.conf").read_text().replace("@CARD@", "seeed2micvoicec")
+    (conf_dir / "51-pi-agent-card.conf").write_text(rule)
+    (conf_dir / "52-probe.conf").write_text(
+        "wireplumber.components = [\n"
+        "  { name = pi-agent-probe.lua, type = script/lua, provides = custom.pi-agent-probe }\n"
+        "]\n"
+        "wireplumber.profiles = {\n  main = { custom.pi-agent-probe = required }\n}\n")
+    session = PipeWireSession(tmp_path / "wp", wireplumber_config=config)
+    scripts = Path(session.env["XDG_DATA_HOME"]) / "wireplumber" / "scripts"
+    scripts.mkdir(parents=True)
+    (scripts / "pi-agent-probe.lua").write_text(
+        'local text = Conf.get_section_as_json("monitor.alsa.rules", Json.Array {}):to_string():gsub("\\n", " ")\n'
+        'print("RULES " .. text)\n')
+    try:
+        session.start()
+    finally:
+        session.stop()
+    log = (session.root / "wireplumber.log").read_text()
+    printed = [line.removeprefix("RULES ") for line in log.splitlines() if line.startswith("RULES ")]
+    assert printed, log
+    (tmp_path / "rules.json").write_text(printed[0])
+    rules = json.loads(subprocess.run(["spa-json-dump", str(tmp_path / "rules.json")], capture_output=True,
+                                      text=True, check=True, timeout=30).stdout)
+    assert {"matches": [{"api.alsa.card.id": "seeed2micvoicec"}, {"api.alsa.card.name": "seeed2micvoicec"}],
+            "actions": {"update-props": {"device.disabled": True}}} in rules, rules
+
+
 def test_wireplumber_05_rule_parses_to_the_disabling_rule(tmp_path: Path) -> None:
     """0.5's file (Debian 13, Pi OS Trixie) in PipeWire's own SPA-JSON parser."""
     tool = shutil.which("spa-json-dump")
