@@ -14,6 +14,7 @@ sound server holds is tested on a node a real ``pipewire-pulse`` holds open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ import pytest
 from pi_agent.audio.holders import busy_hint, holders
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
 from .support_audio import SPK_RATE, TimedRecording, dominant_frequency, loud_segments, tone
+from .support_daemon import EventClient
 from .support_pipewire import PipeWireSession, missing_tools, started_session
 from .test_audio_e2e import (
     TONES,
@@ -304,6 +306,114 @@ def test_the_user_unit_verifies(tmp_path: Path) -> None:
     # The one complaint: the program is not installed on this machine (as for the system unit).
     assert complaints == ["pi-agent-user.service: Command /opt/pi-agent/venv/bin/pi-agent is not executable: "
                           "No such file or directory"], complaints
+
+
+# ------------------------------------------------------------------ the user unit under a real user manager
+
+USER_MANAGER = Path("/lib/systemd/systemd")
+MASKED = ("pipewire.socket", "pipewire.service", "pipewire-pulse.socket", "pipewire-pulse.service",
+          "wireplumber.service")
+
+
+@contextlib.contextmanager
+def user_manager(session: PipeWireSession, settings: dict[str, str]) -> Iterator[Callable[..., str]]:
+    """A real systemd user manager for the session's runtime directory, with the shipped user unit
+    (``systemd/pi-agent-user.service``, unchanged) and a drop-in that points ExecStart at this
+    checkout's pi-agent and gives it ``settings``, as a local drop-in would. systemd will not run
+    a user manager on a machine it did not boot; in a mount namespace of its own it is given the
+    /run/systemd/system it looks for. Unit search path: the test's units, then Debian's (not
+    /etc/systemd/user, whose global enablements would start PulseAudio); Debian's PipeWire units
+    are masked: the session stands in for them. Yields ``systemctl --user ...``."""
+    for tool in ("unshare", "systemctl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (Debian: util-linux, systemd)")
+    if not USER_MANAGER.exists():
+        pytest.skip(f"{USER_MANAGER} missing (Debian: systemd)")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a mount namespace for the user manager (unshare --mount)")
+    units = session.root / "units"
+    units.mkdir()
+    for unit in MASKED:
+        (units / unit).symlink_to("/dev/null")
+    shutil.copy(REPO / "systemd/pi-agent-user.service", units / "pi-agent.service")
+    (units / "pi-agent.service.d").mkdir()
+    (units / "pi-agent.service.d" / "test.conf").write_text(
+        "[Service]\nExecStart=\n" f"ExecStart={PI_AGENT} run\n"
+        + "".join(f"Environment={k}={v}\n" for k, v in settings.items()))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": session.env["HOME"],
+           "XDG_RUNTIME_DIR": str(session.run_dir), "XDG_CONFIG_HOME": session.env["XDG_CONFIG_HOME"],
+           "SYSTEMD_UNIT_PATH": f"{units}:/usr/lib/systemd/user:/lib/systemd/user"}
+    log = open(session.root / "user-manager.log", "wb")  # noqa: SIM115 (the manager writes to it)
+    manager = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && exec {USER_MANAGER} --user"],
+        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+
+    def systemctl(*args: str, check: bool = True) -> str:
+        out = subprocess.run(["systemctl", "--user", *args], env=env, capture_output=True, text=True, timeout=60)
+        if check and out.returncode != 0:
+            raise AssertionError(f"systemctl --user {' '.join(args)}: {out.returncode} {out.stdout}{out.stderr}\n"
+                                 + (session.root / "user-manager.log").read_text(errors="replace")[-2000:])
+        return out.stdout
+
+    try:
+        deadline = time.monotonic() + 15
+        while not (session.run_dir / "systemd" / "private").exists():
+            assert manager.poll() is None, (session.root / "user-manager.log").read_text(errors="replace")
+            assert time.monotonic() < deadline, "the user manager did not come up"
+            time.sleep(0.05)
+        yield systemctl
+    finally:
+        manager.terminate()
+        try:
+            manager.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            manager.kill()
+            manager.wait(timeout=5)
+
+
+async def test_the_user_unit_plays_a_reply_through_pipewire(tmp_path: Path) -> None:
+    """Way 2 as installed: the shipped user unit, started by a real user manager, with its
+    hardening (seccomp filter, no new privileges) in force: systemd hears READY=1 and the
+    daemon's status, the event API is at $XDG_RUNTIME_DIR/pi-agent/api.sock, a reply plays
+    through PipeWire at its pitch, and a stop ends it."""
+    opts = FakeAgentOptions(port=0, reply_wav=str(tone_reply(tmp_path)))
+    with started_session(tmp_path / "pw") as session:
+        async with FakeAgent(opts) as agent:
+            settings = {"PI_AGENT_CONFIG": "", "ALSA_CONFIG_PATH": str(session.alsa_conf),
+                        "PI_AGENT_AGENT_ID": "agent_user_unit", "PI_AGENT_SERVER_URL": agent.http_url,
+                        "PI_AGENT_SESSION__POLICY": "persistent"}
+            with user_manager(session, settings) as systemctl:
+                await asyncio.to_thread(systemctl, "start", "pi-agent")  # Type=notify: returns once READY=1
+                assert systemctl("is-active", "pi-agent").strip() == "active"
+                pid = int(systemctl("show", "-p", "MainPID", "--value", "pi-agent"))
+                status = Path(f"/proc/{pid}/status").read_text()
+                assert "NoNewPrivs:\t1" in status and "Seccomp:\t2" in status, status
+                socket = session.run_dir / "pi-agent" / "api.sock"
+                async with EventClient(socket) as events:
+                    await connected(agent, events)
+                    recording = session.record_speaker()
+                    recording.wait_started()
+                    try:
+                        await events.send({"type": "say", "text": "play the tones"})
+                        await events.wait_state("speaking", 15)
+                        await events.wait_for(lambda e: e.get("type") == "state" and e["previous"] == "speaking",
+                                              15, "the reply's end")
+                        await asyncio.sleep(0.3)
+                    finally:
+                        recorded = recording.stop()
+                status_text = systemctl("show", "-p", "StatusText", "--value", "pi-agent")
+                await asyncio.to_thread(systemctl, "stop", "pi-agent")
+                assert systemctl("is-active", "pi-agent", check=False).strip() == "inactive"
+    x = recorded[:, 0]
+    segments = loud_segments(x, SPK_RATE)
+    found = [round(dominant_frequency(x[s + 480 : e - 480], SPK_RATE), 1) for s, e in segments]
+    report("user_unit", status_text=status_text.strip(), reply_tones_hz=found)
+    assert status_text.startswith("state:"), status_text
+    assert len(segments) == 2, segments
+    for pitch, (freq, _seconds) in zip(found, (TONES[0], TONES[2]), strict=True):
+        assert freq is not None and abs(pitch - freq) < freq * 0.005, (pitch, freq)
 
 
 # ------------------------------------------------------------------ what the way through PipeWire costs
