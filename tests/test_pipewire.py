@@ -377,9 +377,14 @@ async def test_the_user_unit_plays_a_reply_through_pipewire(tmp_path: Path) -> N
     """Way 2 as installed: the shipped user unit, started by a real user manager, with its
     hardening (seccomp filter, no new privileges) in force: systemd hears READY=1 and the
     daemon's status, the event API is at $XDG_RUNTIME_DIR/pi-agent/api.sock, a reply plays
-    through PipeWire at its pitch, and a stop ends it."""
-    opts = FakeAgentOptions(port=0, reply_wav=str(tone_reply(tmp_path)))
+    through PipeWire at its pitch, and a stop ends it. The agent is private: the daemon has its
+    key only from where the unit says (~/.config/pi-agent/credentials/api_key, platforms.md)."""
+    opts = FakeAgentOptions(port=0, reply_wav=str(tone_reply(tmp_path)), api_key="sk_user_unit_only_in_the_file")
     with started_session(tmp_path / "pw") as session:
+        credentials = Path(session.env["XDG_CONFIG_HOME"]) / "pi-agent" / "credentials"
+        credentials.mkdir(parents=True, mode=0o700)
+        (credentials / "api_key").write_text("sk_user_unit_only_in_the_file\n")
+        (credentials / "api_key").chmod(0o600)
         async with FakeAgent(opts) as agent:
             settings = {"PI_AGENT_CONFIG": "", "ALSA_CONFIG_PATH": str(session.alsa_conf),
                         "PI_AGENT_AGENT_ID": "agent_user_unit", "PI_AGENT_SERVER_URL": agent.http_url,
