@@ -172,18 +172,20 @@ class Controller:
                                 echo_mute_until=speaker if config.half_duplex else 0.0,
                                 speaker_until=speaker if config.aec else 0.0, muted=model.muted,
                                 open_until=model.follow_up_until or 0.0)
-        engine = self.engine
+        engine, session = self.engine, self.session
         if out.wake is not None:
             self.dispatch(i.WakeWord(out.wake))
         if out.started:
             self.dispatch(i.TurnStarted())
-            engine.send_preroll(out.preroll, out.preroll_was_sent, now)
-        for f in out.frames:
-            engine.send_audio(f, out.speech, now)
+            engine.send_preroll(out.preroll, out.preroll_was_sent, now)  # queued: the frames below wait behind it
+        if session is None:
+            for f in out.frames:
+                engine.send_audio(f, out.speech, now)
+        else:
+            for f in out.frames:  # written at once, or queued and pumped
+                session.send_audio(f, out.speech, now)
         if out.ended:
             self.dispatch(i.TurnEnded(out.nothing_said))
-        if self.session is not None:
-            self.session.pump()
 
     def last_sound(self) -> float | None:
         """The Unix time of the microphone's last frame that was not digital silence (None: none yet)."""

@@ -23,7 +23,7 @@ def test_a_short_frame_bench_reports_every_figure() -> None:
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     out = r.stdout
-    mic = re.search(r"^\| mic frame \| \*\*(\d+)\*\* \| (\d+) \|", out, re.M)
+    mic = re.search(r"^\| mic frame \| \*\*(\d+)\*\* \| \d+ \| (\d+) \|", out, re.M)
     chunk = re.search(r"^\| agent chunk \(200 ms\) \| \*\*(\d+)\*\* \|", out, re.M)
     assert mic and chunk, out
     assert int(mic.group(1)) > 0 and int(mic.group(2)) > 0 and int(chunk.group(1)) > 0

@@ -23,7 +23,7 @@ import soxr
 from ..engine.formats import FORMATS as FORMATS  # the one table of formats; re-exported for the tests
 from ..engine.formats import AudioFormat, get_format
 from ..errors import ProtocolError
-from . import FRAME_SAMPLES, MIC_RATE
+from . import FRAME_BYTES, FRAME_SAMPLES, MIC_RATE
 
 # --------------------------------------------------------------------------- G.711 mu-law
 
@@ -295,10 +295,17 @@ class MicPipeline:
         self.channel = channel
         self._resampler = Resampler(rate, MIC_RATE, quality=quality)
         self._slicer = FrameSlicer(FRAME_SAMPLES)
+        self._as_is = rate == MIC_RATE and channels == 1  # the device's own samples are the frames
 
     def feed(self, data: bytes | memoryview) -> list[bytes]:
         """Convert one device buffer (read before it returns: it may be reused); return the
         complete frames (each :data:`FRAME_BYTES`)."""
+        size = len(data)
+        if self._as_is and size % FRAME_BYTES == 0 and not self._slicer.pending:
+            # 16 kHz mono read in whole frames (what the reader asks for): the frames are copies
+            # of the buffer's slices, with no array made (the same bytes the slicer would give).
+            view = memoryview(data)
+            return [bytes(view[at:at + FRAME_BYTES]) for at in range(0, size, FRAME_BYTES)]
         frames = deinterleave(data, self.channels)
         mono = to_mono(frames, self.channel)
         return self._slicer.push(self._resampler.process(mono))

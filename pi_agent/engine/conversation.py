@@ -8,6 +8,7 @@ Fed with::
 
     request(now) / end(reason, now) / shutdown(now)         the owner's wishes
     send_audio(frame, speech, now) / send_preroll(...)      mic frames (16 kHz PCM)
+    audio_to_send(frame, speech, now)                       ... or the frame's text, when it can go at once
     send_message(kind, text, now) / interrupt_locally()     messages, local barge-in
     connection_open(now) / connect_failed(...)              how an attempt went
     closing(now)                                            the closing handshake began
@@ -232,6 +233,26 @@ class Engine(Receiver):
             self._notice_once("prebuffer_full", "warning", f"the conversation took more than "
                               f"{self.settings.prebuffer:g} s to open: the oldest speech kept meanwhile "
                               "is dropped (session.prebuffer)")
+
+    def audio_to_send(self, frame: bytes, speech: bool, now: float) -> str | None:
+        """:meth:`send_audio`, the way a mic frame usually goes: when it can be written at once
+        (the conversation open and admitted, nothing waiting before it, the writer not paused,
+        past the moment the server may still queue us), its text frame, which the caller
+        writes now, as if it had come from :meth:`data_to_send`; otherwise None, and it is
+        queued as :meth:`send_audio` queues it (the caller then pumps)."""
+        conn = self._conn
+        outbox = self.outbox
+        if (conn is None or self._paused or self.phase is not ev.Phase.OPEN or conn.queued
+                or conn.sent_since_open is not None or conn.encode is None
+                or outbox.live or outbox.early or outbox.messages or outbox.control):
+            self.send_audio(frame, speech, now)
+            return None
+        if speech:
+            self._last_activity = now
+            conn.user_spoke = True
+        conn.last_sent = now
+        self.stats.messages_out["audio"] += 1
+        return p.encode_user_audio(conn.encode(frame))
 
     def send_preroll(self, frames: list[bytes], already_sent: bool, now: float) -> None:
         """The audio just before a user turn started; skipped if it already went out live."""

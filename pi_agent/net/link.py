@@ -10,7 +10,13 @@ Owning it buys three things the library's asyncio connection cannot give here:
   ``pause``/``resume`` calls, and the engine keeps what waits, bounded;
 - **reading never stops**: every byte received is reported (``heard``), pongs
   included, so dead-peer detection does not depend on being able to write;
-- **nothing queues in between**: frames go to the handler as they are parsed.
+- **nothing queues in between**: frames go to the handler as they are parsed;
+- **a text message costs little**: the daemon sends one every 20 ms, so :meth:`Link.send_text`
+  frames it itself (RFC 6455 section 5.2: one final, masked text frame; no extension is
+  negotiated) and writes it at once, instead of going through websockets' ``Frame`` and
+  its write queue; the masks come from ``os.urandom`` 4 KiB at a time, not one system call
+  per frame. Everything else (handshake, control frames, closing, all of reading) stays
+  websockets'.
 
 Everything here runs on the event loop's thread.
 """
@@ -22,6 +28,7 @@ import contextlib
 import logging
 import os
 import socket
+import struct
 from typing import Protocol
 
 from websockets.client import ClientProtocol
@@ -32,11 +39,50 @@ from websockets.uri import parse_uri
 
 from .tls import tls_context
 
+try:  # websockets' C masking (a wheel has it), else its pure-Python one
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a websockets built without its C extension
+    from websockets.utils import apply_mask
+
 log = logging.getLogger("pi_agent.session")
 
 SEND_BUFFER = 32 * 1024  # socket send buffer asked for; the kernel doubles it: ~1.5 s of audio
 WRITE_HIGH = 32 * 1024  # the transport's own buffer: above this, the writer is paused
 WRITE_LOW = 8 * 1024
+MASK_POOL = 4096  # bytes of os.urandom drawn at once for the frames' masking keys
+
+
+class _Masks:
+    """Masking keys for client frames (RFC 6455 5.3: from a strong source of entropy, a new
+    one per frame): os.urandom, drawn :data:`MASK_POOL` bytes at a time."""
+
+    __slots__ = ("_at", "_pool")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = MASK_POOL
+
+    def next(self) -> bytes:
+        at = self._at
+        if at >= len(self._pool):
+            self._pool, at = os.urandom(MASK_POOL), 0
+        self._at = at + 4
+        return self._pool[at:at + 4]
+
+
+_MASKS = _Masks()
+
+
+def text_frame(payload: bytes, mask: bytes) -> bytes:
+    """One final text frame of ``payload``, masked with ``mask`` (4 bytes), as a client sends it."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, 0x80 | n))
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", 0x81, 0xFE, n)
+    else:
+        head = struct.pack("!BBQ", 0x81, 0xFF, n)
+    return head + mask + apply_mask(payload, mask)
 
 
 class LinkHandler(Protocol):
@@ -69,9 +115,15 @@ class Link(asyncio.Protocol):
     # --- commands ---------------------------------------------------------------------------
 
     def send_text(self, text: str) -> None:
-        if self._proto.state is State.OPEN:
-            self._proto.send_text(text.encode())
+        proto = self._proto
+        if proto.state is not State.OPEN:
+            return
+        transport = self._transport
+        if proto.extensions or proto.expect_continuation_frame or transport is None or transport.is_closing():
+            proto.send_text(text.encode())  # websockets' own way (not reached by this client)
             self._flush()
+            return
+        transport.write(text_frame(text.encode(), _MASKS.next()))
 
     def ping(self) -> None:
         if self._proto.state is State.OPEN:

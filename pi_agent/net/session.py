@@ -114,6 +114,16 @@ class Session:
         if deadline is not None and deadline < self._sleeping_until and self._waiter is not None:
             _settle(self._waiter)  # the loop sleeps past a new, earlier deadline: wake it
 
+    def send_audio(self, frame: bytes, speech: bool, now: float) -> None:
+        """One mic frame: written at once when the engine says it can go (one call, no pump: a
+        frame every 20 ms), else queued by the engine and pumped."""
+        text = self.engine.audio_to_send(frame, speech, now)
+        link = self._link
+        if text is None or link is None:  # (an open engine has a link: None is not seen)
+            self.pump()
+        else:
+            link.send_text(text)
+
     async def close(self, timeout: float) -> None:
         """Shutdown: the conversation is closed with 1000 (the link dropped if that takes
         longer than ``timeout``); no new one is opened."""

@@ -36,6 +36,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,7 @@ def _noise_frames(n: int, seed: int = 7) -> list[bytes]:
 class Phase:
     items: int = 0
     loop_cpu: float = 0.0  # s of the loop thread
+    loop_sys: float = 0.0  # ... of which in the kernel (system calls: epoll, the socket, the wake-up)
     reader_cpu: float = 0.0  # s of the reader stand-in, inside _deliver
     process_cpu: float = 0.0  # s of the whole process (both stand-ins' pacing included)
     wall: float = 0.0
@@ -122,6 +124,8 @@ async def _one_run(url: str, args: argparse.Namespace, frames: list[bytes]) -> F
     mic = PyAudioInput("default")
     mic._loop, mic._on_frame, mic._running = loop, controller.on_mic_frame, True
     mic._pipeline = MicPipeline(16_000, 1)
+    if hasattr(mic, "_watch"):  # the wake-up open() sets up (an eventfd since issue 25)
+        mic._watch(loop)
     runner = loop.create_task(session.run())
     stop_speaker = threading.Event()
     buf = speaker.buffer
@@ -164,6 +168,7 @@ async def _one_run(url: str, args: argparse.Namespace, frames: list[bytes]) -> F
         done = asyncio.Event()
         prof = cProfile.Profile(time.thread_time) if args.profile else None
         p0, w0, l0, f0 = time.process_time(), time.monotonic(), time.thread_time(), mic.frames
+        k0 = _kernel_time()
         if prof is not None:
             prof.enable()
         thread = threading.Thread(target=lambda: (reader(), loop.call_soon_threadsafe(done.set)), daemon=True)
@@ -171,18 +176,20 @@ async def _one_run(url: str, args: argparse.Namespace, frames: list[bytes]) -> F
         await done.wait()
         await asyncio.sleep(0)  # the last frame's drain
         l1, w1, p1 = time.thread_time(), time.monotonic(), time.process_time()
+        k1 = _kernel_time()
         if prof is not None:
             prof.disable()
             out = io.StringIO()
             pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.top)
             run.profile = _trim_profile(out.getvalue())
-        run.mic = Phase(mic.frames - f0, l1 - l0, reader_cpu[0], p1 - p0, w1 - w0)
+        run.mic = Phase(mic.frames - f0, l1 - l0, k1 - k0, reader_cpu[0], p1 - p0, w1 - w0)
         run.sent_frames = engine.stats.messages_out["audio"] - sent0
         if run.sent_frames < run.mic.items:
             raise BenchError(f"only {run.sent_frames} of {run.mic.items} mic frames were sent to the fake agent")
         # -- the agent phase: the mic is quiet, the agent speaks
         await asyncio.sleep(0.3)
         c0, p0, w0, l0 = speaker.chunks, time.process_time(), time.monotonic(), time.thread_time()
+        k0 = _kernel_time()
         for _ in range(args.turns):
             before = speaker.chunks
             await asyncio.to_thread(_control, url, "agent_speak")
@@ -193,15 +200,26 @@ async def _one_run(url: str, args: argparse.Namespace, frames: list[bytes]) -> F
                 seen = speaker.chunks
                 await asyncio.sleep(0.5)
         l1, w1, p1 = time.thread_time(), time.monotonic(), time.process_time()
-        run.agent = Phase(speaker.chunks - c0, l1 - l0, 0.0, p1 - p0, w1 - w0)
+        run.agent = Phase(speaker.chunks - c0, l1 - l0, _kernel_time() - k0, 0.0, p1 - p0, w1 - w0)
     finally:
         stop_speaker.set()
+        if hasattr(mic, "_unwatch"):
+            mic._unwatch()
         await session.close(1.0)
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
         puller.join(2)
     return run
+
+
+def _kernel_time() -> float:
+    """Seconds this thread spent in the kernel (/proc: stime, in clock ticks)."""
+    try:
+        stat = Path(f"/proc/self/task/{threading.get_native_id()}/stat").read_text()
+    except OSError:
+        return 0.0
+    return int(stat.rpartition(")")[2].split()[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def _control(url: str, action: str) -> None:
@@ -343,6 +361,7 @@ def cmd_frame(args: argparse.Namespace) -> int:
             for k in range(args.runs):
                 run = asyncio.run(_one_run(agent.url, args, frames))
                 log(f"run {k + 1}: mic {run.mic.per_item('loop_cpu'):.0f} us of loop CPU per frame "
+                    f"({run.mic.per_item('loop_sys'):.0f} in the kernel) "
                     f"({run.mic.items} frames), reader {run.mic.per_item('reader_cpu'):.0f} us; agent "
                     f"{run.agent.per_item('loop_cpu'):.0f} us per chunk ({run.agent.items} chunks)")
                 runs.append(run)
@@ -375,6 +394,8 @@ def frame_report(runs: list[FrameRun], mic_pieces: dict[str, float], agent_piece
 
     mic_loop = med([r.mic.per_item("loop_cpu") for r in runs])
     mic_reader = med([r.mic.per_item("reader_cpu") for r in runs])
+    mic_sys = med([r.mic.per_item("loop_sys") for r in runs])
+    ag_sys = med([r.agent.per_item("loop_sys") for r in runs])
     mic_proc = med([r.mic.per_item("process_cpu") for r in runs])
     ag_loop = med([r.agent.per_item("loop_cpu") for r in runs])
     ag_proc = med([r.agent.per_item("process_cpu") for r in runs])
@@ -385,13 +406,14 @@ def frame_report(runs: list[FrameRun], mic_pieces: dict[str, float], agent_piece
            f"the persistent policy, `vad` capture, full duplex; then {args.turns} agent replies "
            f"(the fake agent's clip, pcm_16000 in {CHUNK_MS} ms chunks, sent {args.send_speed:g}x real time). "
            "CPU from `time.thread_time()`, medians of the runs.", "",
-           "| per | event loop (us) | reader (us) | whole process (us) | runs (loop) |",
-           "|---|---|---|---|---|",
-           f"| mic frame | **{mic_loop:.0f}** | {mic_reader:.0f} | {mic_proc:.0f} | "
+           "| per | event loop (us) | of which in the kernel | reader (us) | whole process (us) | runs (loop) |",
+           "|---|---|---|---|---|---|",
+           f"| mic frame | **{mic_loop:.0f}** | {mic_sys:.0f} | {mic_reader:.0f} | {mic_proc:.0f} | "
            + ", ".join(f"{r.mic.per_item('loop_cpu'):.0f}" for r in runs) + " |",
-           f"| agent chunk ({CHUNK_MS} ms) | **{ag_loop:.0f}** | - | {ag_proc:.0f} | "
+           f"| agent chunk ({CHUNK_MS} ms) | **{ag_loop:.0f}** | {ag_sys:.0f} | - | {ag_proc:.0f} | "
            + ", ".join(f"{r.agent.per_item('loop_cpu'):.0f}" for r in runs) + " |", "",
-           "\"whole process\" includes the two stand-in threads' own pacing. The mic frame on the loop, "
+           "\"in the kernel\": the loop thread's system time (/proc, 10 ms ticks): epoll, the wake-up, the "
+           "socket. \"whole process\" includes the two stand-in threads' own pacing. The mic frame on the loop, "
            "broken down (the pieces timed alone on the same data; the rest is what is left of the total):", "",
            "| piece of a mic frame | us | share of the loop's |", "|---|---|---|"]
     loop_pieces = {k: v for k, v in mic_pieces.items() if not k.startswith("reader")}
