@@ -14,12 +14,13 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pyaudio
 
 from ..errors import DeviceError
 from ..threads import run_blocking
 from . import ErrorCallback
-from .buffer import PlaybackBuffer
+from .buffer import PcmLike, PlaybackBuffer
 from .listing import negotiate, resolve, unique
 from .streams import CallbackDevice, open_stream
 from .earcons import EARCON_NAMES
@@ -29,6 +30,9 @@ from .standby import Move, Standby
 from .switch import StreamSwitch
 
 log = logging.getLogger(__name__)
+
+START_MARGIN = 0.09  # s of the agent's audio, beyond the device's read-ahead, a reply starts with (periods > 20 ms)
+RESAMPLER_HOLD = 0.02  # s of a chunk that soxr may still hold back (16.5 ms at 16 -> 48 kHz, HQ)
 
 
 class PyAudioOutput(CallbackDevice, BufferedOutput):
@@ -46,6 +50,15 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
     own (:class:`StreamSwitch`); while the stream is stopped that thread starts and stops it
     every ``probe_every`` seconds, so that a speaker that vanished while nothing played is
     still reported within a few seconds.
+
+    Periods longer than 20 ms: a stream that starts hands the device its latency and two
+    periods of sound at once (PortAudio primes its buffer; 160 ms at 40 ms periods on the test
+    card, 80 ms at 20), and from then on reads that far ahead of the ear. A reply whose next
+    chunk comes later than that ran dry in its first fifth of a second and a period of
+    silence cut it (issue 25: the fake agent's 200 ms chunks, 100 ms apart; soxr still holds
+    16 ms of the first). So at such periods a reply's first sample waits, as a lead-in, until
+    what is queued covers the read-ahead plus :data:`START_MARGIN`; at 10 and 20 ms a first
+    chunk of 200 ms covers it already and nothing changes.
 
     ``device``: a name, a unique part of one, or ``default``; resolved on every open.
     ``period_ms``: device buffer (callback) length. ``rate``: force the device rate
@@ -111,6 +124,7 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         self._standby: Standby | None = None  # while open: when the stream runs
         self._timer: asyncio.TimerHandle | None = None  # at the standby's next deadline,
         self._timer_due = 0.0  # this one
+        self._coming = 0.0  # s of the agent audio being queued now (play(); 0 for an earcon)
 
     @property
     def running(self) -> bool:
@@ -203,19 +217,41 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
 
     # ------------------------------------------------------------------ start and stop (loop thread)
 
+    def play(self, pcm: PcmLike, rate: int) -> None:
+        samples = pcm.size if isinstance(pcm, np.ndarray) else len(pcm) // 2
+        self._coming = samples / rate if rate > 0 else 0.0
+        try:
+            super().play(pcm, rate)
+        finally:
+            self._coming = 0.0
+
+    def start_lead(self, buf: PlaybackBuffer) -> float:
+        """Seconds a reply's first sample waits when the stream (re)starts for it (see the class
+        docstring): 0 at periods up to 20 ms, for an earcon, or when enough is queued."""
+        if self.period_ms <= 20 or not self._coming:
+            return 0.0
+        read_ahead = buf.latency + 2 * self.period_ms / 1000
+        ahead = buf.queued_seconds + self._coming - RESAMPLER_HOLD
+        return max(0.0, read_ahead + START_MARGIN - ahead)
+
     def _sound_coming(self, now: float) -> None:
         buf, standby = self._buffer, self._standby
         if buf is None or standby is None:
             return
         until = buf.audible_until(now)
         move = standby.sound(now, until)
-        if move is Move.START and self.lead_in > 0:
-            buf.lead_in(self.lead_in)
+        if move is Move.START:
+            lead = max(self.lead_in, self.start_lead(buf))
+            if lead > 0:
+                buf.lead_in(lead)
         elif move is Move.RESTART:
             # The device holds nothing but silence: drop it, so that this sound does not wait behind it
             # (held until the stream is stopped: what the callback hands out meanwhile is dropped too).
             buf.device_dropped(now)
             buf.hold(True)
+            lead = self.start_lead(buf)
+            if lead > 0:
+                buf.lead_in(lead)
         self._apply(move)
 
     def _flushed(self) -> None:

@@ -147,8 +147,9 @@ class AudioSettings(_Section):
                                     "sample rate (default: the device's own)")
     period_ms: int = Field(20, ge=5, le=100, description="speaker buffer period in milliseconds: "
                            "how often the speaker wakes while sound plays (an interruption drops what the "
-                           "device holds, so barge-in does not wait for it); 10 and 20 are measured, 40 "
-                           "garbled replies on the test card")
+                           "device holds, so barge-in does not wait for it); above 20 a reply's first sound "
+                           "waits until what is queued covers the device's read-ahead (about 60 ms more at 40 "
+                           "on the test card)")
     standby_after: float = Field(1.0, ge=0, le=3600, description="seconds after the last sound at which the "
                                  "speaker's stream stops, so that nothing wakes for it while nothing plays; the "
                                  "next sound starts it again at once (a sink that pops when its stream starts "
