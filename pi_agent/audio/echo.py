@@ -33,7 +33,6 @@ import numpy as np
 
 from ..errors import ConfigError
 from . import FRAME_SAMPLES, MIC_RATE
-from .double_talk import DoubleTalk
 from .formats import Resampler
 
 log = logging.getLogger(__name__)
@@ -235,14 +234,9 @@ class EchoCanceller:
     ``attenuation_db`` is the running echo attenuation while the speaker plays
     (microphone level over cleaned level, ~1 s average): for ``/metrics`` and
     ``pi-agent test-mic --echo``.
-
-    While the user talks over the speaker, :class:`~.double_talk.DoubleTalk` hands on a linear
-    canceller's output instead of AEC3's, whose suppressor takes the user down with the echo
-    (``double_talk=False``: AEC3 alone).
     """
 
-    def __init__(self, far: FarEnd, *, noise_suppression: bool = False, engine: Any = None,
-                 double_talk: bool = True) -> None:
+    def __init__(self, far: FarEnd, *, noise_suppression: bool = False, engine: Any = None) -> None:
         if engine is None:
             require()
             from pywebrtc_audio import AudioProcessor
@@ -256,8 +250,6 @@ class EchoCanceller:
         self._dither_at = 0
         self._waiting: deque[tuple[bytes, float]] = deque()
         self.far = far
-        self.double_talk = DoubleTalk() if double_talk else None
-        self._resyncs = far.resyncs
         self.noise_suppression = noise_suppression
         self.frames = 0
         self.waited = 0  # frames that had to wait for the speaker's reference
@@ -285,14 +277,8 @@ class EchoCanceller:
         if not near.any() and not far.any():
             return frame  # digital silence both ways (a muted or virtual mic): nothing to do, and AEC3 is slow at it
         out = np.asarray(self._engine.process(near, self._dithered(far)), dtype="<i2")
-        if self.double_talk is not None:
-            if self.far.resyncs != self._resyncs:  # the speaker's stream restarted: the echo's delay may differ
-                self._resyncs = self.far.resyncs
-                self.double_talk.moved()
-            out = self.double_talk.process(near, far, out)
         far_power = float(np.mean(far.astype(np.float32) ** 2))
-        talking = self.double_talk is not None and self.double_talk.active  # the user's words are no echo left
-        if far_power > (32768.0 * 10 ** (SPEAKER_ACTIVE_DBFS / 20)) ** 2 and not talking:
+        if far_power > (32768.0 * 10 ** (SPEAKER_ACTIVE_DBFS / 20)) ** 2:
             a = ATTENUATION_SMOOTHING
             self._near_power += a * (float(np.mean(near.astype(np.float32) ** 2)) - self._near_power)
             self._out_power += a * (float(np.mean(out.astype(np.float32) ** 2)) - self._out_power)
@@ -316,7 +302,5 @@ class EchoCanceller:
     def reset(self) -> None:
         """Start afresh (the microphone was reopened: its delay may have changed)."""
         self._engine.reset()
-        if self.double_talk is not None:
-            self.double_talk.reset()
         self._waiting.clear()
         self._near_power = self._out_power = 0.0
