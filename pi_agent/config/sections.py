@@ -159,7 +159,8 @@ class AudioSettings(_Section):
     standby_after: float = Field(1.0, ge=0, le=3600, description="seconds after the last sound at which the "
                                  "speaker's stream stops, so that nothing wakes for it while nothing plays; the "
                                  "next sound starts it again at once (a sink that pops when its stream starts "
-                                 "or stops: a large value keeps it running)")
+                                 "or stops: a large value keeps it running); not with echo = aec, where the "
+                                 "stream always runs (every restart moves the echo canceller's reference)")
     lead_in: float = Field(0.0, ge=0, le=2.0, description="seconds of silence played before the first sound "
                            "after the speaker's stream stopped, for sinks that clip the first sound after a "
                            "pause (HDMI, some USB: try 0.3); that sound starts as much later")
