@@ -28,6 +28,6 @@ def test_a_short_frame_bench_reports_every_figure() -> None:
     assert mic and chunk, out
     assert int(mic.group(1)) > 0 and int(mic.group(2)) > 0 and int(chunk.group(1)) > 0
     for piece in ("VAD (webrtcvad)", "encode: base64", "framing (websockets", "socket write (send on loopback TCP)",
-                  "JSON parse", "resample 16 -> 48 kHz", "scheduling and the rest"):
+                  "JSON parse", "resample 16 -> 48 kHz", "a wake-up of the loop", "the rest: the same path cold"):
         assert f"| {piece}" in out, piece
     assert "100 mic frames handed over every 10 ms" in out

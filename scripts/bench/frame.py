@@ -74,6 +74,8 @@ class FrameRun:
     agent: Phase = field(default_factory=Phase)
     sent_frames: int = 0  # user_audio_chunk messages written during the mic phase
     profile: str = ""
+    warm_path: float = 0.0  # us: controller.on_mic_frame in a tight loop, no socket write (warm caches)
+    bare_wake: float = 0.0  # us of loop CPU: a wake-up from the reader's thread that does nothing, at the pace
 
 
 # --------------------------------------------------------------------------- one run
@@ -206,6 +208,8 @@ async def _one_run(url: str, args: argparse.Namespace, frames: list[bytes]) -> F
                 await asyncio.sleep(0.5)
         l1, w1, p1 = time.thread_time(), time.monotonic(), time.process_time()
         run.agent = Phase(speaker.chunks - c0, l1 - l0, _kernel_time() - k0, 0.0, p1 - p0, w1 - w0)
+        run.warm_path = _warm_path(controller, session, frames)
+        run.bare_wake = await _bare_wake(loop, min(n, 300), pace)
     finally:
         stop_speaker.set()
         if hasattr(mic, "_unwatch"):
@@ -216,6 +220,69 @@ async def _one_run(url: str, args: argparse.Namespace, frames: list[bytes]) -> F
             await runner
         puller.join(2)
     return run
+
+
+def _warm_path(controller: Any, session: Any, frames: list[bytes], n: int = 5000) -> float:
+    """Microseconds of one mic frame's path on the loop (gate, engine, session, link, framing)
+    called in a tight loop, its bytes handed to a transport that keeps nothing: warm caches."""
+
+    class Null:
+        def write(self, data: bytes) -> None:
+            pass
+
+        def is_closing(self) -> bool:
+            return False
+
+    link = session._link
+    if link is None:
+        return float("nan")
+    real, link._transport = link._transport, Null()
+    try:
+        rounds = []
+        for _ in range(5):
+            c0 = time.thread_time()
+            for k in range(n // 5):
+                controller.on_mic_frame(frames[k % len(frames)])
+            rounds.append((time.thread_time() - c0) / (n // 5) * 1e6)
+    finally:
+        link._transport = real
+    return statistics.median(rounds)
+
+
+async def _bare_wake(loop: asyncio.AbstractEventLoop, n: int, pace: float) -> float:
+    """Microseconds of loop CPU per wake-up that does nothing, handed over from another thread
+    at the pace of the frames, the way the microphone's reader wakes the loop (an eventfd the
+    loop watches; call_soon_threadsafe where there is none)."""
+    done = asyncio.Event()
+    fd = os.eventfd(0, os.EFD_NONBLOCK) if hasattr(os, "eventfd") else None
+    if fd is not None:
+        loop.add_reader(fd, lambda: os.eventfd_read(fd))
+
+    def wake() -> None:
+        if fd is not None:
+            os.eventfd_write(fd, 1)
+        else:
+            loop.call_soon_threadsafe(lambda: None)
+
+    def waker() -> None:
+        t = time.monotonic()
+        for _ in range(n):
+            t += pace
+            delay = t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            wake()
+        time.sleep(pace)
+        loop.call_soon_threadsafe(done.set)
+
+    c0 = time.thread_time()
+    threading.Thread(target=waker, daemon=True).start()
+    await done.wait()
+    spent = time.thread_time() - c0
+    if fd is not None:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return spent / n * 1e6
 
 
 def _kernel_time() -> float:
@@ -420,14 +487,21 @@ def frame_report(runs: list[FrameRun], mic_pieces: dict[str, float], agent_piece
            + ", ".join(f"{r.agent.per_item('loop_cpu'):.0f}" for r in runs) + " |", "",
            "\"in the kernel\": the loop thread's system time (/proc, 10 ms ticks): epoll, the wake-up, the "
            "socket. \"whole process\" includes the two stand-in threads' own pacing. The mic frame on the loop, "
-           "broken down (the pieces timed alone on the same data; the rest is what is left of the total):", "",
+           "broken down: the pieces timed alone on the same data; then the whole path in a tight loop, which "
+           "holds them (in italics: not added again), a bare wake-up, and what is left of the total:", "",
            "| piece of a mic frame | us | share of the loop's |", "|---|---|---|"]
     loop_pieces = {k: v for k, v in mic_pieces.items() if not k.startswith("reader")}
     for name, us in loop_pieces.items():
         out.append(f"| {name} | {us:.1f} | {100 * us / mic_loop:.0f}% |")
-    rest = mic_loop - sum(loop_pieces.values())
-    out.append(f"| scheduling and the rest (wake-up, hand-off, gate, engine, session, transport) | {rest:.1f} | "
-               f"{100 * rest / mic_loop:.0f}% |")
+    warm = med([r.warm_path for r in runs])
+    wake = med([r.bare_wake for r in runs])
+    rest = mic_loop - warm - wake
+    out += [f"| *all of the path above and the gate, engine, session and link's Python, in a tight loop (warm "
+            f"caches, no socket)* | *{warm:.1f}* | *{100 * warm / mic_loop:.0f}%* |",
+            f"| a wake-up of the loop that does nothing, from another thread at the same pace | {wake:.1f} | "
+            f"{100 * wake / mic_loop:.0f}% |",
+            f"| the rest: the same path cold (other work ran on the core for 20 ms), the socket's kernel work | "
+            f"{rest:.1f} | {100 * rest / mic_loop:.0f}% |"]
     out += ["", f"On the reader's thread, before the hand-off: {mic_reader:.0f} us a frame "
             f"(of which convert and slice alone {mic_pieces['reader: convert and slice (numpy)']:.1f} us).", "",
             "| piece of an agent chunk | us | share of the loop's |", "|---|---|---|"]
