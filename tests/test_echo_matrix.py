@@ -77,15 +77,15 @@ def test_the_matrix_in_process(scene: Scene, voices: tuple[np.ndarray, np.ndarra
 # ------------------------------------------------------------------ through the daemon, on the echo room
 
 DAEMON_CELLS = [(120, 0.25), (120, 2.0)]  # the longest echo, quiet, and loud (it clips)
-# Measured through the daemon at 7a47cd7-96e5fc9 (8 runs of x2.0, 6 of x0.25, on this shared 2-core
+# Measured through the daemon at 7a47cd7-ea209ba (9 runs of each cell, on this shared 2-core
 # machine with other sessions' tests running): the first 300 ms 51-70 dB in every run; the echo until
-# the user speaks 58-72 dB, but 18.2 and 26.8 dB in 2 of the 8 runs at x2.0 (each with a false user
-# turn) and 25.4-27.7 dB in 2 of the 6 at x0.25. The whole-reply bound here is the 20 dB of
+# the user speaks 58-72 dB, but 18.2 and 26.8 dB in 2 of the runs at x2.0 (each with a false user
+# turn) and 25.4-27.7 dB in 2 at x0.25. The whole-reply bound here is the 20 dB of
 # test_echo_e2e (the issue asks 25; the in-process matrix holds it in every cell); at x2.0 the
 # whole-reply figure and the false turn are reported, not asserted: what makes the echo leak in
-# some runs is not found yet (issue 21). Double talk at x2.0 falls short: 2-49 % of the user's
-# energy, correlation 0.29-0.67 (9 runs) (0.93-0.98 and 0.93 in the two runs with a false turn, which
-# flushed the speaker before the user spoke); at x0.25 0.78-0.93, 0.85-0.92.
+# some runs is not found yet (issue 21). Double talk at x2.0 falls short: 3-49 % of the user's
+# energy, correlation 0.30-0.67 (98 % and 0.93-0.94 in the two runs with a false turn, which flushed
+# the speaker before the user spoke); at x0.25 78-93 %, 0.85-0.92.
 DAEMON_WHOLE_DB = 20.0
 DAEMON_SHORT = {2.0}  # gains whose double talk, whole-reply attenuation and false turns are reported only
 
