@@ -6,9 +6,11 @@ user speaking 1.5 s into the second reply. What runs is the code the daemon runs
 our own instead of the sound card's:
 
 - the speaker: a 48 kHz stereo stream of 10 ms periods whose starts and stops are decided by
-  the daemon's :class:`~pi_agent.audio.standby.Standby` (a reply from standby starts the stream;
-  one that comes while it runs holding only silence restarts it; ``standby_after`` later it
-  stops, and :meth:`FarEnd.stopped` is told). Every period goes to :meth:`FarEnd.played` from
+  the daemon's :class:`~pi_agent.audio.standby.Standby`. Under aec (``Scene.keep_running``, as the
+  daemon does since issue 21) it runs from the start and a reply queues behind the silence it
+  holds; with ``keep_running=False`` (as before) a reply from standby starts the stream, one that
+  comes while it runs holding only silence restarts it, ``standby_after`` later it stops, and
+  :meth:`FarEnd.stopped` is told. Every period goes to :meth:`FarEnd.played` from
   its callback with the moment PortAudio says it will be heard. That moment is off from the
   truth by an error of its own for every stream (measured on the virtual card: the echo came
   60.9-63.9 ms after the reference for a 60 ms loopback, from one reply to the next), and the
