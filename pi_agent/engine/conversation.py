@@ -140,7 +140,6 @@ class Engine(Receiver):
                 out.append(p.encode_user_audio(conn.encode(item.pcm)))
                 self.stats.messages_out["audio"] += 1
                 conn.user_spoke = conn.user_spoke or item.speech
-                conn.last_audio = now
         if out:
             conn.last_sent = now
         if not outbox.messages:
@@ -174,7 +173,7 @@ class Engine(Receiver):
         return (conn.last_received + s.dead_peer_timeout,
                 max(conn.last_received, conn.last_ping) + self._ping_after,
                 conn.started + s.connect_timeout if opening and not conn.queued else None,
-                (conn.last_audio + s.quiet_keepalive if self._quiet else conn.last_sent + KEEPALIVE_AFTER)
+                conn.last_sent + (s.quiet_keepalive if self._quiet else KEEPALIVE_AFTER)
                 if open_ and not (waiting or conn.queued) else None,
                 self._last_activity + s.idle_timeout if open_ and not self.persistent else None)
 
@@ -205,9 +204,9 @@ class Engine(Receiver):
     def hush(self, quiet: bool) -> None:
         """The owner says whether nobody talks and nothing is being answered (``quiet``; the
         owner then sends no mic audio that is not speech): the open conversation is kept by
-        100 ms of silence ``quiet_keepalive`` seconds after the last audio (pongs do not
-        count: the service closes a conversation after 60 s without user input) instead of
-        :data:`KEEPALIVE_AFTER` after anything. Not quiet when ``quiet_keepalive`` is 0. The shell pumps after a change
+        100 ms of silence every ``quiet_keepalive`` seconds instead of every
+        :data:`KEEPALIVE_AFTER` (the service closes a conversation after 60 s without user
+        input). Not quiet when ``quiet_keepalive`` is 0. The shell pumps after a change
         (the next deadline may be earlier)."""
         self._quiet = quiet and self.settings.quiet_keepalive > 0
 
@@ -267,7 +266,7 @@ class Engine(Receiver):
         if speech:
             self._last_activity = now
             conn.user_spoke = True
-        conn.last_sent = conn.last_audio = now
+        conn.last_sent = now
         self.stats.messages_out["audio"] += 1
         return p.encode_user_audio(conn.encode(frame))
 
@@ -305,7 +304,7 @@ class Engine(Receiver):
 
     def connection_open(self, now: float) -> None:
         """The WebSocket is open: the initiation message goes first; the metadata is awaited."""
-        self._conn = Connection(started=now, last_received=now, last_sent=now, last_ping=now, last_audio=now)
+        self._conn = Connection(started=now, last_received=now, last_sent=now, last_ping=now)
         self.phase = ev.Phase.OPENING
         self._paused = False
         if not self.wanted:  # the daemon began to stop while this attempt was under way
@@ -374,7 +373,7 @@ class Engine(Receiver):
             return
         if keepalive is not None and now >= keepalive:
             self.outbox.push_live(Frame(KEEPALIVE_PCM, False))
-            conn.last_sent = conn.last_audio = now  # due again even while the writer is paused
+            conn.last_sent = now  # due again in KEEPALIVE_AFTER even while the writer is paused
         if idle is not None and now >= idle:
             self._events.append(ev.Notice("info", f"no speech and no agent audio for {s.idle_timeout:g} s: "
                                           "closing the conversation"))
