@@ -98,7 +98,6 @@ class Controller:
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._speaker_timer: asyncio.Handle | None = None
-        self._skipped = False  # the last mic frame was not sent (persistent, nobody talking)
         self._silence = b""  # a frame of digital silence, as long as the microphone's frames
         self._sound_at: float | None = None  # clock() of the last frame that was not digital silence
 
@@ -174,27 +173,15 @@ class Controller:
                                 speaker_until=speaker if config.aec else 0.0, muted=model.muted,
                                 open_until=model.follow_up_until or 0.0)
         engine, session = self.engine, self.session
-        # persistent, and nobody talks or is answered: what is not speech stays here (the engine
-        # keeps the conversation open with a little silence now and then)
-        quiet = engine.persistent and model.state is State.IDLE and engine.settings.quiet_keepalive > 0
-        if quiet != engine.quiet:
-            engine.hush(quiet)
-            if session is not None:
-                session.pump()  # the keepalive may be due sooner now
         if out.wake is not None:
             self.dispatch(i.WakeWord(out.wake))
         if out.started:
             self.dispatch(i.TurnStarted())
-            # queued: the frames below wait behind it; sent unless it went out live (it did not if skipped)
-            engine.send_preroll(out.preroll, out.preroll_was_sent and not self._skipped, now)
-        if quiet and not out.speech:
-            self._skipped = True
-        elif session is None:
-            self._skipped = False
+            engine.send_preroll(out.preroll, out.preroll_was_sent, now)  # queued: the frames below wait behind it
+        if session is None:
             for f in out.frames:
                 engine.send_audio(f, out.speech, now)
         else:
-            self._skipped = False
             for f in out.frames:  # written at once, or queued and pumped
                 session.send_audio(f, out.speech, now)
         if out.ended:

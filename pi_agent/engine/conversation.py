@@ -7,7 +7,6 @@ touches a socket; the I/O shell (:mod:`pi_agent.net.session`) does all of that.
 Fed with::
 
     request(now) / end(reason, now) / shutdown(now)         the owner's wishes
-    hush(quiet)                                             nobody talks: keep the conversation open cheaply
     send_audio(frame, speech, now) / send_preroll(...)      mic frames (16 kHz PCM)
     audio_to_send(frame, speech, now)                       ... or the frame's text, when it can go at once
     send_message(kind, text, now) / interrupt_locally()     messages, local barge-in
@@ -90,7 +89,6 @@ class Engine(Receiver):
         self._wakeable = True  # a request cuts the current wait short (after a normal end only)
         self._last_activity = -math.inf  # the user or the agent last did something
         self._paused = False
-        self._quiet = False
         self._conn = None
         self._events = []
         self._actions: list[ev.Action] = []
@@ -173,8 +171,7 @@ class Engine(Receiver):
         return (conn.last_received + s.dead_peer_timeout,
                 max(conn.last_received, conn.last_ping) + self._ping_after,
                 conn.started + s.connect_timeout if opening and not conn.queued else None,
-                conn.last_sent + (s.quiet_keepalive if self._quiet else KEEPALIVE_AFTER)
-                if open_ and not (waiting or conn.queued) else None,
+                conn.last_sent + KEEPALIVE_AFTER if open_ and not (waiting or conn.queued) else None,
                 self._last_activity + s.idle_timeout if open_ and not self.persistent else None)
 
     @property
@@ -200,19 +197,6 @@ class Engine(Receiver):
             self.phase, self._retry_at = ev.Phase.WAITING, now
         elif self.phase is ev.Phase.WAITING and self._wakeable:
             self._retry_at = min(self._retry_at, now)
-
-    def hush(self, quiet: bool) -> None:
-        """The owner says whether nobody talks and nothing is being answered (``quiet``; the
-        owner then sends no mic audio that is not speech): the open conversation is kept by
-        100 ms of silence every ``quiet_keepalive`` seconds instead of every
-        :data:`KEEPALIVE_AFTER` (the service closes a conversation after 60 s without user
-        input). Not quiet when ``quiet_keepalive`` is 0. The shell pumps after a change
-        (the next deadline may be earlier)."""
-        self._quiet = quiet and self.settings.quiet_keepalive > 0
-
-    @property
-    def quiet(self) -> bool:
-        return self._quiet
 
     def touch(self, now: float) -> None:
         """The conversation is in use (agent audio playing): it is not idle."""

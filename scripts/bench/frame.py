@@ -107,13 +107,8 @@ async def _one_run(url: str, args: argparse.Namespace, frames: list[bytes]) -> F
             super().play(pcm, rate)
 
     loop = asyncio.get_running_loop()
-    from pi_agent.config.sections import SessionSettings
-
-    session_settings: dict[str, Any] = {"policy": "persistent"}
-    if "quiet_keepalive" in SessionSettings.model_fields:  # every frame goes out, as while someone talks
-        session_settings["quiet_keepalive"] = 0
     settings = Settings(agent_id="bench", server_url=url,  # type: ignore[call-arg]
-                        session=session_settings, capture={"mode": "vad"},
+                        session={"policy": "persistent"}, capture={"mode": "vad"},
                         audio={"echo": "full_duplex", "earcons": []})
     c = settings.capture
     gate = CaptureGate(c.mode, make_vad(c.vad_aggressiveness), preroll=c.preroll, hangover=c.hangover,
@@ -475,8 +470,7 @@ def frame_report(runs: list[FrameRun], mic_pieces: dict[str, float], agent_piece
     out = [f"Run of {now_text()} on commit `{commit}`: `{shown_args(args.argv)}`, {len(runs)} run(s), "
            f"{elapsed / 60:.1f} min in all; {load}.", "",
            f"Each run: {args.frames} mic frames handed over every {args.pace:g} ms (16 kHz mono, low noise), "
-           f"the persistent policy (every frame sent: `quiet_keepalive = 0`, as while someone talks), "
-           f"`vad` capture, full duplex; then {args.turns} agent replies "
+           f"the persistent policy, `vad` capture, full duplex; then {args.turns} agent replies "
            f"(the fake agent's clip, pcm_16000 in {CHUNK_MS} ms chunks, sent {args.send_speed:g}x real time). "
            "CPU from `time.thread_time()`, medians of the runs.", "",
            "| per | event loop (us) | of which in the kernel | reader (us) | whole process (us) | runs (loop) |",
