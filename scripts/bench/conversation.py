@@ -148,7 +148,7 @@ def analyse(run: RunResult, track: Track, mic: np.ndarray, mic_tl: Timeline, spk
 
     # --- speaker: reply onsets, barge-in silences, whole replies
     first_audio: dict[int, float] = {}
-    interrupts: dict[int, float] = {}
+    interrupted_at: list[float] = []
     for m in sent["messages"]:
         msg = m.get("message") or {}
         if m["kind"] == "audio":
@@ -156,9 +156,16 @@ def analyse(run: RunResult, track: Track, mic: np.ndarray, mic_tl: Timeline, spk
             if isinstance(eid, int) and eid not in first_audio:
                 first_audio[eid] = m["t"]
         elif m["kind"] == "interruption":
-            interrupts[msg["interruption_event"]["event_id"]] = m["t"]
+            interrupted_at.append(m["t"])
+    # An interruption cuts the reply under way when it is sent: the last one begun before it. (Its
+    # own event id is newer than that reply's, as the service numbers it: docs/service-behaviour.md.)
+    interrupts: dict[int, float] = {}
+    for t_int in interrupted_at:
+        begun = [eid for eid, t in first_audio.items() if t <= t_int]
+        if begun:
+            interrupts[max(begun, key=first_audio.__getitem__)] = t_int
     run.turns = len(first_audio)
-    run.interruptions = len(interrupts)
+    run.interruptions = len(interrupted_at)
     clip = resample(reply / 32768.0, MIC_RATE, SPK_RATE)
     head = clip[: int(0.5 * SPK_RATE)]
     audible = np.nonzero(np.abs(clip * 32768) > SILENT)[0]
