@@ -94,6 +94,7 @@ class Controller:
         self.volume: Volume | None = None  # the speaker's volume (the daemon sets it): a device matter, not decided
         self._clock = clock
         self._echo_tail = settings.audio.echo_tail
+        self._duck_db = settings.audio.duck_db
         self._observers: list[Observer] = []
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -173,6 +174,8 @@ class Controller:
                                 speaker_until=speaker if config.aec else 0.0, muted=model.muted,
                                 open_until=model.follow_up_until or 0.0)
         engine, session = self.engine, self.session
+        if out.duck is not None:
+            self._duck(out.duck)
         if out.wake is not None:
             self.dispatch(i.WakeWord(out.wake))
         if out.started:
@@ -186,6 +189,13 @@ class Controller:
                 session.send_audio(f, out.speech, now)
         if out.ended:
             self.dispatch(i.TurnEnded(out.nothing_said))
+
+    def _duck(self, on: bool) -> None:
+        """A voice over the reply began or ended: the reply is lowered meanwhile (a device matter,
+        like the volume; the gate says when)."""
+        self.output.duck(10 ** (-self._duck_db / 20) if on else 1.0)
+        self.metrics.ducks += on
+        log.debug("a voice over the reply: %s", f"lowered by {self._duck_db:g} dB" if on else "back to its volume")
 
     def last_sound(self) -> float | None:
         """The Unix time of the microphone's last frame that was not digital silence (None: none yet)."""

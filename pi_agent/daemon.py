@@ -75,7 +75,8 @@ class Daemon:
         self.wake_word: WakeWord | None = parts.wake_word or detector
         self._wake_word_text = detector.description if detector is not None else "wake word"
         self.gate = CaptureGate(c.mode, parts.vad or make_vad(c.vad_aggressiveness), wake_word=self.wake_word,
-                                preroll=preroll, hangover=c.hangover, privacy=c.privacy)
+                                preroll=preroll, hangover=c.hangover, privacy=c.privacy,
+                                duck=settings.audio.echo == "aec" and settings.audio.duck_db > 0)
         if self.wake_word is not None:
             self.metrics.watch_wake_word(lambda: self.gate.wake_words)
         if self.echo is not None:

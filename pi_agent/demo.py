@@ -94,6 +94,10 @@ class _SpeakerOrNothing:
         if not self._absent:
             self._speaker.play_earcon(name)
 
+    def duck(self, gain: float) -> None:
+        if not self._absent:
+            self._speaker.duck(gain)
+
 
 class _Silence:
     """A microphone that hears nothing (``pi-agent say``): no frames; the session keeps the stream alive."""

@@ -50,6 +50,7 @@ class Metrics:
         self._last_sound: Callable[[], float | None] | None = None
         self.turns = 0  # user turns started (count_turn)
         self.exchanges = 0  # replies that played out (count_exchange)
+        self.ducks = 0  # times a voice over the reply lowered it (aec, audio.duck_db)
         r.register(_Collector(self))
         ProcessCollector(registry=r)
 
@@ -146,6 +147,8 @@ class Metrics:
                                          "How far the echo canceller brought the speaker's echo down lately (dB)")
                 echo.add_metric([], round(value, 1))
                 yield echo
+            yield _counter("pi_agent_reply_ducks", "Times a voice heard over the reply lowered it (audio.duck_db)",
+                           self.ducks)
         devices = GaugeMetricFamily("pi_agent_audio_device_events", "Capture overflows and playback underruns",
                                     labels=["event"])
         for name, read in list(self._device_counts.items()):

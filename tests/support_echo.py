@@ -19,7 +19,9 @@ our own instead of the sound card's:
   the daemon's :class:`~pi_agent.audio.echo.FrameClock` and pushed into the canceller in the
   order of the two streams' callbacks, as the event loop would get them;
 - the gate: the daemon's :class:`~pi_agent.audio.gate.CaptureGate` in ``vad`` mode with
-  webrtcvad, told that the speaker plays as the controller tells it, counts false user turns.
+  webrtcvad, told that the speaker plays as the controller tells it, counts false user turns;
+  when it hears a voice over the reply it lowers the reply by ``Scene.duck_db`` from the next
+  period on, as the daemon does (``audio.duck_db``), and counts the ducks with no user speaking.
 
 :func:`run_scene` returns the figures of the issue: echo attenuation over the first reply (the
 canceller fresh, as a kiosk's first reply) and the second, each whole and over its first 300
@@ -42,6 +44,7 @@ from pi_agent.audio.echo_analysis import match
 from pi_agent.audio.formats import resample
 from pi_agent.audio.gate import CaptureGate
 from pi_agent.audio.standby import Move, Standby
+from pi_agent.config import AudioSettings
 
 SPK_RATE = 48_000
 PERIOD = SPK_RATE // 100  # the speaker's 10 ms periods
@@ -64,6 +67,7 @@ class Scene:
     start: str  # "standby": the speaker stops between replies; "running": it never does
     seed: int = 0
     keep_running: bool = True  # the speaker's Standby under aec (False: as before issue 21)
+    duck_db: float = field(default_factory=lambda: AudioSettings().duck_db)  # 0: the reply is never lowered
 
     @property
     def standby_after(self) -> float:
@@ -83,14 +87,16 @@ class Figures:
     dt_lag_ms: float
     clipped: float  # share of the echo's samples at full scale
     starts: int = 0  # speaker stream starts
+    false_ducks: int = 0  # times the reply was lowered with no user speaking
     extra: dict[str, float] = field(default_factory=dict)
 
     def line(self) -> str:
         replies = ", ".join(f"{a:.1f}" for a in self.attenuation_db)
         return (f"attenuation {min(self.attenuation_db):.1f} dB (replies {replies}), "
                 f"first 300 ms {min(self.first_db):.1f} dB ({', '.join(f'{a:.1f}' for a in self.first_db)}), "
-                f"false turns {self.false_turns}, double talk energy {self.dt_energy * 100:.0f}% "
-                f"corr {self.dt_corr:.2f} at {self.dt_lag_ms:.0f} ms, clipped {self.clipped * 100:.1f}%")
+                f"false turns {self.false_turns}, false ducks {self.false_ducks}, "
+                f"double talk energy {self.dt_energy * 100:.0f}% corr {self.dt_corr:.2f} at {self.dt_lag_ms:.0f} ms, "
+                f"clipped {self.clipped * 100:.1f}%")
 
 
 def _db(num: np.ndarray, den: np.ndarray) -> float:
@@ -152,8 +158,9 @@ def run_scene(scene: Scene, reply: np.ndarray, words: np.ndarray,
     mic = np.zeros(n, dtype="<i2")
     out_frames: list[bytes] = []
     pushed = 0
-    gate = CaptureGate("vad", _vad())
-    false_turns = 0
+    gate = CaptureGate("vad", _vad(), duck=scene.duck_db > 0)
+    false_turns = false_ducks = 0
+    ducked = 1.0  # the reply's gain: lowered while a voice is heard over it
 
     while events:
         now, _, what, arg = heapq.heappop(events)
@@ -192,9 +199,9 @@ def run_scene(scene: Scene, reply: np.ndarray, words: np.ndarray,
                 a = (k - stream["from"]) * PERIOD
                 if a < len(reply48):
                     part = reply48[a : a + PERIOD]
-                    chunk[: len(part)] = part
+                    chunk[: len(part)] = np.round(part * ducked)
                     i = spans[-1][0] + a // 3
-                    played[i : i + PERIOD // 3] = reply[a // 3 : a // 3 + PERIOD // 3]
+                    played[i : i + PERIOD // 3] = reply[a // 3 : a // 3 + PERIOD // 3] * ducked
                 else:
                     stream.update({"queued": None, "from": None})
             far.played(np.repeat(chunk[:, None], 2, axis=1), SPK_RATE, heard)
@@ -212,8 +219,12 @@ def run_scene(scene: Scene, reply: np.ndarray, words: np.ndarray,
                 o = gate.process(cleaned, now, in_turn=False, speaker_until=speaker_until + ECHO_TAIL)
                 j = pushed * FRAME_SAMPLES
                 pushed += 1
-                if o.started and not np.any(user[max(0, j - MIC_RATE) : j + FRAME_SAMPLES]):
+                nobody = not np.any(user[max(0, j - MIC_RATE) : j + FRAME_SAMPLES])
+                if o.started and nobody:
                     false_turns += 1
+                if o.duck is not None:
+                    ducked = 10 ** (-scene.duck_db / 20) if o.duck else 1.0
+                    false_ducks += o.duck and nobody
                 if o.started:
                     gate.reset()
     out = np.frombuffer(b"".join(out_frames), dtype="<i2")
@@ -230,7 +241,7 @@ def run_scene(scene: Scene, reply: np.ndarray, words: np.ndarray,
     loud = np.abs(mic[spans[0][0] + d : spans[0][1] + d].astype(np.int32))
     assert np.any(said)
     return Figures(atten, first, false_turns, 10 ** (m.level_db / 10), m.corr, m.lag_ms,
-                   float(np.mean(loud >= 32767)) if len(loud) else 0.0, starts)
+                   float(np.mean(loud >= 32767)) if len(loud) else 0.0, starts, false_ducks)
 
 
 def _vad() -> Callable[[bytes], bool]:

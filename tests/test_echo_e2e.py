@@ -118,8 +118,10 @@ def run_test_echo(va: VirtualAudio, mic: str, speaker: str) -> subprocess.Comple
 def test_test_mic_echo_says_whether_aec_will_work(virtual_audio: VirtualAudio, latency_ms: int, volume: float,
                                                   works: bool) -> None:
     """A verdict per figure: the delay, the attenuation, and double talk (a stand-in voice at -26 dBFS
-    run through the canceller with the recording). The loud echo (x2.0: the matrix's cell whose
-    double talk falls short) is cancelled, but the voice is not kept: the same verdict as the matrix."""
+    run through the canceller with the recording, the echo lowered by ``audio.duck_db`` once the
+    daemon would have heard the voice). The loud echo (x2.0, 11 dB above the voice) is cancelled and
+    the voice kept only because of that duck: 23-24 % of its energy at a correlation of 0.40 without
+    it, 69-72 % at 0.71 with it (the matrix's x2.0 cells: 12 % / 0.46 against 57-59 % / 0.78)."""
     with virtual_audio.echo_room(latency_ms=latency_ms, volume=volume):
         r = run_test_echo(virtual_audio, EchoRoom.MIC, EchoRoom.SPEAKER)
     print(r.stdout)
@@ -137,8 +139,9 @@ def test_test_mic_echo_says_whether_aec_will_work(virtual_audio: VirtualAudio, l
     else:
         assert r.returncode == 1 and "aec will not work" in r.stdout, r.stdout
         assert "[FAIL] delay" in r.stdout, r.stdout
-    if volume >= 2.0:  # an echo (-15 dBFS) 11 dB above the voice: the voice is not kept
-        assert talk.group(1) == "warn" and "turn the speaker down" in r.stdout, r.stdout
+    if works:
+        assert "the reply lowered by 20 dB once it is heard" in r.stdout, r.stdout
+        assert int(talk.group(2)) >= 50, r.stdout  # the correlation, 0.71-0.74 here, is reported
 
 
 def test_test_mic_echo_on_a_headset_says_no_cancellation_is_needed(virtual_audio: VirtualAudio) -> None:
@@ -148,19 +151,26 @@ def test_test_mic_echo_on_a_headset_says_no_cancellation_is_needed(virtual_audio
 
 @pytest.mark.alone  # a voice heard through the canceller while a reply plays: no neighbour's load
 async def test_the_wake_word_stops_the_reply_on_a_plain_speaker(virtual_audio: VirtualAudio, tmp_path: Path) -> None:
-    """wake_word + aec: the reply itself never wakes the device; "okay nabu" said over it
-    (heard through the echo) stops it."""
+    """wake_word + aec: the reply itself never wakes the device; "okay nabu" said once over it
+    (heard through the echo) stops it. The reply is lowered while the voice is heard
+    (``audio.duck_db``): without that, the canceller took so much of the word with the echo
+    that it was missed in 5 of 14 runs on this rig (the model's score 0.72-0.98 against its
+    cutoff of 0.85)."""
     with virtual_audio.echo_room(latency_ms=60, volume=0.5) as room:
         async with reply_agent(tmp_path) as agent:
-            env = aec_env(virtual_audio, agent, PI_AGENT_CAPTURE__MODE="wake_word")
-            async with audio_daemon(env, tmp_path) as (_d, events):
+            env = aec_env(virtual_audio, agent, PI_AGENT_CAPTURE__MODE="wake_word", PI_AGENT_LOG__LEVEL="debug")
+            async with audio_daemon(env, tmp_path) as (d, events):
                 await events.wait_state("speaking", 20)
                 await asyncio.sleep(3.0)
                 assert not any(e.get("type") == "wake_word" for e in events.events)  # the reply does not wake it
+                _, metrics = await asyncio.to_thread(d.http, "/metrics")
+                assert "pi_agent_reply_ducks_total 0.0" in metrics, d.log  # the reply's own echo lowered nothing
                 said = time.monotonic()
                 room.play_into_mic(speak("okay nabu", "en-gb-x-rp"))
                 stop = await events.wait_for(lambda e: e.get("type") == "state" and e["previous"] == "speaking", 10,
                                              "the reply stopped")
                 stopped = events.received_at[next(n for n, e in enumerate(events.events) if e is stop)]
+                _, metrics = await asyncio.to_thread(d.http, "/metrics")
     report("aec_stop_word", stopped_after_s=round(stopped - said, 3))
     assert stopped - said < 2.5
+    assert "pi_agent_reply_ducks_total 1.0" in metrics, d.log  # the word lowered the reply once

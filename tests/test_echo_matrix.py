@@ -8,9 +8,8 @@ echo room (PulseAudio's module-loopback), in real time.
 
 The issue's targets: attenuation >= 25 dB over the reply and >= 15 dB over its first 300 ms,
 no false user turn, and in double talk (the user speaks 1.5 s into the reply) the user's words
-kept at >= 50 % of their energy with a correlation >= 0.7. Where a cell falls short the test says
-so with the figure it expects (:data:`SHORT`), and fails if the cell gets worse than that, or
-if it now reaches the target (then the expectation is out of date).
+kept at >= 50 % of their energy with a correlation >= 0.7; the reply is lowered while the user
+speaks over it (``audio.duck_db``, as the daemon does), and never while nobody does.
 """
 
 from __future__ import annotations
@@ -36,15 +35,11 @@ USER = "Wait, how much is a ticket for an adult?"
 ATTENUATION_DB, FIRST_DB = 25.0, 15.0
 DT_ENERGY, DT_CORR = 0.5, 0.7
 
-# Double talk short of the target, by echo gain (the echo's level at the microphone against the
-# user's; delay and start do not matter): (energy, correlation) expected at least, measured over
-# the 6 cells of each gain at 7a47cd7: energy 26-31 % and corr 0.61-0.65 at x1.0, 11-13 % and
-# 0.44-0.46 at x2.0. WebRTC's AEC3, as pywebrtc-audio 0.2.0 builds it (its default configuration:
-# no setting of its suppressor is reachable), takes the user down with the echo wherever the echo
-# is about as loud as the user or louder; docs/benchmarks.md says what was tried. (Through the
-# daemon the figures are better, since a barge-in flushes the speaker a quarter of a second
-# into the user's words: see test_a_cell_through_the_daemon.)
-SHORT = {1.0: (0.20, 0.55), 2.0: (0.07, 0.38)}
+# Double talk: WebRTC's AEC3, as pywebrtc-audio 0.2.0 builds it (its default configuration: no
+# setting of its suppressor is reachable), takes the user down with the echo wherever the echo is
+# about as loud as the user or louder. Without the duck (audio.duck_db = 0) the cells fell short of
+# the target at x1.0 (energy 30-31 %, corr 0.64-0.65) and x2.0 (12-13 %, 0.46); with the reply lowered
+# while a voice is heard over it they reach it: see docs/benchmarks.md for the figures at 0, 12 and 20 dB.
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +56,10 @@ def test_the_matrix_in_process(scene: Scene, voices: tuple[np.ndarray, np.ndarra
     print(f"\nMEASURED echo_matrix {scene}: {f.line()}")
     assert min(f.attenuation_db) >= ATTENUATION_DB, f.line()
     assert min(f.first_db) >= FIRST_DB, f.line()
-    assert f.false_turns == 0, f.line()
+    assert f.false_turns == 0 and f.false_ducks == 0, f.line()
     assert f.starts == 0, "under aec the speaker's stream runs on: a reply does not restart it"
     # (so the two starts give the same figures: with aec the speaker never goes to standby)
-    short = SHORT.get(scene.gain)
-    if short is None:
-        assert f.dt_energy >= DT_ENERGY and f.dt_corr >= DT_CORR, f.line()
-    else:
-        energy, corr = short
-        assert f.dt_energy >= energy and f.dt_corr >= corr, f"worse than expected ({short}): {f.line()}"
-        assert not (f.dt_energy >= DT_ENERGY and f.dt_corr >= DT_CORR), f"reaches the target now: {f.line()}"
+    assert f.dt_energy >= DT_ENERGY and f.dt_corr >= DT_CORR, f.line()
 
 
 

@@ -262,3 +262,54 @@ def test_the_gate_keeps_no_copy_of_the_turn_it_is_told_it_with_each_frame() -> N
     assert not any(o.ended or o.speech for o in (g.process(f, 0.0, in_turn=False) for f in quiet))
     always = CaptureGate("always", lambda f: False)
     assert always.process(LOUD, 0.0, in_turn=False).started and not always.process(LOUD, 0.0, in_turn=True).started
+
+
+# --- a voice over the reply lowers it (aec, audio.duck_db) -----------------------------------------
+
+RESIDUE = (np.full(FRAME_BYTES // 2, 200, dtype="<i2")).tobytes()  # about -44 dBFS: what is left of the echo
+VOICE = (np.full(FRAME_BYTES // 2, 2000, dtype="<i2")).tobytes()  # about -24 dBFS: a user over the reply
+HUSH = bytes(FRAME_BYTES)
+
+
+def ducks(outs: list[GateOutput]) -> list[tuple[int, bool]]:
+    return [(n, o.duck) for n, o in enumerate(outs) if o.duck is not None]
+
+
+def test_a_voice_over_the_reply_lowers_it_until_the_voice_has_been_quiet_for_0_6_s() -> None:
+    """Most of 100 ms voiced and loud enough to be the user: lowered from the third such frame;
+    30 frames (0.6 s) without one later, back. A pause shorter than that keeps it lowered."""
+    g = vad_gate({VOICE, RESIDUE}, duck=True)
+    talk = [VOICE] * 10 + [HUSH] * 20 + [VOICE] * 5 + [HUSH] * 40
+    outs = run(g, talk, speaker_until=99.0)
+    assert ducks(outs) == [(2, True), (64, False)]
+    assert g.gate.ducking is False
+
+
+def test_the_residue_of_the_echo_lowers_nothing_and_the_reply_ending_ends_the_duck() -> None:
+    g = vad_gate({VOICE, RESIDUE}, duck=True)
+    assert ducks(run(g, [RESIDUE] * 100, speaker_until=99.0)) == []  # voiced, but as quiet as the echo's residue
+    assert ducks(run(g, [VOICE] * 3, t0=10.0, speaker_until=99.0)) == [(2, True)]
+    assert ducks(run(g, [VOICE] * 3, t0=100.0, speaker_until=99.0)) == [(0, False)]  # the speaker stopped
+    assert ducks(run(g, [VOICE] * 20, t0=101.0, speaker_until=99.0)) == []  # no reply: nothing to lower
+
+
+def test_the_wake_word_mode_lowers_the_reply_for_a_voice_too_and_muting_ends_it() -> None:
+    """Only the detector hears the room in wake_word mode, but over the reply VAD runs once a frame
+    for the duck, so that the wake word said over a reply is heard through less echo."""
+    calls: list[bytes] = []
+
+    def vad(f: bytes) -> bool:
+        calls.append(f)
+        return f == VOICE
+
+    g = Fed(CaptureGate("wake_word", vad, wake_word=Detector(set()), duck=True))
+    outs = run(g, [VOICE] * 4, speaker_until=99.0)
+    assert ducks(outs) == [(2, True)] and len(calls) == 4  # once a frame
+    assert all(o.frames == [SILENCE] and not o.started for o in outs)  # still no turn without the wake word
+    assert g.process(VOICE, 0.1, speaker_until=99.0, muted=True).duck is False
+
+
+def test_no_duck_without_the_setting_or_with_push_to_talk() -> None:
+    assert ducks(run(vad_gate({VOICE}), [VOICE] * 20, speaker_until=99.0)) == []
+    ptt = Fed(CaptureGate("push_to_talk", lambda f: True, duck=True))
+    assert ducks(run(ptt, [VOICE] * 20, speaker_until=99.0)) == []

@@ -88,13 +88,19 @@ def test_below_100_every_sample_is_scaled_exactly(volume: int) -> None:
 
 
 def test_a_change_applies_to_what_is_already_queued_from_the_next_period() -> None:
+    """The next period moves from the old gain to the new one sample by sample (a step would
+    click); every period after it is at the new gain exactly."""
     x = signal()
     buf = PlaybackBuffer(RATE)
     buf.play(x, RATE)
     first = pulled(buf, 1600)
     buf.set_gain(volume_gain(50))
-    rest = pulled(buf, len(x) - 1600)
-    assert np.array_equal(first, x[:1600]) and np.array_equal(rest, scaled(x[1600:], 50))
+    ramp, rest = pulled(buf, 160), pulled(buf, len(x) - 1760)
+    assert np.array_equal(first, x[:1600]) and np.array_equal(rest, scaled(x[1760:], 50))
+    gains = np.linspace(1.0, volume_gain(50), 160, endpoint=False, dtype=np.float32)
+    assert np.array_equal(ramp, np.rint(x[1600:1760].astype(np.float32) * gains).astype(np.int16))
+    step = np.abs(np.diff(np.concatenate([first, ramp, rest]).astype(np.int32)))
+    assert step.max() <= np.abs(np.diff(x.astype(np.int32))).max()  # no jump bigger than the tone's own
     with pytest.raises(ValueError):
         buf.set_gain(1.5)
 
@@ -151,6 +157,40 @@ def test_the_echo_cancellers_reference_is_what_the_device_gets_at_the_volume() -
     assert np.array_equal(reference, device)  # the very periods the device got
     start = far.got[0][1]
     assert np.array_equal(far.read(start, len(device)), device[:, 0])  # kept at 16 kHz as played
+
+
+def test_a_duck_lowers_what_plays_on_top_of_the_volume_and_the_reference_follows_it() -> None:
+    """A voice over the reply (aec): everything plays ``gain`` times as loud as the volume says,
+    ramped over one period each way; the echo canceller's reference is still exactly what the
+    device got, so the canceller sees the echo drop with it."""
+    out = PyAudioOutput("default", rate=RATE, channels=2, earcons=[])
+    out.set_volume(90)
+    buf = out._make_buffer(RATE, 2, latency=0.02, underrun_gap=1.0, quality="HQ")
+    out._cb_buffer = out._buffer = buf
+    far = out.far_end = _RecordingFarEnd()
+    x = signal(1.0)
+    buf.play(x, RATE)
+
+    def periods(n: int, first: int) -> np.ndarray:
+        data = [out._callback(None, 320, {"output_buffer_dac_time": 10.0 + i * 0.02, "current_time": 9.99}, 0)[0]
+                for i in range(first, first + n)]
+        return np.frombuffer(b"".join(data), "<i2").reshape(-1, 2)[:, 0]
+
+    before = periods(5, 0)
+    out.duck(0.25)
+    assert buf.gain == pytest.approx(volume_gain(90) * 0.25) and out.volume == 90
+    ramp, ducked = periods(1, 5), periods(10, 6)
+    out.duck(1.0)
+    up, after = periods(1, 16), periods(10, 17)
+    assert np.array_equal(before, scaled(x[:1600], 90))
+    lowered = np.clip(np.rint(x[1920:5120].astype(np.float32) * np.float32(volume_gain(90) * 0.25)), -32768, 32767)
+    assert np.array_equal(ducked, lowered.astype(np.int16))
+    assert np.array_equal(after, scaled(x[5440:8640], 90))
+    assert np.abs(ramp).max() <= np.abs(before).max() and np.abs(up).max() <= np.abs(after).max()
+    reference = np.concatenate([pcm for pcm, _ in far.got])[:, 0]
+    assert np.array_equal(reference, np.concatenate([before, ramp, ducked, up, after]))
+    with pytest.raises(ValueError):
+        out.duck(1.5)
 
 
 async def test_the_wav_speaker_records_the_reply_at_the_volume(tmp_path: Path) -> None:

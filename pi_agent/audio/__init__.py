@@ -78,3 +78,6 @@ class AudioOutput(Protocol):
 
     def play_earcon(self, name: str) -> None:
         """Mix a short feedback sound (``listening``, ``done``, ``error``, ``offline``)."""
+
+    def duck(self, gain: float) -> None:
+        """Play everything ``gain`` (0 to 1) times as loud from the next period on (1.0: not ducked)."""

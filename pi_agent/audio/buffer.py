@@ -106,6 +106,7 @@ class PlaybackBuffer:
         self._held = False  # hand out silence and take nothing (the device is about to drop it)
         self._gain = np.float32(1.0)
         self.set_gain(gain)
+        self._handed_gain = self._gain  # the gain the last period ended at: a change ramps from it
         self._alloc(max_period)
 
     def _alloc(self, frames: int) -> None:
@@ -189,7 +190,8 @@ class PlaybackBuffer:
         return float(self._gain)
 
     def set_gain(self, gain: float) -> None:
-        """Scale what is handed out by ``gain`` (0 to 1) from the next period on, queued audio included."""
+        """Scale what is handed out by ``gain`` (0 to 1) from the next period on, queued audio included
+        (the gain moves to it across that period, so that a step makes no click)."""
         if not 0.0 <= gain <= 1.0:
             raise ValueError(f"gain must be from 0 to 1, got {gain}")
         self._gain = np.float32(gain)  # one store: the audio thread reads it under the lock
@@ -291,8 +293,8 @@ class PlaybackBuffer:
                 if self._expecting and self._started and self._starved_at is None:
                     self._starved_at = start + taken / self.rate
             audible = taken
-            gain = self._gain
-            if self._active or gain != 1.0:
+            gain, was = self._gain, self._handed_gain
+            if self._active or gain != 1.0 or was != 1.0:
                 mix = self._mix[:frames]
                 np.copyto(mix, pcm)
                 if self._active:
@@ -306,7 +308,11 @@ class PlaybackBuffer:
                         if item[1] < len(samples):
                             still.append(item)
                     self._active = still
-                if gain != 1.0:  # the volume: float32 throughout, rounded to the nearest sample
+                if gain != was:  # a new volume or a duck: a ramp across this period
+                    mix *= np.linspace(was, gain, frames, endpoint=False, dtype=np.float32)
+                    np.rint(mix, out=mix)
+                    self._handed_gain = gain
+                elif gain != 1.0:  # the volume: float32 throughout, rounded to the nearest sample
                     mix *= gain
                     np.rint(mix, out=mix)
                 np.clip(mix, -32768.0, 32767.0, out=mix)

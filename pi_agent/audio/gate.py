@@ -43,7 +43,13 @@ was said ends with :attr:`GateOutput.nothing_said`.
 
 Echo cancellation (``aec``): while the speaker plays (``speaker_until``), what is left
 of its echo is no user: speech counts only at :data:`BARGE_IN_DBFS` or louder, so a
-user who talks over the reply is heard and a residue of the reply is not.
+user who talks over the reply is heard and a residue of the reply is not. With ``duck``
+the gate also says when such a voice is heard over the reply (:attr:`GateOutput.duck`:
+most of 100 ms voiced, in every mode but ``push_to_talk``, the wake word's included)
+and when it is over (:data:`DUCK_RELEASE` without a voiced frame, or the speaker
+stopped), so that the reply is lowered meanwhile: the echo canceller, which suppresses
+what it cannot tell from echo, keeps more of the user's words (the wake word, a
+question over the reply) the quieter the echo is.
 
 Echo (``half_duplex``): until ``echo_mute_until`` (the speaker's real play-out time plus
 a tail) frames are zeros and neither VAD nor the wake word runs, so the agent never
@@ -68,6 +74,7 @@ TRIGGER_WINDOW = 5  # frames (100 ms) looked at to decide that speech started
 TRIGGER_VOICED = 3  # of which this many must be voiced
 SPEECH_WAIT = 4.0  # s a turn begun by a press or the wake word waits for the user to begin
 BARGE_IN_DBFS = -42.0  # aec: how loud a voiced frame must be to count while the speaker plays
+DUCK_RELEASE = 0.6  # s without a voiced frame over the reply after which it is no longer lowered
 MODES = ("push_to_talk", "vad", "wake_word", "always")
 
 
@@ -93,6 +100,7 @@ class GateOutput:
     ended: bool = False    # the user turn ended here
     nothing_said: bool = False  # ... before the user said anything (a press or wake word, then silence)
     wake: float | None = None  # the wake word was heard here, with this probability
+    duck: bool | None = None  # with duck: a voice over the reply began (True) or ended (False) here
 
 
 class CaptureGate:
@@ -105,6 +113,7 @@ class CaptureGate:
         preroll: float = 0.3,
         hangover: float = 0.8,
         privacy: bool = False,
+        duck: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown capture mode {mode!r}")
@@ -118,6 +127,12 @@ class CaptureGate:
         self._hangover_frames = max(1, round(hangover * 1000 / FRAME_MS))
         self._wait_frames = round(SPEECH_WAIT * 1000 / FRAME_MS)
         self._over_speaker = False  # aec: the speaker plays now
+        self._voiced_now: bool | None = None  # this frame's verdict, once asked (VAD runs once a frame)
+        self._duck = duck and mode != "push_to_talk"  # the button stops a reply there: nothing to lower
+        self._duck_window: deque[bool] = deque(maxlen=TRIGGER_WINDOW)
+        self._duck_release = max(1, round(DUCK_RELEASE * 1000 / FRAME_MS))
+        self._duck_quiet = 0  # frames since the last voiced one over the reply
+        self.ducking = False  # a voice is heard over the reply: it is lowered
         self._preroll: deque[bytes] = deque(maxlen=max(1, round(preroll * 1000 / FRAME_MS)))
         self._window: deque[bool] = deque(maxlen=TRIGGER_WINDOW)
         self._silent_run = 0
@@ -150,6 +165,9 @@ class CaptureGate:
         ``open_until``: the wake_word mode's follow-up window."""
         out = GateOutput()
         self._over_speaker = now < speaker_until
+        self._voiced_now = None
+        if self._duck:
+            self._follow_voice_over_reply(frame, out, muted)
         if muted:
             self._deafen_wake_word()
             if in_turn:
@@ -252,9 +270,27 @@ class CaptureGate:
 
     def _voiced(self, frame: bytes) -> bool:
         """VAD's verdict; over the speaker (aec) only for a frame loud enough to be the user."""
-        if not self._is_speech(frame):
-            return False
-        return not self._over_speaker or dbfs(frame) >= BARGE_IN_DBFS
+        voiced = self._voiced_now
+        if voiced is None:
+            voiced = self._voiced_now = self._is_speech(frame) and (
+                not self._over_speaker or dbfs(frame) >= BARGE_IN_DBFS)
+        return voiced
+
+    def _follow_voice_over_reply(self, frame: bytes, out: GateOutput, muted: bool) -> None:
+        """duck: whether a voice is heard over the reply now (see the module docstring)."""
+        if not self._over_speaker or muted:
+            self._duck_window.clear()
+            if self.ducking:
+                self.ducking, out.duck = False, False
+            return
+        voiced = self._voiced(frame)
+        self._duck_window.append(voiced)
+        self._duck_quiet = 0 if voiced else self._duck_quiet + 1
+        if not self.ducking and voiced and sum(self._duck_window) >= TRIGGER_VOICED:
+            self.ducking, out.duck = True, True
+        elif self.ducking and self._duck_quiet >= self._duck_release:
+            self.ducking, out.duck = False, False
+            self._duck_window.clear()
 
     def _triggered(self, voiced: bool) -> bool:
         self._window.append(voiced)

@@ -3,7 +3,8 @@
 :class:`BufferedOutput` implements the ``AudioOutput`` seam's ``play``, ``flush``,
 ``end_stream``, ``audible_until`` and ``play_earcon`` on a :class:`~.buffer.PlaybackBuffer`
 that the subclass creates when it opens; it bounds what is queued, queues the
-resampler's tail when the agent's audio pauses, and keeps the volume (:meth:`set_volume`).
+resampler's tail when the agent's audio pauses, and keeps the volume (:meth:`set_volume`) and
+the ducking while a voice is heard over the reply (:meth:`duck`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,13 @@ class BufferedOutput:
         self._tail_timer: asyncio.TimerHandle | None = None
         self._underruns_before = 0
         self._volume = VOLUME_MAX
-        self._gain = 1.0
+        self._volume_gain = 1.0
+        self._duck_gain = 1.0
+
+    @property
+    def _gain(self) -> float:
+        """What the buffer scales everything by: the volume's gain, ducked."""
+        return self._volume_gain * self._duck_gain
 
     @property
     def volume(self) -> int:
@@ -56,10 +63,19 @@ class BufferedOutput:
     def set_volume(self, volume: int) -> None:
         """Play everything, earcons and what is already queued included, at ``volume`` (0-100;
         see :func:`~.buffer.volume_gain`) from the next period the device pulls."""
-        gain = volume_gain(volume)  # ValueError out of range
-        self._volume, self._gain = volume, gain
+        self._volume_gain = volume_gain(volume)  # ValueError out of range
+        self._volume = volume
         if self._buffer is not None:
-            self._buffer.set_gain(gain)
+            self._buffer.set_gain(self._gain)
+
+    def duck(self, gain: float) -> None:
+        """Play everything ``gain`` (0 to 1) times as loud as the volume says, from the next period
+        the device pulls (ramped over it: no click); 1.0 ends the ducking."""
+        if not 0.0 <= gain <= 1.0:
+            raise ValueError(f"a duck's gain must be from 0 to 1, got {gain}")
+        self._duck_gain = gain
+        if self._buffer is not None:
+            self._buffer.set_gain(self._gain)
 
     @property
     def underruns(self) -> int:

@@ -169,6 +169,9 @@ class AudioSettings(_Section):
         "full_duplex: headsets and echo-cancelling mics")
     noise_suppression: bool = Field(False, description="aec: also suppress steady background noise (fans, "
                                     "hum) in what is sent")
+    duck_db: float = Field(20.0, ge=0, le=60, description="aec: while a voice is heard over the reply, the "
+                           "reply plays this many dB quieter (back within a second of the voice ending), so "
+                           "that the echo canceller keeps more of the user's words and the wake word; 0: never")
     echo_tail: float = Field(0.3, ge=0, le=3.0, description="half_duplex: seconds the mic stays "
                              "muted after the speaker has actually played the last sample")
     volume: int = Field(100, ge=0, le=100, description="speaker volume, a software gain on all it plays "

@@ -3,8 +3,9 @@ will work with this speaker and microphone (the measuring is :mod:`pi_agent.audi
 
 Three figures, each with its verdict: the echo's delay (can the canceller find it), its attenuation
 (does the canceller remove it), and double talk: the recording is run through a fresh canceller
-again with a voice added where the user would talk over a reply (at :data:`VOICE_DBFS`), and what
-the canceller keeps of that voice is measured (energy, correlation after
+again with a voice added where the user would talk over a reply (at :data:`VOICE_DBFS`), the
+echo lowered by ``audio.duck_db`` from :data:`DUCK_REACT` after the voice begins as the daemon
+lowers a reply, and what the canceller keeps of that voice is measured (energy, correlation after
 alignment), so that a speaker too loud or too close shows before a user finds it out."""
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ DT_FROM, DT_SECONDS = 3.0, 2.0  # s into the signal the voice starts, and how lo
 VOICE_DBFS = -26.0  # the stand-in user's level at the microphone while it speaks (the test signal's echo
 # is compared with it: a speaker played as loud as a reply, at -20 dBFS, whose echo comes back above
 # this is louder at the microphone than such a user)
+DUCK_REACT = 0.1  # s from a voice's onset to a lowered speaker: the 3 voiced frames the gate waits for,
+# and the period or two the speaker holds ahead
 ECHO_LAGS = np.r_[np.arange(0, MIC_RATE), np.arange(-int(0.1 * MIC_RATE), 0)]  # where to look: -0.1 s to +1 s
 
 
@@ -47,6 +50,7 @@ class EchoReport:
     verdict: str
     ok: bool
     double_talk: Match | None = None  # what the canceller kept of a voice at VOICE_DBFS
+    duck_db: float = 0.0  # ... with the reply lowered by this much once the voice was heard
 
     @property
     def return_loss(self) -> float:
@@ -81,8 +85,9 @@ class EchoReport:
             advice = "" if good else ("; the canceller takes a user's words down with the echo: turn the speaker "
                                       "down or move it away, so that the user is louder than the echo at the "
                                       "microphone")
+            ducked = f", the reply lowered by {self.duck_db:g} dB once it is heard" if self.duck_db else ""
             lines.append(f"[{' ok ' if good else 'warn'}] double talk: a voice at {VOICE_DBFS:.0f} dBFS keeps "
-                         f"{energy * 100:.0f}% of its energy, correlation {dt.corr:.2f} (good: "
+                         f"{energy * 100:.0f}% of its energy, correlation {dt.corr:.2f}{ducked} (good: "
                          f"{DT_ENERGY * 100:.0f}% and {DT_CORR} or more{advice})")
         return lines
 
@@ -114,10 +119,13 @@ def voice(seconds: float, dbfs_level: float) -> np.ndarray:
     return at_dbfs(y, dbfs_level, float(np.sqrt(np.mean(y[loud] ** 2))))
 
 
-def replay_double_talk(mic: np.ndarray, reference: np.ndarray, level: float = VOICE_DBFS) -> Match | None:
+def replay_double_talk(mic: np.ndarray, reference: np.ndarray, level: float = VOICE_DBFS,
+                       duck_db: float = 0.0) -> Match | None:
     """Run ``mic`` and ``reference`` (aligned, as :func:`judge_echo` takes them) through a fresh
     canceller again, a :func:`voice` at ``level`` dBFS added :data:`DT_FROM` s into the test
-    signal: how much of the voice comes out (None: no canceller here)."""
+    signal, the speaker lowered by ``duck_db`` :data:`DUCK_REACT` s later (the reference from
+    then, the echo in the recording from as much later as it comes): how much of the voice comes
+    out (None: no canceller here)."""
     from ..audio import FRAME_SAMPLES
     from ..audio.echo import EchoCanceller, FarEnd, unavailable
 
@@ -127,10 +135,18 @@ def replay_double_talk(mic: np.ndarray, reference: np.ndarray, level: float = VO
     user = np.zeros(len(mic))
     said = voice(DT_SECONDS, level)[: max(0, len(mic) - start)]
     user[start : start + len(said)] = said
-    near = np.clip(np.round(mic.astype(np.float64) + user), -32768, 32767).astype("<i2")
+    echo, reference = mic.astype(np.float64), np.asarray(reference, dtype=np.float64)
+    if duck_db > 0:
+        lowered = start + int(DUCK_REACT * MIC_RATE)
+        lag = max(0, delay(mic[int(ECHO_QUIET * MIC_RATE):], reference[int(ECHO_QUIET * MIC_RATE):], ECHO_LAGS))
+        gain = 10 ** (-duck_db / 20)
+        reference[lowered:] *= gain
+        echo[lowered + lag :] *= gain
+        reference = np.round(reference)
+    near = np.clip(np.round(echo + user), -32768, 32767).astype("<i2")
     far = FarEnd(seconds=len(mic) / MIC_RATE + 2)
     t0 = 100.0
-    far.played(np.asarray(reference, dtype=np.int16), MIC_RATE, t0)
+    far.played(reference.astype(np.int16), MIC_RATE, t0)
     canceller = EchoCanceller(far)
     out = [canceller.push(near[i : i + FRAME_SAMPLES].tobytes(), t0 + i / MIC_RATE)
            for i in range(0, len(near) - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
@@ -141,11 +157,11 @@ def replay_double_talk(mic: np.ndarray, reference: np.ndarray, level: float = VO
 
 
 def judge_echo(mic: np.ndarray, reference: np.ndarray, cleaned: np.ndarray | None,
-               double_talk: Match | None = None) -> EchoReport:
+               double_talk: Match | None = None, duck_db: float = 0.0) -> EchoReport:
     """Measure an echo test: ``mic`` and ``reference`` are aligned sample for sample on the
     canceller's clock (16 kHz, :data:`ECHO_QUIET` of silence first); ``cleaned`` is the
     canceller's output (None: it is not installed); ``double_talk``: what
-    :func:`replay_double_talk` found."""
+    :func:`replay_double_talk` found, with the reply lowered by ``duck_db``."""
     quiet = slice(int(0.2 * MIC_RATE), int(ECHO_QUIET * MIC_RATE))
     playing = np.abs(reference) > 0
     floor = dbfs(mic[quiet])
@@ -161,7 +177,7 @@ def judge_echo(mic: np.ndarray, reference: np.ndarray, cleaned: np.ndarray | Non
     if cleaned is not None and len(cleaned) > later:
         usable = playing[later : len(cleaned)]
         cancelled = dbfs(cleaned[later:][usable]) if usable.any() else None
-    report = EchoReport(floor, echo, lag * 1000 / MIC_RATE, cancelled, "", False, double_talk)
+    report = EchoReport(floor, echo, lag * 1000 / MIC_RATE, cancelled, "", False, double_talk, duck_db)
     if not 0 <= lag <= MAX_ECHO_DELAY * MIC_RATE:
         report.verdict = (f"the echo comes {report.delay_ms:.0f} ms after what the canceller takes for its moment "
                           f"of playing; it can find one 0-{MAX_ECHO_DELAY * 1000:.0f} ms late: aec will not work "
@@ -227,7 +243,9 @@ async def test_echo(audio: AudioSettings, seconds: float = 6.0) -> int:
     mic = np.frombuffer(b"".join(f for f, _ in raw), dtype="<i2")
     reference = np.concatenate([far.read(at, len(f) // 2) for f, at in raw])
     out = np.frombuffer(b"".join(cleaned), dtype="<i2") if canceller is not None else None
-    r = judge_echo(mic, reference, out, replay_double_talk(mic, reference) if out is not None else None)
+    r = judge_echo(mic, reference, out,
+                   replay_double_talk(mic, reference, duck_db=audio.duck_db) if out is not None else None,
+                   audio.duck_db)
     print(f"room noise {r.noise_floor:.0f} dBFS; echo at the microphone {r.echo_level:.0f} dBFS (the speaker's "
           f"signal {ECHO_SIGNAL_DBFS:.0f} dBFS: {r.return_loss:.0f} dB lost on the way)")
     if r.delay_ms is not None:
