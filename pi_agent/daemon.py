@@ -282,7 +282,8 @@ class Daemon:
         clock = FrameClock()
 
         def cancel(frame: bytes) -> None:
-            for cleaned in echo.push(frame, clock.stamp(time.monotonic())):
+            now = time.monotonic()
+            for cleaned in echo.push(frame, clock.stamp(now, hold=echo.cancelling(now))):
                 on_frame(cleaned)
         return cancel
 

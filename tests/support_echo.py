@@ -213,7 +213,7 @@ def run_scene(scene: Scene, reply: np.ndarray, words: np.ndarray,
             samples = np.round(echo + user[i : i + FRAME_SAMPLES] + noise[i : i + FRAME_SAMPLES])
             mic[i : i + FRAME_SAMPLES] = np.clip(samples, -32768, 32767)
             frame = mic[i : i + FRAME_SAMPLES].tobytes()
-            stamped = clock.stamp(now)
+            stamped = clock.stamp(now, hold=aec.cancelling(now))
             for cleaned in aec.push(frame, stamped):
                 out_frames.append(cleaned)
                 o = gate.process(cleaned, now, in_turn=False, speaker_until=speaker_until + ECHO_TAIL)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pi_agent.audio import FRAME_SAMPLES, MIC_RATE
-from pi_agent.audio.echo import MAX_WAIT, EchoCanceller, FarEnd, unavailable
+from pi_agent.audio.echo import MAX_WAIT, EchoCanceller, FarEnd, FrameClock, unavailable
 from pi_agent.audio.formats import resample
 
 needs_aec = pytest.mark.skipif(unavailable() is not None, reason=f"{unavailable()}")
@@ -135,7 +135,6 @@ def test_the_canceller_removes_the_echo_and_keeps_the_voice(delay: float) -> Non
 
 
 def test_the_frame_clock_finds_the_capture_times_and_holds_them_under_late_and_batched_arrivals() -> None:
-    from pi_agent.audio.echo import FrameClock
 
     clock = FrameClock()
     rng = np.random.default_rng(9)
@@ -160,6 +159,38 @@ def test_the_frame_clock_finds_the_capture_times_and_holds_them_under_late_and_b
     assert abs(clock.stamp(500.0) - 499.98) < 1e-9  # a reopened stream starts afresh
 
 
+def test_while_an_echo_is_cancelled_the_frame_clock_holds_its_first_seconds_refinement() -> None:
+    """In its first second the clock moves to every tighter bound; a move of a few ms while the
+    canceller works on an echo costs a second of echo, so then it waits (the estimate stays a
+    little late, the safe side), unless frames were lost (a move of more than MOVE)."""
+    def clock_after(hold: bool, early_by: float) -> tuple[float, float]:
+        clock = FrameClock()
+        first = clock.stamp(100.03, hold=hold)  # arrives 10 ms late: the estimate starts 10 ms late
+        for n in range(1, 20):
+            clock.stamp(100.0 + (n + 1) * 0.02 + 0.01, hold=hold)
+        return first, clock.stamp(100.0 + 21 * 0.02 + 0.01 - early_by, hold=hold) - 20 * 0.02
+
+    assert clock_after(False, 0.008) == pytest.approx((100.01, 100.002))  # refined: 8 ms earlier
+    assert clock_after(True, 0.008) == pytest.approx((100.01, 100.01))  # held: a leading reference
+    assert clock_after(True, 0.03)[1] == pytest.approx(99.98)  # 30 ms: frames were lost, it moves
+
+
+@pytest.mark.skipif(unavailable() is not None, reason=f"{unavailable()}")
+def test_the_canceller_says_it_is_cancelling_from_the_replys_first_frame_to_a_second_after_it() -> None:
+    far = FarEnd()
+    play(far, np.concatenate([np.zeros(16_000, np.int16), noise(1.0, MIC_RATE, 14)]), MIC_RATE, 50.0, 320)
+    canceller = EchoCanceller(far)
+    seen = []
+    for n in range(100):  # 2 s of frames: silence played for 1 s, then the reply
+        at = 50.0 + n * 0.02
+        canceller.push(noise(0.02, MIC_RATE, n, 100).tobytes(), at)
+        seen.append(canceller.cancelling(at + 0.02))
+    assert not any(seen[:49]) and all(seen[50:])  # the reference is read 10 ms ahead (AHEAD)
+    assert canceller.cancelling(52.8) and not canceller.cancelling(53.0)  # ECHO_HOLD after the last cancelled
+    canceller.reset()
+    assert not canceller.cancelling(52.0)
+
+
 def test_one_early_estimate_of_the_output_clock_does_not_move_the_reference() -> None:
     far = FarEnd()
     x = noise(3.0, MIC_RATE, 10)
@@ -173,6 +204,34 @@ def test_one_early_estimate_of_the_output_clock_does_not_move_the_reference() ->
         early.played(x[i : i + 160], MIC_RATE, 20.0 + i / MIC_RATE - (0.035 if i >= 8000 else 0.0))
     assert early.resyncs == 1
     assert np.array_equal(early.read(22.0 - 0.035, 320), x[32_000:32_320])
+
+
+def test_a_young_streams_early_estimates_are_followed_at_once() -> None:
+    """A new stream's first callbacks come at once and say their periods play "now"; the device
+    has 60 ms of latency, so from the fourth callback on the estimates say 33 ms earlier than the
+    periods counted from the first (as measured on the virtual card). The reference follows them at
+    once, old samples moved along, so that it never lags the echo: it did for a second before, and
+    a reply begun in that second leaked past the canceller."""
+    far = FarEnd()
+    x = noise(1.5, MIC_RATE, 13)
+    truth = 40.0 - 0.033  # when the first period is really heard
+    for k, i in enumerate(range(0, len(x), 320)):
+        said = 40.0 + 0.002 * k if k < 3 else truth + i / MIC_RATE  # the first three: "now"
+        far.played(x[i : i + 320], MIC_RATE, said)
+
+    def lead_ms(at: float) -> float:
+        """How much sooner than the truth the reference has the samples heard ``at`` s in."""
+        n = round(at * MIC_RATE)
+        ref = far.read(truth + at - 0.01, 640)
+        hits = [j for j in range(320) if np.array_equal(ref[j : j + 320], x[n : n + 320])]
+        assert hits, f"the samples heard {at} s in are not in the reference near then"
+        return 10.0 - hits[0] / 16
+
+    # Within 5 ms sooner than the truth (the third "now" was 3 ms early), never later: the
+    # canceller finds a reference that leads the echo; one that lags it, it cannot use.
+    leads = [lead_ms(at) for at in (0.1, 0.3, 1.0, 1.4)]  # in the young window and after it
+    assert all(0 <= lead <= 5 for lead in leads), leads
+    assert not far.read(truth + len(x) / MIC_RATE, 320).any()  # nothing stale after the end
 
 
 def test_a_stopped_stream_drops_what_it_held_and_the_next_one_is_followed_at_once() -> None:

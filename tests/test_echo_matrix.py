@@ -66,19 +66,18 @@ def test_the_matrix_in_process(scene: Scene, voices: tuple[np.ndarray, np.ndarra
 # ------------------------------------------------------------------ through the daemon, on the echo room
 
 DAEMON_CELLS = [(120, 0.25), (120, 2.0)]  # the longest echo, quiet, and loud (it clips)
-# Measured through the daemon at 7a47cd7-ea209ba (9 runs of each cell, on this shared 2-core
-# machine with other sessions' tests running): the first 300 ms 51-70 dB in every run; the echo until
-# the user speaks 58-72 dB, but 18.2 and 26.8 dB in 2 of the runs at x2.0 (each with a false user
-# turn) and 25.4-27.7 dB in 2 at x0.25. With two busy loops beside it (nice 5), at af57c46, the x0.25
-# cell gave 18.3, 22.7, 53.8 and 60.8 dB in 4 runs (the echo at -31.6 dBFS: 18.3 dB leaves it near
-# -50 dBFS; no false turn in any). So the whole-reply figure through the daemon is reported, not
-# asserted, in both cells (the in-process matrix above asserts 25 dB in every cell); what makes the
-# echo leak in some runs is not found yet (issue 21). At x2.0 the false turn and whether the user's
-# words interrupt the reply at all are reported too (in one full run of the suite they did not within
-# 10 s). Double talk at x2.0 falls short: 3-49 % of the user's energy, correlation 0.30-0.67 (98 % and
-# 0.93-0.94 in the two runs with a false turn, which flushed the speaker before the user spoke); at
-# x0.25 78-93 %, 0.85-0.92.
-DAEMON_SHORT = {2.0}  # gains whose double talk, interruption and false turns are reported only
+# Measured through the daemon at 9b878ae + the fix of the reference's first second (6 runs of each
+# cell, 3 of them beside two busy loops at nice 5): the echo until the user speaks 56.9-73.5 dB, its
+# first 300 ms 55.6-68.8 dB, no false turn. (Before that fix, at 7a47cd7-ea209ba, the echo leaked for 1-1.5 s about
+# a second into the first reply in some runs: 15.5-27.7 dB over the reply, with false turns at x2.0.
+# The cause: the reply began 0.2 s after the microphone opened, and the frame clock, still refining
+# its first estimate, moved the reference by 8-12 ms while the canceller worked on the echo.)
+# Double talk at x0.25: 91-93 %, correlation 0.91-0.92. At x2.0 it falls short through the daemon
+# even with the duck, which comes later here than in process (the sound server's stream holds more
+# ahead): 45-46 % and 0.66-0.67 in the 3 quiet runs; beside the busy loops 49 % / 0.68, 25 % / 0.54
+# and 2 % / 0.28 (the reply not interrupted); so at x2.0 double talk and the interruption are
+# reported, not asserted.
+DAEMON_SHORT = {2.0}  # gains whose double talk and interruption are reported only
 
 
 @pytest.mark.audio
@@ -131,7 +130,7 @@ async def test_a_cell_through_the_daemon(virtual_audio: VirtualAudio, tmp_path: 
            attenuation_db=round(whole_db, 1), first_300ms_db=round(first_db, 1), dt_energy=round(energy, 2),
            dt_corr=round(corr, 3), interrupted=interrupted, states=before)
     assert len(echo_frames) > 40, "the microphone did not hear the speaker"
-    assert first_db >= FIRST_DB, first_db
+    assert first_db >= FIRST_DB and whole_db >= ATTENUATION_DB, (first_db, whole_db)
+    assert "listening" not in before, f"a user turn before the user spoke: {before}"
     if gain not in DAEMON_SHORT:  # at x2.0 reported (MEASURED) and documented above
-        assert "listening" not in before, f"a user turn before the user spoke: {before}"
         assert energy >= DT_ENERGY and corr >= DT_CORR, (energy, corr)

@@ -5,7 +5,12 @@ Two halves, one on each audio thread:
 * :class:`FarEnd`, written by the speaker's PortAudio callback: every period it hands
   to the device is kept as 16 kHz mono, placed on the ``time.monotonic()`` axis at the
   moment it will be heard (the output clock the speaker already keeps, device latency
-  included). A few seconds are kept; what was never played reads as silence.
+  included). A few seconds are kept; what was never played reads as silence. A new
+  stream's first callbacks say their periods play sooner than they do (measured on the
+  virtual card: the first three "now", while the device's latency is 60 ms, so that the
+  reference lagged the echo by 33 ms until the early estimates were followed a second
+  later): for its first :data:`YOUNG` seconds the reference follows every estimate that
+  comes earlier, at once.
 * :class:`EchoCanceller`, on the event loop, given every 20 ms microphone frame with the
   moment its first sample was captured (:class:`FrameClock` finds it from when frames
   arrive): it reads what the speaker played at that moment (a little later,
@@ -43,8 +48,11 @@ EARLY_WINDOW = 1.0  # s an early output clock must stay early before the referen
 IDLE = 0.1  # s: a speaker this far behind a read has stopped (its reference is silence)
 MAX_WAIT = 3  # frames a microphone frame may wait for a speaker that is late with its reference
 RESYNC = 0.03  # s: the output clock's jitter is ignored below this; beyond it, the stream was interrupted
+YOUNG = 0.5  # s from a stream's first period during which an earlier estimate moves the reference at once
+YOUNG_RESYNC = 0.002  # s: ... by at least this much
 SPEAKER_ACTIVE_DBFS = -50.0  # a reference frame louder than this counts as the speaker playing
 ATTENUATION_SMOOTHING = 0.02  # weight of each frame (~1 s) in the running echo attenuation
+ECHO_HOLD = 1.0  # s after the speaker last played that the canceller counts as cancelling an echo
 
 
 def unavailable() -> str | None:
@@ -83,6 +91,7 @@ class FarEnd:
         self.periods = 0  # speaker periods seen (diagnostics)
         self.resyncs = 0  # times the output clock jumped (a new stream, an underrun): the reference moved
         self._early_since: float | None = None  # since when periods have come earlier than the count says
+        self._young_until: float | None = None  # the stream under way is young until then (None: a new one)
 
     def played(self, pcm: np.ndarray, rate: int, start: float) -> None:
         """The speaker hands ``pcm`` (int16, ``[frame, channel]`` or mono at ``rate``) to the
@@ -97,7 +106,13 @@ class FarEnd:
         with self._lock:
             self.periods += 1
             end = self._end
-            if end is not None and at < end - RESYNC * MIC_RATE:
+            if self._young_until is None:
+                self._young_until = start + YOUNG
+            if end is not None and start < self._young_until and at < end - YOUNG_RESYNC * MIC_RATE:
+                # A young stream's estimates settle from too late to right: follow each earlier one.
+                self._move(end, at)
+                end = at
+            elif end is not None and at < end - RESYNC * MIC_RATE:
                 # Earlier than the samples before it allow: the output clock's estimate jitters
                 # (a sound server's more than a card's). Only an estimate that stays early for a
                 # whole window moves the reference; a single one would make the canceller search.
@@ -138,22 +153,36 @@ class FarEnd:
                 self._end = cut
             self._early_since = None
             self._resampler = None
+            self._young_until = None
+
+    def _move(self, end: int, at: int) -> None:
+        """The samples written up to ``end`` were placed ``end - at`` too late: move them earlier."""
+        shift = end - at
+        keep = min(self._size - shift, round(YOUNG * MIC_RATE))
+        if keep > 0:
+            self._write(at - keep, self._read_span(end - keep, keep))
+        self._zero(at, end)
+        self.resyncs += 1
+        log.debug("echo reference: a young stream's output clock moved by %+.1f ms", -shift / MIC_RATE * 1000)
 
     def read(self, start: float, n: int) -> np.ndarray:
         """The ``n`` samples the speaker played from ``start`` on (silence where it played nothing)."""
-        out = np.zeros(n, dtype=np.int16)
-        first = round(start * MIC_RATE)
         with self._lock:
-            end = self._end
-            if end is None:
-                return out
-            lo, hi = max(first, end - self._size), min(first + n, end)
-            if lo < hi:
-                i = lo % self._size
-                k = min(hi - lo, self._size - i)
-                out[lo - first : lo - first + k] = self._ring[i : i + k]
-                if k < hi - lo:
-                    out[lo - first + k : hi - first] = self._ring[: hi - lo - k]
+            return self._read_span(round(start * MIC_RATE), n)
+
+    def _read_span(self, first: int, n: int) -> np.ndarray:
+        """The ``n`` samples from sample ``first`` on (the lock held)."""
+        out = np.zeros(n, dtype=np.int16)
+        end = self._end
+        if end is None:
+            return out
+        lo, hi = max(first, end - self._size), min(first + n, end)
+        if lo < hi:
+            i = lo % self._size
+            k = min(hi - lo, self._size - i)
+            out[lo - first : lo - first + k] = self._ring[i : i + k]
+            if k < hi - lo:
+                out[lo - first + k : hi - first] = self._ring[: hi - lo - k]
         return out
 
     def _write(self, at: int, x: np.ndarray) -> None:
@@ -197,8 +226,13 @@ class FrameClock:
         self._settled_at = 0.0
         self.jumps = 0
 
-    def stamp(self, arrival: float) -> float:
-        """The capture time of the first sample of the frame that arrives now."""
+    def stamp(self, arrival: float, hold: bool = False) -> float:
+        """The capture time of the first sample of the frame that arrives now. ``hold``: the
+        canceller is cancelling an echo (:meth:`EchoCanceller.cancelling`), so the first seconds'
+        refinement waits: a move of a few ms then costs AEC3 a second of echo while it finds the
+        new delay (measured: 8-12 ms moves 0.6-0.9 s into the first reply, which began 0.2 s
+        after the microphone opened, let the echo through for 1-1.5 s), where an estimate that
+        stays a little late only makes the reference lead the echo a little more."""
         seconds = FRAME_SAMPLES / MIC_RATE
         bound = arrival - (self._n + 1) * seconds
         start = self._start
@@ -206,7 +240,8 @@ class FrameClock:
             self._n, start = 0, arrival - seconds
             self._settled_at, self._floor, self._window_ends = arrival + self.SETTLE, math.inf, arrival + self.WINDOW
         elif arrival < self._settled_at:
-            start = min(start, bound)
+            if not hold or bound < start - self.MOVE:
+                start = min(start, bound)
         else:
             self._floor = min(self._floor, bound)
             if arrival >= self._window_ends:
@@ -255,6 +290,7 @@ class EchoCanceller:
         self.waited = 0  # frames that had to wait for the speaker's reference
         self._near_power = 0.0
         self._out_power = 0.0
+        self._echo_until = -math.inf  # cancelling an echo until then (the speaker played)
 
     def push(self, frame: bytes, captured_at: float) -> list[bytes]:
         """A microphone frame and when its first sample was captured; the cleaned frames ready now."""
@@ -279,6 +315,7 @@ class EchoCanceller:
         out = np.asarray(self._engine.process(near, self._dithered(far)), dtype="<i2")
         far_power = float(np.mean(far.astype(np.float32) ** 2))
         if far_power > (32768.0 * 10 ** (SPEAKER_ACTIVE_DBFS / 20)) ** 2:
+            self._echo_until = captured_at + ECHO_HOLD
             a = ATTENUATION_SMOOTHING
             self._near_power += a * (float(np.mean(near.astype(np.float32) ** 2)) - self._near_power)
             self._out_power += a * (float(np.mean(out.astype(np.float32) ** 2)) - self._out_power)
@@ -299,8 +336,14 @@ class EchoCanceller:
             return None
         return 10 * math.log10(self._near_power / max(self._out_power, 1e-3))
 
+    def cancelling(self, now: float) -> bool:
+        """Whether an echo is being cancelled: the speaker played in the :data:`ECHO_HOLD` s before
+        ``now`` (the reference's time), so the reference must not move under the canceller."""
+        return now < self._echo_until
+
     def reset(self) -> None:
         """Start afresh (the microphone was reopened: its delay may have changed)."""
         self._engine.reset()
         self._waiting.clear()
         self._near_power = self._out_power = 0.0
+        self._echo_until = -math.inf

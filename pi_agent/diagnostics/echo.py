@@ -213,7 +213,8 @@ async def test_echo(audio: AudioSettings, seconds: float = 6.0) -> int:
     cleaned: list[bytes] = []
 
     def on_frame(frame: bytes) -> None:
-        at = clock.stamp(time.monotonic())
+        now = time.monotonic()
+        at = clock.stamp(now, hold=canceller is not None and canceller.cancelling(now))
         raw.append((frame, at))
         if canceller is not None:
             cleaned.extend(canceller.push(frame, at))
