@@ -14,6 +14,8 @@ import logging
 import time
 from collections.abc import Iterable
 
+import numpy as np
+
 from .buffer import VOLUME_MAX, PcmLike, PlaybackBuffer, volume_gain
 from .earcons import EARCON_NAMES, make_earcons
 
@@ -109,7 +111,8 @@ class BufferedOutput:
                             "reply is dropped", self.MAX_QUEUED)
             return
         now = self._now()
-        self._sound_coming(now)
+        samples = pcm.size if isinstance(pcm, np.ndarray) else len(pcm) // 2
+        self._sound_coming(now, samples / rate if rate > 0 else 0.0)
         buf.play(pcm, rate, now)
         self._arm_tail_timer()
 
@@ -143,8 +146,9 @@ class BufferedOutput:
             self._sound_coming(self._now())
             self._buffer.play_earcon(name)
 
-    def _sound_coming(self, now: float) -> None:
-        """Sound is about to be queued (a device that stopped while nothing played starts here)."""
+    def _sound_coming(self, now: float, seconds: float = 0.0) -> None:
+        """Sound is about to be queued: ``seconds`` of agent audio (0: an earcon). A device that
+        stopped while nothing played starts here."""
 
     def _flushed(self) -> None:
         """Everything queued was dropped (a device drops what it holds here)."""

@@ -14,13 +14,12 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import pyaudio
 
 from ..errors import DeviceError
 from ..threads import run_blocking
 from . import ErrorCallback
-from .buffer import PcmLike, PlaybackBuffer
+from .buffer import PlaybackBuffer
 from .listing import negotiate, resolve, unique
 from .streams import CallbackDevice, open_stream
 from .earcons import EARCON_NAMES
@@ -124,7 +123,6 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         self._standby: Standby | None = None  # while open: when the stream runs
         self._timer: asyncio.TimerHandle | None = None  # at the standby's next deadline,
         self._timer_due = 0.0  # this one
-        self._coming = 0.0  # s of the agent audio being queued now (play(); 0 for an earcon)
 
     @property
     def running(self) -> bool:
@@ -217,31 +215,24 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
 
     # ------------------------------------------------------------------ start and stop (loop thread)
 
-    def play(self, pcm: PcmLike, rate: int) -> None:
-        samples = pcm.size if isinstance(pcm, np.ndarray) else len(pcm) // 2
-        self._coming = samples / rate if rate > 0 else 0.0
-        try:
-            super().play(pcm, rate)
-        finally:
-            self._coming = 0.0
-
-    def start_lead(self, buf: PlaybackBuffer) -> float:
-        """Seconds a reply's first sample waits when the stream (re)starts for it (see the class
-        docstring): 0 at periods up to 20 ms, for an earcon, or when enough is queued."""
-        if self.period_ms <= 20 or not self._coming:
+    def start_lead(self, buf: PlaybackBuffer, coming: float) -> float:
+        """Seconds a reply's first sample waits when the stream (re)starts for the ``coming``
+        seconds of it being queued (see the class docstring): 0 at periods up to 20 ms, for an
+        earcon (``coming`` 0), or when enough is queued."""
+        if self.period_ms <= 20 or not coming:
             return 0.0
         read_ahead = buf.latency + 2 * self.period_ms / 1000
-        ahead = buf.queued_seconds + self._coming - RESAMPLER_HOLD
+        ahead = buf.queued_seconds + coming - RESAMPLER_HOLD
         return max(0.0, read_ahead + START_MARGIN - ahead)
 
-    def _sound_coming(self, now: float) -> None:
+    def _sound_coming(self, now: float, seconds: float = 0.0) -> None:
         buf, standby = self._buffer, self._standby
         if buf is None or standby is None:
             return
         until = buf.audible_until(now)
         move = standby.sound(now, until)
         if move is Move.START:
-            lead = max(self.lead_in, self.start_lead(buf))
+            lead = max(self.lead_in, self.start_lead(buf, seconds))
             if lead > 0:
                 buf.lead_in(lead)
         elif move is Move.RESTART:
@@ -249,7 +240,7 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
             # (held until the stream is stopped: what the callback hands out meanwhile is dropped too).
             buf.device_dropped(now)
             buf.hold(True)
-            lead = self.start_lead(buf)
+            lead = self.start_lead(buf, seconds)
             if lead > 0:
                 buf.lead_in(lead)
         self._apply(move)
