@@ -49,13 +49,16 @@ def reply_agent(tmp: Path) -> FakeAgent:
     return FakeAgent(FakeAgentOptions(port=0, first_message=True, reply_wav=str(reply), gate_end_silence_ms=700))
 
 
+@pytest.mark.alone  # the echo through the canceller for 20 s: in one full run of the suite at 532522a the
+# echo leaked (12.9 dB) and the fake agent, hearing it, cut the reply at 11 s; 6 runs beside two busy
+# loops gave 51-57 dB. The daemon logs at debug, so that a failure shows the echo reference's moves.
 async def test_the_agent_does_not_hear_itself(virtual_audio: VirtualAudio, tmp_path: Path) -> None:
     """The reply plays, the user is silent: what reaches the agent is >= 20 dB below the echo
     at the microphone, and no user turn starts (the reply is not interrupted)."""
     with virtual_audio.echo_room(latency_ms=60, volume=0.5) as room:
         mic = room.record_mic()
         async with (reply_agent(tmp_path) as agent,
-                    audio_daemon(aec_env(virtual_audio, agent), tmp_path) as (d, events)):
+                    audio_daemon(aec_env(virtual_audio, agent, PI_AGENT_LOG__LEVEL="debug"), tmp_path) as (d, events)):
             spoke = await events.wait_state("speaking", 20)
             began = events.received_at[next(n for n, e in enumerate(events.events) if e is spoke)]
             done = await events.wait_for(lambda e: e.get("type") == "state" and e["previous"] == "speaking", 40,
@@ -74,7 +77,7 @@ async def test_the_agent_does_not_hear_itself(virtual_audio: VirtualAudio, tmp_p
            attenuation_db=round(echo_db - sent_db, 1), reply_s=round(ended - began, 1))
     assert ended - began > 8, f"the reply did not play to its end: {states}, {record.interruptions}\n{d.log}"
     assert len(echo_frames) > 200, "the microphone did not hear the speaker: no echo path"
-    assert echo_db - sent_db >= 20, (echo_db, sent_db)
+    assert echo_db - sent_db >= 20, (echo_db, sent_db, d.log)
     assert "listening" not in states, states  # no user turn
     assert record.interruptions == []
     assert status == 200 and "pi_agent_echo_attenuation_db" in metrics
