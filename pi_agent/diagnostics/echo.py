@@ -119,13 +119,13 @@ def voice(seconds: float, dbfs_level: float) -> np.ndarray:
     return at_dbfs(y, dbfs_level, float(np.sqrt(np.mean(y[loud] ** 2))))
 
 
-def replay_double_talk(mic: np.ndarray, reference: np.ndarray, level: float = VOICE_DBFS,
+def replay_double_talk(mic: np.ndarray, reference: np.ndarray, lag: int, level: float = VOICE_DBFS,
                        duck_db: float = 0.0) -> Match | None:
     """Run ``mic`` and ``reference`` (aligned, as :func:`judge_echo` takes them) through a fresh
     canceller again, a :func:`voice` at ``level`` dBFS added :data:`DT_FROM` s into the test
     signal, the speaker lowered by ``duck_db`` :data:`DUCK_REACT` s later (the reference from
-    then, the echo in the recording from as much later as it comes): how much of the voice comes
-    out (None: no canceller here)."""
+    then, the echo in the recording ``lag`` samples later, as :func:`judge_echo` found it): how
+    much of the voice comes out (None: no canceller here)."""
     from ..audio import FRAME_SAMPLES
     from ..audio.echo import EchoCanceller, FarEnd, unavailable
 
@@ -138,10 +138,9 @@ def replay_double_talk(mic: np.ndarray, reference: np.ndarray, level: float = VO
     echo, reference = mic.astype(np.float64), np.asarray(reference, dtype=np.float64)
     if duck_db > 0:
         lowered = start + int(DUCK_REACT * MIC_RATE)
-        lag = max(0, delay(mic[int(ECHO_QUIET * MIC_RATE):], reference[int(ECHO_QUIET * MIC_RATE):], ECHO_LAGS))
         gain = 10 ** (-duck_db / 20)
         reference[lowered:] *= gain
-        echo[lowered + lag :] *= gain
+        echo[lowered + max(0, lag) :] *= gain
         reference = np.round(reference)
     near = np.clip(np.round(echo + user), -32768, 32767).astype("<i2")
     far = FarEnd(seconds=len(mic) / MIC_RATE + 2)
@@ -156,12 +155,11 @@ def replay_double_talk(mic: np.ndarray, reference: np.ndarray, level: float = VO
     return match(cleaned, user, (start, start + len(said)), MIC_RATE, max_lag_ms=60)
 
 
-def judge_echo(mic: np.ndarray, reference: np.ndarray, cleaned: np.ndarray | None,
-               double_talk: Match | None = None, duck_db: float = 0.0) -> EchoReport:
+def judge_echo(mic: np.ndarray, reference: np.ndarray, cleaned: np.ndarray | None) -> EchoReport:
     """Measure an echo test: ``mic`` and ``reference`` are aligned sample for sample on the
     canceller's clock (16 kHz, :data:`ECHO_QUIET` of silence first); ``cleaned`` is the
-    canceller's output (None: it is not installed); ``double_talk``: what
-    :func:`replay_double_talk` found, with the reply lowered by ``duck_db``."""
+    canceller's output (None: it is not installed). Double talk is measured afterwards, where an
+    echo was found (:func:`replay_double_talk`, given the delay found here)."""
     quiet = slice(int(0.2 * MIC_RATE), int(ECHO_QUIET * MIC_RATE))
     playing = np.abs(reference) > 0
     floor = dbfs(mic[quiet])
@@ -177,7 +175,7 @@ def judge_echo(mic: np.ndarray, reference: np.ndarray, cleaned: np.ndarray | Non
     if cleaned is not None and len(cleaned) > later:
         usable = playing[later : len(cleaned)]
         cancelled = dbfs(cleaned[later:][usable]) if usable.any() else None
-    report = EchoReport(floor, echo, lag * 1000 / MIC_RATE, cancelled, "", False, double_talk, duck_db)
+    report = EchoReport(floor, echo, lag * 1000 / MIC_RATE, cancelled, "", False)
     if not 0 <= lag <= MAX_ECHO_DELAY * MIC_RATE:
         report.verdict = (f"the echo comes {report.delay_ms:.0f} ms after what the canceller takes for its moment "
                           f"of playing; it can find one 0-{MAX_ECHO_DELAY * 1000:.0f} ms late: aec will not work "
@@ -244,9 +242,10 @@ async def test_echo(audio: AudioSettings, seconds: float = 6.0) -> int:
     mic = np.frombuffer(b"".join(f for f, _ in raw), dtype="<i2")
     reference = np.concatenate([far.read(at, len(f) // 2) for f, at in raw])
     out = np.frombuffer(b"".join(cleaned), dtype="<i2") if canceller is not None else None
-    r = judge_echo(mic, reference, out,
-                   replay_double_talk(mic, reference, duck_db=audio.duck_db) if out is not None else None,
-                   audio.duck_db)
+    r = judge_echo(mic, reference, out)
+    if out is not None and r.delay_ms is not None:
+        lag = round(r.delay_ms * MIC_RATE / 1000)
+        r.double_talk, r.duck_db = replay_double_talk(mic, reference, lag, duck_db=audio.duck_db), audio.duck_db
     print(f"room noise {r.noise_floor:.0f} dBFS; echo at the microphone {r.echo_level:.0f} dBFS (the speaker's "
           f"signal {ECHO_SIGNAL_DBFS:.0f} dBFS: {r.return_loss:.0f} dB lost on the way)")
     if r.delay_ms is not None:
