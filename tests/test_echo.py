@@ -8,6 +8,7 @@ response, frame by frame as the microphone's callback feeds it.
 from __future__ import annotations
 
 import io
+import math
 import shutil
 import subprocess
 import wave
@@ -162,7 +163,7 @@ def test_the_frame_clock_finds_the_capture_times_and_holds_them_under_late_and_b
 def test_while_an_echo_is_cancelled_the_frame_clock_holds_its_first_seconds_refinement() -> None:
     """In its first second the clock moves to every tighter bound; a move of a few ms while the
     canceller works on an echo costs a second of echo, so then it waits (the estimate stays a
-    little late, the safe side), unless frames were lost (a move of more than MOVE)."""
+    little late, the safe side), unless the lead grew beyond LEAD_LIMIT."""
     def clock_after(hold: bool, early_by: float) -> tuple[float, float]:
         clock = FrameClock()
         first = clock.stamp(100.03, hold=hold)  # arrives 10 ms late: the estimate starts 10 ms late
@@ -172,7 +173,30 @@ def test_while_an_echo_is_cancelled_the_frame_clock_holds_its_first_seconds_refi
 
     assert clock_after(False, 0.008) == pytest.approx((100.01, 100.002))  # refined: 8 ms earlier
     assert clock_after(True, 0.008) == pytest.approx((100.01, 100.01))  # held: a leading reference
-    assert clock_after(True, 0.03)[1] == pytest.approx(99.98)  # 30 ms: frames were lost, it moves
+    assert clock_after(True, 0.03)[1] == pytest.approx(100.01)  # 30 ms: still held
+    assert clock_after(True, 0.15)[1] == pytest.approx(99.86)  # 150 ms: a lead worth trimming at once
+
+
+def test_while_an_echo_is_cancelled_the_frame_clock_moves_later_at_once_and_earlier_after_the_speaker() -> None:
+    """After the first second: frames arriving 25 ms earlier than the estimate says (it was late)
+    move it only once nothing is being cancelled; frames arriving 25 ms later (frames were lost:
+    the reference would lag the echo, which cannot then be cancelled) move it at once."""
+    def run(shift: float, hold_until: float) -> tuple[list[float], FrameClock]:
+        clock = FrameClock()
+        moved = []
+        for n in range(1000):  # 20 s
+            arrival = 100.0 + (n + 1) * 0.02 + (shift if n >= 100 else 0.0)
+            at = clock.stamp(arrival, hold=arrival < hold_until)
+            moved.append(at - (100.0 + n * 0.02))
+        return moved, clock
+
+    earlier, clock = run(-0.025, hold_until=110.0)
+    assert clock.jumps == 1
+    assert max(abs(e) for e in earlier[:500]) < 1e-9  # held through the reply (until 110 s)
+    assert earlier[-1] == pytest.approx(-0.025) and earlier.index(earlier[-1]) < 700  # then followed
+    later, clock = run(0.025, hold_until=math.inf)
+    assert clock.jumps == 1 and later[-1] == pytest.approx(0.025)  # followed while cancelling
+    assert later.index(later[-1]) < 100 + round(2 * FrameClock.WINDOW / 0.02)
 
 
 @pytest.mark.skipif(unavailable() is not None, reason=f"{unavailable()}")

@@ -78,7 +78,7 @@ async def test_the_agent_does_not_hear_itself(virtual_audio: VirtualAudio, tmp_p
     assert ended - began > 8, f"the reply did not play to its end: {states}, {record.interruptions}\n{d.log}"
     assert len(echo_frames) > 200, "the microphone did not hear the speaker: no echo path"
     assert echo_db - sent_db >= 20, (echo_db, sent_db, d.log)
-    assert "listening" not in states, states  # no user turn
+    assert "listening" not in states, (states, d.log)  # no user turn
     assert record.interruptions == []
     assert status == 200 and "pi_agent_echo_attenuation_db" in metrics
 

@@ -211,11 +211,18 @@ class FrameClock:
     It moves only when the smallest bound of a whole :data:`WINDOW` is :data:`MOVE` away
     from it (frames were lost, or the device's clock drifted), and a gap of a second (the
     microphone was reopened) starts afresh. ``jumps`` counts the moves.
+
+    While an echo is being cancelled (``hold``), the estimate moves later at once (the
+    reference must never lag the echo: that echo could not be cancelled at all) but earlier
+    only by more than :data:`LEAD_LIMIT`: moving earlier only trims a lead AEC3 absorbs, and
+    every move costs a moment of echo while AEC3 finds the new delay. Such a move waits for
+    the speaker's silence.
     """
 
     SETTLE = 1.0  # s
     WINDOW = 3.0  # s
     MOVE = 0.02  # s
+    LEAD_LIMIT = 0.1  # s: a lead beyond this is trimmed even while cancelling (AEC3 finds delays to ~0.45 s)
     GAP = 1.0  # s later than expected: a new stream
 
     def __init__(self) -> None:
@@ -228,11 +235,12 @@ class FrameClock:
 
     def stamp(self, arrival: float, hold: bool = False) -> float:
         """The capture time of the first sample of the frame that arrives now. ``hold``: the
-        canceller is cancelling an echo (:meth:`EchoCanceller.cancelling`), so the first seconds'
-        refinement waits: a move of a few ms then costs AEC3 a second of echo while it finds the
-        new delay (measured: 8-12 ms moves 0.6-0.9 s into the first reply, which began 0.2 s
-        after the microphone opened, let the echo through for 1-1.5 s), where an estimate that
-        stays a little late only makes the reference lead the echo a little more."""
+        canceller is cancelling an echo (:meth:`EchoCanceller.cancelling`), so a move earlier waits
+        (up to :data:`LEAD_LIMIT`): a move of a few ms then costs AEC3 a second of echo while it
+        finds the new delay (measured: 8-12 ms moves 0.6-0.9 s into the first reply, which began
+        0.2 s after the microphone opened, let the echo through for 1-1.5 s; a 20 ms move 3 s into
+        one, on a loaded machine, let enough through for a false user turn), where an estimate
+        that stays a little late only makes the reference lead the echo a little more."""
         seconds = FRAME_SAMPLES / MIC_RATE
         bound = arrival - (self._n + 1) * seconds
         start = self._start
@@ -240,12 +248,13 @@ class FrameClock:
             self._n, start = 0, arrival - seconds
             self._settled_at, self._floor, self._window_ends = arrival + self.SETTLE, math.inf, arrival + self.WINDOW
         elif arrival < self._settled_at:
-            if not hold or bound < start - self.MOVE:
+            if not hold or bound < start - self.LEAD_LIMIT:
                 start = min(start, bound)
         else:
             self._floor = min(self._floor, bound)
             if arrival >= self._window_ends:
-                if abs(self._floor - start) > self.MOVE:
+                shift = self._floor - start
+                if shift > self.MOVE or shift < -(self.LEAD_LIMIT if hold else self.MOVE):
                     self.jumps += 1
                     log.debug("echo reference: the microphone's clock moved by %+.1f ms", (self._floor - start) * 1000)
                     start = self._floor
