@@ -19,6 +19,7 @@ from typing import Literal
 import pyaudio
 
 from ..errors import DeviceError, DeviceNotFound
+from . import portaudio as pa_direct
 from .native import PORTAUDIO_LOCK, portaudio, quiet_native_stderr
 
 Kind = Literal["input", "output"]
@@ -50,13 +51,21 @@ class DeviceInfo:
 
 
 def is_supported(pa: pyaudio.PyAudio, info: DeviceInfo, kind: Kind, rate: int, channels: int) -> bool:
-    """Whether PortAudio says the device opens with s16 at ``rate`` and ``channels``."""
+    """Whether PortAudio says the device opens with s16 at ``rate`` and ``channels``.
+
+    Through ctypes where PyAudio's PortAudio is a shared library (:mod:`.portaudio`): PyAudio's
+    probe holds the GIL while PortAudio opens the device, and on a sound server that stopped
+    answering that froze the whole daemon (its event loop, the agent's connection, the
+    watchdog) for as long as the server did."""
     kwargs: dict[str, object]
     if kind == "input":
         kwargs = {"input_device": info.index, "input_channels": channels, "input_format": pyaudio.paInt16}
     else:
         kwargs = {"output_device": info.index, "output_channels": channels, "output_format": pyaudio.paInt16}
+    lib = pa_direct.library()
     with PORTAUDIO_LOCK, quiet_native_stderr():
+        if lib is not None and lib.device_name(info.index) == info.name:
+            return lib.is_format_supported(info.index, kind, rate, channels)
         try:
             return bool(pa.is_format_supported(rate, **kwargs))
         except (ValueError, OSError):

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 
 import pyaudio
 
+from ..errors import DeviceError
+
 log = logging.getLogger(__name__)
 
 _STDERR_LOCK = threading.Lock()
@@ -98,6 +100,20 @@ PORTAUDIO_LOCK = threading.RLock()
 """Serialises PortAudio set-up and tear-down (initialise, terminate, open, close, probe):
 PortAudio's bookkeeping of instances and open streams is not thread-safe, and the
 backends open and close from worker threads."""
+
+
+@contextlib.contextmanager
+def portaudio_lock(timeout: float, what: str) -> Iterator[None]:
+    """:data:`PORTAUDIO_LOCK`, waited for ``timeout`` s at most, then a :class:`DeviceError`
+    naming ``what``. A call stuck in a sound server that stopped answering holds the lock
+    for good; a device's open that waited behind it for good would leave one more thread
+    waiting at every retry, for as long as the server stays stuck."""
+    if not PORTAUDIO_LOCK.acquire(timeout=timeout):
+        raise DeviceError(f"{what}: an earlier call into PortAudio never returned (sound server stuck?)")
+    try:
+        yield
+    finally:
+        PORTAUDIO_LOCK.release()
 
 
 def new_pyaudio() -> pyaudio.PyAudio:

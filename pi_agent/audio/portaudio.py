@@ -69,7 +69,7 @@ class PortAudioError(OSError):
 
 
 class Library:
-    """The PortAudio calls the blocking input stream needs."""
+    """The PortAudio calls the blocking input stream and the format probe need."""
 
     def __init__(self, lib: Any) -> None:
         self._lib = lib
@@ -85,6 +85,8 @@ class Library:
         self._declare("Pa_GetErrorText", ctypes.c_char_p, [ctypes.c_int])
         self._declare("Pa_GetDeviceCount", ctypes.c_int, [])
         self._declare("Pa_GetDeviceInfo", ctypes.POINTER(_DeviceInfo), [ctypes.c_int])
+        params = ctypes.POINTER(_StreamParameters)
+        self._declare("Pa_IsFormatSupported", ctypes.c_int, [params, params, ctypes.c_double])
         self.set_num_periods = None
         with contextlib.suppress(AttributeError):  # ALSA builds only
             self._declare("PaAlsa_SetNumPeriods", ctypes.c_int, [ctypes.c_int])
@@ -100,6 +102,15 @@ class Library:
     def error(self, code: int, what: str) -> PortAudioError:
         text = self._lib.Pa_GetErrorText(code)
         return PortAudioError(code, f"{what}: {text.decode(errors='replace') if text else 'error'}")
+
+    def is_format_supported(self, index: int, kind: str, rate: int, channels: int) -> bool:
+        """Whether device ``index`` opens with s16 at ``rate`` and ``channels`` in direction
+        ``kind`` (``"input"`` or ``"output"``). PyAudio's own ``is_format_supported`` holds the
+        GIL while PortAudio opens the device to try it, so a sound server that stopped
+        answering froze every thread of the daemon, the event loop with it; here ctypes lets go."""
+        params = ctypes.byref(_StreamParameters(index, channels, PA_INT16, 0.0, None))
+        inp, out = (params, None) if kind == "input" else (None, params)
+        return int(self._lib.Pa_IsFormatSupported(inp, out, float(rate))) == 0
 
     def device_name(self, index: int) -> str | None:
         info = self._lib.Pa_GetDeviceInfo(index)

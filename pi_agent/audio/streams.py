@@ -21,7 +21,7 @@ from ..errors import DeviceError, InternalError
 from ..threads import run_blocking
 from .guard import StreamGuard
 from .listing import DeviceInfo
-from .native import PORTAUDIO_LOCK, CapturedStderr, new_pyaudio, quiet_native_stderr
+from .native import PORTAUDIO_LOCK, CapturedStderr, new_pyaudio, portaudio_lock, quiet_native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,9 @@ class CallbackDevice:
         guard.start(self._stream.is_active)
 
     def _open_blocking(self) -> tuple[Any, pyaudio.PyAudio | None]:
-        with PORTAUDIO_LOCK:  # resolve, probe and open as one step
+        # Resolve, probe and open as one step; given up before run_blocking does, so that the
+        # keeper hears why (and the thread ends) when an earlier call is stuck in the sound server.
+        with portaudio_lock(max(0.1, self.open_timeout - 1.0), f"opening {self.what}"):
             owned = None if self._pa_given is not None else new_pyaudio()
             pa = self._pa_given if self._pa_given is not None else owned
             if pa is None:  # pragma: no cover - new_pyaudio() either returns or raises
