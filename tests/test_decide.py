@@ -227,6 +227,11 @@ CASES: dict[str, Case] = {
     "... while thinking": Case(m(S.THINKING, **CONNECTED), i.DeviceFailed("microphone", "gone"), S.ERROR),
     "... while offline": Case(m(S.OFFLINE), i.DeviceFailed("microphone", "gone"), S.ERROR),
     "... while muted": Case(m(S.MUTED, muted=True), i.DeviceFailed("microphone", "gone"), S.ERROR),
+    "a reopen that fails says why it is still down": Case(
+        m(S.ERROR, device_errors=(("speaker", "speaker: gone"),)),
+        i.DeviceFailed("speaker", "opening it: a call never returned"), S.ERROR,
+        do=[fx.Log("warning", "speaker device still down: opening it: a call never returned")],
+        model_has={"device_errors": (("speaker", "speaker: opening it: a call never returned"),)}),
     "the device is back": Case(m(S.ERROR, device_errors=(("speaker", "speaker: gone"),)),
                                i.DeviceRecovered("speaker"), S.IDLE, model_has={"device_errors": ()}),
     "one back, the other still down": Case(

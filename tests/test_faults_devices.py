@@ -33,7 +33,8 @@ from pi_agent.errors import DeviceError
 from pi_agent.fake_agent import FakeAgent, FakeAgentOptions
 from .support_audio import started_card
 from .support_daemon import EventClient, free_port
-from .support_faults import CANARY, SecretScan, agent_signatures, fault_daemon, fault_env, make_wav
+from .support_faults import (CANARY, SecretScan, agent_signatures, fault_daemon, fault_env, make_wav,
+                             proc_stats)
 
 pytestmark = pytest.mark.faults
 
@@ -163,6 +164,50 @@ async def test_sigterm_while_the_sound_server_is_frozen(tmp_path: Path, vcard: A
     closed_at = agent.latest.closed_at
     assert closed_at is not None and closed_at - t0 < 0.6, closed_at - t0  # not held up by the frozen mic
     assert "shutdown budget; abandoned them" in run.log
+
+
+@pytest.mark.slow
+@pytest.mark.alone  # 40 s of a frozen sound server and the daemon's retries: timing, no neighbours
+async def test_a_sound_server_frozen_for_long_costs_a_bounded_number_of_threads_and_audio_comes_back(
+        tmp_path: Path, vcard: Any) -> None:
+    """The sound server stops answering for good (here 40 s, retried every few seconds):
+    every open the daemon tries hangs in it. The calls left stuck are bounded (a kiosk's
+    sound server wedged for a night must not cost a thread per retry), the journal says
+    why audio stays down, and once the server answers again the microphone streams."""
+    frozen = vcard.gone_server()
+    frozen.start()
+    try:
+        async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent:
+            env = fault_env(agent.http_url, tmp_path, **vcard.env, PI_AGENT_AUDIO__INPUT_DEVICE="vgone_mic",
+                            PI_AGENT_AUDIO__OUTPUT_DEVICE="vgone_spk")
+            del env["PI_AGENT_AUDIO__INPUT_WAV"], env["PI_AGENT_AUDIO__OUTPUT_WAV"]
+            async with fault_daemon(env, tmp_path, secrets=lambda: agent_signatures(agent)) as run:
+                await run.wait_connected(15)
+                await _mic_streaming(agent)
+                pid = run.daemon.proc.pid  # type: ignore[union-attr]
+                threads_before = proc_stats(pid).threads
+                assert frozen.proc is not None
+                frozen.proc.send_signal(signal.SIGSTOP)
+                threads = []
+                try:
+                    for _ in range(40):
+                        await asyncio.sleep(1.0)
+                        threads.append(proc_stats(pid).threads)
+                    # The daemon itself never froze with the sound server: it answers at once
+                    # and kept the agent's conversation (unanswered pings would have ended it).
+                    status, health = await asyncio.wait_for(run.health(), 2.0)
+                    assert status == 503 and "speaker" in str(health), (status, health)
+                    assert agent.latest.is_open and len(agent.conversations) == 1
+                finally:
+                    frozen.proc.send_signal(signal.SIGCONT)
+                await _mic_streaming(agent, 30)
+                log = run.log
+    finally:
+        frozen.stop()
+    assert max(threads) <= threads_before + 5, (threads_before, threads, log[-3000:])
+    assert max(threads[-10:]) <= max(threads[10:20]) + 1, threads  # not one more at every retry
+    assert re.search(r"WARN  controller: (speaker|microphone) device still down: opening \1 'vgone_\w+': an "
+                     r"earlier call into PortAudio never returned \(sound server stuck\?\)", log), log[-3000:]
 
 
 async def _mic_streaming(agent: FakeAgent, timeout: float = 10.0) -> None:
