@@ -167,7 +167,6 @@ async def test_sigterm_while_the_sound_server_is_frozen(tmp_path: Path, vcard: A
 
 
 @pytest.mark.slow
-@pytest.mark.alone  # 40 s of a frozen sound server and the daemon's retries: timing, no neighbours
 async def test_a_sound_server_frozen_for_long_costs_a_bounded_number_of_threads_and_audio_comes_back(
         tmp_path: Path, vcard: Any) -> None:
     """The sound server stops answering for good (here 40 s, retried every few seconds):
