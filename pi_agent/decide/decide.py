@@ -62,7 +62,8 @@ def _device_failed(s: Step, event: i.DeviceFailed) -> None:
     if first:
         s.log("error", f"{event.which} device failed: {event.message}; the daemon keeps running and reopens it")
     else:  # a reopen failed (the keeper says each distinct reason once): why it is still down
-        s.log("warning", f"{event.which} device still down: {event.message.splitlines()[0]}")  # not a device table
+        head = event.message.partition("\n")[0]  # its first line, not the device table some carry
+        s.log("warning", f"{event.which} device still down: {head}")
     s.publish(type="error", source=event.which, message=event.message)
     s.fire(T.FAIL)
 
