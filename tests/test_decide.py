@@ -232,6 +232,10 @@ CASES: dict[str, Case] = {
         i.DeviceFailed("speaker", "opening it: a call never returned"), S.ERROR,
         do=[fx.Log("warning", "speaker device still down: opening it: a call never returned")],
         model_has={"device_errors": (("speaker", "speaker: opening it: a call never returned"),)}),
+    "... but not twice for the same reason (a device table that changed below it)": Case(
+        m(S.ERROR, device_errors=(("microphone", "microphone: no such device 'usb'\n table 1"),)),
+        i.DeviceFailed("microphone", "no such device 'usb'\n table 2"), S.ERROR,
+        dont=[fx.Log("warning", "microphone device still down: no such device 'usb'")]),
     "the device is back": Case(m(S.ERROR, device_errors=(("speaker", "speaker: gone"),)),
                                i.DeviceRecovered("speaker"), S.IDLE, model_has={"device_errors": ()}),
     "one back, the other still down": Case(

@@ -56,13 +56,13 @@ def _tick(s: Step, _: i.Tick) -> None:
 
 def _device_failed(s: Step, event: i.DeviceFailed) -> None:
     errors = dict(s.m.device_errors)
-    first = errors.pop(event.which, None) is None
+    before = errors.pop(event.which, None)
     errors[event.which] = f"{event.which}: {event.message}"  # the latest failure last
     s.set(device_errors=tuple(errors.items()))
-    if first:
+    head = event.message.partition("\n")[0]  # its first line, not the device table some carry
+    if before is None:
         s.log("error", f"{event.which} device failed: {event.message}; the daemon keeps running and reopens it")
-    else:  # a reopen failed (the keeper says each distinct reason once): why it is still down
-        head = event.message.partition("\n")[0]  # its first line, not the device table some carry
+    elif before.partition("\n")[0] != f"{event.which}: {head}":  # a reopen failed, for a new reason
         s.log("warning", f"{event.which} device still down: {head}")
     s.publish(type="error", source=event.which, message=event.message)
     s.fire(T.FAIL)
