@@ -20,6 +20,7 @@ import re
 import signal
 import time
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -136,28 +137,16 @@ async def test_real_microphone_vanishes_mid_run_and_returns(speaker: str, tmp_pa
 async def test_sigterm_while_the_sound_server_is_frozen(tmp_path: Path, vcard: Any) -> None:
     """The sound server stops answering (stopped, swapped out, wedged): closing its streams
     would hang. SIGTERM still ends the daemon within 2 s, exit 0, the conversation closed."""
-    frozen = vcard.gone_server()
-    frozen.start()
-    try:
-        async with FakeAgent(FakeAgentOptions(port=0, api_key=CANARY)) as agent:
-            env = fault_env(agent.http_url, tmp_path, **vcard.env, PI_AGENT_AUDIO__INPUT_DEVICE="vgone_mic",
-                            PI_AGENT_AUDIO__OUTPUT_DEVICE="vgone_spk")
-            del env["PI_AGENT_AUDIO__INPUT_WAV"], env["PI_AGENT_AUDIO__OUTPUT_WAV"]
-            async with fault_daemon(env, tmp_path, secrets=lambda: agent_signatures(agent)) as run:
-                await run.wait_connected(15)
-                await _mic_streaming(agent)
-                assert frozen.proc is not None
-                frozen.proc.send_signal(signal.SIGSTOP)
-                try:
-                    t0 = time.monotonic()
-                    run.daemon.signal(signal.SIGTERM)
-                    code = await asyncio.to_thread(run.daemon.wait, 10)
-                    elapsed = time.monotonic() - t0
-                finally:
-                    frozen.proc.send_signal(signal.SIGCONT)
-            await agent.wait_for(lambda: not agent.latest.is_open, 5)
-    finally:
-        frozen.stop()
+    async with _daemon_on_a_server_to_freeze(vcard, tmp_path) as (agent, run, server):
+        server.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            run.daemon.signal(signal.SIGTERM)
+            code = await asyncio.to_thread(run.daemon.wait, 10)
+            elapsed = time.monotonic() - t0
+        finally:
+            server.send_signal(signal.SIGCONT)
+        await agent.wait_for(lambda: not agent.latest.is_open, 5)
     assert code == 0, run.log[-2000:]
     assert elapsed < 2.0, (elapsed, run.log[-1500:])
     assert agent.latest.close_code == 1000 and agent.latest.closed_by == "client"
@@ -173,6 +162,35 @@ async def test_a_sound_server_frozen_for_long_costs_a_bounded_number_of_threads_
     every open the daemon tries hangs in it. The calls left stuck are bounded (a kiosk's
     sound server wedged for a night must not cost a thread per retry), the journal says
     why audio stays down, and once the server answers again the microphone streams."""
+    async with _daemon_on_a_server_to_freeze(vcard, tmp_path) as (agent, run, server):
+        pid = run.daemon.proc.pid  # type: ignore[union-attr]
+        threads_before = proc_stats(pid).threads
+        server.send_signal(signal.SIGSTOP)
+        threads = []
+        try:
+            for _ in range(40):
+                await asyncio.sleep(1.0)
+                threads.append(proc_stats(pid).threads)
+            # The daemon itself never froze with the sound server: it answers at once
+            # and kept the agent's conversation (unanswered pings would have ended it).
+            status, health = await asyncio.wait_for(run.health(), 2.0)
+            assert status == 503 and health["reason"].startswith(("speaker:", "microphone:")), health
+            assert agent.latest.is_open and len(agent.conversations) == 1
+        finally:
+            server.send_signal(signal.SIGCONT)
+        await _mic_streaming(agent, 30)
+        log = run.log
+    assert max(threads) <= threads_before + 5, (threads_before, threads, log[-3000:])
+    assert max(threads[-10:]) <= max(threads[10:20]) + 1, threads  # not one more at every retry
+    assert re.search(r"WARN  controller: (speaker|microphone) device still down: opening \1 'vgone_\w+': an "
+                     r"earlier call into PortAudio never returned \(sound server stuck\?\)", log), log[-3000:]
+
+
+@contextlib.asynccontextmanager
+async def _daemon_on_a_server_to_freeze(vcard: Any, tmp_path: Path) -> AsyncIterator[tuple[FakeAgent, Any, Any]]:
+    """The daemon with both devices on a sound server of their own (``vgone_mic``/``vgone_spk``),
+    its conversation open and the microphone streaming: yields the agent, the run and the
+    server's process (a test stops and continues it)."""
     frozen = vcard.gone_server()
     frozen.start()
     try:
@@ -183,30 +201,10 @@ async def test_a_sound_server_frozen_for_long_costs_a_bounded_number_of_threads_
             async with fault_daemon(env, tmp_path, secrets=lambda: agent_signatures(agent)) as run:
                 await run.wait_connected(15)
                 await _mic_streaming(agent)
-                pid = run.daemon.proc.pid  # type: ignore[union-attr]
-                threads_before = proc_stats(pid).threads
                 assert frozen.proc is not None
-                frozen.proc.send_signal(signal.SIGSTOP)
-                threads = []
-                try:
-                    for _ in range(40):
-                        await asyncio.sleep(1.0)
-                        threads.append(proc_stats(pid).threads)
-                    # The daemon itself never froze with the sound server: it answers at once
-                    # and kept the agent's conversation (unanswered pings would have ended it).
-                    status, health = await asyncio.wait_for(run.health(), 2.0)
-                    assert status == 503 and health["reason"].startswith(("speaker:", "microphone:")), health
-                    assert agent.latest.is_open and len(agent.conversations) == 1
-                finally:
-                    frozen.proc.send_signal(signal.SIGCONT)
-                await _mic_streaming(agent, 30)
-                log = run.log
+                yield agent, run, frozen.proc
     finally:
         frozen.stop()
-    assert max(threads) <= threads_before + 5, (threads_before, threads, log[-3000:])
-    assert max(threads[-10:]) <= max(threads[10:20]) + 1, threads  # not one more at every retry
-    assert re.search(r"WARN  controller: (speaker|microphone) device still down: opening \1 'vgone_\w+': an "
-                     r"earlier call into PortAudio never returned \(sound server stuck\?\)", log), log[-3000:]
 
 
 async def _mic_streaming(agent: FakeAgent, timeout: float = 10.0) -> None:
