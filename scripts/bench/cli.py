@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     frame.add_argument("--send-speed", type=float, default=4.0, help="the fake agent's audio speed (default 4x)")
     frame.add_argument("--profile", action="store_true", help="add a cProfile listing of the loop thread")
     frame.add_argument("--top", type=int, default=30, help="functions in that listing (default 30)")
+    frame.add_argument("--what-if", choices=("reader-path", "null-socket"), default=None,
+                       help="measure a design that is not the daemon's (never written to the docs): "
+                            "reader-path runs the gate and the send on the reader's thread, as moving the "
+                            "frame's path off the loop would (plain TCP only, not thread-safe: a cost "
+                            "figure, nothing more); null-socket writes the mic frames to a transport "
+                            "that keeps them (no socket work)")
     for p in (idle, soak, prof, frame):
         p.add_argument("--quick", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         # SUPPRESS: given before the command, these must not be reset by the command's defaults.

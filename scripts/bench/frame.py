@@ -17,6 +17,11 @@ JSON parsing, base64 decoding, websockets' parsing, the resampler), and what is 
 measured total is scheduling and the rest (the loop's wake-up, the hand-off, the gate's and
 the engine's bookkeeping, the decisions). ``--profile`` adds a cProfile listing of the
 loop thread during the mic phase (it slows everything; its times are not the figures).
+
+``--what-if`` measures designs that are not the daemon's, for the choice issue 25 leaves
+open (never written to the docs): ``reader-path`` runs the gate and the send on the reader's
+thread (the loop only hears of verdicts), ``null-socket`` gives the link a transport that
+keeps the mic frames (the path without the socket's kernel work).
 """
 
 from __future__ import annotations
@@ -153,6 +158,8 @@ async def _one_run(url: str, args: argparse.Namespace, frames: list[bytes]) -> F
         n, pace = args.frames, args.pace / 1000
         reader_cpu: list[float] = []
 
+        hand_over = mic._deliver if args.what_if != "reader-path" else _reader_path(loop, controller, session, mic)
+
         def reader() -> None:
             spent = 0.0
             t = time.monotonic()
@@ -162,11 +169,14 @@ async def _one_run(url: str, args: argparse.Namespace, frames: list[bytes]) -> F
                 if delay > 0:
                     time.sleep(delay)
                 c0 = time.thread_time()
-                mic._deliver(frames[k % len(frames)], False)
+                hand_over(frames[k % len(frames)], False)
                 spent += time.thread_time() - c0
             reader_cpu.append(spent)
 
         sent0 = engine.stats.messages_out["audio"]
+        link, kept = session._link, None
+        if args.what_if == "null-socket" and link is not None:
+            kept, link._transport = link._transport, _NullTransport()
         done = asyncio.Event()
         prof = cProfile.Profile(time.thread_time) if args.profile else None
         p0, w0, l0, f0 = time.process_time(), time.monotonic(), time.thread_time(), mic.frames
@@ -179,6 +189,8 @@ async def _one_run(url: str, args: argparse.Namespace, frames: list[bytes]) -> F
         await asyncio.sleep(0)  # the last frame's drain
         l1, w1, p1 = time.thread_time(), time.monotonic(), time.process_time()
         k1 = _kernel_time()
+        if kept is not None and link is not None:
+            link._transport = kept
         if prof is not None:
             prof.disable()
             out = io.StringIO()
@@ -217,21 +229,50 @@ async def _one_run(url: str, args: argparse.Namespace, frames: list[bytes]) -> F
     return run
 
 
+class _NullTransport:
+    """Stands in for the link's transport: keeps nothing (no socket work)."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _reader_path(loop: asyncio.AbstractEventLoop, controller: Any, session: Any, mic: Any) -> Any:
+    """``--what-if reader-path``: what the reader would do if a frame's path ran on its thread (the
+    gate, the engine, the link's write; verdicts handed to the loop). Not thread-safe as a daemon
+    would need it (the loop may write a pong meanwhile; a TLS transport could not be shared at
+    all): it gives the cost of that design, nothing else."""
+    from pi_agent.decide import inputs as i
+
+    gate = controller.gate
+
+    def verdicts(started: bool, ended: bool, nothing_said: bool) -> None:
+        if started:
+            controller.dispatch(i.TurnStarted())
+        if ended:
+            controller.dispatch(i.TurnEnded(nothing_said))
+
+    def hand_over(frame: bytes, lost: bool) -> None:
+        now = time.monotonic()
+        out = gate.process(frame, now, in_turn=controller.model.in_turn)
+        if out.started or out.ended:
+            loop.call_soon_threadsafe(verdicts, out.started, out.ended, out.nothing_said)
+        for f in out.frames:
+            session.send_audio(f, out.speech, now)
+        mic.frames += 1
+
+    return hand_over
+
+
 def _warm_path(controller: Any, session: Any, frames: list[bytes], n: int = 5000) -> float:
     """Microseconds of one mic frame's path on the loop (gate, engine, session, link, framing)
     called in a tight loop, its bytes handed to a transport that keeps nothing: warm caches."""
-
-    class Null:
-        def write(self, data: bytes) -> None:
-            pass
-
-        def is_closing(self) -> bool:
-            return False
-
     link = session._link
     if link is None:
         return float("nan")
-    real, link._transport = link._transport, Null()
+    real, link._transport = link._transport, _NullTransport()
     try:
         rounds = []
         for _ in range(5):
@@ -434,6 +475,9 @@ def cmd_frame(args: argparse.Namespace) -> int:
                 runs.append(run)
         finally:
             agent.stop()
+    if args.what_if and args.write:
+        args.write = False
+        log(f"--what-if {args.what_if}: a design that is not the daemon's; the docs are not rewritten")
     mic_pieces, agent_pieces = pieces(frames)
     report = frame_report(runs, mic_pieces, agent_pieces, args, commit, time.monotonic() - started)
     print(report)
@@ -467,7 +511,11 @@ def frame_report(runs: list[FrameRun], mic_pieces: dict[str, float], agent_piece
     ag_loop = med([r.agent.per_item("loop_cpu") for r in runs])
     ag_proc = med([r.agent.per_item("process_cpu") for r in runs])
     load = _load_text()
-    out = [f"Run of {now_text()} on commit `{commit}`: `{shown_args(args.argv)}`, {len(runs)} run(s), "
+    what_if = {"reader-path": "**What if** the frame's path ran on the reader's thread (gate, engine and "
+               "link's write there; not the daemon's design, not thread-safe): ",
+               "null-socket": "**What if** the link's transport kept the mic frames (no socket work): "}
+    out = [what_if.get(args.what_if or "", "")
+           + f"Run of {now_text()} on commit `{commit}`: `{shown_args(args.argv)}`, {len(runs)} run(s), "
            f"{elapsed / 60:.1f} min in all; {load}.", "",
            f"Each run: {args.frames} mic frames handed over every {args.pace:g} ms (16 kHz mono, low noise), "
            f"the persistent policy, `vad` capture, full duplex; then {args.turns} agent replies "
