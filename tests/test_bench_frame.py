@@ -31,3 +31,17 @@ def test_a_short_frame_bench_reports_every_figure() -> None:
                   "JSON parse", "resample 16 -> 48 kHz", "a wake-up of the loop", "the rest: the same path cold"):
         assert f"| {piece}" in out, piece
     assert "100 mic frames handed over every 10 ms" in out
+
+
+def test_a_what_if_run_measures_without_rewriting_the_docs(tmp_path: Path) -> None:
+    """``--what-if reader-path``: every frame still reaches the agent (the run checks it), the
+    report says it is not the daemon's design, and the results file is left alone."""
+    out_file = tmp_path / "benchmarks.md"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--out", str(out_file), "--runs", "1",
+                        "frame", "--frames", "100", "--pace", "10", "--turns", "1", "--send-speed", "8",
+                        "--what-if", "reader-path"], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert re.search(r"^\*\*What if\*\* the frame's path ran on the reader's thread", r.stdout, re.M), r.stdout
+    assert re.search(r"^\| mic frame \| \*\*\d+\*\* \| \d+ \| [1-9]\d* \|", r.stdout, re.M), r.stdout
+    assert not out_file.exists()
+    assert "the docs are not rewritten" in r.stdout + r.stderr

@@ -63,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="measure a design that is not the daemon's (never written to the docs): "
                             "reader-path runs the gate and the send on the reader's thread, as moving the "
                             "frame's path off the loop would (plain TCP only, not thread-safe: a cost "
-                            "figure, nothing more); null-socket writes the mic frames to a transport "
-                            "that keeps them (no socket work)")
+                            "figure, nothing more); null-socket hands the mic frames to a transport "
+                            "that drops them (no socket work)")
     for p in (idle, soak, prof, frame):
         p.add_argument("--quick", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         # SUPPRESS: given before the command, these must not be reset by the command's defaults.

@@ -21,7 +21,7 @@ loop thread during the mic phase (it slows everything; its times are not the fig
 ``--what-if`` measures designs that are not the daemon's, for the choice issue 25 leaves
 open (never written to the docs): ``reader-path`` runs the gate and the send on the reader's
 thread (the loop only hears of verdicts), ``null-socket`` gives the link a transport that
-keeps the mic frames (the path without the socket's kernel work).
+drops the mic frames (the path without the socket's kernel work).
 """
 
 from __future__ import annotations
@@ -513,7 +513,7 @@ def frame_report(runs: list[FrameRun], mic_pieces: dict[str, float], agent_piece
     load = _load_text()
     what_if = {"reader-path": "**What if** the frame's path ran on the reader's thread (gate, engine and "
                "link's write there; not the daemon's design, not thread-safe): ",
-               "null-socket": "**What if** the link's transport kept the mic frames (no socket work): "}
+               "null-socket": "**What if** the link's transport dropped the mic frames (no socket work): "}
     out = [what_if.get(args.what_if or "", "")
            + f"Run of {now_text()} on commit `{commit}`: `{shown_args(args.argv)}`, {len(runs)} run(s), "
            f"{elapsed / 60:.1f} min in all; {load}.", "",
