@@ -77,6 +77,10 @@ def event_of(text: str) -> str | None:
 
 Observer = Callable[[Status], None]
 
+#: States in which session.quiet_keepalive may hold the microphone back (the gate hands on what
+#: it held when a turn starts): nobody talks and no reply plays, whether or not one is awaited.
+_QUIET_STATES = (State.IDLE, State.THINKING)
+
 
 class Controller:
     """The one owner of the :class:`~pi_agent.decide.model.Model`. See the module docstring."""
@@ -95,6 +99,8 @@ class Controller:
         self._clock = clock
         self._echo_tail = settings.audio.echo_tail
         self._duck_db = settings.audio.duck_db
+        # session.quiet_keepalive: the gate may hold the mic back while a persistent conversation idles
+        self._may_hush = settings.session.quiet_keepalive > 0 and settings.session.policy == "persistent"
         self._observers: list[Observer] = []
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -169,11 +175,18 @@ class Controller:
         speaker = self.output.audible_until() + self._echo_tail if config.half_duplex or config.aec else 0.0
         if model.dry_since is not None and config.half_duplex:  # a reply stalled on the link: not over yet
             speaker = max(speaker, now + self._echo_tail)
+        engine, session = self.engine, self.session
+        quiet = False  # the gate may hold the mic back: a persistent conversation, nothing playing or heard
+        if self._may_hush and model.state in _QUIET_STATES and engine.persistent and engine.is_open:
+            quiet = now >= (speaker or self.output.audible_until() + self._echo_tail)
         out = self.gate.process(frame, now, in_turn=model.in_turn,
                                 echo_mute_until=speaker if config.half_duplex else 0.0,
                                 speaker_until=speaker if config.aec else 0.0, muted=model.muted,
-                                open_until=model.follow_up_until or 0.0)
-        engine, session = self.engine, self.session
+                                open_until=model.follow_up_until or 0.0, quiet=quiet)
+        if out.held != engine.quiet:
+            engine.hush(out.held)  # the keepalive's interval changes: its deadline moves
+            if session is not None:
+                session.pump()
         if out.duck is not None:
             self._duck(out.duck)
         if out.wake is not None:

@@ -313,3 +313,77 @@ def test_no_duck_without_the_setting_or_with_push_to_talk() -> None:
     assert ducks(run(vad_gate({VOICE}), [VOICE] * 20, speaker_until=99.0)) == []
     ptt = Fed(CaptureGate("push_to_talk", lambda f: True, duck=True))
     assert ducks(run(ptt, [VOICE] * 20, speaker_until=99.0)) == []
+
+
+# --- quiet: holding the mic back (session.quiet_keepalive) ------------------------------------
+
+def _wire(g: Fed, feed: list[bytes], *, quiet: bool = True, muted_at: set[int] | None = None,
+          ) -> tuple[list[bytes], list[GateOutput]]:
+    """What reaches the agent, in order, as the controller sends it: the pre-roll (unless it went
+    out live), then the frames."""
+    sent: list[bytes] = []
+    outs = []
+    for k, f in enumerate(feed):
+        out = g.process(f, k * 0.02, quiet=quiet, muted=k in (muted_at or set()))
+        if out.started and not out.preroll_was_sent:
+            sent.extend(out.preroll)
+        sent.extend(out.frames)
+        outs.append(out)
+    return sent, outs
+
+
+def test_quiet_holds_the_mic_back_and_hands_on_the_second_before_the_turn_first() -> None:
+    from pi_agent.audio.gate import HOLD, QUIET_AFTER
+    after, hold = round(QUIET_AFTER / 0.02), round(HOLD / 0.02)
+    room, soft, speech, tail = frames(after + 200, 1), frames(25, 2), frames(30, 3), frames(20, 4)
+    stray = {room[after + 20], room[after + 90]}  # a noisy room's odd voiced frame holds nothing up
+    g = vad_gate(set(speech) | stray)  # the soft onset (half a second) is never voiced
+    sent, outs = _wire(g, room + soft + speech + tail)
+    assert not any(o.held for o in outs[:after])  # QUIET_AFTER without a turn first: sent live
+    start = len(room) + len(soft) + 2  # the turn starts at the third voiced frame
+    assert all(o.held and not o.frames for o in outs[after:start])
+    assert outs[start].started and not outs[start].held
+    assert outs[start].frames == (room + soft + speech)[start - hold:start + 1]
+    assert sent == room[:after] + (room + soft + speech)[start - hold:] + tail  # nothing of the user lost
+    assert not any(o.held for o in outs[start:])
+
+
+def test_quiet_never_holds_a_pause_inside_speech_back() -> None:
+    speech1, pause, speech2 = frames(40, 1), frames(100, 2), frames(40, 3)  # a 2 s pause
+    g = vad_gate(set(speech1 + speech2), hangover=0.4)
+    sent, outs = _wire(g, speech1 + pause + speech2)
+    assert sent == speech1 + pause + speech2
+    assert not any(o.held for o in outs)
+
+
+def test_quiet_with_privacy_sends_no_zeros_and_the_preroll_at_the_start() -> None:
+    from pi_agent.audio.gate import QUIET_AFTER
+    after = round(QUIET_AFTER / 0.02)
+    room, speech = frames(after + 100, 1), frames(20, 2)
+    g = vad_gate(set(speech), preroll=0.1, privacy=True)
+    sent, outs = _wire(g, room + speech)
+    assert sent[:after] == [SILENCE] * after  # zeros, live, until it holds back
+    assert sent[after:] == room[-3:] + speech  # then nothing but the turn: its pre-roll first
+    assert not any(o.held for o in outs[len(room) + 2:])  # the turn starts at the third voiced frame
+
+
+def test_quiet_forgets_what_it_held_when_the_mic_is_muted() -> None:
+    from pi_agent.audio.gate import QUIET_AFTER
+    after = round(QUIET_AFTER / 0.02)
+    room, muted, speech = frames(after + 30, 1), frames(10, 2), frames(20, 3)
+    g = vad_gate(set(speech))
+    feed = room + muted + speech
+    sent, _ = _wire(g, feed, muted_at=set(range(len(room), len(room) + len(muted))))
+    assert not set(room[after:]) & set(sent)  # held before the mute: never sent
+    assert sent[-len(speech):] == speech
+
+
+def test_what_was_held_goes_first_when_holding_back_is_no_longer_allowed() -> None:
+    from pi_agent.audio.gate import HOLD, QUIET_AFTER
+    after, hold = round(QUIET_AFTER / 0.02), round(HOLD / 0.02)
+    room, more = frames(after + 80, 1), frames(5, 2)  # e.g. an agent message: the conversation is busy
+    g = vad_gate(set())
+    sent, outs = _wire(g, room)
+    late, _ = _wire(g, more, quiet=False)
+    assert outs[-1].held
+    assert late == room[-hold:] + more

@@ -51,6 +51,16 @@ stopped), so that the reply is lowered meanwhile: the echo canceller, which supp
 what it cannot tell from echo, keeps more of the user's words (the wake word, a
 question over the reply) the quieter the echo is.
 
+Holding the microphone back (``quiet``, for ``session.quiet_keepalive``): when the owner
+allows it (a persistent conversation in which nothing happens) and no turn has been on for
+:data:`QUIET_AFTER` seconds, nothing goes out: the gate keeps the last :data:`HOLD` seconds
+of the audio it would have sent (frames of zeros are simply not sent) and hands them on, in
+order, with the frame in which a turn starts (the VAD's 3 voiced frames in 100 ms, a press,
+the wake word) or the owner no longer allows it; from then on every frame goes again. So a
+user who starts to talk is sent from a second before their turn began, the stray voiced
+frame of a noisy room holds nothing up, and a pause inside what they say never holds
+anything back. Muting forgets what was held.
+
 Echo (``half_duplex``): until ``echo_mute_until`` (the speaker's real play-out time plus
 a tail) frames are zeros and neither VAD nor the wake word runs, so the agent never
 hears itself. A held push-to-talk button, or a turn begun for the user that is still
@@ -75,6 +85,8 @@ TRIGGER_VOICED = 3  # of which this many must be voiced
 SPEECH_WAIT = 4.0  # s a turn begun by a press or the wake word waits for the user to begin
 BARGE_IN_DBFS = -42.0  # aec: how loud a voiced frame must be to count while the speaker plays
 DUCK_RELEASE = 0.6  # s without a voiced frame over the reply after which it is no longer lowered
+QUIET_AFTER = 3.0  # s without a turn after which a quiet owner's microphone is held back
+HOLD = 1.0  # s of held-back audio kept, sent before the frame in which a turn starts
 MODES = ("push_to_talk", "vad", "wake_word", "always")
 
 
@@ -101,6 +113,7 @@ class GateOutput:
     nothing_said: bool = False  # ... before the user said anything (a press or wake word, then silence)
     wake: float | None = None  # the wake word was heard here, with this probability
     duck: bool | None = None  # with duck: a voice over the reply began (True) or ended (False) here
+    held: bool = False  # quiet: this frame was held back (nothing to send; see the module docstring)
 
 
 class CaptureGate:
@@ -140,6 +153,9 @@ class CaptureGate:
         self.button = False  # push_to_talk: held or toggled on
         self.heard_speech = False  # push_to_talk: the VAD heard the user during this hold
         self.wake_words = 0  # wake_word: detections so far
+        self._quiet_after = round(QUIET_AFTER * 1000 / FRAME_MS)
+        self._calm = 0  # frames in a row without a turn while the owner allowed holding back
+        self._held: deque[bytes] = deque(maxlen=round(HOLD * 1000 / FRAME_MS))
 
     def apply(self, command: GateCommand) -> None:
         """Carry out a command of the decisions."""
@@ -159,10 +175,34 @@ class CaptureGate:
         self._preroll.clear()
 
     def process(self, frame: bytes, now: float, *, in_turn: bool, echo_mute_until: float = 0.0,
-                speaker_until: float = 0.0, muted: bool = False, open_until: float = 0.0) -> GateOutput:
+                speaker_until: float = 0.0, muted: bool = False, open_until: float = 0.0,
+                quiet: bool = False) -> GateOutput:
         """One frame at ``now``. ``in_turn``: the user's turn is on (the model's); ``echo_mute_until``:
         half_duplex mutes until then; ``speaker_until``: aec, the speaker plays until then;
-        ``open_until``: the wake_word mode's follow-up window."""
+        ``open_until``: the wake_word mode's follow-up window; ``quiet``: the owner allows the
+        microphone to be held back (see the module docstring)."""
+        out = self._process(frame, now, in_turn, echo_mute_until, speaker_until, muted, open_until)
+        if quiet or self._calm or self._held:
+            self._hold_back(out, quiet, muted)
+        return out
+
+    def _hold_back(self, out: GateOutput, quiet: bool, muted: bool) -> None:
+        """quiet: hold the frame back after :data:`QUIET_AFTER` without a turn; hand on what was
+        held, first, with the frame in which one starts."""
+        if muted:
+            self._held.clear()  # what was heard before a mute is never sent after it
+        turn = out.speech or out.started or out.wake is not None
+        self._calm = self._calm + 1 if quiet and not turn else 0
+        if self._calm > self._quiet_after:
+            self._held.extend(f for f in out.frames if f != SILENCE)  # zeros carry nothing: not kept
+            out.frames = []
+            out.held = True
+        elif self._held:
+            out.frames[:0] = self._held
+            self._held.clear()
+
+    def _process(self, frame: bytes, now: float, in_turn: bool, echo_mute_until: float, speaker_until: float,
+                 muted: bool, open_until: float) -> GateOutput:
         out = GateOutput()
         self._over_speaker = now < speaker_until
         self._voiced_now = None

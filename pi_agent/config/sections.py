@@ -56,6 +56,14 @@ class SessionSettings(_Section):
     )
     idle_timeout: float = Field(30.0, gt=0, description="on_demand: close after this many seconds "
                                 "with no user speech and no agent audio")
+    quiet_keepalive: float = Field(0.0, ge=0, le=50, description="persistent: once no turn has been on "
+                                   "for 3 s and no reply plays, send no microphone audio (instead of 50 "
+                                   "messages, about 44 kB, a second) and keep the conversation open by "
+                                   "100 ms of silence every this many seconds (the service closes one after "
+                                   "60 s without input; 10 is a good value); when a turn starts (speech, a "
+                                   "press, the wake word) the second before it goes first, then every frame "
+                                   "again. Speech that starts no turn is not sent. 0, the default: every "
+                                   "frame is sent")
     backoff_initial: float = Field(1.0, gt=0, description="first reconnect delay ceiling (s); "
                                    "doubles per failed attempt, with full jitter")
     backoff_max: float = Field(60.0, gt=0, description="reconnect delay cap (s); failures that "
@@ -93,7 +101,8 @@ class SessionSettings(_Section):
     def engine_settings(self) -> EngineSettings:
         """What the conversation engine reads of these settings, as a plain frozen value."""
         return EngineSettings(
-            policy=self.policy, idle_timeout=self.idle_timeout, backoff_initial=self.backoff_initial,
+            policy=self.policy, idle_timeout=self.idle_timeout, quiet_keepalive=self.quiet_keepalive,
+            backoff_initial=self.backoff_initial,
             backoff_max=self.backoff_max, backoff_reset_after=self.backoff_reset_after,
             dead_peer_timeout=self.dead_peer_timeout, connect_timeout=self.connect_timeout,
             prebuffer=self.prebuffer, user_id=self.user_id, dynamic_variables=dict(self.dynamic_variables),

@@ -29,6 +29,7 @@ class Connection:
     last_received: float
     last_sent: float
     last_ping: float
+    last_audio: float = 0.0  # when user audio was last written (the service's input timeout counts audio)
     init_pending: bool = True
     opened_at: float | None = None
     conversation_id: str | None = None

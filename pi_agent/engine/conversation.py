@@ -7,6 +7,7 @@ touches a socket; the I/O shell (:mod:`pi_agent.net.session`) does all of that.
 Fed with::
 
     request(now) / end(reason, now) / shutdown(now)         the owner's wishes
+    hush(quiet)                                             the mic is held back: keep the conversation open cheaply
     send_audio(frame, speech, now) / send_preroll(...)      mic frames (16 kHz PCM)
     audio_to_send(frame, speech, now)                       ... or the frame's text, when it can go at once
     send_message(kind, text, now) / interrupt_locally()     messages, local barge-in
@@ -89,6 +90,7 @@ class Engine(Receiver):
         self._wakeable = True  # a request cuts the current wait short (after a normal end only)
         self._last_activity = -math.inf  # the user or the agent last did something
         self._paused = False
+        self._quiet = False  # the owner holds the mic back (hush): the keepalive comes less often
         self._conn = None
         self._events = []
         self._actions: list[ev.Action] = []
@@ -138,6 +140,7 @@ class Engine(Receiver):
                 out.append(p.encode_user_audio(conn.encode(item.pcm)))
                 self.stats.messages_out["audio"] += 1
                 conn.user_spoke = conn.user_spoke or item.speech
+                conn.last_audio = now
         if out:
             conn.last_sent = now
         if not outbox.messages:
@@ -171,7 +174,8 @@ class Engine(Receiver):
         return (conn.last_received + s.dead_peer_timeout,
                 max(conn.last_received, conn.last_ping) + self._ping_after,
                 conn.started + s.connect_timeout if opening and not conn.queued else None,
-                conn.last_sent + KEEPALIVE_AFTER if open_ and not (waiting or conn.queued) else None,
+                (conn.last_audio + s.quiet_keepalive if self._quiet else conn.last_sent + KEEPALIVE_AFTER)
+                if open_ and not (waiting or conn.queued) else None,
                 self._last_activity + s.idle_timeout if open_ and not self.persistent else None)
 
     @property
@@ -197,6 +201,19 @@ class Engine(Receiver):
             self.phase, self._retry_at = ev.Phase.WAITING, now
         elif self.phase is ev.Phase.WAITING and self._wakeable:
             self._retry_at = min(self._retry_at, now)
+
+    def hush(self, quiet: bool) -> None:
+        """The owner holds the microphone back (``quiet``: persistent, nobody heard for a while;
+        see :class:`~pi_agent.audio.gate.CaptureGate`) or no longer does. Quiet, the open
+        conversation is kept by 100 ms of silence ``quiet_keepalive`` seconds after the last
+        audio (pongs do not count: the service closes a conversation after 60 s without user
+        input) instead of :data:`KEEPALIVE_AFTER` after anything. Never quiet when
+        ``quiet_keepalive`` is 0. The shell pumps after a change (the next deadline moves)."""
+        self._quiet = quiet and self.settings.quiet_keepalive > 0
+
+    @property
+    def quiet(self) -> bool:
+        return self._quiet
 
     def touch(self, now: float) -> None:
         """The conversation is in use (agent audio playing): it is not idle."""
@@ -250,7 +267,7 @@ class Engine(Receiver):
         if speech:
             self._last_activity = now
             conn.user_spoke = True
-        conn.last_sent = now
+        conn.last_sent = conn.last_audio = now
         self.stats.messages_out["audio"] += 1
         return p.encode_user_audio(conn.encode(frame))
 
@@ -288,7 +305,7 @@ class Engine(Receiver):
 
     def connection_open(self, now: float) -> None:
         """The WebSocket is open: the initiation message goes first; the metadata is awaited."""
-        self._conn = Connection(started=now, last_received=now, last_sent=now, last_ping=now)
+        self._conn = Connection(started=now, last_received=now, last_sent=now, last_ping=now, last_audio=now)
         self.phase = ev.Phase.OPENING
         self._paused = False
         if not self.wanted:  # the daemon began to stop while this attempt was under way
@@ -357,7 +374,7 @@ class Engine(Receiver):
             return
         if keepalive is not None and now >= keepalive:
             self.outbox.push_live(Frame(KEEPALIVE_PCM, False))
-            conn.last_sent = now  # due again in KEEPALIVE_AFTER even while the writer is paused
+            conn.last_sent = conn.last_audio = now  # due again even while the writer is paused
         if idle is not None and now >= idle:
             self._events.append(ev.Notice("info", f"no speech and no agent audio for {s.idle_timeout:g} s: "
                                           "closing the conversation"))

@@ -21,6 +21,7 @@ class EngineSettings:
 
     policy: Policy = "on_demand"  # persistent: always a conversation open; on_demand: when asked
     idle_timeout: float = 30.0  # on_demand: close after this long with no speech either way
+    quiet_keepalive: float = 0.0  # persistent, the mic held back (hush): the keepalive's interval; 0: never quiet
     backoff_initial: float = 1.0  # first reconnect delay ceiling
     backoff_max: float = 60.0  # reconnect delay cap
     backoff_reset_after: float = 30.0  # a conversation this long is healthy (resets the backoff)
