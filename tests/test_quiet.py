@@ -110,7 +110,7 @@ async def test_a_quiet_room_costs_a_keepalive_and_the_next_question_arrives_whol
     # in one piece, the room before it included.
     before = int((HOLD - 0.2) * MIC_RATE)
     played = track[at - before:at + len(q)]
-    lag, score = locate(got, played)
+    _, score = locate(got, played)
     quiet_chunks = n1 - n0
     report("quiet_room", audio_messages_in_7s=quiet_chunks, seconds=round(t1 - t0, 2),
            question_correlation=round(score, 4), received_s=round(len(got) / MIC_RATE, 2))

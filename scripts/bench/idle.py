@@ -4,7 +4,9 @@ Two rooms: a silent one, and one where people talk, not to the device (speech at
 peak: webrtcvad hears it as speech, the fake agent's speech gate never does, so nobody
 gets a reply). In each, ``pi-agent run`` with VAD capture and each session policy
 (``on_demand``: no conversation until someone speaks; ``persistent``: one is always open
-and the microphone streams into it), and the official SDK (which has no policy: its
+and the microphone streams into it; ``persistent quiet``: the same with
+``session.quiet_keepalive = 10``, the microphone held back while nothing happens), and the
+official SDK (which has no policy: its
 conversation is open and streams all the time), one after the other, each measured for
 the same time after it settled: CPU seconds per minute (by thread), wake-ups per second
 (voluntary context switches of all its threads), peak RSS.
@@ -25,7 +27,8 @@ from .report import TARGETS, machine_line, now_text, print_table, settings_overr
 from .signals import BACKGROUND_PEAK_DB, background_speech
 
 ROOMS = ("silent", "speech")
-CLIENTS = (("daemon", "on_demand"), ("daemon", "persistent"), ("sdk", ""))
+CLIENTS = (("daemon", "on_demand"), ("daemon", "persistent"), ("daemon", "persistent quiet"), ("sdk", ""))
+QUIET_KEEPALIVE = 10  # s: session.quiet_keepalive of "persistent quiet"
 SETTLE = 5.0  # s after the client is ready before measuring
 
 
@@ -54,6 +57,15 @@ def _label(kind: str, policy: str) -> str:
     return f"pi-agent {policy}" if kind == "daemon" else "SDK"
 
 
+def _daemon_settings(policy: str) -> dict[str, str]:
+    """``persistent quiet``: the persistent policy with the microphone held back while nothing happens."""
+    name, _, quiet = policy.partition(" ")
+    settings = {"PI_AGENT_SESSION__POLICY": name}
+    if quiet:
+        settings["PI_AGENT_SESSION__QUIET_KEEPALIVE"] = str(QUIET_KEEPALIVE)
+    return settings
+
+
 def _wait_devices(client: Client, timeout: float = 30.0) -> None:
     """An on_demand daemon opens no conversation: ready once both devices are open."""
     deadline = time.monotonic() + timeout
@@ -72,8 +84,8 @@ def idle_run(bench: Bench, kind: str, policy: str, room: str, index: int, second
     result = IdleResult(room, _label(kind, policy), index)
     known = len(bench.fake.conversations())
     feeder = bench.card.play(bench.workdir / "room.raw") if room == "speech" else None
-    client = bench.client(kind, f"idle-{room}-{kind}{policy and '-' + policy}-{index}",
-                          {"PI_AGENT_SESSION__POLICY": policy} if kind == "daemon" else None)
+    client = bench.client(kind, f"idle-{room}-{kind}{policy and '-' + policy.replace(' ', '-')}-{index}",
+                          _daemon_settings(policy) if kind == "daemon" else None)
     try:
         client.start()
         if kind == "daemon" and policy == "on_demand":
@@ -165,7 +177,7 @@ def idle_rows(results: list[IdleResult]) -> tuple[list[list[str]], list[str]]:
         sdk = [r for r in here if r.client == "SDK"]
         sdk_cpu = _median(sdk, "cpu_per_min") if sdk else None
         sdk_rss = max(r.peak_rss_mb for r in sdk) if sdk else None
-        for label in ("pi-agent on_demand", "pi-agent persistent", "SDK"):
+        for label in [_label(kind, policy) for kind, policy in CLIENTS]:
             mine = [r for r in here if r.client == label]
             if not mine:
                 continue
@@ -199,7 +211,8 @@ def idle_section(results: list[IdleResult], args: argparse.Namespace, seconds: f
         machine_line(args),
         "",
         "pi-agent: `capture.mode = vad`, the session policy shown, full duplex, no earcons, everything else "
-        "default. Rooms: *silent*; *speech*: espeak-ng speech 1-3 s apart at "
+        f"default (*persistent quiet*: `session.quiet_keepalive = {QUIET_KEEPALIVE}`). "
+        "Rooms: *silent*; *speech*: espeak-ng speech 1-3 s apart at "
         f"{BACKGROUND_PEAK_DB:g} dBFS peak, which webrtcvad takes for speech and the fake agent never answers. "
         "CPU is the median of runs (seconds per minute; main = the event loop, libpulse = the ALSA pulse "
         "plugin's threads, other = the microphone reader, the speaker's callback and switch, the SDK's threads); "
