@@ -30,7 +30,7 @@ from .decide import inputs as i
 from .decide.button import ButtonEvent
 from .decide.captions import shown as shown_captions
 from .decide.decide import decide
-from .decide.model import QUEUED_TEXT, Model, Status, deadline, health, status
+from .decide.model import QUEUED_TEXT, Model, Status, deadline, health, may_hold_mic, status
 from .decide.states import State, Trigger
 from .engine.conversation import Engine
 from .events import EventHub
@@ -77,10 +77,6 @@ def event_of(text: str) -> str | None:
 
 Observer = Callable[[Status], None]
 
-#: States in which session.quiet_keepalive may hold the microphone back (the gate hands on what
-#: it held when a turn starts): nobody talks and no reply plays, whether or not one is awaited.
-_QUIET_STATES = (State.IDLE, State.THINKING)
-
 
 class Controller:
     """The one owner of the :class:`~pi_agent.decide.model.Model`. See the module docstring."""
@@ -99,8 +95,6 @@ class Controller:
         self._clock = clock
         self._echo_tail = settings.audio.echo_tail
         self._duck_db = settings.audio.duck_db
-        # session.quiet_keepalive: the gate may hold the mic back while a persistent conversation idles
-        self._may_hush = settings.session.quiet_keepalive > 0 and settings.session.policy == "persistent"
         self._observers: list[Observer] = []
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -176,8 +170,8 @@ class Controller:
         if model.dry_since is not None and config.half_duplex:  # a reply stalled on the link: not over yet
             speaker = max(speaker, now + self._echo_tail)
         engine, session = self.engine, self.session
-        quiet = False  # the gate may hold the mic back: a persistent conversation, nothing playing or heard
-        if self._may_hush and model.state in _QUIET_STATES and engine.persistent and engine.is_open:
+        quiet = False  # session.quiet_keepalive: the gate may hold the mic back (and nothing is audible)
+        if may_hold_mic(model) and engine.is_open:
             quiet = now >= (speaker or self.output.audible_until() + self._echo_tail)
         out = self.gate.process(frame, now, in_turn=model.in_turn,
                                 echo_mute_until=speaker if config.half_duplex else 0.0,

@@ -117,3 +117,23 @@ async def test_a_quiet_room_costs_a_keepalive_and_the_next_question_arrives_whol
     assert quiet_chunks <= 7, quiet_chunks  # a keepalive every 1.5 s (350 frames would have gone before)
     assert score > 0.99, score
     assert len(got) < (lead + 2.0) * MIC_RATE  # the room's 14 s were not all sent
+
+
+def test_the_mic_may_be_held_back_only_in_an_open_persistent_conversation_where_nothing_happens() -> None:
+    from dataclasses import replace
+
+    from pi_agent.config import Settings
+    from pi_agent.decide.model import Config, Link, Model, may_hold_mic
+    from pi_agent.decide.states import State
+
+    base = Model(config=Config(persistent=True, quiet=True), state=State.IDLE, link=Link.OPEN)
+    assert may_hold_mic(base)
+    assert may_hold_mic(replace(base, state=State.THINKING))  # a reply awaited: the turn start releases it
+    for state in (State.LISTENING, State.SPEAKING, State.MUTED, State.CONNECTING, State.OFFLINE, State.ERROR):
+        assert not may_hold_mic(replace(base, state=state)), state
+    assert not may_hold_mic(replace(base, link=Link.CONNECTING))
+    assert not may_hold_mic(replace(base, config=Config(persistent=True)))
+    quiet = {"policy": "persistent", "quiet_keepalive": 10}
+    assert Settings(agent_id="a", session=quiet).decide_config().quiet  # type: ignore[call-arg]
+    assert not Settings(agent_id="a", session={**quiet, "policy": "on_demand"}).decide_config().quiet  # type: ignore[call-arg]
+    assert not Settings(agent_id="a", session={"policy": "persistent"}).decide_config().quiet  # type: ignore[call-arg]

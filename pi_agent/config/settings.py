@@ -155,7 +155,8 @@ class Settings(_EnvOverFile):
             earcons=frozenset(self.audio.earcons), transcripts=self.log.transcripts,
             tool_timeout=self.api.tool_timeout, follow_up=self.capture.follow_up, aec=self.audio.echo == "aec",
             mcp_approval=self.session.mcp_approval, mcp_allow=frozenset(self.session.mcp_allow),
-            page_hold=self.api.page_hold, persistent=self.session.policy == "persistent")
+            page_hold=self.api.page_hold, persistent=self.session.policy == "persistent",
+            quiet=self.session.policy == "persistent" and self.session.quiet_keepalive > 0)
 
 
 def _clean_key(raw: str) -> SecretStr | None:

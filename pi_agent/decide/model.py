@@ -37,6 +37,7 @@ class Config:
     mcp_allow: frozenset[str] = frozenset()  # MCP tools approved without asking
     page_hold: float = 60.0  # s the captions are kept once the exchange is over (api.page_hold)
     persistent: bool = False  # the conversation stays open: the exchange is over when the daemon is idle
+    quiet: bool = False  # persistent, session.quiet_keepalive set: the mic may be held back while nothing happens
 
     @property
     def push_to_talk(self) -> bool:
@@ -158,6 +159,17 @@ class Status:
     wake_word: bool = False  # the capture mode waits for the wake word between turns
     follow_up: bool = False  # ... but not now: the user may answer the reply without it
     queued: bool = False  # waiting in the agent service's queue (all agents busy)
+
+
+def may_hold_mic(model: Model) -> bool:
+    """``session.quiet_keepalive``: the capture gate may hold the microphone back (see
+    :mod:`pi_agent.audio.gate`): a persistent conversation is open, nobody talks and no reply
+    plays, whether or not one is awaited. The caller adds what only the speaker knows: nothing
+    is audible."""
+    return model.config.quiet and model.connected and model.state in _QUIET_STATES
+
+
+_QUIET_STATES = (State.IDLE, State.THINKING)
 
 
 def status(model: Model) -> Status:
