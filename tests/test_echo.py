@@ -341,3 +341,26 @@ def test_with_aec_the_speaker_stream_runs_on_and_a_sound_does_not_restart_it() -
     plain.opened(0.0)
     assert plain.sound(5.0, 0.0) is Move.RESTART  # without aec: restarted, its first sample at once
     assert plain.due(7.0, 6.0, False) is Move.STOP
+
+
+# --- when a speaker callback's sound is heard (the echo reference's placement) ----------------
+
+def test_a_late_callback_places_its_sound_by_portaudio_s_stamp_not_by_when_it_ran() -> None:
+    """Debian's PortAudio stamps callbacks with the wall clock, later builds with the monotonic
+    one: either way the stamp, not the moment the Python callback got to run (it may wait for
+    the GIL or a core), says when its sound is heard. Before, a callback that ran 30 ms late
+    moved the echo reference 30 ms late, and the canceller let the echo through."""
+    import time
+
+    from pi_agent.audio.playback import heard_at
+
+    late, delay = 0.03, 0.05  # the callback runs 30 ms after PortAudio stamped it
+    for clock in (time.time, time.monotonic):
+        stamp = clock() - late
+        mono = time.monotonic()
+        at = heard_at({"current_time": stamp, "output_buffer_dac_time": stamp + delay}, 0.04)
+        assert abs(at - (mono - late + delay)) < 0.005, (clock, at - mono)
+    mono = time.monotonic()  # no times reported: now plus the stream's latency
+    assert abs(heard_at({"current_time": 0.0, "output_buffer_dac_time": 0.0}, 0.04) - (mono + 0.04)) < 0.005
+    mono = time.monotonic()  # a clock PortAudio's is on neither: now plus the reported delay
+    assert abs(heard_at({"current_time": 5.0, "output_buffer_dac_time": 5.05}, 0.04) - (mono + 0.05)) < 0.005

@@ -32,6 +32,29 @@ log = logging.getLogger(__name__)
 
 START_MARGIN = 0.09  # s of the agent's audio, beyond the device's read-ahead, a reply starts with (periods > 20 ms)
 RESAMPLER_HOLD = 0.02  # s of a chunk that soxr may still hold back (16.5 ms at 16 -> 48 kHz, HQ)
+CLOCK_MATCH = 0.5  # s: PortAudio's callback time is on the clock it is this close to (else on neither)
+
+
+def heard_at(time_info: dict[str, float], fallback_delay: float) -> float:
+    """``time.monotonic()`` at which a callback's first sample is heard.
+
+    PortAudio stamps the callback with its own clock (the wall clock in Debian's 19.6, the
+    monotonic one in later builds) when it calls it; the Python callback may run later (it
+    waits for the GIL, or for a core on a busy machine). Reading ``time.monotonic()`` then
+    and adding the delay would place the sound that much too late, and the echo reference
+    with it. So the stamp itself is mapped onto the monotonic clock. Host APIs that report
+    no times: now plus ``fallback_delay``."""
+    dac, current = time_info["output_buffer_dac_time"], time_info["current_time"]
+    delay = dac - current
+    mono = time.monotonic()
+    if not dac or not 0.0 <= delay < 2.0:  # some host APIs report no times (zeros) or nonsense
+        return mono + fallback_delay
+    wall = time.time()
+    if abs(wall - current) < CLOCK_MATCH:
+        return dac + (mono - wall)
+    if abs(mono - current) < CLOCK_MATCH:
+        return dac
+    return mono + delay
 
 
 class PyAudioOutput(CallbackDevice, BufferedOutput):
@@ -320,10 +343,7 @@ class PyAudioOutput(CallbackDevice, BufferedOutput):
         try:
             if status & pyaudio.paOutputUnderflow and buf.audible:
                 self.device_underflows += 1
-            delay = time_info["output_buffer_dac_time"] - time_info["current_time"]
-            if not 0.0 <= delay < 2.0:  # some host APIs report no times
-                delay = buf.latency
-            start = time.monotonic() + delay
+            start = heard_at(time_info, buf.latency)
             out = buf.fill(frame_count, start)
             far = self.far_end
             if far is not None:
