@@ -81,8 +81,8 @@ async def test_a_quiet_room_costs_a_keepalive_and_the_next_question_arrives_whol
     from .test_audio_e2e import (MIC_RATE, audio_daemon, connected, daemon_env, locate, noise, play_into_mic,
                                  question, report, user_audio)
 
-    # A room with a little noise (never voiced, never zeros: held back, not dropped), 14 s of it,
-    # then the question, then a moment of room again.
+    # A room with a little noise (webrtcvad takes an odd frame of it for voice, which starts no turn;
+    # never zeros: held back, not dropped), 14 s of it, then the question, then a moment of room.
     q = question()
     lead, tail = 14.0, 1.0
     track = noise(lead + len(q) / MIC_RATE + tail, 30.0, seed=3)
@@ -96,7 +96,7 @@ async def test_a_quiet_room_costs_a_keepalive_and_the_next_question_arrives_whol
             record = await connected(agent, events)
             player = play_into_mic(virtual_audio, track, tmp_path)
             t_play = time.monotonic()
-            await asyncio.sleep(QUIET_AFTER + 2.0)  # nobody heard for QUIET_AFTER: held back since
+            await asyncio.sleep(QUIET_AFTER + 2.0)  # no turn for QUIET_AFTER: held back since
             t0, n0 = time.monotonic(), len(record.audio_chunk_times)
             await asyncio.sleep(7.0)  # more than twice the agent's receive timeout
             t1, n1 = time.monotonic(), len(record.audio_chunk_times)
