@@ -38,13 +38,13 @@ CLOCK_MATCH = 0.5  # s: PortAudio's callback time is on the clock it is this clo
 def heard_at(time_info: dict[str, float], fallback_delay: float) -> float:
     """``time.monotonic()`` at which a callback's first sample is heard.
 
-    PortAudio stamps the callback with its own clock when it calls it (the wall clock in Debian
-    12's 19.6, as measured on the virtual card; a build on the monotonic clock is taken as it
-    comes, and one on neither falls back to the old reckoning); the Python callback may run later (it
-    waits for the GIL, or for a core on a busy machine). Reading ``time.monotonic()`` then
-    and adding the delay would place the sound that much too late, and the echo reference
-    with it. So the stamp itself is mapped onto the monotonic clock. Host APIs that report
-    no times: now plus ``fallback_delay``."""
+    PortAudio stamps the callback with its own clock when it calls it; the Python callback may
+    run later (it waits for the GIL, or for a core on a busy machine). Reading
+    ``time.monotonic()`` then and adding the delay would place the sound that much too late,
+    and the echo reference with it. So the stamp itself is mapped onto the monotonic clock:
+    from the wall clock (Debian 12's PortAudio 19.6, as measured on the virtual card), or
+    taken as it is if it is on the monotonic clock; on neither, now plus the reported delay.
+    Host APIs that report no times: now plus ``fallback_delay``."""
     dac, current = time_info["output_buffer_dac_time"], time_info["current_time"]
     delay = dac - current
     mono = time.monotonic()

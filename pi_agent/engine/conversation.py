@@ -203,8 +203,8 @@ class Engine(Receiver):
             self._retry_at = min(self._retry_at, now)
 
     def hush(self, quiet: bool) -> None:
-        """The owner holds the microphone back (``quiet``: persistent, nobody heard for a while;
-        see :class:`~pi_agent.audio.gate.CaptureGate`) or no longer does. Quiet, the open
+        """The owner holds the microphone back (``quiet``: persistent, no turn for a few seconds,
+        nothing playing; see :class:`~pi_agent.audio.gate.CaptureGate`) or no longer does. Quiet, the open
         conversation is kept by 100 ms of silence ``quiet_keepalive`` seconds after the last
         audio (pongs do not count: the service closes a conversation after 60 s without user
         input) instead of :data:`KEEPALIVE_AFTER` after anything. Never quiet when
